@@ -1,0 +1,94 @@
+"""Checkpoints: one file with everything inference needs, loadable without running code.
+
+Saved with ``torch.save`` as plain data (tensors, dicts, lists, strings, numbers) and
+loaded with ``torch.load(..., weights_only=True)``, which refuses any pickled object that
+could execute code. Float weights are stored as float16 to halve the file.
+"""
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from classifier.taxonomy import Taxonomy
+from classifier.version import model_version
+from refund_sorter.errors import UserError
+
+FORMAT = "refund-sorter-checkpoint/1"
+
+
+class CheckpointError(UserError):
+    pass
+
+
+@dataclass
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]
+    taxonomy: Taxonomy
+    arch: str
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    meta: dict
+    version: str = ""
+
+    def to_payload(self) -> dict:
+        return {
+            "format": FORMAT,
+            "arch": self.arch,
+            "state_dict": {
+                k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.cpu()
+                for k, v in self.state_dict.items()
+            },
+            "taxonomy": self.taxonomy.to_dict(),
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "meta": self.meta,
+        }
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: Path) -> str:
+    """Write atomically (a reader never sees half a file) and return the model version."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(checkpoint.to_payload(), tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    checkpoint.version = model_version(path)
+    return checkpoint.version
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds Python objects that could run code, not only "
+            f"plain data ({str(exc).splitlines()[0][:200]})"
+        ) from None
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a refund-sorter checkpoint (format {FORMAT})")
+    return Checkpoint(
+        state_dict=payload["state_dict"],
+        taxonomy=Taxonomy.from_dict(payload["taxonomy"]),
+        arch=payload["arch"],
+        image_size=int(payload["image_size"]),
+        mean=tuple(payload["mean"]),
+        std=tuple(payload["std"]),
+        meta=payload["meta"],
+        version=model_version(path),
+    )

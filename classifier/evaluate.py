@@ -1,0 +1,131 @@
+"""Evaluation with the deterministic eval preprocessing: accuracy per level, per-class
+precision and recall, both confusion matrices (JSON), and a PNG of the matrices."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from classifier.data import load_images
+from classifier.predict import Classifier
+from classifier.taxonomy import read_layout
+
+
+def confusion(truth: list[int], pred: list[int], n: int) -> list[list[int]]:
+    matrix = [[0] * n for _ in range(n)]
+    for t, p in zip(truth, pred, strict=True):
+        matrix[t][p] += 1
+    return matrix
+
+
+def per_class(matrix: list[list[int]], labels: list[str]) -> dict:
+    out = {}
+    for i, label in enumerate(labels):
+        tp = matrix[i][i]
+        predicted = sum(row[i] for row in matrix)
+        support = sum(matrix[i])
+        out[label] = {
+            "precision": tp / predicted if predicted else 0.0,
+            "recall": tp / support if support else 0.0,
+            "support": support,
+        }
+    return out
+
+
+def evaluate(
+    model_path: Path,
+    data_dir: Path,
+    report_path: Path,
+    batch_size: int = 64,
+    device: str = "auto",
+    mapping: Path | None = None,
+) -> dict:
+    clf = Classifier.from_path(model_path, device)
+    tax = clf.taxonomy
+    layout = read_layout(data_dir, mapping, min_subs=1)
+    files, unknown = [], {}
+    for path, idx in layout.files:
+        main = layout.taxonomy.main[layout.taxonomy.sub_to_main[idx]]
+        sub = layout.taxonomy.sub[idx]
+        mapped = tax.index_of(main, sub)
+        if mapped is None:
+            unknown[f"{main}/{sub}"] = unknown.get(f"{main}/{sub}", 0) + 1
+        else:
+            files.append((path, mapped))
+
+    data = load_images(files, clf.preset, clf.checkpoint.image_size, "decoding images")
+    sub_pred, main_pred = [], []
+    for start in range(0, len(data.labels), batch_size):
+        for p in clf.predict_tensors(data.images[start : start + batch_size]):
+            sub_pred.append(tax.index_of(p.main, p.sub))
+            main_pred.append(tax.main.index(p.main))
+    sub_true = data.labels.tolist()
+    main_true = [tax.sub_to_main[s] for s in sub_true]
+    sub_labels = [f"{tax.main[m]}/{s}" for s, m in zip(tax.sub, tax.sub_to_main, strict=True)]
+    main_matrix = confusion(main_true, main_pred, len(tax.main))
+    sub_matrix = confusion(sub_true, sub_pred, len(tax.sub))
+    n = len(sub_true)
+    report = {
+        "model": str(model_path),
+        "model_version": clf.version,
+        "data_dir": str(data_dir),
+        "n_images": n,
+        "main_accuracy": sum(t == p for t, p in zip(main_true, main_pred, strict=True)) / n
+        if n
+        else 0.0,
+        "sub_accuracy": sum(t == p for t, p in zip(sub_true, sub_pred, strict=True)) / n
+        if n
+        else 0.0,
+        "per_class": {
+            "main": per_class(main_matrix, list(tax.main)),
+            "sub": per_class(sub_matrix, sub_labels),
+        },
+        "confusion": {
+            "main": {"labels": list(tax.main), "matrix": main_matrix},
+            "sub": {"labels": sub_labels, "matrix": sub_matrix},
+        },
+        "unknown_folders": unknown,
+        "skipped": [{"path": str(p), "reason": r} for p, r in data.skipped],
+        "device": str(clf.device),
+        "torch_threads": torch.get_num_threads(),
+    }
+    report_path = Path(report_path)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2))
+    plot_confusion(report, report_path.with_suffix(".png"))
+    return report
+
+
+def plot_confusion(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [1, 1.6]})
+    for ax, level in zip(axes, ("main", "sub"), strict=True):
+        labels = report["confusion"][level]["labels"]
+        matrix = report["confusion"][level]["matrix"]
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        top = max((max(row) for row in matrix), default=0)
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                if value:
+                    ax.text(
+                        j,
+                        i,
+                        value,
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if value > top / 2 else "black",
+                    )
+        ax.set_title(f"{level} accuracy {report[f'{level}_accuracy']:.3f}")
+    fig.suptitle(f"model {report['model_version']} on {report['n_images']} images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,123 @@
+"""Inference: load a checkpoint once, classify batches of images consistently.
+
+The two heads are combined by joint scoring. For every sub category s with main category
+m(s): score(s) = P_main(m(s)) * P_sub(s), renormalised over all sub categories. The
+reported sub category is the best joint score, the reported main category is the one it
+belongs to, so the pair is always consistent. Its confidences are the joint probability of
+the sub category and the summed joint probability of all subs of that main category.
+"""
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from classifier.checkpoint import Checkpoint, load_checkpoint
+from classifier.network import DualHeadNet
+from classifier.presets import EvalPreset, normalize
+from classifier.taxonomy import Taxonomy
+from refund_sorter.errors import UserError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    main: str
+    main_confidence: float
+    sub: str
+    sub_confidence: float
+
+
+def joint_probabilities(
+    main_logits: torch.Tensor, sub_logits: torch.Tensor, sub_to_main: torch.Tensor
+) -> torch.Tensor:
+    """(B, n_sub) probabilities of each sub category, consistent with the main head."""
+    log_joint = main_logits.float().log_softmax(1)[:, sub_to_main] + sub_logits.float().log_softmax(
+        1
+    )
+    return log_joint.softmax(1)
+
+
+def decide(joint: torch.Tensor, sub_to_main: torch.Tensor, n_main: int):
+    """Return (sub index, sub confidence, main index, main confidence), each of shape (B,)."""
+    sub_conf, sub_idx = joint.max(1)
+    main_probs = torch.zeros(joint.shape[0], n_main, device=joint.device)
+    main_probs.index_add_(1, sub_to_main, joint)
+    main_idx = sub_to_main[sub_idx]
+    main_conf = main_probs.gather(1, main_idx[:, None]).squeeze(1)
+    return sub_idx, sub_conf, main_idx, main_conf
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU here")
+    return torch.device(device)
+
+
+def autocast(device: torch.device):
+    """bf16 on CPU (about 1.8x fp32 with channels_last), fp16 on CUDA."""
+    if device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def build_network(checkpoint: Checkpoint) -> DualHeadNet:
+    if checkpoint.arch != "resnet18":
+        raise UserError(f"unsupported architecture in checkpoint: {checkpoint.arch}")
+    tax = checkpoint.taxonomy
+    net = DualHeadNet(len(tax.main), len(tax.sub))
+    net.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in checkpoint.state_dict.items()}
+    )
+    return net
+
+
+class Classifier:
+    """A loaded model, ready for batches. Build it once per process."""
+
+    def __init__(self, checkpoint: Checkpoint, device: str = "auto") -> None:
+        self.checkpoint = checkpoint
+        self.taxonomy: Taxonomy = checkpoint.taxonomy
+        self.version = checkpoint.version
+        self.device = resolve_device(device)
+        self.preset = EvalPreset(checkpoint.image_size)
+        self.net = build_network(checkpoint).eval().to(self.device)
+        self.net = self.net.to(memory_format=torch.channels_last)
+        self.sub_to_main = torch.tensor(self.taxonomy.sub_to_main, device=self.device)
+
+    @classmethod
+    def from_path(cls, path: Path, device: str = "auto") -> "Classifier":
+        return cls(load_checkpoint(path), device)
+
+    @torch.inference_mode()
+    def predict_tensors(self, batch: torch.Tensor | list[torch.Tensor]) -> list[Prediction]:
+        """Classify uint8 images already prepared by ``self.preset`` (a batch or a list)."""
+        if isinstance(batch, list):
+            batch = torch.stack(batch)
+        x = normalize(batch.to(self.device), self.checkpoint.mean, self.checkpoint.std, True)
+        with autocast(self.device):
+            main_logits, sub_logits = self.net(x)
+        joint = joint_probabilities(main_logits, sub_logits, self.sub_to_main)
+        sub_idx, sub_conf, main_idx, main_conf = decide(
+            joint, self.sub_to_main, len(self.taxonomy.main)
+        )
+        return [
+            Prediction(self.taxonomy.main[m], float(mc), self.taxonomy.sub[s], float(sc))
+            for s, sc, m, mc in zip(
+                sub_idx.tolist(),
+                sub_conf.tolist(),
+                main_idx.tolist(),
+                main_conf.tolist(),
+                strict=True,
+            )
+        ]
+
+    def predict_images(self, images: list[Image.Image]) -> list[Prediction]:
+        if not images:
+            return []
+        return self.predict_tensors([self.preset(img) for img in images])
