@@ -1,0 +1,111 @@
+"""SQL tables: one row per sweep run, one row per (image content, model version).
+
+Tables are created and changed only by the Alembic migrations in ``migrations/``.
+"""
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SweepStatus:
+    RUNNING = "running"  # enqueued work is still being classified
+    FINISHED = "finished"
+    SKIPPED = "skipped"  # another sweep was running: nothing was scanned
+    ABANDONED = "abandoned"  # made no progress for too long; its leftovers were re-enqueued
+
+
+class ItemStatus:
+    QUEUED = "queued"
+    OK = "ok"
+    FAILED = "failed"
+
+
+class SweepRun(Base):
+    __tablename__ = "sweep_runs"
+    __table_args__ = (
+        # At most one running sweep, enforced by the database itself: this is the lock that
+        # keeps a second beat (or a manual sweep) from starting while one is in progress.
+        Index(
+            "uq_sweep_runs_one_running",
+            "status",
+            unique=True,
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
+        Index("ix_sweep_runs_started_at", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(String(16))  # beat, manual or local
+    model_version: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    found: Mapped[int] = mapped_column(Integer, default=0)
+    enqueued: Mapped[int] = mapped_column(Integer, default=0)
+    succeeded: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    pending: Mapped[int] = mapped_column(Integer, default=0)  # enqueued, not yet done
+    message: Mapped[str | None] = mapped_column(Text)
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+    __table_args__ = (
+        # The same image content is classified once per model version, never twice.
+        UniqueConstraint("content_hash", "model_version", name="uq_predictions_hash_model"),
+        Index("ix_predictions_sweep_status", "sweep_run_id", "status"),
+        Index("ix_predictions_classified_at", "classified_at"),
+        Index("ix_predictions_category", "main_category", "sub_category"),
+        Index("ix_predictions_file_name", "file_name"),
+        Index(
+            "ix_predictions_review",
+            "classified_at",
+            postgresql_where=text("needs_review"),
+            sqlite_where=text("needs_review"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    sweep_run_id: Mapped[int] = mapped_column(ForeignKey("sweep_runs.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    file_name: Mapped[str] = mapped_column(Text)
+    original_path: Mapped[str] = mapped_column(Text)
+    final_path: Mapped[str | None] = mapped_column(Text)
+    main_category: Mapped[str | None] = mapped_column(String(128))
+    main_confidence: Mapped[float | None] = mapped_column(Float)
+    sub_category: Mapped[str | None] = mapped_column(String(128))
+    sub_confidence: Mapped[float | None] = mapped_column(Float)
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    classified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,148 @@
+"""The sweep's bookkeeping in SQL, shared by the producer, the workers and local mode."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import case, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything is stored in UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def begin_sweep(
+    sessions: sessionmaker[Session], trigger: str, model_version: str, stale_after: timedelta
+) -> SweepRun:
+    """Record a new sweep run: ``running`` if no other sweep runs, else ``skipped``.
+
+    The partial unique index on running sweeps makes this race-free across machines. A
+    running sweep that made no progress for ``stale_after`` is marked ``abandoned`` first,
+    so a crashed night does not block every night after it.
+    """
+    now = utcnow()
+    with sessions.begin() as session:
+        session.execute(
+            update(SweepRun)
+            .where(SweepRun.status == SweepStatus.RUNNING, SweepRun.updated_at < now - stale_after)
+            .values(
+                status=SweepStatus.ABANDONED,
+                finished_at=now,
+                message="no progress for too long; the next sweep re-enqueues what is left",
+            )
+        )
+    try:
+        with sessions.begin() as session:
+            run = SweepRun(status=SweepStatus.RUNNING, trigger=trigger, model_version=model_version)
+            session.add(run)
+        return run
+    except IntegrityError:
+        pass
+    with sessions.begin() as session:
+        other = session.scalar(select(SweepRun).where(SweepRun.status == SweepStatus.RUNNING))
+        since = f"{as_utc(other.started_at):%Y-%m-%d %H:%M} UTC" if other else "moments ago"
+        run = SweepRun(
+            status=SweepStatus.SKIPPED,
+            trigger=trigger,
+            model_version=model_version,
+            finished_at=now,
+            message=f"sweep {other.id if other else '?'} still running (started {since})",
+        )
+        session.add(run)
+    return run
+
+
+def existing_predictions(
+    session: Session, hashes: Iterable[str], model_version: str, chunk: int = 500
+) -> dict[str, Prediction]:
+    hashes = list(hashes)
+    found: dict[str, Prediction] = {}
+    for start in range(0, len(hashes), chunk):
+        rows = session.scalars(
+            select(Prediction).where(
+                Prediction.model_version == model_version,
+                Prediction.content_hash.in_(hashes[start : start + chunk]),
+            )
+        )
+        found.update((row.content_hash, row) for row in rows)
+    return found
+
+
+@dataclass
+class ItemResult:
+    content_hash: str
+    model_version: str
+    status: str  # ItemStatus.OK or ItemStatus.FAILED
+    final_path: str | None
+    main_category: str | None = None
+    main_confidence: float | None = None
+    sub_category: str | None = None
+    sub_confidence: float | None = None
+    needs_review: bool = False
+    error: str | None = None
+
+
+def record_results(session: Session, results: list[ItemResult]) -> tuple[set[str], list[int]]:
+    """Store a batch of results and advance their sweeps' counters, in the caller's transaction.
+
+    Only rows still ``queued`` are updated, so a task delivered twice cannot overwrite or
+    double-count a result. Returns the hashes actually stored and the sweeps this batch
+    finished.
+    """
+    now = utcnow()
+    stored: set[str] = set()
+    per_sweep: dict[int, list[int]] = {}
+    for r in results:
+        sweep_id = session.scalar(
+            update(Prediction)
+            .where(
+                Prediction.content_hash == r.content_hash,
+                Prediction.model_version == r.model_version,
+                Prediction.status == ItemStatus.QUEUED,
+            )
+            .values(
+                status=r.status,
+                final_path=r.final_path,
+                main_category=r.main_category,
+                main_confidence=r.main_confidence,
+                sub_category=r.sub_category,
+                sub_confidence=r.sub_confidence,
+                needs_review=r.needs_review,
+                error=r.error,
+                classified_at=now,
+            )
+            .returning(Prediction.sweep_run_id)
+        )
+        if sweep_id is None:
+            continue
+        stored.add(r.content_hash)
+        counts = per_sweep.setdefault(sweep_id, [0, 0])
+        counts[0 if r.status == ItemStatus.OK else 1] += 1
+
+    finished = []
+    for sweep_id, (ok, failed) in sorted(per_sweep.items()):
+        # Increments, not recomputed totals: concurrent workers serialise on this row.
+        left = SweepRun.pending - ok - failed
+        status = session.scalar(
+            update(SweepRun)
+            .where(SweepRun.id == sweep_id)
+            .values(
+                succeeded=SweepRun.succeeded + ok,
+                failed=SweepRun.failed + failed,
+                pending=left,
+                updated_at=now,
+                status=case((left <= 0, SweepStatus.FINISHED), else_=SweepRun.status),
+                finished_at=case((left <= 0, now), else_=SweepRun.finished_at),
+            )
+            .returning(SweepRun.status)
+        )
+        if status == SweepStatus.FINISHED:
+            finished.append(sweep_id)
+    return stored, finished

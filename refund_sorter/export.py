@@ -1,0 +1,102 @@
+"""CSV export of the predictions table, streamed so a million rows use constant memory."""
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import TextIO
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from models import ItemStatus, Prediction, SweepRun
+from refund_sorter.crud import as_utc
+
+COLUMNS = [
+    "file_name",
+    "content_hash",
+    "status",
+    "main_category",
+    "main_confidence",
+    "sub_category",
+    "sub_confidence",
+    "needs_review",
+    "model_version",
+    "sweep_run",
+    "error",
+    "classified_at",
+    "original_path",
+    "final_path",
+]
+
+
+@dataclass
+class ExportFilter:
+    sweep_run: int | None = None
+    since: date | None = None  # classified on or after this day (UTC)
+    until: date | None = None  # classified on or before this day (UTC)
+    status: str | None = None  # ok or failed; queued rows are never exported
+
+
+def build_query(flt: ExportFilter) -> Select:
+    query = select(Prediction).where(Prediction.status != ItemStatus.QUEUED)
+    if flt.sweep_run is not None:
+        query = query.where(Prediction.sweep_run_id == flt.sweep_run)
+    if flt.since is not None:
+        query = query.where(
+            Prediction.classified_at >= datetime.combine(flt.since, datetime.min.time())
+        )
+    if flt.until is not None:
+        end = datetime.combine(flt.until + timedelta(days=1), datetime.min.time())
+        query = query.where(Prediction.classified_at < end)
+    if flt.status is not None:
+        query = query.where(Prediction.status == flt.status)
+    return query.order_by(Prediction.id)
+
+
+def _rows(session: Session, flt: ExportFilter) -> Iterator[list]:
+    result = session.execute(build_query(flt).execution_options(yield_per=1000))
+    for (p,) in result:
+        classified = as_utc(p.classified_at)
+        yield [
+            p.file_name,
+            p.content_hash,
+            p.status,
+            p.main_category or "",
+            "" if p.main_confidence is None else f"{p.main_confidence:.4f}",
+            p.sub_category or "",
+            "" if p.sub_confidence is None else f"{p.sub_confidence:.4f}",
+            "true" if p.needs_review else "false",
+            p.model_version,
+            p.sweep_run_id,
+            p.error or "",
+            classified.isoformat(timespec="seconds") if classified else "",
+            p.original_path,
+            p.final_path or "",
+        ]
+        session.expunge(p)  # keep the identity map from growing with the export
+
+
+def write_csv(session: Session, flt: ExportFilter, out: TextIO) -> int:
+    writer = csv.writer(out)
+    writer.writerow(COLUMNS)
+    n = 0
+    for row in _rows(session, flt):
+        writer.writerow(row)
+        n += 1
+    return n
+
+
+def export_sweep(session: Session, sweep_id: int, export_dir: Path) -> Path:
+    """Write the CSV of one sweep as ``<export_dir>/sweep-<date>-<id>.csv``; never overwrites
+    another night's file."""
+    run = session.get(SweepRun, sweep_id)
+    day = as_utc(run.started_at).date().isoformat()
+    path = Path(export_dir) / f"sweep-{day}-{sweep_id:05d}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.part")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        write_csv(session, ExportFilter(sweep_run=sweep_id), fh)
+    tmp.replace(path)
+    return path
