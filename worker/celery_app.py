@@ -1,0 +1,71 @@
+"""The Celery app: Redis broker, JSON only, results in SQL (not in Redis), nightly beat."""
+
+from celery import Celery
+from celery.schedules import crontab
+from kombu import Queue
+
+from refund_sorter.config import get_settings
+from refund_sorter.errors import UserError
+
+SWEEP_TASK = "refund_sorter.sweep"
+CLASSIFY_TASK = "refund_sorter.classify"
+CLASSIFY_QUEUE = "classify"
+SWEEP_QUEUE = "sweep"
+
+
+def nightly_schedule(expression: str) -> crontab:
+    """A crontab from a five-field cron expression such as ``0 2 * * *``."""
+    fields = expression.split()
+    if len(fields) != 5:
+        raise UserError(f"REFUND_SORTER_SWEEP_CRON must have five fields, got {expression!r}")
+    minute, hour, day_of_month, month_of_year, day_of_week = fields
+    try:
+        return crontab(
+            minute=minute,
+            hour=hour,
+            day_of_month=day_of_month,
+            month_of_year=month_of_year,
+            day_of_week=day_of_week,
+        )
+    except ValueError as exc:
+        raise UserError(f"REFUND_SORTER_SWEEP_CRON {expression!r} is not valid: {exc}") from None
+
+
+settings = get_settings()
+app = Celery("refund_sorter", broker=settings.broker_url, include=["worker.tasks"])
+app.conf.update(
+    # JSON only: a pickled message could run code on the worker.
+    task_serializer="json",
+    accept_content=["json"],
+    # Two queues so the producer can run where PyTorch is not installed (-Q sweep) and
+    # model workers take only images (-Q classify); a plain worker consumes both.
+    task_queues=(Queue(CLASSIFY_QUEUE), Queue(SWEEP_QUEUE)),
+    task_default_queue=CLASSIFY_QUEUE,
+    task_routes={SWEEP_TASK: {"queue": SWEEP_QUEUE}},
+    # Results are rows in SQL; storing them in Redis too would only fill it.
+    task_ignore_result=True,
+    result_backend=None,
+    # Ack after the batch is committed, so a worker that dies mid-batch loses nothing:
+    # its unacked messages go back to the queue. The SQL rows make a redelivery harmless.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # Batching needs the messages in hand: each process may hold one full batch (plus
+    # the one being classified) instead of Celery's default of four messages.
+    worker_prefetch_multiplier=settings.batch_size,
+    # Redis re-delivers an unacked message after this long; it must exceed the time a
+    # message can wait in a worker's buffer plus one batch, with plenty of margin.
+    broker_transport_options={"visibility_timeout": 3600},
+    broker_connection_retry_on_startup=True,
+    # Events feed Flower's live view of workers and tasks.
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    timezone=settings.timezone,
+    enable_utc=True,
+    beat_schedule={
+        "nightly-sweep": {
+            "task": SWEEP_TASK,
+            "schedule": nightly_schedule(settings.sweep_cron),
+            "kwargs": {"trigger": "beat"},
+        }
+    },
+)

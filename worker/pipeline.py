@@ -1,0 +1,128 @@
+"""Classifying a batch and persisting it: the one code path behind workers and local mode."""
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from models import ItemStatus
+from producer.sweep import WorkItem
+from refund_sorter.config import Settings
+from refund_sorter.crud import ItemResult, record_results
+from refund_sorter.db import session_factory
+from refund_sorter.export import export_sweep
+from refund_sorter.files import destination, move
+from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchOutcome:
+    ok: int = 0
+    failed: int = 0
+    ignored: int = 0  # already stored (a redelivered task) or for another model version
+    finished_sweeps: tuple[int, ...] = ()
+
+
+def _prepare(item: WorkItem, clf):
+    """Read, verify and decode one image; return its input tensor or the reason it failed."""
+    try:
+        data = Path(item.path).read_bytes()
+    except FileNotFoundError:
+        return "file not found (moved or deleted after it was enqueued)"
+    except OSError as exc:
+        return f"cannot read file: {exc}"
+    if sha256_bytes(data) != item.content_hash:
+        return "file changed after it was enqueued (content hash differs)"
+    try:
+        return clf.preset(open_rgb(data, min_size=clf.checkpoint.image_size))
+    except UnreadableImage as exc:
+        return str(exc)
+
+
+def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcome:
+    """Classify ``items`` in one forward pass, store them in one transaction, then move files."""
+    outcome = BatchOutcome()
+    mine = [it for it in items if it.model_version == clf.version]
+    for it in items:
+        if it.model_version != clf.version:
+            # Left queued, file untouched: a worker with the right model (or the next sweep,
+            # once this one is abandoned) classifies it. Writing it under the wrong version
+            # would break "one result per image and model".
+            log.error(
+                "worker has model %s but %s was enqueued for model %s; restart the "
+                "workers after changing the model",
+                clf.version,
+                it.path,
+                it.model_version,
+            )
+            outcome.ignored += 1
+
+    with ThreadPoolExecutor(4) as pool:  # Pillow releases the GIL while decoding
+        prepared = list(pool.map(lambda it: _prepare(it, clf), mine))
+    good = [(it, x) for it, x in zip(mine, prepared, strict=True) if not isinstance(x, str)]
+    predictions = clf.predict_tensors([x for _, x in good]) if good else []
+    by_hash = {it.content_hash: p for (it, _), p in zip(good, predictions, strict=True)}
+
+    results, moves = [], {}
+    for it, x in zip(mine, prepared, strict=True):
+        src = Path(it.path)
+        ok = not isinstance(x, str)
+        target = settings.processed_dir if ok else settings.failed_dir
+        dest = destination(src, settings.incoming_dir, target, it.content_hash)
+        if src.exists():
+            moves[it.content_hash] = (src, dest)
+        if ok:
+            p = by_hash[it.content_hash]
+            results.append(
+                ItemResult(
+                    it.content_hash,
+                    it.model_version,
+                    ItemStatus.OK,
+                    str(dest),
+                    p.main,
+                    p.main_confidence,
+                    p.sub,
+                    p.sub_confidence,
+                    needs_review=p.sub_confidence < settings.review_threshold,
+                )
+            )
+        else:
+            results.append(
+                ItemResult(
+                    it.content_hash,
+                    it.model_version,
+                    ItemStatus.FAILED,
+                    str(dest) if src.exists() else None,
+                    error=x,
+                )
+            )
+
+    sessions = session_factory(settings.database_url)
+    with sessions.begin() as session:
+        stored, finished = record_results(session, results)
+    for content_hash in stored:
+        if content_hash in moves:
+            src, dest = moves[content_hash]
+            try:
+                move(src, dest)
+            except OSError as exc:  # the row is committed; the next sweep files it
+                log.error("could not move %s to %s: %s", src, dest, exc)
+    for r in results:
+        if r.content_hash in stored:
+            if r.status == ItemStatus.OK:
+                outcome.ok += 1
+            else:
+                outcome.failed += 1
+        else:
+            outcome.ignored += 1
+    with sessions() as session:
+        for sweep_id in finished:
+            log.info(
+                "sweep %s finished; CSV %s",
+                sweep_id,
+                export_sweep(session, sweep_id, settings.export_dir),
+            )
+    outcome.finished_sweeps = tuple(finished)
+    return outcome

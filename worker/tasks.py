@@ -1,0 +1,67 @@
+"""Tasks: the nightly sweep (run by beat) and the batched per-image classification.
+
+PyTorch is imported only when a process classifies its first batch, so beat and the
+sweep task never load it.
+"""
+
+import logging
+
+from celery_batches import Batches
+
+from producer.publish import publish
+from producer.sweep import WorkItem, run_sweep
+from worker.celery_app import CLASSIFY_TASK, SWEEP_TASK, app, settings
+from worker.pipeline import process_batch
+
+log = logging.getLogger(__name__)
+
+
+class ClassifierTask(Batches):
+    """Buffers per-image tasks into batches; holds the model, loaded once per process."""
+
+    flush_every = settings.batch_size
+    flush_interval = settings.batch_max_wait
+    _classifier = None
+
+    @property
+    def classifier(self):
+        if self._classifier is None:
+            import torch
+
+            from classifier.predict import Classifier
+
+            if settings.torch_threads:
+                torch.set_num_threads(settings.torch_threads)
+            type(self)._classifier = Classifier.from_path(settings.model_path, settings.device)
+            log.info("loaded model %s on %s", self._classifier.version, self._classifier.device)
+        return self._classifier
+
+
+@app.task(base=ClassifierTask, name=CLASSIFY_TASK, bind=True)
+def classify(self, requests) -> None:
+    items = [WorkItem(*request.args) for request in requests]
+    outcome = process_batch(items, self.classifier, settings)
+    log.info(
+        "batch of %d: %d ok, %d failed, %d ignored",
+        len(items),
+        outcome.ok,
+        outcome.failed,
+        outcome.ignored,
+    )
+
+
+@app.task(name=SWEEP_TASK)
+def sweep(trigger: str = "beat") -> dict:
+    report = run_sweep(settings, dispatch=publish, trigger=trigger)
+    run = report.run
+    log.info(
+        "sweep %s %s: found %d, enqueued %d, failed %d, skipped %d%s",
+        run.id,
+        run.status,
+        run.found,
+        run.enqueued,
+        run.failed,
+        run.skipped,
+        f" ({run.message})" if run.message else "",
+    )
+    return {"sweep_run": run.id, "status": run.status, "enqueued": run.enqueued}
