@@ -1,0 +1,55 @@
+"""Project-level promises: the README's test command is what CI runs, and the producer,
+beat and migrations start without PyTorch."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands() -> list[str]:
+    return re.findall(r"```bash\n(python3 -m venv .*?)\n```", (ROOT / "README.md").read_text())
+
+
+def test_ci_runs_the_readme_test_command():
+    demo, tests = readme_commands()[:2]
+    assert "refund-sorter sweep --local" in demo
+    assert "pytest" in tests
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert tests in ci_lines
+
+
+def test_producer_beat_and_migrations_do_not_import_torch(tmp_path):
+    code = f"""
+import sys
+import worker
+worker.app.loader.import_default_modules()   # what a worker or beat imports
+import producer.sweep, producer.publish, producer.scan
+from refund_sorter.db import upgrade
+upgrade("sqlite:///{tmp_path / "db.sqlite"}")  # runs migrations/env.py and the revisions
+from refund_sorter.cli import main
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
+print("LEAKED", leaked)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "LEAKED []" in out
+
+
+def test_migrations_match_the_models(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from models import Base
+    from refund_sorter.db import get_engine, upgrade
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    with get_engine(url).connect() as conn:
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+        )
+    assert diff == []
