@@ -8,6 +8,7 @@ could execute code. Float weights are stored as float16 to halve the file.
 import os
 import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,10 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> str:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
-        torch.save(checkpoint.to_payload(), tmp)
+        # Through a file object: given a path, torch.save names the archive's inner folder
+        # after the file, so the same model saved under two names would get two versions.
+        with open(tmp, "wb") as fh:
+            torch.save(checkpoint.to_payload(), fh)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -71,12 +75,18 @@ def load_checkpoint(path: Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model file not found: {path}")
+    # save_checkpoint always writes torch's zip format. Anything else (text, an empty file)
+    # would otherwise fail inside the unpickler and be misreported as unsafe code.
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a refund-sorter checkpoint (not a PyTorch file)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        lines = str(exc).splitlines()
+        detail = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")
         raise CheckpointError(
             f"refusing to load {path}: it holds Python objects that could run code, not only "
-            f"plain data ({str(exc).splitlines()[0][:200]})"
+            f"plain data ({detail.strip()[:200]})"
         ) from None
     except Exception as exc:
         raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from None

@@ -114,7 +114,11 @@ def _nested_groups(root: Path):
         if not main_dir.is_dir():
             stray.append(main_dir)
             continue
-        for sub_dir in sorted(p for p in main_dir.iterdir() if _visible(p)):
+        entries = sorted(p for p in main_dir.iterdir() if _visible(p))
+        if not any(p.is_dir() for p in entries):
+            # A main category without sub folders: reported like an empty sub folder.
+            groups[(main_dir.name, "")] = (main_dir, [])
+        for sub_dir in entries:
             if sub_dir.is_dir():
                 groups[(main_dir.name, sub_dir.name)] = (sub_dir, _files_under(sub_dir))
             else:

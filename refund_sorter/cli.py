@@ -50,13 +50,27 @@ def main() -> None:
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, dir_okay=False),
     required=True,
     help="Where to write the best checkpoint.",
 )
-@click.option("--epochs", default=40, show_default=True, help="Training epochs.")
-@click.option("--image-size", default=128, show_default=True, help="Side of the square input.")
-@click.option("--batch-size", default=64, show_default=True, help="Images per training step.")
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Training epochs."
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=16),
+    default=128,
+    show_default=True,
+    help="Side of the square input.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=2),
+    default=64,
+    show_default=True,
+    help="Images per training step.",
+)
 @click.option("--lr", default=2e-3, show_default=True, help="Peak learning rate (one-cycle).")
 @click.option(
     "--device",
@@ -136,11 +150,17 @@ def train(
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option(
     "--report",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, dir_okay=False),
     required=True,
     help="JSON report to write; a PNG of the confusion matrices goes beside it.",
 )
-@click.option("--batch-size", default=64, show_default=True, help="Images per forward pass.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Images per forward pass.",
+)
 @click.option("--device", type=DEVICES, default="auto", show_default=True)
 @click.option(
     "--mapping",

@@ -76,6 +76,8 @@ def open_rgb(source: Path | str | bytes, min_size: int | None = None) -> Image.I
         raise
     except FileNotFoundError:
         raise UnreadableImage("file not found") from None
+    except IsADirectoryError:
+        raise UnreadableImage("a folder, not an image file") from None
     except UnidentifiedImageError:
         raise UnreadableImage("not an image (unrecognised content)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

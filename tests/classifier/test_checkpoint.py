@@ -1,0 +1,318 @@
+"""classifier/checkpoint.py and the backbone loading in classifier/network.py.
+
+A model file carries everything inference needs, has a version derived from its bytes,
+and is never allowed to run code when loaded.
+"""
+
+import hashlib
+import os
+import re
+import shlex
+import zipfile
+from urllib.error import URLError
+
+import pytest
+import torch
+import torchvision
+
+from classifier.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from classifier.network import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DualHeadNet,
+    PretrainedUnavailable,
+    load_backbone_weights,
+)
+from classifier.predict import build_network
+from classifier.taxonomy import Taxonomy
+from refund_sorter.errors import UserError
+
+TAXONOMY = Taxonomy(("bottoms", "tops"), ("jeans", "skirt", "shirt"), (0, 0, 1))
+
+
+@pytest.fixture(scope="module")
+def net() -> DualHeadNet:
+    torch.manual_seed(3)
+    net = DualHeadNet(len(TAXONOMY.main), len(TAXONOMY.sub)).eval()
+    # Non-trivial BatchNorm statistics, so the round trip has to carry buffers too.
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.num_batches_tracked.fill_(7)
+    return net
+
+
+def make_checkpoint(net: DualHeadNet, **meta) -> Checkpoint:
+    return Checkpoint(
+        state_dict=net.state_dict(),
+        taxonomy=TAXONOMY,
+        arch="resnet18",
+        image_size=48,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        meta={"epochs": 3, "metrics": {"sub_accuracy": 0.75}, **meta},
+    )
+
+
+def sha12(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def test_round_trip_keeps_everything_inference_needs(net, tmp_path):
+    path = tmp_path / "models" / "model.pt"  # the folder does not exist yet
+
+    version = save_checkpoint(make_checkpoint(net, note="first"), path)
+    loaded = load_checkpoint(path)
+
+    assert loaded.taxonomy == TAXONOMY
+    assert loaded.arch == "resnet18"
+    assert loaded.image_size == 48
+    assert loaded.mean == pytest.approx(IMAGENET_MEAN)
+    assert loaded.std == pytest.approx(IMAGENET_STD)
+    assert loaded.meta == {"epochs": 3, "metrics": {"sub_accuracy": 0.75}, "note": "first"}
+    assert loaded.version == version
+    assert sorted(os.listdir(path.parent)) == ["model.pt"], "no temporary file is left behind"
+
+
+def test_version_is_the_start_of_the_files_sha256(net, tmp_path):
+    a, b, c = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "c.pt"
+
+    version_a = save_checkpoint(make_checkpoint(net, note="one"), a)
+    version_b = save_checkpoint(make_checkpoint(net, note="one"), b)
+    version_c = save_checkpoint(make_checkpoint(net, note="two"), c)
+
+    assert version_a == sha12(a)
+    assert len(version_a) == 12 and int(version_a, 16) >= 0
+    assert version_b == version_a, "equal content, equal version"
+    assert version_c == sha12(c) != version_a, "other content, other version"
+
+
+def test_weights_are_stored_as_float16_and_give_nearly_the_same_outputs(net, tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(make_checkpoint(net), path)
+
+    loaded = load_checkpoint(path)
+
+    original = net.state_dict()
+    assert loaded.state_dict.keys() == original.keys()
+    for key, value in loaded.state_dict.items():
+        if original[key].is_floating_point():
+            assert value.dtype == torch.float16, key
+            assert torch.equal(value, original[key].half()), key
+        else:
+            assert value.dtype == original[key].dtype, key
+            assert torch.equal(value, original[key]), key
+    assert os.path.getsize(path) < 0.6 * 4 * sum(v.numel() for v in original.values())
+
+    x = torch.randn(4, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    reloaded = build_network(loaded).eval()
+    with torch.no_grad():
+        for before, after in zip(net(x), reloaded(x), strict=True):
+            assert after.dtype == torch.float32
+            scale = float(before.abs().max())
+            torch.testing.assert_close(after, before, rtol=0, atol=0.01 * scale + 1e-4)
+
+
+def test_an_unknown_architecture_is_refused(net):
+    checkpoint = make_checkpoint(net)
+    checkpoint.arch = "vit_b_16"
+
+    with pytest.raises(UserError, match="unsupported architecture in checkpoint: vit_b_16"):
+        build_network(checkpoint)
+
+
+# --- files that must not be trusted -----------------------------------------------------------
+
+
+class Garment:
+    """A harmless custom class: still not plain data."""
+
+    def __init__(self) -> None:
+        self.size = "M"
+
+
+class Trap:
+    """Unpickling this would run a shell command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(net, tmp_path):
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pt"
+    payload = make_checkpoint(net).to_payload()
+    payload["meta"]["trap"] = Trap(f"touch {shlex.quote(str(marker))}")
+    torch.save(payload, path)
+
+    with pytest.raises(CheckpointError, match="refusing to load") as info:
+        load_checkpoint(path)
+
+    assert not marker.exists(), "loading must not execute anything"
+    assert str(path) in str(info.value)
+    assert "system" in str(info.value)  # names what it refused
+
+
+def test_a_checkpoint_with_custom_objects_is_refused(tmp_path):
+    path = tmp_path / "custom.pt"
+    torch.save({"format": "refund-sorter-checkpoint/1", "extra": Garment()}, path)
+
+    with pytest.raises(CheckpointError, match=r"refusing to load .*Garment"):
+        load_checkpoint(path)
+
+
+def test_a_plain_torch_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, path)
+
+    with pytest.raises(CheckpointError, match="not a refund-sorter checkpoint"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"definitely not a model\n", os.urandom(256), b"\x80\x02}q\x00."],
+    ids=["empty", "text", "random", "old-pickle"],
+)
+def test_a_file_that_is_not_a_checkpoint_is_refused_as_such(tmp_path, content):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+
+    message = str(info.value)
+    assert message == f"{path} is not a refund-sorter checkpoint (not a PyTorch file)"
+    assert "could run code" not in message  # not mistaken for an attack
+
+
+def test_a_zip_that_is_not_a_torch_file_is_not_readable(tmp_path):
+    path = tmp_path / "photos.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("a.txt", "hello")
+
+    with pytest.raises(CheckpointError, match=r"photos\.pt is not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_a_missing_model_file_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nothing.pt"
+
+    with pytest.raises(CheckpointError, match=re.escape(f"model file not found: {missing}")):
+        load_checkpoint(missing)
+
+
+# --- backbone initialisation -------------------------------------------------------------------
+
+
+def backbone_equals(net: DualHeadNet, state: dict) -> bool:
+    return all(
+        torch.equal(value, state[key].to(value.dtype))
+        for key, value in net.backbone.state_dict().items()
+    )
+
+
+@pytest.fixture(scope="module")
+def torchvision_state() -> dict:
+    torch.manual_seed(11)
+    return torchvision.models.resnet18().state_dict()
+
+
+def test_pretrained_none_keeps_the_random_initialisation():
+    torch.manual_seed(0)
+    net = DualHeadNet(2, 3)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+
+    assert load_backbone_weights(net, "none") == "none"
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_a_local_torchvision_weights_file_is_loaded_into_the_backbone(tmp_path, torchvision_state):
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision_state, path)
+    net = DualHeadNet(2, 3)
+    assert not backbone_equals(net, torchvision_state)
+
+    source = load_backbone_weights(net, str(path))
+
+    assert source == "file:resnet18.pth"
+    assert backbone_equals(net, torchvision_state)
+    assert isinstance(net.backbone.fc, torch.nn.Identity)  # the classifier of ImageNet is dropped
+
+
+def test_a_refund_sorter_checkpoint_can_start_a_new_training(net, tmp_path):
+    path = tmp_path / "previous.pt"
+    save_checkpoint(make_checkpoint(net), path)
+    fresh = DualHeadNet(5, 9)
+
+    assert load_backbone_weights(fresh, str(path)) == "file:previous.pt"
+
+    expected = {k: v.half() for k, v in net.backbone.state_dict().items()}
+    assert backbone_equals(fresh, expected)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"conv1.weight": torch.zeros(3, 3)},  # a state dict of something else
+        "text",
+    ],
+)
+def test_a_file_that_does_not_fit_a_resnet18_is_refused(tmp_path, content):
+    path = tmp_path / "other.pth"
+    if isinstance(content, str):
+        path.write_text("these are not weights")
+    else:
+        torch.save(content, path)
+
+    with pytest.raises(PretrainedUnavailable, match=r"other\.pth"):
+        load_backbone_weights(DualHeadNet(2, 3), str(path))
+
+
+def test_a_missing_weights_file_names_the_choices(tmp_path):
+    with pytest.raises(PretrainedUnavailable, match="'imagenet', 'none' or a weights file"):
+        load_backbone_weights(DualHeadNet(2, 3), str(tmp_path / "nope.pth"))
+
+
+def test_imagenet_without_network_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    attempts = []
+
+    def offline(url, *args, **kwargs):
+        attempts.append(url)
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+
+    with pytest.raises(PretrainedUnavailable) as info:
+        load_backbone_weights(DualHeadNet(2, 3), "imagenet")
+
+    assert attempts and attempts[0].endswith("resnet18-f37072fd.pth")
+    message = str(info.value)
+    assert "could not be downloaded" in message
+    assert "no route to host" in message
+    assert "--pretrained none" in message
+    assert "Traceback" not in message
+
+
+def test_imagenet_weights_in_the_hub_cache_are_used_offline(
+    tmp_path, monkeypatch, torchvision_state
+):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(torchvision_state, cache / "resnet18-f37072fd.pth")
+
+    def offline(*args, **kwargs):
+        raise AssertionError("must not download when the cache has the file")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    net = DualHeadNet(2, 3)
+
+    assert load_backbone_weights(net, "imagenet") == "imagenet:resnet18-f37072fd.pth"
+    assert backbone_equals(net, torchvision_state)

@@ -1,0 +1,102 @@
+"""classifier/evaluate.py: the report an operator reads after training."""
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from classifier.evaluate import confusion, evaluate, per_class
+
+
+@pytest.fixture
+def held_out_copy(trained_model, tmp_path, make_broken_files):
+    """The session's held-out images plus two unreadable files, in a folder of this test."""
+    _, held_out, _ = trained_model
+    folder = shutil.copytree(held_out, tmp_path / "held_out")
+    broken = make_broken_files(tmp_path / "scratch")
+    for name in ("truncated", "text"):
+        shutil.copy(broken[name], folder / "tops" / "shirt" / broken[name].name)
+    return folder
+
+
+def trace(matrix):
+    return sum(matrix[i][i] for i in range(len(matrix)))
+
+
+@pytest.mark.slow
+def test_evaluation_report_of_a_trained_model(trained_model, held_out_copy, tmp_path):
+    summary, _, _ = trained_model
+    report_path = tmp_path / "reports" / "eval.json"
+
+    returned = evaluate(summary.model_path, held_out_copy, report_path, device="cpu")
+
+    report = json.loads(report_path.read_text())
+    assert report == json.loads(json.dumps(returned))
+    assert report["model_version"] == summary.version
+    assert report["n_images"] == 32  # 4 x 8 known images; vest and broken files not counted
+    assert report["unknown_folders"] == {"tops/vest": 3}
+    skipped = sorted(item["path"].rsplit("/", 1)[-1] for item in report["skipped"])
+    assert skipped == ["notes.jpg", "truncated.jpg"]
+    assert all(item["reason"] for item in report["skipped"])
+
+    assert report["sub_accuracy"] > 0.6  # chance is 0.25
+    assert report["main_accuracy"] >= report["sub_accuracy"] - 1e-9  # a right sub has a right main
+    for level, labels in (
+        ("main", ["bottoms", "tops"]),
+        ("sub", ["bottoms/jeans", "bottoms/skirt", "tops/shirt", "tops/sweater"]),
+    ):
+        matrix = report["confusion"][level]["matrix"]
+        assert report["confusion"][level]["labels"] == labels
+        assert len(matrix) == len(labels)
+        assert all(len(row) == len(labels) for row in matrix)
+        assert sum(map(sum, matrix)) == 32
+        assert 0.0 <= report[f"{level}_accuracy"] <= 1.0
+        assert report[f"{level}_accuracy"] == pytest.approx(trace(matrix) / 32)
+        assert sorted(report["per_class"][level]) == labels
+        for i, label in enumerate(labels):
+            stats = report["per_class"][level][label]
+            assert 0.0 <= stats["precision"] <= 1.0
+            assert 0.0 <= stats["recall"] <= 1.0
+            assert stats["support"] == sum(matrix[i])
+    assert [sum(row) for row in report["confusion"]["sub"]["matrix"]] == [8, 8, 8, 8]
+
+    png = report_path.with_suffix(".png")
+    with Image.open(png) as img:
+        assert img.format == "PNG"
+        assert img.size[0] > 500
+
+
+def test_evaluating_only_unknown_folders_scores_nothing(random_checkpoint, make_dataset, tmp_path):
+    data = make_dataset(tmp_path / "data", {"shoes/boots": 2, "tops/vest": 1})
+    report_path = tmp_path / "eval.json"
+
+    report = evaluate(random_checkpoint, data, report_path, device="cpu")
+
+    assert report["n_images"] == 0
+    assert report["main_accuracy"] == report["sub_accuracy"] == 0.0
+    assert report["unknown_folders"] == {"shoes/boots": 2, "tops/vest": 1}
+    assert sum(map(sum, report["confusion"]["sub"]["matrix"])) == 0
+    assert report_path.with_suffix(".png").is_file()
+
+
+def test_confusion_counts_truth_by_row_and_prediction_by_column():
+    matrix = confusion([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], 3)
+
+    assert matrix == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_per_class_precision_recall_and_support():
+    matrix = [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+    stats = per_class(matrix, ["a", "b", "c"])
+
+    assert stats["a"] == {"precision": 0.5, "recall": 0.5, "support": 2}
+    assert stats["b"] == {"precision": 0.5, "recall": 1.0, "support": 1}
+    assert stats["c"] == pytest.approx({"precision": 1.0, "recall": 2 / 3, "support": 3})
+
+
+def test_a_class_never_seen_nor_predicted_scores_zero_without_dividing_by_zero():
+    stats = per_class([[2, 0], [0, 0]], ["a", "b"])
+
+    assert stats["b"] == {"precision": 0.0, "recall": 0.0, "support": 0}

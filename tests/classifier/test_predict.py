@@ -1,0 +1,130 @@
+"""classifier/predict.py: the main and sub category a user sees always agree."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from classifier.checkpoint import load_checkpoint
+from classifier.predict import Classifier, decide, joint_probabilities, resolve_device
+from refund_sorter.errors import UserError
+
+
+def random_tree(rng: np.random.Generator) -> list[int]:
+    """sub_to_main for a random tree: 2-5 main categories with 1-4 subs each."""
+    n_main = int(rng.integers(2, 6))
+    return [m for m in range(n_main) for _ in range(int(rng.integers(1, 5)))]
+
+
+def test_joint_decision_is_always_consistent_for_random_logits():
+    rng = np.random.default_rng(1234)
+    for _ in range(50):  # 50 random trees x 64 rows of logits
+        tree = random_tree(rng)
+        n_main, n_sub, batch = max(tree) + 1, len(tree), 64
+        sub_to_main = torch.tensor(tree)
+        scale = float(rng.uniform(0.1, 10))
+        main_logits = torch.from_numpy(rng.normal(0, scale, (batch, n_main))).float()
+        sub_logits = torch.from_numpy(rng.normal(0, scale, (batch, n_sub))).float()
+
+        joint = joint_probabilities(main_logits, sub_logits, sub_to_main)
+        sub_idx, sub_conf, main_idx, main_conf = decide(joint, sub_to_main, n_main)
+
+        assert joint.shape == (batch, n_sub)
+        torch.testing.assert_close(joint.sum(1), torch.ones(batch))
+        assert torch.equal(sub_to_main[sub_idx], main_idx), "sub must belong to the main"
+        assert bool((sub_conf <= main_conf + 1e-6).all())
+        assert bool(((sub_conf > 0) & (main_conf <= 1 + 1e-6)).all())
+        # The numbers follow the documented rule, computed here independently.
+        p_main = main_logits.softmax(1).numpy()
+        p_sub = sub_logits.softmax(1).numpy()
+        expected = p_main[:, tree] * p_sub
+        expected /= expected.sum(1, keepdims=True)
+        np.testing.assert_allclose(joint.numpy(), expected, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(sub_idx.numpy(), expected.argmax(1))
+        np.testing.assert_allclose(sub_conf.numpy(), expected.max(1), rtol=1e-4)
+        main_mass = expected @ np.eye(n_main)[tree]  # (batch, n_main): joint summed per main
+        np.testing.assert_allclose(
+            main_conf.numpy(), main_mass[np.arange(batch), main_idx.numpy()], rtol=1e-4
+        )
+
+
+# mains: bottoms, tops; subs: jeans, skirt (bottoms), shirt (tops)
+SUB_TO_MAIN = torch.tensor([0, 0, 1])
+
+
+def test_a_confident_main_head_outweighs_a_hesitant_sub_head():
+    # The sub head leans to "shirt" (0.55), but the main head is sure it is a bottom (0.95).
+    main_logits = torch.log(torch.tensor([[0.95, 0.05]]))
+    sub_logits = torch.log(torch.tensor([[0.30, 0.15, 0.55]]))
+
+    joint = joint_probabilities(main_logits, sub_logits, SUB_TO_MAIN)
+    sub_idx, sub_conf, main_idx, main_conf = decide(joint, SUB_TO_MAIN, 2)
+
+    assert int(sub_logits.argmax()) == 2 and int(main_logits.argmax()) == 0  # heads disagree
+    assert (int(main_idx), int(sub_idx)) == (0, 0)  # bottoms / jeans
+    # 0.95*0.30, 0.95*0.15, 0.05*0.55 renormalised
+    total = 0.95 * 0.30 + 0.95 * 0.15 + 0.05 * 0.55
+    assert float(sub_conf) == pytest.approx(0.95 * 0.30 / total, abs=1e-5)
+    assert float(main_conf) == pytest.approx(0.95 * 0.45 / total, abs=1e-5)
+
+
+def test_a_confident_sub_head_can_overrule_the_main_head():
+    # The main head slightly prefers bottoms (0.6), the sub head is sure of "shirt" (0.9).
+    main_logits = torch.log(torch.tensor([[0.6, 0.4]]))
+    sub_logits = torch.log(torch.tensor([[0.05, 0.05, 0.90]]))
+
+    joint = joint_probabilities(main_logits, sub_logits, SUB_TO_MAIN)
+    sub_idx, _, main_idx, main_conf = decide(joint, SUB_TO_MAIN, 2)
+
+    assert (int(main_idx), int(sub_idx)) == (1, 2)  # tops / shirt, not the main head's bottoms
+    total = 0.6 * 0.05 * 2 + 0.4 * 0.9
+    assert float(main_conf) == pytest.approx(0.4 * 0.9 / total, abs=1e-5)
+
+
+def photos() -> list[Image.Image]:
+    rng = np.random.default_rng(7)
+    sizes = [(40, 40), (64, 30), (17, 90), (200, 120)]
+    return [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), mode="RGB")
+        for w, h in sizes
+    ]
+
+
+def test_classifier_predictions_are_consistent_with_the_taxonomy(random_checkpoint):
+    clf = Classifier.from_path(random_checkpoint, device="cpu")
+    tax = clf.taxonomy
+
+    predictions = clf.predict_images(photos())
+
+    assert len(predictions) == 4
+    for p in predictions:
+        assert p.main in tax.main
+        assert tax.index_of(p.main, p.sub) is not None, f"{p.sub} is not under {p.main}"
+        assert 0.0 < p.sub_confidence <= p.main_confidence + 1e-6
+        assert p.main_confidence <= 1.0 + 1e-6
+    assert clf.version == load_checkpoint(random_checkpoint).version
+    assert len(clf.version) == 12
+
+
+def test_a_prediction_does_not_depend_on_the_rest_of_the_batch(random_checkpoint):
+    clf = Classifier.from_path(random_checkpoint, device="cpu")
+    images = photos()
+
+    together = clf.predict_images(images)
+    alone = [clf.predict_images([img])[0] for img in images]
+
+    for a, b in zip(together, alone, strict=True):
+        assert a.sub_confidence == pytest.approx(b.sub_confidence, abs=0.02)
+        assert a.main_confidence == pytest.approx(b.main_confidence, abs=0.02)
+
+
+def test_an_empty_batch_gives_no_predictions(random_checkpoint):
+    assert Classifier.from_path(random_checkpoint, device="cpu").predict_images([]) == []
+
+
+def test_asking_for_cuda_without_a_gpu_is_a_user_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"

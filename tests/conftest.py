@@ -1,0 +1,160 @@
+"""Shared fixtures: tiny generated images, data folders, broken files and small models.
+
+Everything is written under pytest's tmp_path, which pytest removes itself (it keeps only
+the last few runs), so no fixture leaves files in the repository.
+"""
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+IMAGE_SIDE = 40
+
+# Each class of the generated data sets is visible at a glance: a colour per sub category
+# and the stripes' direction per main category (horizontal for tops, vertical for bottoms).
+CLASS_STYLES: dict[str, tuple[tuple[int, int, int], str]] = {
+    "tops/shirt": ((210, 40, 40), "h"),
+    "tops/sweater": ((40, 170, 60), "h"),
+    "bottoms/jeans": ((40, 70, 210), "v"),
+    "bottoms/skirt": ((230, 210, 40), "v"),
+}
+
+
+def _style(label: str) -> tuple[tuple[int, int, int], str]:
+    if label in CLASS_STYLES:
+        return CLASS_STYLES[label]
+    digest = hashlib.sha256(label.encode()).digest()
+    return (digest[0], digest[1], digest[2]), "hv"[digest[3] % 2]
+
+
+def draw_class_image(label: str, rng: np.random.Generator, side: int = IMAGE_SIDE) -> Image.Image:
+    """A noisy, striped image in the colour of ``label`` ("main/sub")."""
+    colour, direction = _style(label)
+    arr = np.empty((side, side, 3), dtype=np.float64)
+    arr[:] = np.array(colour) + rng.integers(-20, 21, size=3)
+    period = int(rng.integers(6, 10))
+    offset = int(rng.integers(0, period))
+    stripes = ((np.arange(side) + offset) % period) < period // 2
+    if direction == "h":
+        arr[stripes, :, :] *= 0.45
+    else:
+        arr[:, stripes, :] *= 0.45
+    arr += rng.normal(0, 8, size=arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
+
+
+@pytest.fixture
+def make_image() -> Callable[..., Path]:
+    """Write a small image file; the format follows the suffix (.jpg, .png, .webp)."""
+
+    def make(
+        path: Path,
+        colour: tuple[int, int, int] = (200, 50, 50),
+        size: tuple[int, int] = (IMAGE_SIDE, IMAGE_SIDE),
+    ) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, colour).save(path)
+        return path
+
+    return make
+
+
+def write_dataset(root: Path, counts: dict[str, int], seed: int = 0, suffix: str = ".png") -> Path:
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for label, n in counts.items():
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            draw_class_image(label, rng).save(folder / f"img_{seed}_{i:03d}{suffix}")
+    return root
+
+
+@pytest.fixture
+def make_dataset() -> Callable[..., Path]:
+    """Write a ``<main>/<sub>/<image>`` folder: ``make_dataset(root, {"tops/shirt": 5})``.
+
+    The same seed gives the same images; use another seed for held-out data.
+    """
+
+    return write_dataset
+
+
+@pytest.fixture
+def make_broken_files() -> Callable[[Path], dict[str, Path]]:
+    """Write the usual unreadable files into a folder: corrupt, truncated, empty, text."""
+
+    def make(folder: Path) -> dict[str, Path]:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        jpeg = folder / "truncated.jpg"
+        rng = np.random.default_rng(1)
+        noisy = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), mode="RGB")
+        noisy.save(jpeg, quality=95)
+        data = jpeg.read_bytes()
+        jpeg.write_bytes(data[: len(data) // 2])
+        corrupt = folder / "corrupt.png"
+        corrupt.write_bytes(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
+        empty = folder / "empty.jpg"
+        empty.write_bytes(b"")
+        text = folder / "notes.jpg"
+        text.write_text("this is a shopping list, not a photo\n")
+        return {"truncated": jpeg, "corrupt": corrupt, "empty": empty, "text": text}
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint with untrained (random) weights for tops/{shirt,sweater} and
+    bottoms/{jeans,skirt}, 32 px input. Enough to test anything but accuracy."""
+    import torch
+
+    from classifier.checkpoint import Checkpoint, save_checkpoint
+    from classifier.network import IMAGENET_MEAN, IMAGENET_STD, DualHeadNet
+    from classifier.taxonomy import Taxonomy
+
+    torch.manual_seed(0)
+    taxonomy = Taxonomy(
+        main=("bottoms", "tops"),
+        sub=("jeans", "skirt", "shirt", "sweater"),
+        sub_to_main=(0, 0, 1, 1),
+    )
+    net = DualHeadNet(len(taxonomy.main), len(taxonomy.sub))
+    checkpoint = Checkpoint(
+        state_dict=net.state_dict(),
+        taxonomy=taxonomy,
+        arch="resnet18",
+        image_size=32,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        meta={"note": "random weights for tests"},
+    )
+    path = tmp_path_factory.mktemp("random_model") / "random.pt"
+    save_checkpoint(checkpoint, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory):
+    """Train once per session on generated images; returns (summary, held-out folder, echoed lines).
+
+    4 classes (2 main x 2 sub), 24 training and 8 held-out images each, 32 px, CPU. The
+    held-out folder also holds 3 images of tops/vest, a class the training data lacks.
+    A few epochs suffice: the classes differ in colour and stripes.
+    """
+    from classifier.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("trained")
+    train_dir = write_dataset(root / "train", dict.fromkeys(CLASS_STYLES, 24), seed=0)
+    held_out = write_dataset(root / "held_out", dict.fromkeys(CLASS_STYLES, 8), seed=1)
+    write_dataset(held_out, {"tops/vest": 3}, seed=2)
+    cfg = TrainConfig(epochs=2, image_size=32, batch_size=32, val_dir=held_out, device="cpu")
+    lines: list[str] = []
+    summary = train(train_dir, root / "model.pt", cfg, echo=lines.append)
+    return summary, held_out, lines
