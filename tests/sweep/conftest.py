@@ -1,0 +1,248 @@
+"""Fixtures for the sweep tests: a throwaway PostgreSQL database, a Redis database of their
+own, a tiny random-weight model, a home folder with ``incoming/``, and explicit Settings.
+
+PostgreSQL (127.0.0.1:5432, user postgres, trust auth) and Redis (127.0.0.1:6379) must be
+running, as they are in CI. When they are not, the tests that need them fail with a message
+saying so: a skipped integration test reads as a passing one.
+"""
+
+import os
+import random
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from refund_sorter.config import Settings, get_settings
+from refund_sorter.db import get_engine, upgrade
+
+# Failed assertions in the shared helpers show their values, as the tests' own do.
+pytest.register_assert_rewrite("sweep_support")
+from sweep_support import (  # noqa: E402
+    Incoming,
+    TinyModel,
+    add_images,
+    build_settings,
+    save_random_model,
+    service_env,
+)
+
+PG_HOST, PG_PORT, PG_USER, PG_ADMIN_DB = "127.0.0.1", 5432, "postgres", "test"
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_CLAIM_KEY = "refund-sorter-tests:claimed-by"
+
+
+# ------------------------------------------------------------------------------- PostgreSQL
+
+
+def _admin() -> psycopg.Connection:
+    try:
+        return psycopg.connect(
+            host=PG_HOST,
+            port=PG_PORT,
+            user=PG_USER,
+            dbname=PG_ADMIN_DB,
+            autocommit=True,
+            connect_timeout=5,
+        )
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} as {PG_USER} "
+            f"(database {PG_ADMIN_DB}); these tests need it running: {exc}",
+            pytrace=False,
+        )
+
+
+@contextmanager
+def postgres_database(migrate: bool = True) -> Iterator[str]:
+    """A new, empty database (migrated unless told otherwise), dropped afterwards."""
+    name = f"rs_test_{uuid.uuid4().hex[:12]}"
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    try:
+        if migrate:
+            upgrade(url)
+        yield url
+    finally:
+        get_engine(url).dispose()
+        get_engine.cache_clear()
+        with _admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A migrated PostgreSQL database shared by the tests of one module."""
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """A migrated PostgreSQL database for this test alone."""
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def make_pg_database() -> Iterator[Callable[..., str]]:
+    """Create more databases in a test: ``make_pg_database(migrate=False)``."""
+    with ExitStack() as stack:
+        yield lambda migrate=True: stack.enter_context(postgres_database(migrate))
+
+
+# ------------------------------------------------------------------------------------ Redis
+
+
+@pytest.fixture(scope="module")
+def broker_url() -> Iterator[str]:
+    """A Redis database no one else uses (claimed atomically), emptied afterwards, so tests
+    never see each other's messages. Celery's broadcasts are prefixed with the database
+    number by kombu, so pings and control commands stay inside it too."""
+    try:
+        redis.Redis(REDIS_HOST, REDIS_PORT, socket_connect_timeout=5).ping()
+    except redis.RedisError as exc:
+        pytest.fail(
+            f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT}; these tests need "
+            f"it running: {exc}",
+            pytrace=False,
+        )
+    owner = f"pid {os.getpid()} {uuid.uuid4().hex[:8]}"
+    # In random order: other suites tend to pick 0, 1 or 15 without asking.
+    for db in random.sample(range(1, 16), 15):
+        client = redis.Redis(REDIS_HOST, REDIS_PORT, db=db)
+        if client.dbsize() == 0 and client.set(REDIS_CLAIM_KEY, owner, nx=True):
+            break
+        client.close()
+    else:
+        pytest.fail(
+            "no empty Redis database among 1-15 for the tests (an interrupted run leaves "
+            f"its database claimed by the key {REDIS_CLAIM_KEY!r}: flush that database)",
+            pytrace=False,
+        )
+    try:
+        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+def redis_client(broker_url: str) -> Iterator[redis.Redis]:
+    """A client on the test broker's database; empties it (but for the claim) afterwards."""
+    client = redis.Redis.from_url(broker_url)
+    yield client
+    for key in client.scan_iter():
+        if key != REDIS_CLAIM_KEY.encode():
+            client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def producer_app(broker_url: str, monkeypatch: pytest.MonkeyPatch):
+    """Make ``producer.publish`` (and ``app.control``) talk to the test broker.
+
+    ``worker.celery_app.app`` took its broker URL from the environment when first imported;
+    rather than re-point that shared object (and the connection pools it caches), the test
+    swaps in an app with the same configuration and the test broker.
+    """
+    from celery import Celery
+
+    import worker.celery_app
+    import worker.tasks  # registers the tasks on the real app, before the swap
+
+    conf = dict(worker.celery_app.app.conf.changes)
+    conf.pop("include")  # this app only publishes: it must never import the tasks itself
+    app = Celery("refund_sorter", set_as_current=False)
+    app.conf.update(conf, broker_url=broker_url)
+    monkeypatch.setattr(worker.celery_app, "app", app)
+    yield app
+    app.close()
+
+
+# -------------------------------------------------------------------------------- the model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """Untrained 2 main x 5 sub model at 32 px, and a review threshold that splits its
+    confidences on images like the tests' in two, so ``needs_review`` is tested both ways."""
+    from classifier.predict import Classifier
+    from refund_sorter.images import open_rgb
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    version, taxonomy = save_random_model(root / "tiny.pt")
+    calibration = Incoming(root / "calibration")
+    add_images(calibration, 40, seed=999)
+    clf = Classifier.from_path(root / "tiny.pt", "cpu")
+    preds = clf.predict_images([open_rgb(calibration.root / p, 32) for p in calibration.images])
+    confidences = sorted(p.sub_confidence for p in preds)
+    return TinyModel(root / "tiny.pt", version, taxonomy, confidences[len(confidences) // 2])
+
+
+@pytest.fixture(scope="session")
+def classifier(tiny_model: TinyModel):
+    from classifier.predict import Classifier
+
+    return Classifier.from_path(tiny_model.path, "cpu")
+
+
+# ------------------------------------------------------------------------ settings and files
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, tiny_model: TinyModel) -> Callable[..., Settings]:
+    """``make_settings(database_url, **overrides)``: a home folder with an empty incoming/."""
+    count = iter(range(100))
+
+    def make(database_url: str | None = None, **overrides) -> Settings:
+        home = tmp_path / f"home{next(count)}"
+        url = database_url or f"sqlite:///{home / 'refund-sorter.db'}"
+        return build_settings(home, url, tiny_model, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def use_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Settings], None]]:
+    """Point ``get_settings()`` (what the CLI reads) at ``settings`` via REFUND_SORTER_*."""
+
+    def use(settings: Settings) -> None:
+        for key in [k for k in os.environ if k.startswith("REFUND_SORTER_")]:
+            monkeypatch.delenv(key)
+        for key, value in service_env(settings).items():
+            if key.startswith("REFUND_SORTER_"):
+                monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+
+    yield use
+    get_settings.cache_clear()
+
+
+# -------------------------------------------------------------------- reports for finalizers
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def outcome_failed(request: pytest.FixtureRequest) -> Callable[[], bool]:
+    """For a finalizer: did the test body (or its setup) fail?"""
+
+    def failed() -> bool:
+        return any(
+            getattr(request.node, f"rep_{when}", None) is not None
+            and getattr(request.node, f"rep_{when}").failed
+            for when in ("setup", "call")
+        )
+
+    return failed

@@ -1,0 +1,447 @@
+"""Helpers shared by the sweep tests: incoming files, the tiny model, reading back results,
+and real Celery worker processes.
+
+Plain functions (not fixtures) so a test can call them more than once with other seeds.
+"""
+
+import contextlib
+import csv
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import func, select
+
+from models import ItemStatus, Prediction, SweepRun, SweepStatus
+from refund_sorter.config import Settings
+from refund_sorter.crud import as_utc
+from refund_sorter.db import session_factory
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NESTED = Path("dock-3") / "2024-03-01"  # incoming/ holds subfolders as well as files
+
+# The CSV columns an operator's spreadsheet relies on (export.COLUMNS may add more).
+CSV_COLUMNS = [
+    "file_name",
+    "content_hash",
+    "status",
+    "main_category",
+    "main_confidence",
+    "sub_category",
+    "sub_confidence",
+    "needs_review",
+    "model_version",
+    "sweep_run",
+    "error",
+    "classified_at",
+]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def utc(value: datetime) -> datetime:
+    """A stored time in UTC, whatever the database session's time zone (naive = UTC)."""
+    return as_utc(value).astimezone(UTC)
+
+
+# ----------------------------------------------------------------------------- incoming files
+
+
+@dataclass
+class Incoming:
+    """What a test dropped into ``incoming/``, keyed by path relative to it."""
+
+    root: Path
+    images: dict[Path, str] = field(default_factory=dict)  # readable image -> content hash
+    unreadable: dict[Path, tuple[str, str]] = field(default_factory=dict)  # -> (hash, error)
+
+    @property
+    def all(self) -> dict[Path, str]:
+        return {**self.images, **{p: h for p, (h, _) in self.unreadable.items()}}
+
+
+def image_bytes(rng: np.random.Generator, suffix: str, side: int = 40) -> bytes:
+    """A small photo-like image: a random base colour, a gradient and noise."""
+    base = rng.integers(0, 256, size=3)
+    ramp = np.linspace(-40, 40, side)[None, :, None] * rng.uniform(-1, 1, size=3)
+    arr = base + ramp + rng.normal(0, 12, size=(side, side, 3))
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG" if suffix == ".jpg" else "PNG", quality=90)
+    return buf.getvalue()
+
+
+def add_images(incoming: Incoming, n: int, seed: int, prefix: str = "img") -> dict[Path, str]:
+    """Write ``n`` distinct 40x40 JPEG and PNG images, a third of them in a nested folder."""
+    rng = np.random.default_rng(seed)
+    written: dict[Path, str] = {}
+    for i in range(n):
+        suffix = ".jpg" if i % 2 == 0 else ".png"
+        rel = (NESTED if i % 3 == 0 else Path()) / f"{prefix}-{seed}-{i:03d}{suffix}"
+        data = image_bytes(rng, suffix)
+        path = incoming.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        written[rel] = sha256(data)
+    taken = set(incoming.all.values())
+    assert len(set(written.values())) == n and not taken & set(written.values()), "images collide"
+    incoming.images.update(written)
+    return written
+
+
+def add_unreadable(
+    incoming: Incoming, seed: int, empty: bool = True
+) -> dict[Path, tuple[str, str]]:
+    """A text file named .jpg and an empty file (both caught by the producer's sniff), and a
+    truncated JPEG in the nested folder (its header is fine: only the worker finds out).
+
+    Every empty file has the same content hash, hence the same row: ``empty=False`` leaves it
+    out where a test adds unreadable files more than once to one database.
+    """
+    rng = np.random.default_rng(seed)
+    noisy = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), mode="RGB")
+    buf = io.BytesIO()
+    noisy.save(buf, format="JPEG", quality=95)
+    files = {
+        Path(f"shopping-list-{seed}.jpg"): (
+            f"returns slip {seed}: 2 shirts, 1 skirt\n".encode(),
+            "not an image",
+        ),
+        Path(f"empty-{seed}.jpg"): (b"", "empty file"),
+        NESTED / f"truncated-{seed}.jpg": (
+            buf.getvalue()[: len(buf.getvalue()) // 2],
+            "corrupt or truncated",
+        ),
+    }
+    written = {}
+    for rel, (data, error) in files.items():
+        if data or empty:
+            path = incoming.root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            written[rel] = (sha256(data), error)
+    incoming.unreadable.update(written)
+    return written
+
+
+def files_under(folder: Path) -> dict[Path, str]:
+    """Every file below ``folder`` (relative path -> content hash)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {
+        p.relative_to(folder): sha256(p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+# ------------------------------------------------------------------------ model and settings
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    path: Path
+    version: str
+    taxonomy: object
+    review_threshold: float  # the median sub confidence: about half the images need review
+
+
+def save_random_model(path: Path, seed: int = 0, note: str = "random weights for tests"):
+    import torch
+
+    from classifier.checkpoint import Checkpoint, save_checkpoint
+    from classifier.network import IMAGENET_MEAN, IMAGENET_STD, DualHeadNet
+    from classifier.taxonomy import Taxonomy
+
+    torch.manual_seed(seed)
+    taxonomy = Taxonomy(
+        main=("bottoms", "tops"),
+        sub=("jeans", "skirt", "shirt", "sweater", "t-shirt"),
+        sub_to_main=(0, 0, 1, 1, 1),
+    )
+    net = DualHeadNet(len(taxonomy.main), len(taxonomy.sub))
+    checkpoint = Checkpoint(
+        state_dict=net.state_dict(),
+        taxonomy=taxonomy,
+        arch="resnet18",
+        image_size=32,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        meta={"note": note},
+    )
+    version = save_checkpoint(checkpoint, path)
+    return version, taxonomy
+
+
+def build_settings(
+    home: Path,
+    database_url: str,
+    model: TinyModel,
+    broker_url: str = "redis://127.0.0.1:1/0",
+    **overrides,
+) -> Settings:
+    # The default broker is a closed port: local mode must never need one.
+    values = dict(
+        home=home,
+        database_url=database_url,
+        broker_url=broker_url,
+        model_path=model.path,
+        batch_size=8,
+        batch_max_wait=0.5,
+        review_threshold=model.review_threshold,
+        device="cpu",
+        torch_threads=0,
+    )
+    values.update(overrides)
+    settings = Settings(**values)
+    settings.incoming_dir.mkdir(parents=True)
+    return settings
+
+
+# ------------------------------------------------------------------------------ the database
+
+
+def get_run(settings: Settings, run_id: int) -> SweepRun:
+    with session_factory(settings.database_url)() as session:
+        return session.get(SweepRun, run_id)
+
+
+def all_runs(settings: Settings) -> list[SweepRun]:
+    with session_factory(settings.database_url)() as session:
+        return list(session.scalars(select(SweepRun).order_by(SweepRun.id)))
+
+
+def all_predictions(settings: Settings) -> list[Prediction]:
+    with session_factory(settings.database_url)() as session:
+        return list(session.scalars(select(Prediction).order_by(Prediction.id)))
+
+
+def count_predictions(settings: Settings) -> int:
+    with session_factory(settings.database_url)() as session:
+        return session.scalar(select(func.count()).select_from(Prediction))
+
+
+def wait_for_run(
+    settings: Settings,
+    run_id: int,
+    timeout: float = 120.0,
+    logs: "list[WorkerProcess] | None" = None,
+) -> SweepRun:
+    """Poll the sweep run until it leaves ``running``; fail with the workers' logs if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = get_run(settings, run_id)
+        if run.status != SweepStatus.RUNNING:
+            return run
+        if time.monotonic() > deadline:
+            tails = "\n".join(w.describe() for w in logs or [])
+            raise AssertionError(
+                f"sweep {run_id} still running after {timeout:.0f} s "
+                f"(pending {run.pending} of {run.enqueued})\n{tails}"
+            )
+        time.sleep(0.5)
+
+
+def check_finished_sweep(
+    settings: Settings, run_id: int, incoming: Incoming, taxonomy
+) -> list[Prediction]:
+    """Everything a finished sweep promises the operator, checked against disk, table and CSV.
+
+    ``incoming`` holds exactly the files this sweep found (none of them seen before).
+    """
+    run = get_run(settings, run_id)
+    n_img, n_bad = len(incoming.images), len(incoming.unreadable)
+    assert run.status == SweepStatus.FINISHED, run.message
+    assert (run.found, run.succeeded, run.failed, run.skipped, run.pending) == (
+        n_img + n_bad,
+        n_img,
+        n_bad,
+        0,
+        0,
+    )
+    assert run.found == run.succeeded + run.failed + run.skipped
+    # The producer catches the text file and the empty one; the truncated JPEG is enqueued.
+    n_producer_failures = sum(
+        1 for _, err in incoming.unreadable.values() if err in ("not an image", "empty file")
+    )
+    assert run.enqueued == run.found - n_producer_failures
+    assert run.finished_at is not None
+
+    rows = [p for p in all_predictions(settings) if p.sweep_run_id == run_id]
+    by_hash = {p.content_hash: p for p in rows}
+    assert len(rows) == len(by_hash) == n_img + n_bad
+    assert {p.model_version for p in rows} == {run.model_version}
+
+    # Nothing is left behind, and every file sits where its row says, with its own bytes.
+    assert files_under(settings.incoming_dir) == {}
+    processed, failed = files_under(settings.processed_dir), files_under(settings.failed_dir)
+    for rel, content_hash in incoming.images.items():
+        p = by_hash[content_hash]
+        assert p.status == ItemStatus.OK, (rel, p.error)
+        assert p.error is None
+        assert p.file_name == rel.name
+        assert Path(p.original_path) == settings.incoming_dir.absolute() / rel
+        assert Path(p.final_path) == settings.processed_dir.absolute() / rel
+        assert processed[rel] == content_hash
+        assert p.main_category in taxonomy.main and p.sub_category in taxonomy.sub
+        sub_index = taxonomy.index_of(p.main_category, p.sub_category)
+        assert sub_index is not None, f"{p.sub_category} is not under {p.main_category}"
+        assert 0 < p.sub_confidence <= p.main_confidence <= 1 + 1e-6
+        assert p.needs_review == (p.sub_confidence < settings.review_threshold)
+        assert utc(p.classified_at) >= utc(run.started_at)
+    for rel, (content_hash, error) in incoming.unreadable.items():
+        p = by_hash[content_hash]
+        assert p.status == ItemStatus.FAILED
+        assert error in p.error, (rel, p.error)
+        assert p.main_category is None and p.sub_category is None and not p.needs_review
+        assert Path(p.final_path) == settings.failed_dir.absolute() / rel
+        assert failed[rel] == content_hash
+    # ... and nowhere else: no second copy under another name.
+    assert {rel: h for rel, h in processed.items() if h in by_hash} == incoming.images
+    assert {rel: h for rel, h in failed.items() if h in by_hash} == {
+        rel: h for rel, (h, _) in incoming.unreadable.items()
+    }
+
+    check_csv_matches(sweep_csv(settings, run), rows)
+    return rows
+
+
+def sweep_csv(settings: Settings, run: SweepRun) -> Path:
+    path = settings.export_dir / f"sweep-{utc(run.started_at).date()}-{run.id:05d}.csv"
+    assert path.is_file(), f"no CSV for sweep {run.id}: {sorted(settings.export_dir.glob('*'))}"
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        assert set(CSV_COLUMNS) <= set(reader.fieldnames), reader.fieldnames
+        return list(reader)
+
+
+def check_csv_matches(path: Path, rows: list[Prediction]) -> None:
+    """The CSV holds exactly ``rows``, field for field."""
+    lines = read_csv(path)
+    assert sorted(line["content_hash"] for line in lines) == sorted(p.content_hash for p in rows)
+    by_hash = {p.content_hash: p for p in rows}
+    for line in lines:
+        p = by_hash[line["content_hash"]]
+        assert line["file_name"] == p.file_name
+        assert line["status"] == p.status
+        assert line["main_category"] == (p.main_category or "")
+        assert line["sub_category"] == (p.sub_category or "")
+        for column, value in (
+            ("main_confidence", p.main_confidence),
+            ("sub_confidence", p.sub_confidence),
+        ):
+            if value is None:
+                assert line[column] == ""
+            else:
+                assert abs(float(line[column]) - value) <= 1e-4
+        assert line["needs_review"] == ("true" if p.needs_review else "false")
+        assert line["model_version"] == p.model_version
+        assert int(line["sweep_run"]) == p.sweep_run_id
+        assert line["error"] == (p.error or "")
+        assert line["classified_at"] == utc(p.classified_at).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------ Celery workers
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """The environment a worker (or any refund-sorter process) gets for ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFUND_SORTER_")}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        REFUND_SORTER_HOME=str(settings.home),
+        REFUND_SORTER_DATABASE_URL=settings.database_url,
+        REFUND_SORTER_BROKER_URL=settings.broker_url,
+        REFUND_SORTER_MODEL_PATH=str(settings.model_path),
+        REFUND_SORTER_BATCH_SIZE=str(settings.batch_size),
+        REFUND_SORTER_BATCH_MAX_WAIT=str(settings.batch_max_wait),
+        REFUND_SORTER_REVIEW_THRESHOLD=str(settings.review_threshold),
+        REFUND_SORTER_DEVICE=settings.device,
+        REFUND_SORTER_TORCH_THREADS=str(settings.torch_threads),
+    )
+    return env
+
+
+class WorkerProcess:
+    """``celery -A worker worker`` as an operator starts it, in its own process group."""
+
+    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "--concurrency",
+                "1",
+                "--pool",
+                "prefork",
+                "-n",
+                name,
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def describe(self, tail: int = 6000) -> str:
+        status = f"exit code {self.proc.poll()}" if self.proc.poll() is not None else "running"
+        return f"----- log of {self.name} ({status}) -----\n{self.log()[-tail:]}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # warm shutdown: finish the batch in hand
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=20)
+        # The pool's child may outlive a parent that was killed: end the whole group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def wait_for_workers(app, workers: list[WorkerProcess], timeout: float = 90.0) -> None:
+    """Until every worker answers a ping over the broker (not merely until it started)."""
+    deadline = time.monotonic() + timeout
+    names = {w.name for w in workers}
+    while True:
+        for w in workers:
+            if w.proc.poll() is not None:
+                raise AssertionError(f"worker {w.name} exited early\n{w.describe()}")
+        replies = app.control.ping(destination=sorted(names), timeout=1.0) or []
+        if names <= {name for reply in replies for name in reply}:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"workers did not answer a ping within {timeout:.0f} s (got {replies})\n"
+                + "\n".join(w.describe() for w in workers)
+            )
+        time.sleep(0.5)

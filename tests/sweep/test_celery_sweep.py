@@ -1,0 +1,140 @@
+"""The queue for real: the producer publishes to Redis, two ``celery -A worker worker``
+processes classify in batches and write to PostgreSQL, and the sweep finishes by itself.
+
+The two workers start once for the module (the model loads once per process, as in
+production) and are stopped, with their logs printed when a test failed, at the end.
+"""
+
+import re
+import time
+from collections import defaultdict
+
+import pytest
+from celery import Celery
+from sweep_support import (
+    Incoming,
+    WorkerProcess,
+    add_images,
+    add_unreadable,
+    all_predictions,
+    build_settings,
+    check_finished_sweep,
+    count_predictions,
+    service_env,
+    wait_for_run,
+    wait_for_workers,
+)
+
+from producer.publish import publish
+from producer.sweep import run_sweep
+
+pytestmark = pytest.mark.services
+
+BATCH_SIZE = 4
+BATCH_LINE = re.compile(r"batch of (\d+): (\d+) ok, (\d+) failed, (\d+) ignored")
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory, pg_url, broker_url, tiny_model):
+    home = tmp_path_factory.mktemp("celery") / "home"
+    return build_settings(
+        home,
+        pg_url,
+        tiny_model,
+        broker_url=broker_url,
+        batch_size=BATCH_SIZE,
+        batch_max_wait=0.5,
+        torch_threads=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def workers(settings, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("worker-logs")
+    env = service_env(settings)
+    started: list[WorkerProcess] = []
+    ping = Celery("refund_sorter-test-ping", broker=settings.broker_url, set_as_current=False)
+    try:
+        for name in ("w1", "w2"):
+            started.append(WorkerProcess(f"{name}@refund-sorter-test", env, logs / f"{name}.log"))
+        wait_for_workers(ping, started)
+        yield started
+    finally:
+        ping.close()
+        for worker in started:
+            worker.stop()
+
+
+@pytest.fixture
+def live_workers(workers, outcome_failed):
+    yield workers
+    if outcome_failed():
+        for worker in workers:
+            print(worker.describe(tail=20000))
+
+
+def batches_since(workers, offsets) -> dict[str, list[tuple[int, ...]]]:
+    """The ``batch of`` lines each worker logged since ``offsets``."""
+    found = defaultdict(list)
+    for w in workers:
+        for match in BATCH_LINE.finditer(w.log()[offsets[w.name] :]):
+            found[w.name].append(tuple(int(g) for g in match.groups()))
+    return found
+
+
+def test_workers_classify_a_sweep_published_to_redis(
+    settings, live_workers, producer_app, tiny_model
+):
+    incoming = Incoming(settings.incoming_dir)
+    add_images(incoming, 50, seed=21)
+    add_unreadable(incoming, seed=21)
+
+    report = run_sweep(settings, dispatch=publish, trigger="manual")
+
+    assert report.run.status == "running"
+    assert report.run.enqueued == 51  # the 50 images and the truncated JPEG
+    assert {str(p.name) for p, _ in report.failed} == {"shopping-list-21.jpg", "empty-21.jpg"}
+    run = wait_for_run(settings, report.run.id, timeout=120, logs=live_workers)
+    assert run.trigger == "manual"
+    rows = check_finished_sweep(settings, run.id, incoming, tiny_model.taxonomy)
+    assert {p.needs_review for p in rows if p.status == "ok"} == {True, False}
+
+    # The next sweep finds nothing to do and publishes nothing.
+    n_rows = count_predictions(settings)
+    again = run_sweep(settings, dispatch=publish, trigger="manual")
+    assert (again.run.status, again.run.found, again.run.enqueued) == ("finished", 0, 0)
+    assert again.enqueued == []
+    assert count_predictions(settings) == n_rows
+
+
+def test_two_workers_share_the_queue_and_classify_each_image_once(
+    settings, live_workers, producer_app, tiny_model
+):
+    offsets = {w.name: len(w.log()) for w in live_workers}
+    n_rows = count_predictions(settings)
+    incoming = Incoming(settings.incoming_dir)
+    add_images(incoming, 60, seed=31)
+
+    report = run_sweep(settings, dispatch=publish, trigger="manual")
+    run = wait_for_run(settings, report.run.id, timeout=120, logs=live_workers)
+
+    check_finished_sweep(settings, run.id, incoming, tiny_model.taxonomy)
+    rows = all_predictions(settings)
+    assert len(rows) == n_rows + 60
+    assert len({(p.content_hash, p.model_version) for p in rows}) == len(rows)
+
+    # The log line follows the commit that finished the sweep: give it a moment.
+    deadline = time.monotonic() + 15
+    while True:
+        batches = batches_since(live_workers, offsets)
+        done = sum(b[1] for per_worker in batches.values() for b in per_worker)
+        if done >= 60 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert set(batches) == {w.name for w in live_workers}, f"only {set(batches)} took work"
+    every = [b for per_worker in batches.values() for b in per_worker]
+    # Each message was handled exactly once, in batches no larger than configured.
+    assert sum(size for size, *_ in every) == 60
+    assert sum(ok for _, ok, _, _ in every) == 60
+    assert all(failed == ignored == 0 for _, _, failed, ignored in every)
+    assert max(size for size, *_ in every) <= BATCH_SIZE
