@@ -15,7 +15,6 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -77,10 +76,21 @@ class SweepRun(Base):
 
 
 class Prediction(Base):
+    """One image content classified (or attempted) by one model version."""
+
     __tablename__ = "predictions"
     __table_args__ = (
-        # The same image content is classified once per model version, never twice.
-        UniqueConstraint("content_hash", "model_version", name="uq_predictions_hash_model"),
+        # The same image content is classified once per model version, never twice. Failed
+        # rows are history (every unreadable upload keeps its own row), so they are exempt,
+        # and a retried file gets a fresh row.
+        Index(
+            "uq_predictions_hash_model",
+            "content_hash",
+            "model_version",
+            unique=True,
+            postgresql_where=text("status <> 'failed'"),
+            sqlite_where=text("status <> 'failed'"),
+        ),
         Index("ix_predictions_sweep_status", "sweep_run_id", "status"),
         Index("ix_predictions_classified_at", "classified_at"),
         Index("ix_predictions_category", "main_category", "sub_category"),

@@ -13,7 +13,7 @@ from classifier.version import model_version
 from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
 from producer.scan import Found, inspect, list_files
 from refund_sorter.config import Settings
-from refund_sorter.crud import begin_sweep, existing_predictions
+from refund_sorter.crud import begin_sweep, live_predictions
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
 from refund_sorter.export import export_sweep
@@ -101,21 +101,43 @@ def run_sweep(
     return report
 
 
-def _record(sessions, run_id: int, found: list[Found], settings: Settings, model_version: str):
+def _record(sessions, run_id: int, found: list[Found], settings: Settings, version: str):
     now = utcnow()
     moves: list[tuple[Path, Path]] = []
     enqueued: list[WorkItem] = []
     failed: list[tuple[Path, str]] = []
     skipped = 0
     with sessions.begin() as session:
-        existing = existing_predictions(session, {f.content_hash for f in found}, model_version)
+        images = {f.content_hash for f in found if f.error is None}
+        live = live_predictions(session, images, version)
         seen: set[str] = set()
         for f in found:
+            if f.error is not None:  # not an image: every such file keeps its own row
+                dest = destination(
+                    f.path, settings.incoming_dir, settings.failed_dir, f.content_hash
+                )
+                session.add(
+                    Prediction(
+                        content_hash=f.content_hash,
+                        model_version=version,
+                        sweep_run_id=run_id,
+                        status=ItemStatus.FAILED,
+                        file_name=f.path.name,
+                        original_path=str(f.path),
+                        final_path=str(dest),
+                        error=f.error,
+                        created_at=now,
+                        classified_at=now,
+                    )
+                )
+                moves.append((f.path, dest))
+                failed.append((f.path, f.error))
+                continue
             if f.content_hash in seen:  # same bytes twice tonight: the copy waits a night
                 skipped += 1
                 continue
             seen.add(f.content_hash)
-            row = existing.get(f.content_hash)
+            row = live.get(f.content_hash)
             if row is not None and row.status == ItemStatus.OK:
                 skipped += 1  # already classified by this model: file it with the others
                 moves.append(
@@ -127,36 +149,15 @@ def _record(sessions, run_id: int, found: list[Found], settings: Settings, model
                     )
                 )
                 continue
-            if row is None:
-                row = Prediction(content_hash=f.content_hash, model_version=model_version)
+            if row is None:  # a new image, or a retry of one that failed
+                row = Prediction(
+                    content_hash=f.content_hash, model_version=version, status=ItemStatus.QUEUED
+                )
                 session.add(row)
-            row.sweep_run_id = run_id
-            row.file_name = f.path.name
-            row.original_path = str(f.path)
-            row.created_at = now
-            row.main_category = row.sub_category = None
-            row.main_confidence = row.sub_confidence = None
-            row.needs_review = False
-            if f.error is None:
-                row.status, row.error, row.final_path, row.classified_at = (
-                    ItemStatus.QUEUED,
-                    None,
-                    None,
-                    None,
-                )
-                enqueued.append(WorkItem(str(f.path), f.content_hash, model_version))
-            else:
-                dest = destination(
-                    f.path, settings.incoming_dir, settings.failed_dir, f.content_hash
-                )
-                row.status, row.error, row.final_path, row.classified_at = (
-                    ItemStatus.FAILED,
-                    f.error,
-                    str(dest),
-                    now,
-                )
-                moves.append((f.path, dest))
-                failed.append((f.path, f.error))
+            # else: still queued by an abandoned sweep, re-enqueued by this one
+            row.sweep_run_id, row.created_at = run_id, now
+            row.file_name, row.original_path = f.path.name, str(f.path)
+            enqueued.append(WorkItem(str(f.path), f.content_hash, version))
         run = session.get(SweepRun, run_id)
         run.found, run.enqueued, run.failed, run.skipped = (
             len(found),

@@ -12,10 +12,11 @@ from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything is stored in UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+    """In UTC whatever the database returns: SQLite gives naive UTC values, PostgreSQL
+    aware ones in the session's time zone."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def begin_sweep(
@@ -59,15 +60,18 @@ def begin_sweep(
     return run
 
 
-def existing_predictions(
+def live_predictions(
     session: Session, hashes: Iterable[str], model_version: str, chunk: int = 500
 ) -> dict[str, Prediction]:
+    """The queued or classified row of each content hash for this model (failed rows are
+    history and never block a retry)."""
     hashes = list(hashes)
     found: dict[str, Prediction] = {}
     for start in range(0, len(hashes), chunk):
         rows = session.scalars(
             select(Prediction).where(
                 Prediction.model_version == model_version,
+                Prediction.status != ItemStatus.FAILED,
                 Prediction.content_hash.in_(hashes[start : start + chunk]),
             )
         )

@@ -3,7 +3,7 @@
 import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -45,10 +45,10 @@ def build_query(flt: ExportFilter) -> Select:
         query = query.where(Prediction.sweep_run_id == flt.sweep_run)
     if flt.since is not None:
         query = query.where(
-            Prediction.classified_at >= datetime.combine(flt.since, datetime.min.time())
+            Prediction.classified_at >= datetime.combine(flt.since, time.min, tzinfo=UTC)
         )
     if flt.until is not None:
-        end = datetime.combine(flt.until + timedelta(days=1), datetime.min.time())
+        end = datetime.combine(flt.until + timedelta(days=1), time.min, tzinfo=UTC)
         query = query.where(Prediction.classified_at < end)
     if flt.status is not None:
         query = query.where(Prediction.status == flt.status)

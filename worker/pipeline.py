@@ -4,6 +4,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from models import ItemStatus
 from producer.sweep import WorkItem
@@ -25,20 +26,27 @@ class BatchOutcome:
     finished_sweeps: tuple[int, ...] = ()
 
 
+class Unusable(NamedTuple):
+    error: str
+    leave_in_place: bool = False  # gone, or holding new content for the next sweep
+
+
 def _prepare(item: WorkItem, clf):
-    """Read, verify and decode one image; return its input tensor or the reason it failed."""
+    """Read, verify and decode one image: its input tensor, or why it cannot be used."""
     try:
         data = Path(item.path).read_bytes()
     except FileNotFoundError:
-        return "file not found (moved or deleted after it was enqueued)"
+        return Unusable("file not found (moved or deleted after it was enqueued)", True)
     except OSError as exc:
-        return f"cannot read file: {exc}"
+        return Unusable(f"cannot read file: {exc}")
     if sha256_bytes(data) != item.content_hash:
-        return "file changed after it was enqueued (content hash differs)"
+        return Unusable(
+            "file changed after it was enqueued; the next sweep takes the new content", True
+        )
     try:
         return clf.preset(open_rgb(data, min_size=clf.checkpoint.image_size))
     except UnreadableImage as exc:
-        return str(exc)
+        return Unusable(str(exc))
 
 
 def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcome:
@@ -47,12 +55,11 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
     mine = [it for it in items if it.model_version == clf.version]
     for it in items:
         if it.model_version != clf.version:
-            # Left queued, file untouched: a worker with the right model (or the next sweep,
-            # once this one is abandoned) classifies it. Writing it under the wrong version
-            # would break "one result per image and model".
+            # Left queued, file untouched: writing it under another model's version would
+            # break "one result per image and model". The next sweep after the stale delay
+            # re-enqueues it.
             log.error(
-                "worker has model %s but %s was enqueued for model %s; restart the "
-                "workers after changing the model",
+                "worker has model %s but %s was enqueued for model %s",
                 clf.version,
                 it.path,
                 it.model_version,
@@ -61,19 +68,30 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
 
     with ThreadPoolExecutor(4) as pool:  # Pillow releases the GIL while decoding
         prepared = list(pool.map(lambda it: _prepare(it, clf), mine))
-    good = [(it, x) for it, x in zip(mine, prepared, strict=True) if not isinstance(x, str)]
+    good = [(it, x) for it, x in zip(mine, prepared, strict=True) if not isinstance(x, Unusable)]
     predictions = clf.predict_tensors([x for _, x in good]) if good else []
     by_hash = {it.content_hash: p for (it, _), p in zip(good, predictions, strict=True)}
 
     results, moves = [], {}
     for it, x in zip(mine, prepared, strict=True):
         src = Path(it.path)
-        ok = not isinstance(x, str)
-        target = settings.processed_dir if ok else settings.failed_dir
-        dest = destination(src, settings.incoming_dir, target, it.content_hash)
-        if src.exists():
-            moves[it.content_hash] = (src, dest)
-        if ok:
+        if isinstance(x, Unusable):
+            dest = (
+                None
+                if x.leave_in_place
+                else destination(src, settings.incoming_dir, settings.failed_dir, it.content_hash)
+            )
+            results.append(
+                ItemResult(
+                    it.content_hash,
+                    it.model_version,
+                    ItemStatus.FAILED,
+                    str(dest) if dest else None,
+                    error=x.error,
+                )
+            )
+        else:
+            dest = destination(src, settings.incoming_dir, settings.processed_dir, it.content_hash)
             p = by_hash[it.content_hash]
             results.append(
                 ItemResult(
@@ -88,16 +106,8 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
                     needs_review=p.sub_confidence < settings.review_threshold,
                 )
             )
-        else:
-            results.append(
-                ItemResult(
-                    it.content_hash,
-                    it.model_version,
-                    ItemStatus.FAILED,
-                    str(dest) if src.exists() else None,
-                    error=x,
-                )
-            )
+        if dest is not None:
+            moves[it.content_hash] = (src, dest)
 
     sessions = session_factory(settings.database_url)
     with sessions.begin() as session:

@@ -8,6 +8,7 @@ import logging
 
 from celery_batches import Batches
 
+from classifier.version import model_version
 from producer.publish import publish
 from producer.sweep import WorkItem, run_sweep
 from worker.celery_app import CLASSIFY_TASK, SWEEP_TASK, app, settings
@@ -36,11 +37,22 @@ class ClassifierTask(Batches):
             log.info("loaded model %s on %s", self._classifier.version, self._classifier.device)
         return self._classifier
 
+    def classifier_for(self, items: list[WorkItem]):
+        """The loaded model, reloaded first if the model file was replaced since it was
+        loaded and these tasks were enqueued for the new one."""
+        clf = self.classifier
+        wanted = {it.model_version for it in items} - {clf.version}
+        if wanted and model_version(settings.model_path) in wanted:
+            log.info("model file changed (now %s): reloading", ", ".join(sorted(wanted)))
+            type(self)._classifier = None
+            clf = self.classifier
+        return clf
+
 
 @app.task(base=ClassifierTask, name=CLASSIFY_TASK, bind=True)
 def classify(self, requests) -> None:
     items = [WorkItem(*request.args) for request in requests]
-    outcome = process_batch(items, self.classifier, settings)
+    outcome = process_batch(items, self.classifier_for(items), settings)
     log.info(
         "batch of %d: %d ok, %d failed, %d ignored",
         len(items),

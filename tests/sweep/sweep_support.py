@@ -106,8 +106,8 @@ def add_unreadable(
     """A text file named .jpg and an empty file (both caught by the producer's sniff), and a
     truncated JPEG in the nested folder (its header is fine: only the worker finds out).
 
-    Every empty file has the same content hash, hence the same row: ``empty=False`` leaves it
-    out where a test adds unreadable files more than once to one database.
+    Every empty file has the same content hash; ``empty=False`` leaves it out where a test
+    keys files by hash.
     """
     rng = np.random.default_rng(seed)
     noisy = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), mode="RGB")

@@ -57,11 +57,11 @@ def test_a_vanished_or_changed_file_becomes_a_failed_row(enqueued, classifier):
     assert gone.final_path is None and gone.classified_at is not None
     edited = rows[changed.content_hash]
     assert edited.status == "failed" and "changed" in edited.error
-    # The edited file is kept, with its new bytes, next to the other failures.
-    assert edited.final_path == str(settings.failed_dir.absolute() / changed_rel)
-    assert files_under(settings.failed_dir) == {changed_rel: sha256(new_bytes)}
+    # The edited file stays in incoming/ with its new bytes, for the next sweep.
+    assert edited.final_path is None
+    assert files_under(settings.failed_dir) == {}
     assert all(rows[it.content_hash].status == "ok" for it in items[2:])
-    assert files_under(settings.incoming_dir) == {}
+    assert files_under(settings.incoming_dir) == {changed_rel: sha256(new_bytes)}
     finished = get_run(settings, run.id)
     assert (finished.status, finished.succeeded, finished.failed, finished.pending) == (
         "finished",
@@ -70,6 +70,15 @@ def test_a_vanished_or_changed_file_becomes_a_failed_row(enqueued, classifier):
         0,
     )
     check_csv_matches(sweep_csv(settings, finished), list(rows.values()))
+
+    # The next sweep classifies the new content under a row of its own.
+    queued: list[WorkItem] = []
+    second = run_sweep(settings, dispatch=queued.extend, trigger="manual").run
+    assert (second.found, second.enqueued) == (1, 1)
+    assert queued[0].content_hash == sha256(new_bytes)
+    process_batch(queued, classifier, settings)
+    assert rows_by_hash(settings)[sha256(new_bytes)].status == "ok"
+    assert files_under(settings.incoming_dir) == {}
 
 
 def test_a_batch_delivered_twice_is_stored_once(enqueued, classifier):

@@ -118,14 +118,6 @@ def test_export_to_standard_output_keeps_the_csv_clean(two_nights, use_settings)
     assert lines[0].split(",") == COLUMNS and len(lines) == len(expected) + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: export.build_query compares classified_at with naive datetimes, which PostgreSQL "
-        "reads in the session time zone, and crud.as_utc leaves aware values in that zone, so "
-        "--since/--until and the classified_at column follow the server's zone instead of UTC"
-    ),
-)
 def test_export_day_filters_are_utc_days_whatever_the_database_timezone(
     make_pg_database, make_settings, use_settings, tmp_path
 ):

@@ -1,0 +1,82 @@
+"""Failed rows are history: each unreadable upload keeps its own row, a retried image gets
+a fresh one, and a worker picks up a replaced model file on its own."""
+
+from pathlib import Path
+
+from sweep_support import Incoming, add_images, all_predictions, get_run, save_random_model
+
+from producer.sweep import WorkItem, run_sweep
+from refund_sorter.db import upgrade
+from worker.pipeline import process_batch
+
+
+def local_sweep(settings, classifier):
+    items: list[WorkItem] = []
+    run = run_sweep(settings, dispatch=items.extend, trigger="local").run
+    if items:
+        process_batch(items, classifier, settings)
+    return get_run(settings, run.id)
+
+
+def test_every_unreadable_upload_keeps_its_own_row(make_settings, classifier):
+    settings = make_settings()
+    upgrade(settings.database_url)
+    (settings.incoming_dir / "a.jpg").write_bytes(b"")
+    (settings.incoming_dir / "b.jpg").write_bytes(b"")
+    first = local_sweep(settings, classifier)
+    (settings.incoming_dir / "c.jpg").write_bytes(b"")
+    second = local_sweep(settings, classifier)
+
+    rows = sorted(all_predictions(settings), key=lambda p: p.file_name)
+    assert [(p.file_name, p.status, p.sweep_run_id) for p in rows] == [
+        ("a.jpg", "failed", first.id),
+        ("b.jpg", "failed", first.id),
+        ("c.jpg", "failed", second.id),
+    ]
+    assert all(p.error == "empty file" for p in rows)
+    assert (first.failed, second.failed) == (2, 1)
+    assert sorted(p.name for p in settings.failed_dir.iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+def test_an_image_that_failed_is_classified_when_put_back(make_settings, classifier):
+    settings = make_settings()
+    upgrade(settings.database_url)
+    incoming = Incoming(settings.incoming_dir)
+    (rel, content_hash), *_ = add_images(incoming, 1, seed=5).items()
+    saved = (settings.incoming_dir / rel).read_bytes()
+    items: list[WorkItem] = []
+    run_sweep(settings, dispatch=items.extend, trigger="local")
+    (settings.incoming_dir / rel).unlink()  # gone before a worker got to it
+    process_batch(items, classifier, settings)
+
+    (settings.incoming_dir / rel).write_bytes(saved)  # the operator puts it back
+    retry = local_sweep(settings, classifier)
+
+    rows = sorted(all_predictions(settings), key=lambda p: p.id)
+    assert [(p.content_hash, p.status) for p in rows] == [
+        (content_hash, "failed"),
+        (content_hash, "ok"),
+    ]
+    assert (retry.enqueued, retry.succeeded) == (1, 1)
+    assert Path(rows[1].final_path).is_file()
+
+
+def test_a_worker_reloads_a_replaced_model_file(make_settings, tmp_path, monkeypatch):
+    import worker.tasks as tasks
+
+    model_path = tmp_path / "model.pt"
+    old_version, _ = save_random_model(model_path, seed=1)
+    monkeypatch.setattr(tasks, "settings", make_settings(model_path=model_path, device="cpu"))
+    monkeypatch.setattr(tasks.ClassifierTask, "_classifier", None)
+    task = tasks.classify
+
+    def item(version: str) -> WorkItem:
+        return WorkItem("/nowhere.jpg", "0" * 64, version)
+
+    assert task.classifier_for([item(old_version)]).version == old_version
+    new_version, _ = save_random_model(model_path, seed=2)
+    assert new_version != old_version
+    assert task.classifier_for([item(new_version)]).version == new_version
+    # Tasks for a model no longer on disk do not make it reload again and again.
+    loaded = task.classifier
+    assert task.classifier_for([item("0123456789ab")]) is loaded
