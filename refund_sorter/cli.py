@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
 from refund_sorter.errors import UserError
 
@@ -25,6 +26,13 @@ def friendly(func):
             return func(*args, **kwargs)
         except UserError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"REFUND_SORTER_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                for e in exc.errors()
+            )
+            click.secho(f"error: invalid setting: {problems}", fg="red", err=True)
             sys.exit(1)
         except ModuleNotFoundError as exc:
             if exc.name not in ("torch", "torchvision", "matplotlib"):
@@ -272,14 +280,9 @@ def _local_dispatch(settings):
     from tqdm import tqdm
 
     def dispatch(items) -> None:
-        from classifier.predict import Classifier
-        from worker.pipeline import process_batch
+        from worker.pipeline import load_classifier, process_batch
 
-        if settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
-        clf = Classifier.from_path(settings.model_path, settings.device)
+        clf = load_classifier(settings)
         with tqdm(total=len(items), desc="classifying", unit="img") as bar:
             for start in range(0, len(items), settings.batch_size):
                 chunk = items[start : start + settings.batch_size]
@@ -316,8 +319,8 @@ def _follow(settings, run_id: int, total: int, timeout: float) -> None:
 
 def _print_run(settings, run_id: int) -> None:
     from models import SweepRun
-    from refund_sorter.crud import as_utc
     from refund_sorter.db import session_factory
+    from refund_sorter.export import sweep_csv_path
 
     with session_factory(settings.database_url)() as session:
         run = session.get(SweepRun, run_id)
@@ -326,8 +329,7 @@ def _print_run(settings, run_id: int) -> None:
             f"{run.skipped} skipped, {run.pending} still queued"
         )
         if run.status == "finished":
-            day = as_utc(run.started_at).date().isoformat()
-            click.echo(f"CSV: {settings.export_dir / f'sweep-{day}-{run.id:05d}.csv'}")
+            click.echo(f"CSV: {sweep_csv_path(run, settings.export_dir)}")
 
 
 @main.command()

@@ -88,12 +88,15 @@ def write_csv(session: Session, flt: ExportFilter, out: TextIO) -> int:
     return n
 
 
-def export_sweep(session: Session, sweep_id: int, export_dir: Path) -> Path:
-    """Write the CSV of one sweep as ``<export_dir>/sweep-<date>-<id>.csv``; never overwrites
-    another night's file."""
-    run = session.get(SweepRun, sweep_id)
+def sweep_csv_path(run: SweepRun, export_dir: Path) -> Path:
+    """``<export_dir>/sweep-<date>-<run>.csv``: no night overwrites another."""
     day = as_utc(run.started_at).date().isoformat()
-    path = Path(export_dir) / f"sweep-{day}-{sweep_id:05d}.csv"
+    return Path(export_dir) / f"sweep-{day}-{run.id:05d}.csv"
+
+
+def export_sweep(session: Session, sweep_id: int, export_dir: Path) -> Path:
+    """Write the CSV of one sweep (atomically: a reader never sees half a file)."""
+    path = sweep_csv_path(session.get(SweepRun, sweep_id), export_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.part")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:

@@ -26,6 +26,17 @@ class BatchOutcome:
     finished_sweeps: tuple[int, ...] = ()
 
 
+def load_classifier(settings: Settings):
+    """The model for this process, with the configured number of PyTorch threads."""
+    import torch
+
+    from classifier.predict import Classifier
+
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    return Classifier.from_path(settings.model_path, settings.device)
+
+
 class Unusable(NamedTuple):
     error: str
     leave_in_place: bool = False  # gone, or holding new content for the next sweep

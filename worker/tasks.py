@@ -12,7 +12,7 @@ from classifier.version import model_version
 from producer.publish import publish
 from producer.sweep import WorkItem, run_sweep
 from worker.celery_app import CLASSIFY_TASK, SWEEP_TASK, app, settings
-from worker.pipeline import process_batch
+from worker.pipeline import load_classifier, process_batch
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,7 @@ class ClassifierTask(Batches):
     @property
     def classifier(self):
         if self._classifier is None:
-            import torch
-
-            from classifier.predict import Classifier
-
-            if settings.torch_threads:
-                torch.set_num_threads(settings.torch_threads)
-            type(self)._classifier = Classifier.from_path(settings.model_path, settings.device)
+            type(self)._classifier = load_classifier(settings)
             log.info("loaded model %s on %s", self._classifier.version, self._classifier.device)
         return self._classifier
 

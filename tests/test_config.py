@@ -1,0 +1,48 @@
+"""Settings: one object, REFUND_SORTER_* variables, embedded defaults derived from home."""
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from refund_sorter.cli import main
+from refund_sorter.config import Settings, get_settings
+
+
+def test_defaults_are_the_embedded_setup(monkeypatch):
+    for key in [k for k in __import__("os").environ if k.startswith("REFUND_SORTER_")]:
+        monkeypatch.delenv(key)
+    s = Settings()
+    assert s.database_url == "sqlite:///var/refund-sorter.db"
+    assert (s.incoming_dir, s.processed_dir, s.failed_dir, s.export_dir) == (
+        Path("var/incoming"),
+        Path("var/processed"),
+        Path("var/failed"),
+        Path("var/exports"),
+    )
+    assert s.broker_url == "redis://127.0.0.1:6379/0"
+    assert (s.sweep_cron, s.timezone, s.device) == ("0 2 * * *", "UTC", "auto")
+
+
+def test_environment_overrides_and_home_moves_the_rest(monkeypatch, tmp_path):
+    monkeypatch.setenv("REFUND_SORTER_HOME", str(tmp_path))
+    monkeypatch.setenv("REFUND_SORTER_FAILED_DIR", "/srv/returns/bad")
+    monkeypatch.setenv("REFUND_SORTER_BATCH_SIZE", "128")
+    s = Settings()
+    assert s.database_url == f"sqlite:///{tmp_path / 'refund-sorter.db'}"
+    assert s.incoming_dir == tmp_path / "incoming"
+    assert s.failed_dir == Path("/srv/returns/bad")
+    assert s.batch_size == 128
+
+
+def test_a_bad_setting_is_a_plain_error(monkeypatch):
+    monkeypatch.setenv("REFUND_SORTER_BATCH_SIZE", "lots")
+    monkeypatch.setenv("REFUND_SORTER_REVIEW_THRESHOLD", "2")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["runs"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert "error: invalid setting: REFUND_SORTER_BATCH_SIZE" in result.output
+    assert "REFUND_SORTER_REVIEW_THRESHOLD" in result.output
+    assert "Traceback" not in result.output
