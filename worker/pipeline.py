@@ -2,7 +2,7 @@
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,14 +16,29 @@ from refund_sorter.files import destination, move
 from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
 
 log = logging.getLogger(__name__)
+IGNORED = "ignored"
 
 
 @dataclass
 class BatchOutcome:
-    ok: int = 0
-    failed: int = 0
-    ignored: int = 0  # already stored (a redelivered task) or for another model version
+    # ok, failed, or ignored (already stored by a redelivered task, or for another model)
+    statuses: list[tuple[WorkItem, str]] = field(default_factory=list)
     finished_sweeps: tuple[int, ...] = ()
+
+    def _count(self, status: str) -> int:
+        return sum(1 for _, s in self.statuses if s == status)
+
+    @property
+    def ok(self) -> int:
+        return self._count(ItemStatus.OK)
+
+    @property
+    def failed(self) -> int:
+        return self._count(ItemStatus.FAILED)
+
+    @property
+    def ignored(self) -> int:
+        return self._count(IGNORED)
 
 
 def load_classifier(settings: Settings):
@@ -75,7 +90,7 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
                 it.path,
                 it.model_version,
             )
-            outcome.ignored += 1
+            outcome.statuses.append((it, IGNORED))
 
     with ThreadPoolExecutor(4) as pool:  # Pillow releases the GIL while decoding
         prepared = list(pool.map(lambda it: _prepare(it, clf), mine))
@@ -130,14 +145,10 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
                 move(src, dest)
             except OSError as exc:  # the row is committed; the next sweep files it
                 log.error("could not move %s to %s: %s", src, dest, exc)
-    for r in results:
-        if r.content_hash in stored:
-            if r.status == ItemStatus.OK:
-                outcome.ok += 1
-            else:
-                outcome.failed += 1
-        else:
-            outcome.ignored += 1
+    outcome.statuses += [
+        (it, r.status if r.content_hash in stored else IGNORED)
+        for it, r in zip(mine, results, strict=True)
+    ]
     with sessions() as session:
         for sweep_id in finished:
             log.info(

@@ -5,6 +5,7 @@ sweep task never load it.
 """
 
 import logging
+import time
 
 from celery_batches import Batches
 
@@ -15,6 +16,7 @@ from worker.celery_app import CLASSIFY_TASK, SWEEP_TASK, app, settings
 from worker.pipeline import load_classifier, process_batch
 
 log = logging.getLogger(__name__)
+RETRY_DELAY = 60  # seconds before a failed batch is tried again
 
 
 class ClassifierTask(Batches):
@@ -46,7 +48,15 @@ class ClassifierTask(Batches):
 @app.task(base=ClassifierTask, name=CLASSIFY_TASK, bind=True)
 def classify(self, requests) -> None:
     items = [WorkItem(*request.args) for request in requests]
-    outcome = process_batch(items, self.classifier_for(items), settings)
+    started = time.monotonic()
+    try:
+        outcome = process_batch(items, self.classifier_for(items), settings)
+    except Exception:
+        # celery-batches acknowledges a batch even when it raised, so put the work back on
+        # the queue (with a pause, for a database or disk to come back) instead of losing it.
+        log.exception("batch of %d failed; re-queued to run in %d s", len(items), RETRY_DELAY)
+        publish(items, countdown=RETRY_DELAY)
+        return
     log.info(
         "batch of %d: %d ok, %d failed, %d ignored",
         len(items),
@@ -54,6 +64,35 @@ def classify(self, requests) -> None:
         outcome.failed,
         outcome.ignored,
     )
+    report_to_flower(self.name, requests, outcome, time.monotonic() - started)
+
+
+def report_to_flower(name: str, requests, outcome, runtime: float) -> None:
+    """Send each image's task events: batched tasks skip Celery's own per-task events, and
+    without them Flower would list the workers but none of their tasks."""
+    if not app.conf.worker_send_task_events or not requests:
+        return
+    status_of = {item: status for item, status in outcome.statuses}
+    with app.events.default_dispatcher(hostname=requests[0].hostname) as events:
+        for request in requests:
+            item = WorkItem(*request.args)
+            fields = {"uuid": request.id}
+            events.send(
+                "task-received",
+                name=name,
+                args=repr(list(request.args)),
+                kwargs="{}",
+                retries=0,
+                root_id=request.id,
+                **fields,
+            )
+            events.send("task-started", **fields)
+            events.send(
+                "task-succeeded",
+                result=repr(status_of.get(item, "ignored")),
+                runtime=runtime,
+                **fields,
+            )
 
 
 @app.task(name=SWEEP_TASK)

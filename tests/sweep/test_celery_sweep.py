@@ -5,9 +5,17 @@ The two workers start once for the module (the model loads once per process, as 
 production) and are stopped, with their logs printed when a test failed, at the end.
 """
 
+import base64
+import json
 import re
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from celery import Celery
@@ -138,3 +146,73 @@ def test_two_workers_share_the_queue_and_classify_each_image_once(
     assert sum(ok for _, ok, _, _ in every) == 60
     assert all(failed == ignored == 0 for _, _, failed, ignored in every)
     assert max(size for size, *_ in every) <= BATCH_SIZE
+
+
+def _get(url: str, auth: str | None = None):
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except urllib.error.URLError:  # not listening yet
+        return 0, None
+
+
+def test_flower_shows_the_workers_and_their_tasks_behind_basic_auth(
+    settings, live_workers, producer_app, tmp_path
+):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**service_env(settings), "FLOWER_BASIC_AUTH": "ops:s3cret"}
+    log = open(tmp_path / "flower.log", "wb")  # noqa: SIM115 (closed below)
+    flower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        workers: dict = {}
+        while time.monotonic() < deadline:
+            status, workers = _get(f"{base}/api/workers?refresh=1", "ops:s3cret")
+            if status == 200 and {w.name for w in live_workers} <= set(workers or {}):
+                break
+            time.sleep(1)
+        assert {w.name for w in live_workers} <= set(workers or {}), (
+            tmp_path / "flower.log"
+        ).read_text()
+        assert _get(f"{base}/api/workers")[0] == 401
+        assert _get(f"{base}/api/workers", "ops:wrong")[0] == 401
+
+        incoming = Incoming(settings.incoming_dir)
+        add_images(incoming, 6, seed=41)
+        report = run_sweep(settings, dispatch=publish, trigger="manual")
+        wait_for_run(settings, report.run.id, timeout=120, logs=live_workers)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            _, tasks = _get(f"{base}/api/tasks?taskname=refund_sorter.classify", "ops:s3cret")
+            if len(tasks or {}) >= 1:
+                break
+            time.sleep(1)
+        assert tasks, "Flower saw no classify task"
+        assert {t["name"] for t in tasks.values()} == {"refund_sorter.classify"}
+    finally:
+        flower.terminate()
+        flower.wait(timeout=20)
+        log.close()

@@ -2,6 +2,7 @@
 a fresh one, and a worker picks up a replaced model file on its own."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from sweep_support import Incoming, add_images, all_predictions, get_run, save_random_model
 
@@ -80,3 +81,24 @@ def test_a_worker_reloads_a_replaced_model_file(make_settings, tmp_path, monkeyp
     # Tasks for a model no longer on disk do not make it reload again and again.
     loaded = task.classifier
     assert task.classifier_for([item("0123456789ab")]) is loaded
+
+
+def test_a_batch_that_fails_is_put_back_on_the_queue(make_settings, classifier, monkeypatch):
+    import worker.tasks as tasks
+
+    published = []
+    monkeypatch.setattr(
+        tasks, "publish", lambda items, countdown: published.append((items, countdown))
+    )
+    # A database without tables: storing the batch raises, as it would with the server down.
+    monkeypatch.setattr(tasks, "settings", make_settings())
+    monkeypatch.setattr(tasks.ClassifierTask, "_classifier", classifier)
+    items = [WorkItem(f"/gone/{i}.jpg", f"{i:064x}", classifier.version) for i in range(3)]
+    requests = [
+        SimpleNamespace(id=f"task-{i}", args=it.as_args(), hostname="w1@test")
+        for i, it in enumerate(items)
+    ]
+
+    tasks.classify.run(requests)
+
+    assert published == [(items, tasks.RETRY_DELAY)]
