@@ -113,30 +113,17 @@ def make_broken_files() -> Callable[[Path], dict[str, Path]]:
 def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint with untrained (random) weights for tops/{shirt,sweater} and
     bottoms/{jeans,skirt}, 32 px input. Enough to test anything but accuracy."""
-    import torch
+    from model_support import save_random_model
 
-    from classifier.checkpoint import Checkpoint, save_checkpoint
-    from classifier.network import IMAGENET_MEAN, IMAGENET_STD, DualHeadNet
     from classifier.taxonomy import Taxonomy
 
-    torch.manual_seed(0)
     taxonomy = Taxonomy(
         main=("bottoms", "tops"),
         sub=("jeans", "skirt", "shirt", "sweater"),
         sub_to_main=(0, 0, 1, 1),
     )
-    net = DualHeadNet(len(taxonomy.main), len(taxonomy.sub))
-    checkpoint = Checkpoint(
-        state_dict=net.state_dict(),
-        taxonomy=taxonomy,
-        arch="resnet18",
-        image_size=32,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        meta={"note": "random weights for tests"},
-    )
     path = tmp_path_factory.mktemp("random_model") / "random.pt"
-    save_checkpoint(checkpoint, path)
+    save_random_model(path, taxonomy)
     return path
 
 

@@ -159,30 +159,16 @@ class TinyModel:
 
 
 def save_random_model(path: Path, seed: int = 0, note: str = "random weights for tests"):
-    import torch
+    from model_support import save_random_model as save
 
-    from classifier.checkpoint import Checkpoint, save_checkpoint
-    from classifier.network import IMAGENET_MEAN, IMAGENET_STD, DualHeadNet
     from classifier.taxonomy import Taxonomy
 
-    torch.manual_seed(seed)
     taxonomy = Taxonomy(
         main=("bottoms", "tops"),
         sub=("jeans", "skirt", "shirt", "sweater", "t-shirt"),
         sub_to_main=(0, 0, 1, 1, 1),
     )
-    net = DualHeadNet(len(taxonomy.main), len(taxonomy.sub))
-    checkpoint = Checkpoint(
-        state_dict=net.state_dict(),
-        taxonomy=taxonomy,
-        arch="resnet18",
-        image_size=32,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        meta={"note": note},
-    )
-    version = save_checkpoint(checkpoint, path)
-    return version, taxonomy
+    return save(path, taxonomy, seed=seed, note=note), taxonomy
 
 
 def build_settings(
