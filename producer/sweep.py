@@ -42,7 +42,6 @@ class SweepReport:
     run: SweepRun
     enqueued: list[WorkItem] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
-    csv_path: Path | None = None
 
 
 def current_model_version(settings: Settings) -> str:
@@ -82,7 +81,7 @@ def run_sweep(
                 log.error("could not move %s to %s: %s", path, dest, exc)
         if report.run.status == SweepStatus.FINISHED:
             with sessions() as session:
-                report.csv_path = export_sweep(session, run.id, settings.export_dir)
+                export_sweep(session, run.id, settings.export_dir)
         if report.enqueued:
             dispatch(report.enqueued)
     except BaseException as exc:
