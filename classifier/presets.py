@@ -25,10 +25,6 @@ class EvalPreset:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return to_square(img, self.image_size)
 
-    def from_cached(self, square: torch.Tensor) -> torch.Tensor:
-        """The same view from a larger cached square (used while training)."""
-        return F.resize(square, [self.image_size, self.image_size], antialias=True)
-
 
 class TrainPreset:
     """Random crops, flips and mild colour changes on a cached uint8 square."""

@@ -88,22 +88,17 @@ def _val_files(cfg: TrainConfig, taxonomy: Taxonomy, notes: list[str]):
     return files
 
 
-def evaluate_cached(
-    net,
-    data: LoadedImages,
-    preset: EvalPreset,
-    taxonomy: Taxonomy,
-    device: torch.device,
-    batch_size: int = 128,
+def evaluate_loaded(
+    net, data: LoadedImages, taxonomy: Taxonomy, device: torch.device, batch_size: int = 128
 ) -> dict:
-    """Accuracy per level on cached images, with the same joint decision as inference."""
+    """Accuracy per level on images prepared by ``EvalPreset`` (the workers' preprocessing),
+    with the same joint decision as inference."""
     net.eval()
     sub_to_main = torch.tensor(taxonomy.sub_to_main, device=device)
     main_ok = sub_ok = 0
     with torch.inference_mode():
         for start in range(0, len(data.labels), batch_size):
-            squares = data.images[start : start + batch_size]
-            batch = torch.stack([preset.from_cached(s) for s in squares]).to(device)
+            batch = data.images[start : start + batch_size].to(device)
             x = normalize(batch, IMAGENET_MEAN, IMAGENET_STD, channels_last=True)
             with autocast(device):
                 main_logits, sub_logits = net(x)
@@ -141,7 +136,9 @@ def train(
     size = cache_size(cfg.image_size)
     square = lambda img: to_square(img, size)  # noqa: E731
     train_data = load_images(train_files, square, size, "decoding training images")
-    val_data = load_images(val_files, square, size, "decoding validation images")
+    # Validation images go through exactly what evaluation and the workers use.
+    eval_preset = EvalPreset(cfg.image_size)
+    val_data = load_images(val_files, eval_preset, cfg.image_size, "decoding validation images")
     skipped = train_data.skipped + val_data.skipped
     for path, reason in skipped[:20]:
         echo(f"skipped {path}: {reason}")
@@ -164,7 +161,7 @@ def train(
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     sub_to_main = torch.tensor(taxonomy.sub_to_main)
-    augment, eval_preset = TrainPreset(cfg.image_size), EvalPreset(cfg.image_size)
+    augment = TrainPreset(cfg.image_size)
 
     best_score, best_epoch, best_metrics, version, history = -1.0, 0, {}, "", []
     for epoch in range(1, cfg.epochs + 1):
@@ -189,7 +186,7 @@ def train(
             correct += int((sub_logits.argmax(1) == sub_y).sum())
             seen += len(idx)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", sub_acc=f"{correct / seen:.3f}")
-        metrics = evaluate_cached(net, val_data, eval_preset, taxonomy, device)
+        metrics = evaluate_loaded(net, val_data, taxonomy, device)
         metrics["train_loss"] = loss_sum / max(1, seen)
         history.append({"epoch": epoch, **metrics})
         score = metrics["main_accuracy"] + metrics["sub_accuracy"]
@@ -207,6 +204,7 @@ def train(
                     pretrained_source,
                     len(train_data.labels),
                     len(val_data.labels),
+                    history,
                 ),
                 out,
             )
@@ -230,7 +228,16 @@ def train(
 
 
 def _checkpoint(
-    net, taxonomy, cfg: TrainConfig, data_dir, epoch, metrics, pretrained_source, n_train, n_val
+    net,
+    taxonomy,
+    cfg: TrainConfig,
+    data_dir,
+    epoch,
+    metrics,
+    pretrained_source,
+    n_train,
+    n_val,
+    history,
 ) -> Checkpoint:
     return Checkpoint(
         state_dict=net.state_dict(),
@@ -246,6 +253,7 @@ def _checkpoint(
             "best_epoch": epoch,
             "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "metrics": {k: float(v) for k, v in metrics.items()},
+            "history": [dict(h) for h in history],
             "n_train": n_train,
             "n_val": n_val,
             "pretrained": pretrained_source,
