@@ -1,4 +1,4 @@
-"""SQL tables: one row per sweep run, one row per (image content, model version).
+"""SQL tables: one row per sweep run, one row per image content and model version.
 
 Tables are created and changed only by the Alembic migrations in ``migrations/``.
 """
