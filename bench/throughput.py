@@ -140,5 +140,80 @@ def sweep(model, data, batch_size) -> None:
         shutil.rmtree(home)
 
 
+@cli.command()
+@click.option("--model", type=click.Path(path_type=Path), required=True)
+@click.option("--data", type=click.Path(path_type=Path), required=True)
+@click.option("--limit", default=1000, help="Images to sweep.")
+@click.option("--processes", default=2, help="Worker processes (--concurrency).")
+@click.option("--threads", default=1, help="PyTorch threads per worker process.")
+@click.option("--batch-size", default=32)
+@click.option("--broker", default="redis://127.0.0.1:6379/14")
+@click.option("--database-url", default="", help="Default: a scratch SQLite file.")
+def celery(model, data, limit, processes, threads, batch_size, broker, database_url) -> None:
+    """A sweep through Redis and one real Celery worker: images/s from publish to finish."""
+    import subprocess
+
+    import redis
+    from click.testing import CliRunner
+
+    home = Path(tempfile.mkdtemp(prefix="refund-sorter-bench-"))
+    try:
+        files = sorted(p for p in Path(data).rglob("*") if p.is_file())[:limit]
+        for i, src in enumerate(files):
+            (home / "incoming").mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, home / "incoming" / f"{i:06d}{src.suffix}")
+        env = {
+            **os.environ,
+            "REFUND_SORTER_HOME": str(home),
+            "REFUND_SORTER_MODEL_PATH": str(model.absolute()),
+            "REFUND_SORTER_BROKER_URL": broker,
+            "REFUND_SORTER_BATCH_SIZE": str(batch_size),
+            "REFUND_SORTER_TORCH_THREADS": str(threads),
+            "REFUND_SORTER_DEVICE": "cpu",
+        }
+        if database_url:
+            env["REFUND_SORTER_DATABASE_URL"] = database_url
+        os.environ.update(env)
+        redis.Redis.from_url(broker).flushdb()
+        from refund_sorter.cli import main
+        from refund_sorter.config import get_settings
+        from refund_sorter.db import upgrade
+
+        upgrade(get_settings().database_url)
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "--concurrency",
+                str(processes),
+                "--loglevel",
+                "WARNING",
+            ],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=env,
+        )
+        try:
+            time.sleep(8)  # let the worker connect; the model loads on the first batch
+            start = time.perf_counter()
+            result = CliRunner().invoke(main, ["sweep", "--wait"], catch_exceptions=False)
+            elapsed = time.perf_counter() - start
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
+        print(result.output.strip().splitlines()[-2])
+        print(f"machine: {machine()}")
+        print(
+            f"{len(files)} images, {processes} process(es) x {threads} thread(s), batch "
+            f"{batch_size}: {elapsed:.1f} s, {len(files) / elapsed:.1f} images/s "
+            "(publish to last commit, model loading included)"
+        )
+    finally:
+        shutil.rmtree(home)
+
+
 if __name__ == "__main__":
     cli()

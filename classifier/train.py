@@ -27,7 +27,7 @@ from refund_sorter.errors import UserError
 
 @dataclass
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = 60
     image_size: int = 128
     batch_size: int = 64
     lr: float = 2e-3

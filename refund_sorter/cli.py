@@ -63,7 +63,7 @@ def main() -> None:
     help="Where to write the best checkpoint.",
 )
 @click.option(
-    "--epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Training epochs."
+    "--epochs", type=click.IntRange(min=1), default=60, show_default=True, help="Training epochs."
 )
 @click.option(
     "--image-size",
