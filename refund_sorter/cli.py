@@ -14,7 +14,18 @@ from pydantic import ValidationError
 
 from refund_sorter.errors import UserError
 
-DEVICES = click.Choice(["auto", "cpu", "cuda"])
+device_option = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="auto picks CUDA when present.",
+)
+mapping_option = click.option(
+    "--mapping",
+    type=click.Path(path_type=Path),
+    help="JSON {sub: main} for the old flat <index>_<sub>/ layout.",
+)
 
 
 def friendly(func):
@@ -80,13 +91,7 @@ def main() -> None:
     help="Images per training step.",
 )
 @click.option("--lr", default=2e-3, show_default=True, help="Peak learning rate (one-cycle).")
-@click.option(
-    "--device",
-    type=DEVICES,
-    default="auto",
-    show_default=True,
-    help="auto picks CUDA when present.",
-)
+@device_option
 @click.option(
     "--pretrained",
     default="none",
@@ -106,11 +111,7 @@ def main() -> None:
     show_default=True,
     help="Share of DATA_DIR held out for validation when --val is not given.",
 )
-@click.option(
-    "--mapping",
-    type=click.Path(path_type=Path),
-    help="JSON {sub: main} for the old flat <index>_<sub>/ layout.",
-)
+@mapping_option
 @friendly
 def train(
     data_dir,
@@ -169,12 +170,8 @@ def train(
     show_default=True,
     help="Images per forward pass.",
 )
-@click.option("--device", type=DEVICES, default="auto", show_default=True)
-@click.option(
-    "--mapping",
-    type=click.Path(path_type=Path),
-    help="JSON {sub: main} for the old flat <index>_<sub>/ layout.",
-)
+@device_option
+@mapping_option
 @friendly
 def evaluate(model, data_dir, report, batch_size, device, mapping) -> None:
     """Measure MODEL's accuracy on DATA_DIR laid out <main>/<sub>/<image>."""
@@ -200,7 +197,7 @@ def evaluate(model, data_dir, report, batch_size, device, mapping) -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", type=click.Path(path_type=Path), nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@device_option
 @friendly
 def classify(model, images, as_json, device) -> None:
     """Classify a few IMAGES with MODEL and print the predictions."""
