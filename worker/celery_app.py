@@ -49,8 +49,8 @@ app.conf.update(
     # its unacked messages go back to the queue. The SQL rows make a redelivery harmless.
     task_acks_late=True,
     task_reject_on_worker_lost=True,
-    # Batching needs the messages in hand: each process may hold one full batch (plus
-    # the one being classified) instead of Celery's default of four messages.
+    # Batching needs the messages in hand: a worker may hold one full batch per process
+    # (prefetch = batch size x processes) instead of Celery's default of four messages.
     worker_prefetch_multiplier=settings.batch_size,
     # Redis re-delivers an unacked message after this long; it must exceed the time a
     # message can wait in a worker's buffer plus one batch, with plenty of margin.
