@@ -107,6 +107,54 @@ def enqueue(count, broker) -> None:
 
 @cli.command()
 @click.option("--model", type=click.Path(path_type=Path), required=True)
+@click.option("--count", default=10_000, help="Small generated images to sweep.")
+@click.option("--broker", default="redis://127.0.0.1:6379/15")
+@click.option("--database-url", default="", help="Default: a scratch SQLite file.")
+def producer(model, count, broker, database_url) -> None:
+    """The whole producer on COUNT new images: scan, hash, sniff, rows, publish."""
+    import numpy as np
+    import redis
+    from PIL import Image
+
+    home = Path(tempfile.mkdtemp(prefix="refund-sorter-bench-"))
+    try:
+        incoming = home / "incoming"
+        incoming.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(count):
+            pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(incoming / f"return-{i:06d}.png")
+        os.environ.update(
+            REFUND_SORTER_HOME=str(home),
+            REFUND_SORTER_MODEL_PATH=str(model),
+            REFUND_SORTER_BROKER_URL=broker,
+        )
+        if database_url:
+            os.environ["REFUND_SORTER_DATABASE_URL"] = database_url
+        from producer.publish import publish
+        from producer.sweep import run_sweep
+        from refund_sorter.config import get_settings
+        from refund_sorter.db import upgrade
+        from worker.celery_app import CLASSIFY_QUEUE
+
+        settings = get_settings()
+        upgrade(settings.database_url)
+        r = redis.Redis.from_url(broker)
+        r.delete(CLASSIFY_QUEUE)
+        start = time.perf_counter()
+        run = run_sweep(settings, dispatch=publish, trigger="manual").run
+        elapsed = time.perf_counter() - start
+        print(
+            f"{run.found} images found, {run.enqueued} enqueued, {r.llen(CLASSIFY_QUEUE)} "
+            f"on the queue: {elapsed:.1f} s ({run.enqueued / elapsed:.0f} images/s)"
+        )
+        r.delete(CLASSIFY_QUEUE)
+    finally:
+        shutil.rmtree(home)
+
+
+@cli.command()
+@click.option("--model", type=click.Path(path_type=Path), required=True)
 @click.option("--data", type=click.Path(path_type=Path), required=True)
 @click.option("--batch-size", default=32)
 def sweep(model, data, batch_size) -> None:
