@@ -15,7 +15,6 @@ from refund_sorter.images import UnreadableImage, open_rgb
 class LoadedImages:
     images: torch.Tensor  # uint8 (N, 3, S, S)
     labels: torch.Tensor  # int64 (N,) sub indices
-    paths: list[Path]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
@@ -38,7 +37,7 @@ def load_images(
         except UnreadableImage as exc:
             return str(exc)
 
-    kept, labels, paths, skipped = [], [], [], []
+    kept, labels, skipped = [], [], []
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(load, files)
         for (path, label), result in tqdm(
@@ -49,6 +48,5 @@ def load_images(
             else:
                 kept.append(result)
                 labels.append(label)
-                paths.append(path)
     images = torch.stack(kept) if kept else torch.empty(0, 3, min_size, min_size, dtype=torch.uint8)
-    return LoadedImages(images, torch.tensor(labels, dtype=torch.long), paths, skipped)
+    return LoadedImages(images, torch.tensor(labels, dtype=torch.long), skipped)
