@@ -1,5 +1,18 @@
-"""The dual-head clothing classifier: taxonomy, network, checkpoints, training, evaluation.
+"""The dual-head clothing classifier. One concern per module:
 
-Only ``classifier.taxonomy`` is torch-free; import the other modules lazily from code that
-must start without PyTorch (the producer, Celery beat, migrations).
+- ``recipe``: the training settings and their defaults (``TrainConfig``). Torch-free.
+- ``taxonomy``: the category tree read from a data folder, and relabelling one folder's
+  images onto another tree (``relabel``). Torch-free.
+- ``version``: a model's version, from its file's bytes. Torch-free.
+- ``network``: the ResNet18 with a main and a sub head, and backbone initialisation.
+- ``checkpoint``: the model file: what it holds, safe loading, atomic saving.
+- ``presets``: train and eval preprocessing; the eval one is what the workers use.
+- ``data``: decoding labelled images into memory, skipping unreadable files.
+- ``predict``: the one forward pass and joint decision (``forward_decide``), and
+  ``Classifier``, a loaded model that returns a ``Classification`` per image.
+- ``train``: the training loop (``train``, ``train_one_epoch``) and validation.
+- ``evaluate``: the evaluation report and its confusion matrices.
+
+Only the torch-free modules may be imported at startup by code that must start without
+PyTorch (the producer, Celery beat, migrations, the CLI); import the others lazily.
 """

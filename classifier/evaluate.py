@@ -8,7 +8,7 @@ import torch
 
 from classifier.data import load_images
 from classifier.predict import Classifier
-from classifier.taxonomy import read_layout
+from classifier.taxonomy import read_layout, relabel
 
 
 def confusion(truth: list[int], pred: list[int], n: int) -> list[list[int]]:
@@ -42,17 +42,7 @@ def evaluate(
 ) -> dict:
     clf = Classifier.from_path(model_path, device)
     tax = clf.taxonomy
-    layout = read_layout(data_dir, mapping, min_subs=1)
-    files, unknown = [], {}
-    for path, idx in layout.files:
-        main = layout.taxonomy.main[layout.taxonomy.sub_to_main[idx]]
-        sub = layout.taxonomy.sub[idx]
-        mapped = tax.index_of(main, sub)
-        if mapped is None:
-            unknown[f"{main}/{sub}"] = unknown.get(f"{main}/{sub}", 0) + 1
-        else:
-            files.append((path, mapped))
-
+    files, unknown = relabel(read_layout(data_dir, mapping, min_subs=1), tax)
     data = load_images(files, clf.preset, clf.checkpoint.image_size, "decoding images")
     sub_pred, main_pred = [], []
     for start in range(0, len(data.labels), batch_size):

@@ -15,14 +15,16 @@ import torch
 from PIL import Image
 
 from classifier.checkpoint import Checkpoint, load_checkpoint
-from classifier.network import DualHeadNet
+from classifier.network import ARCH, DualHeadNet
 from classifier.presets import EvalPreset, normalize
 from classifier.taxonomy import Taxonomy
 from refund_sorter.errors import UserError
 
 
 @dataclass(frozen=True)
-class Prediction:
+class Classification:
+    """What the model says about one image; the sweep stores it in a ``models.Prediction`` row."""
+
     main: str
     main_confidence: float
     sub: str
@@ -66,8 +68,31 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+@torch.inference_mode()
+def forward_decide(
+    net: DualHeadNet,
+    batch: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    sub_to_main: torch.Tensor,
+    n_main: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uint8 images prepared by ``EvalPreset`` -> (sub index, sub confidence, main index,
+    main confidence), each of shape (B,). ``net`` must be in eval mode.
+
+    Inference and training's validation both decide through here, so the accuracy measured
+    while training is the accuracy the workers get.
+    """
+    x = normalize(batch.to(device), mean, std, channels_last=True)
+    with autocast(device):
+        main_logits, sub_logits = net(x)
+    joint = joint_probabilities(main_logits, sub_logits, sub_to_main)
+    return decide(joint, sub_to_main, n_main)
+
+
 def build_network(checkpoint: Checkpoint) -> DualHeadNet:
-    if checkpoint.arch != "resnet18":
+    if checkpoint.arch != ARCH:
         raise UserError(f"unsupported architecture in checkpoint: {checkpoint.arch}")
     tax = checkpoint.taxonomy
     net = DualHeadNet(len(tax.main), len(tax.sub))
@@ -94,20 +119,21 @@ class Classifier:
     def from_path(cls, path: Path, device: str = "auto") -> "Classifier":
         return cls(load_checkpoint(path), device)
 
-    @torch.inference_mode()
-    def predict_tensors(self, batch: torch.Tensor | list[torch.Tensor]) -> list[Prediction]:
+    def predict_tensors(self, batch: torch.Tensor | list[torch.Tensor]) -> list[Classification]:
         """Classify uint8 images already prepared by ``self.preset`` (a batch or a list)."""
         if isinstance(batch, list):
             batch = torch.stack(batch)
-        x = normalize(batch.to(self.device), self.checkpoint.mean, self.checkpoint.std, True)
-        with autocast(self.device):
-            main_logits, sub_logits = self.net(x)
-        joint = joint_probabilities(main_logits, sub_logits, self.sub_to_main)
-        sub_idx, sub_conf, main_idx, main_conf = decide(
-            joint, self.sub_to_main, len(self.taxonomy.main)
+        sub_idx, sub_conf, main_idx, main_conf = forward_decide(
+            self.net,
+            batch,
+            self.checkpoint.mean,
+            self.checkpoint.std,
+            self.sub_to_main,
+            len(self.taxonomy.main),
+            self.device,
         )
         return [
-            Prediction(self.taxonomy.main[m], float(mc), self.taxonomy.sub[s], float(sc))
+            Classification(self.taxonomy.main[m], float(mc), self.taxonomy.sub[s], float(sc))
             for s, sc, m, mc in zip(
                 sub_idx.tolist(),
                 sub_conf.tolist(),
@@ -117,7 +143,7 @@ class Classifier:
             )
         ]
 
-    def predict_images(self, images: list[Image.Image]) -> list[Prediction]:
+    def predict_images(self, images: list[Image.Image]) -> list[Classification]:
         if not images:
             return []
         return self.predict_tensors([self.preset(img) for img in images])

@@ -60,6 +60,26 @@ class DatasetLayout:
     stray_files: list[Path] = field(default_factory=list)
 
 
+def relabel(
+    layout: DatasetLayout, taxonomy: Taxonomy
+) -> tuple[list[tuple[Path, int]], dict[str, int]]:
+    """Map a layout's (file, sub index) pairs onto another taxonomy, matching by name.
+
+    Returns the relabelled pairs and, per ``main/sub`` folder that ``taxonomy`` lacks, how
+    many images were left out: such images cannot be scored, only reported.
+    """
+    files, unknown = [], {}
+    for path, idx in layout.files:
+        main = layout.taxonomy.main[layout.taxonomy.sub_to_main[idx]]
+        sub = layout.taxonomy.sub[idx]
+        mapped = taxonomy.index_of(main, sub)
+        if mapped is None:
+            unknown[f"{main}/{sub}"] = unknown.get(f"{main}/{sub}", 0) + 1
+        else:
+            files.append((path, mapped))
+    return files, unknown
+
+
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 

@@ -135,7 +135,8 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory):
     held-out folder also holds 3 images of tops/vest, a class the training data lacks.
     A few epochs suffice: the classes differ in colour and stripes.
     """
-    from classifier.train import TrainConfig, train
+    from classifier.recipe import TrainConfig
+    from classifier.train import train
 
     root = tmp_path_factory.mktemp("trained")
     train_dir = write_dataset(root / "train", dict.fromkeys(CLASS_STYLES, 24), seed=0)

@@ -16,14 +16,14 @@ def save_random_model(
     import torch
 
     from classifier.checkpoint import Checkpoint, save_checkpoint
-    from classifier.network import IMAGENET_MEAN, IMAGENET_STD, DualHeadNet
+    from classifier.network import ARCH, IMAGENET_MEAN, IMAGENET_STD, DualHeadNet
 
     torch.manual_seed(seed)
     net = DualHeadNet(len(taxonomy.main), len(taxonomy.sub))
     checkpoint = Checkpoint(
         state_dict=net.state_dict(),
         taxonomy=taxonomy,
-        arch="resnet18",
+        arch=ARCH,
         image_size=image_size,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from classifier.checkpoint import load_checkpoint, model_version
+from classifier.recipe import TrainConfig
 from classifier.taxonomy import read_layout
-from classifier.train import TrainConfig, split_validation, train
+from classifier.train import split_validation, train
 from refund_sorter.errors import UserError
 
 
