@@ -6,6 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md alembic.ini ./
 COPY refund_sorter ./refund_sorter
+COPY cli ./cli
 COPY classifier ./classifier
 COPY worker ./worker
 COPY producer ./producer

@@ -85,9 +85,8 @@ def enqueue(count, broker) -> None:
     os.environ["REFUND_SORTER_BROKER_URL"] = broker
     import redis
 
-    from producer.publish import publish
-    from producer.sweep import WorkItem
-    from worker.celery_app import CLASSIFY_QUEUE
+    from refund_sorter.celery_app import publish
+    from refund_sorter.messages import CLASSIFY_QUEUE, WorkItem
 
     r = redis.Redis.from_url(broker)
     r.delete(CLASSIFY_QUEUE)
@@ -131,11 +130,11 @@ def producer(model, count, broker, database_url) -> None:
         )
         if database_url:
             os.environ["REFUND_SORTER_DATABASE_URL"] = database_url
-        from producer.publish import publish
         from producer.sweep import run_sweep
+        from refund_sorter.celery_app import publish
         from refund_sorter.config import get_settings
         from refund_sorter.db import upgrade
-        from worker.celery_app import CLASSIFY_QUEUE
+        from refund_sorter.messages import CLASSIFY_QUEUE
 
         settings = get_settings()
         upgrade(settings.database_url)
@@ -171,7 +170,7 @@ def sweep(model, data, batch_size) -> None:
         )
         from click.testing import CliRunner
 
-        from refund_sorter.cli import main
+        from cli import main
         from refund_sorter.db import upgrade
 
         upgrade(f"sqlite:///{home / 'refund-sorter.db'}")
@@ -223,24 +222,13 @@ def celery(model, data, limit, processes, threads, batch_size, broker, database_
             env["REFUND_SORTER_DATABASE_URL"] = database_url
         os.environ.update(env)
         redis.Redis.from_url(broker).flushdb()
-        from refund_sorter.cli import main
+        from cli import main
         from refund_sorter.config import get_settings
         from refund_sorter.db import upgrade
 
         upgrade(get_settings().database_url)
         worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "worker",
-                "--concurrency",
-                str(processes),
-                "--loglevel",
-                "WARNING",
-            ],
+            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-c", str(processes)],
             cwd=Path(__file__).resolve().parent.parent,
             env=env,
         )

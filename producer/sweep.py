@@ -1,40 +1,23 @@
 """One sweep: lock, scan, record, move what is settled, hand the rest to the workers."""
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import update
 from tqdm import tqdm
 
 from classifier.version import model_version
-from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
+from models import ItemStatus, Prediction, SweepRun, SweepStatus
 from producer.scan import Found, inspect, list_files
+from refund_sorter import crud
 from refund_sorter.config import Settings
-from refund_sorter.crud import begin_sweep, live_predictions
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
-from refund_sorter.export import export_sweep
-from refund_sorter.files import destination, move
+from refund_sorter.files import destination, settle
+from refund_sorter.messages import Dispatch, WorkItem
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """What a task carries: where the image is and what it should contain, never its bytes."""
-
-    path: str
-    content_hash: str
-    model_version: str
-
-    def as_args(self) -> list[str]:
-        return [self.path, self.content_hash, self.model_version]
-
-
-Dispatch = Callable[[list[WorkItem]], None]
 
 
 @dataclass
@@ -62,7 +45,7 @@ def run_sweep(
     """
     sessions = session_factory(settings.database_url)
     version = current_model_version(settings)
-    run = begin_sweep(sessions, trigger, version, timedelta(hours=settings.sweep_stale_hours))
+    run = crud.begin_sweep(sessions, trigger, version, timedelta(hours=settings.sweep_stale_hours))
     if run.status == SweepStatus.SKIPPED:
         log.warning("sweep %s skipped: %s", run.id, run.message)
         return SweepReport(run)
@@ -73,99 +56,60 @@ def run_sweep(
             inspect(p)
             for p in tqdm(paths, desc="scanning", unit="file", disable=not progress, leave=False)
         ]
-        report, moves = _record(sessions, run.id, found, settings, version)
-        for path, dest in moves:
-            try:
-                move(path, dest)
-            except OSError as exc:  # the row is committed; the next sweep moves it again
-                log.error("could not move %s to %s: %s", path, dest, exc)
-        if report.run.status == SweepStatus.FINISHED:
-            with sessions() as session:
-                export_sweep(session, run.id, settings.export_dir)
-        if report.enqueued:
-            dispatch(report.enqueued)
+        with sessions.begin() as session:
+            live = crud.live_predictions(
+                session, {f.content_hash for f in found if f.error is None}, version
+            )
+            plan = _plan(found, live, settings)
+            run = crud.record_scan(
+                session,
+                sweep_id=run.id,
+                model_version=version,
+                found=len(found),
+                unreadable=plan.unreadable,
+                queue=plan.queue,
+                live=live,
+                skipped=plan.skipped,
+            )
+        finished = [run.id] if run.status == SweepStatus.FINISHED else []
+        settle(plan.moves, finished, sessions=sessions, export_dir=settings.export_dir)
+        enqueued = [WorkItem(str(f.path), f.content_hash, version) for f in plan.queue]
+        if enqueued:
+            dispatch(enqueued)
     except BaseException as exc:
         # Leave no sweep "running" that nothing will finish: the next one picks up its items.
         with sessions.begin() as session:
-            session.execute(
-                update(SweepRun)
-                .where(SweepRun.id == run.id, SweepRun.status == SweepStatus.RUNNING)
-                .values(
-                    status=SweepStatus.ABANDONED,
-                    finished_at=utcnow(),
-                    message=f"stopped early: {exc}"[:2000],
-                )
-            )
+            crud.abandon_sweeps(session, sweep_id=run.id, message=f"stopped early: {exc}"[:2000])
         raise
-    return report
+    return SweepReport(run, enqueued, [(f.path, f.error) for f in plan.unreadable])
 
 
-def _record(sessions, run_id: int, found: list[Found], settings: Settings, version: str):
-    now = utcnow()
-    moves: list[tuple[Path, Path]] = []
-    enqueued: list[WorkItem] = []
-    failed: list[tuple[Path, str]] = []
-    skipped = 0
-    with sessions.begin() as session:
-        images = {f.content_hash for f in found if f.error is None}
-        live = live_predictions(session, images, version)
-        seen: set[str] = set()
-        for f in found:
-            if f.error is not None:  # not an image: every such file keeps its own row
-                dest = destination(
-                    f.path, settings.incoming_dir, settings.failed_dir, f.content_hash
-                )
-                session.add(
-                    Prediction(
-                        content_hash=f.content_hash,
-                        model_version=version,
-                        sweep_run_id=run_id,
-                        status=ItemStatus.FAILED,
-                        file_name=f.path.name,
-                        original_path=str(f.path),
-                        final_path=str(dest),
-                        error=f.error,
-                        created_at=now,
-                        classified_at=now,
-                    )
-                )
-                moves.append((f.path, dest))
-                failed.append((f.path, f.error))
-                continue
-            if f.content_hash in seen:  # same bytes twice tonight: the copy waits a night
-                skipped += 1
-                continue
-            seen.add(f.content_hash)
-            row = live.get(f.content_hash)
-            if row is not None and row.status == ItemStatus.OK:
-                skipped += 1  # already classified by this model: file it with the others
-                moves.append(
-                    (
-                        f.path,
-                        destination(
-                            f.path, settings.incoming_dir, settings.processed_dir, f.content_hash
-                        ),
-                    )
-                )
-                continue
-            if row is None:  # a new image, or a retry of one that failed
-                row = Prediction(
-                    content_hash=f.content_hash, model_version=version, status=ItemStatus.QUEUED
-                )
-                session.add(row)
-            # else: still queued by an abandoned sweep, re-enqueued by this one
-            row.sweep_run_id, row.created_at = run_id, now
-            row.file_name, row.original_path = f.path.name, str(f.path)
-            enqueued.append(WorkItem(str(f.path), f.content_hash, version))
-        run = session.get(SweepRun, run_id)
-        run.found, run.enqueued, run.failed, run.skipped = (
-            len(found),
-            len(enqueued),
-            len(failed),
-            skipped,
-        )
-        run.pending = len(enqueued)
-        run.updated_at = now
-        if not enqueued:
-            run.status, run.finished_at = SweepStatus.FINISHED, now
-    return SweepReport(run, enqueued, failed), moves
+@dataclass
+class _Plan:
+    unreadable: list[crud.Unreadable] = field(default_factory=list)
+    queue: list[crud.ScannedFile] = field(default_factory=list)
+    moves: list[tuple[Path, Path]] = field(default_factory=list)
+    skipped: int = 0
+
+
+def _plan(found: list[Found], live: dict[str, Prediction], settings: Settings) -> _Plan:
+    """Decide each file's fate from what the table already holds (no SQL, no moves)."""
+    plan = _Plan()
+    seen: set[str] = set()
+    for f in found:
+        if f.error is not None:  # not an image: every such file keeps its own row
+            dest = destination(f.path, settings.incoming_dir, settings.failed_dir, f.content_hash)
+            plan.unreadable.append(crud.Unreadable(f.path, f.content_hash, f.error, dest))
+            plan.moves.append((f.path, dest))
+        elif f.content_hash in seen:  # same bytes twice tonight: the copy waits a night
+            plan.skipped += 1
+        elif (row := live.get(f.content_hash)) is not None and row.status == ItemStatus.OK:
+            plan.skipped += 1  # already classified by this model: file it with the others
+            dest = destination(
+                f.path, settings.incoming_dir, settings.processed_dir, f.content_hash
+            )
+            plan.moves.append((f.path, dest))
+        else:  # new, failed before, or still queued by an abandoned sweep
+            plan.queue.append(crud.ScannedFile(f.path, f.content_hash))
+        seen.add(f.content_hash)
+    return plan

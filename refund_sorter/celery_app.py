@@ -1,16 +1,20 @@
-"""The Celery app: Redis broker, JSON only, results in SQL (not in Redis), nightly beat."""
+"""The one Celery app (Redis broker, JSON only, results in SQL, nightly beat) and
+``publish``, the one way work items reach the broker.
+
+The app is built once per process from the settings and carries them (``app.settings``),
+so tasks read the settings their process started with. Workers, beat and Flower load it
+through ``celery -A worker``. The tasks live with their roles (``worker.tasks``,
+``producer.tasks``) and are named by string here, so this module imports neither role.
+"""
 
 from celery import Celery
 from celery.schedules import crontab
 from kombu import Queue
+from kombu.exceptions import OperationalError
 
-from refund_sorter.config import get_settings
+from refund_sorter.config import Settings, get_settings
 from refund_sorter.errors import UserError
-
-SWEEP_TASK = "refund_sorter.sweep"
-CLASSIFY_TASK = "refund_sorter.classify"
-CLASSIFY_QUEUE = "classify"
-SWEEP_QUEUE = "sweep"
+from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK, SWEEP_QUEUE, SWEEP_TASK, WorkItem
 
 
 def nightly_schedule(expression: str) -> crontab:
@@ -31,41 +35,62 @@ def nightly_schedule(expression: str) -> crontab:
         raise UserError(f"REFUND_SORTER_SWEEP_CRON {expression!r} is not valid: {exc}") from None
 
 
-settings = get_settings()
-app = Celery("refund_sorter", broker=settings.broker_url, include=["worker.tasks"])
-app.conf.update(
-    # JSON only: a pickled message could run code on the worker.
-    task_serializer="json",
-    accept_content=["json"],
-    # Two queues so the producer can run where PyTorch is not installed (-Q sweep) and
-    # model workers take only images (-Q classify); a plain worker consumes both.
-    task_queues=(Queue(CLASSIFY_QUEUE), Queue(SWEEP_QUEUE)),
-    task_default_queue=CLASSIFY_QUEUE,
-    task_routes={SWEEP_TASK: {"queue": SWEEP_QUEUE}},
-    # Results are rows in SQL; storing them in Redis too would only fill it.
-    task_ignore_result=True,
-    result_backend=None,
-    # Ack after the batch is committed, so a worker that dies mid-batch loses nothing:
-    # its unacked messages go back to the queue. The SQL rows make a redelivery harmless.
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    # Batching needs the messages in hand: a worker may hold one full batch per process
-    # (prefetch = batch size x processes) instead of Celery's default of four messages.
-    worker_prefetch_multiplier=settings.batch_size,
-    # Redis re-delivers an unacked message after this long; it must exceed the time a
-    # message can wait in a worker's buffer plus one batch, with plenty of margin.
-    broker_transport_options={"visibility_timeout": 3600},
-    broker_connection_retry_on_startup=True,
-    # Events feed Flower's live view of workers and tasks. (No "sent" events: they would
-    # double the cost of publishing a night's fan-out.)
-    worker_send_task_events=True,
-    timezone=settings.timezone,
-    enable_utc=True,
-    beat_schedule={
-        "nightly-sweep": {
-            "task": SWEEP_TASK,
-            "schedule": nightly_schedule(settings.sweep_cron),
-            "kwargs": {"trigger": "beat"},
-        }
-    },
-)
+class SorterCelery(Celery):
+    """The Celery app with the settings it was built from."""
+
+    def __init__(self, settings: Settings, **kwargs) -> None:
+        super().__init__("refund_sorter", broker=settings.broker_url, **kwargs)
+        self.settings = settings
+        self.conf.update(
+            # JSON only: a pickled message could run code on the worker.
+            task_serializer="json",
+            accept_content=["json"],
+            # Two queues so the producer can run where PyTorch is not installed (-Q sweep) and
+            # model workers take only images (-Q classify); a plain worker consumes both.
+            task_queues=(Queue(CLASSIFY_QUEUE), Queue(SWEEP_QUEUE)),
+            task_default_queue=CLASSIFY_QUEUE,
+            task_routes={SWEEP_TASK: {"queue": SWEEP_QUEUE}},
+            # Results are rows in SQL; storing them in Redis too would only fill it.
+            task_ignore_result=True,
+            result_backend=None,
+            # Ack after the batch is committed, so a worker that dies mid-batch loses nothing:
+            # its unacked messages go back to the queue. The SQL rows make a redelivery harmless.
+            task_acks_late=True,
+            task_reject_on_worker_lost=True,
+            # Batching needs the messages in hand: a worker may hold one full batch per process
+            # (prefetch = batch size x processes) instead of Celery's default of four messages.
+            worker_prefetch_multiplier=settings.batch_size,
+            # Redis re-delivers an unacked message after this long; it must exceed the time a
+            # message can wait in a worker's buffer plus one batch, with plenty of margin.
+            broker_transport_options={"visibility_timeout": 3600},
+            broker_connection_retry_on_startup=True,
+            # Events feed Flower's live view of workers and tasks. (No "sent" events: they would
+            # double the cost of publishing a night's fan-out.)
+            worker_send_task_events=True,
+            timezone=settings.timezone,
+            enable_utc=True,
+            beat_schedule={
+                "nightly-sweep": {
+                    "task": SWEEP_TASK,
+                    "schedule": nightly_schedule(settings.sweep_cron),
+                    "kwargs": {"trigger": "beat"},
+                }
+            },
+        )
+
+
+app = SorterCelery(get_settings(), include=["worker.tasks", "producer.tasks"])
+
+
+def publish(items: list[WorkItem], countdown: float | None = None) -> None:
+    """Publish one classify task per item (``countdown``: seconds before it may run)."""
+    try:
+        # One producer (one connection and channel) for the whole fan-out: 10,000 tasks
+        # are published in seconds instead of opening a connection per task.
+        with app.producer_or_acquire() as producer:
+            for item in items:
+                app.send_task(
+                    CLASSIFY_TASK, args=item.as_args(), countdown=countdown, producer=producer
+                )
+    except OperationalError as exc:
+        raise UserError(f"cannot reach the broker at {app.conf.broker_url}: {exc}") from None

@@ -1,8 +1,13 @@
-"""The sweep's bookkeeping in SQL, shared by the producer, the workers and local mode."""
+"""Every row the sweep writes, and the queries the CLI reads: the only module that writes.
+
+Functions take a session (or a session factory where they need transactions of their own)
+and keyword arguments; the producer, the workers and local mode call them.
+"""
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import case, select, update
 from sqlalchemy.exc import IntegrityError
@@ -30,14 +35,10 @@ def begin_sweep(
     """
     now = utcnow()
     with sessions.begin() as session:
-        session.execute(
-            update(SweepRun)
-            .where(SweepRun.status == SweepStatus.RUNNING, SweepRun.updated_at < now - stale_after)
-            .values(
-                status=SweepStatus.ABANDONED,
-                finished_at=now,
-                message="no progress for too long; the next sweep re-enqueues what is left",
-            )
+        abandon_sweeps(
+            session,
+            message="no progress for too long; the next sweep re-enqueues what is left",
+            stale_before=now - stale_after,
         )
     try:
         with sessions.begin() as session:
@@ -60,6 +61,35 @@ def begin_sweep(
     return run
 
 
+def abandon_sweeps(
+    session: Session,
+    *,
+    message: str,
+    sweep_id: int | None = None,
+    stale_before: datetime | None = None,
+) -> None:
+    """Mark running sweeps ``abandoned`` (this one, or those with no progress since
+    ``stale_before``): a sweep nothing will finish must not hold the lock. Their queued rows
+    stay queued, and the next sweep re-enqueues them."""
+    query = update(SweepRun).where(SweepRun.status == SweepStatus.RUNNING)
+    if sweep_id is not None:
+        query = query.where(SweepRun.id == sweep_id)
+    if stale_before is not None:
+        query = query.where(SweepRun.updated_at < stale_before)
+    session.execute(
+        query.values(status=SweepStatus.ABANDONED, finished_at=utcnow(), message=message)
+    )
+
+
+def get_sweep(session: Session, sweep_id: int) -> SweepRun | None:
+    return session.get(SweepRun, sweep_id)
+
+
+def recent_sweeps(session: Session, *, last: int) -> list[SweepRun]:
+    """The ``last`` sweeps, newest first."""
+    return list(session.scalars(select(SweepRun).order_by(SweepRun.id.desc()).limit(last)))
+
+
 def live_predictions(
     session: Session, hashes: Iterable[str], model_version: str, chunk: int = 500
 ) -> dict[str, Prediction]:
@@ -77,6 +107,71 @@ def live_predictions(
         )
         found.update((row.content_hash, row) for row in rows)
     return found
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    """A file the producer found, as it goes into the table."""
+
+    path: Path
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class Unreadable(ScannedFile):
+    error: str
+    final_path: Path
+
+
+def record_scan(
+    session: Session,
+    *,
+    sweep_id: int,
+    model_version: str,
+    found: int,
+    unreadable: list[Unreadable],
+    queue: list[ScannedFile],
+    live: dict[str, Prediction],
+    skipped: int,
+) -> SweepRun:
+    """Write what a sweep's scan decided, in the caller's transaction, and its counters.
+
+    Each unreadable file gets a ``failed`` row of its own; each image to classify gets a
+    ``queued`` row, new or (``live``) left queued by an abandoned sweep and taken over. A
+    sweep with nothing to classify is finished at once.
+    """
+    now = utcnow()
+    for f in unreadable:
+        session.add(
+            Prediction(
+                content_hash=f.content_hash,
+                model_version=model_version,
+                sweep_run_id=sweep_id,
+                status=ItemStatus.FAILED,
+                file_name=f.path.name,
+                original_path=str(f.path),
+                final_path=str(f.final_path),
+                error=f.error,
+                created_at=now,
+                classified_at=now,
+            )
+        )
+    for f in queue:
+        row = live.get(f.content_hash)
+        if row is None:  # a new image, or a retry of one that failed
+            row = Prediction(
+                content_hash=f.content_hash, model_version=model_version, status=ItemStatus.QUEUED
+            )
+            session.add(row)
+        row.sweep_run_id, row.created_at = sweep_id, now
+        row.file_name, row.original_path = f.path.name, str(f.path)
+    run = session.get(SweepRun, sweep_id)
+    run.found, run.enqueued, run.failed, run.skipped = found, len(queue), len(unreadable), skipped
+    run.pending = len(queue)
+    run.updated_at = now
+    if not queue:
+        run.status, run.finished_at = SweepStatus.FINISHED, now
+    return run
 
 
 @dataclass

@@ -39,8 +39,17 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cursor.close()
 
 
+@lru_cache
 def session_factory(url: str) -> sessionmaker[Session]:
+    """One session factory (and engine) per database URL and process."""
     return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+def dispose(url: str) -> None:
+    """Close the process's connections to ``url`` and forget its engine."""
+    get_engine(url).dispose()
+    get_engine.cache_clear()
+    session_factory.cache_clear()
 
 
 def alembic_config(url: str):

@@ -1,11 +1,20 @@
-"""Where files go once their row is committed: ``processed/`` or ``failed/``.
+"""Where files go once their row is committed (``processed/`` or ``failed/``), and the one
+step that follows every commit: move the files, then write the CSV of each finished sweep.
 
 The relative path under ``incoming/`` is kept, so operators find a file where they expect
 it; a name already taken gets the first characters of the content hash appended.
 """
 
+import logging
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from refund_sorter.export import export_sweep
+
+log = logging.getLogger(__name__)
 
 
 def destination(path: Path, incoming_dir: Path, target_dir: Path, content_hash: str) -> Path:
@@ -23,3 +32,27 @@ def destination(path: Path, incoming_dir: Path, target_dir: Path, content_hash: 
 def move(path: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(path, dest)
+
+
+def settle(
+    moves: Iterable[tuple[Path, Path]],
+    finished_sweeps: Iterable[int],
+    *,
+    sessions: sessionmaker[Session],
+    export_dir: Path,
+) -> None:
+    """After a commit: move each file where its row says, then export each finished sweep.
+
+    A move that fails is logged, not raised: the row is committed, and the next sweep files
+    the file again.
+    """
+    for src, dest in moves:
+        try:
+            move(src, dest)
+        except OSError as exc:
+            log.error("could not move %s to %s: %s", src, dest, exc)
+    with sessions() as session:
+        for sweep_id in finished_sweeps:
+            log.info(
+                "sweep %s finished; CSV %s", sweep_id, export_sweep(session, sweep_id, export_dir)
+            )

@@ -1,4 +1,4 @@
-"""refund_sorter/cli.py, model commands (train, evaluate, classify), as an operator runs them.
+"""cli/model.py: the model commands (train, evaluate, classify), as an operator runs them.
 
 Bad input must give a plain ``error:`` line and exit code 1, never a traceback; files that
 cannot be read are named and skipped, not fatal.
@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner, Result
 
 from classifier.checkpoint import load_checkpoint
-from refund_sorter.cli import main
+from cli import main
 
 FAST = ["--epochs", "1", "--image-size", "32", "--batch-size", "8", "--device", "cpu"]
 

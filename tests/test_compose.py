@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from refund_sorter.config import Settings
-from worker.celery_app import CLASSIFY_QUEUE, SWEEP_QUEUE
+from refund_sorter.messages import CLASSIFY_QUEUE, SWEEP_QUEUE
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())

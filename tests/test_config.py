@@ -4,7 +4,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from refund_sorter.cli import main
+from cli import main
 from refund_sorter.config import Settings, get_settings
 
 

@@ -1,6 +1,7 @@
-"""Project-level promises: the README's test command is what CI runs, and the producer,
-beat and migrations start without PyTorch."""
+"""Project-level promises: the README's test command is what CI runs, the producer, beat
+and migrations start without PyTorch, and the packages import each other only downwards."""
 
+import ast
 import re
 import subprocess
 import sys
@@ -26,10 +27,10 @@ def test_producer_beat_and_migrations_do_not_import_torch(tmp_path):
 import sys
 import worker
 worker.app.loader.import_default_modules()   # what a worker or beat imports
-import producer.sweep, producer.publish, producer.scan
+import producer.sweep, producer.tasks, producer.scan
 from refund_sorter.db import upgrade
 upgrade("sqlite:///{tmp_path / "db.sqlite"}")  # runs migrations/env.py and the revisions
-from refund_sorter.cli import main
+from cli import main
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
 print("LEAKED", leaked)
 """
@@ -53,3 +54,41 @@ def test_migrations_match_the_models(tmp_path):
             MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
         )
     assert diff == []
+
+
+# What each package may not import, lazily inside a function or not: the producer and the
+# workers share only the core's message contract, and the core imports no role above it.
+FORBIDDEN_IMPORTS = {
+    "producer": {"worker", "cli"},
+    "worker": {"producer", "cli"},
+    "refund_sorter": {"producer", "worker", "cli", "classifier"},
+    "models": {"producer", "worker", "cli", "classifier"},
+    "migrations": {"producer", "worker", "cli", "classifier"},
+    "classifier": {"producer", "worker", "cli"},
+}
+
+
+def imported_packages(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_packages_import_each_other_only_downwards():
+    broken = {
+        str(path.relative_to(ROOT)): sorted(imported_packages(path) & forbidden)
+        for package, forbidden in FORBIDDEN_IMPORTS.items()
+        for path in (ROOT / package).rglob("*.py")
+        if imported_packages(path) & forbidden
+    }
+    assert broken == {}
+
+
+def test_the_import_check_sees_lazy_imports(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from worker.pipeline import process_batch\n")
+    assert imported_packages(module) == {"worker"}

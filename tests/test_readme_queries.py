@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from models import Prediction, SweepRun
-from refund_sorter.db import get_engine, session_factory, upgrade
+from refund_sorter.db import dispose, get_engine, session_factory, upgrade
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -28,6 +28,20 @@ def readme_queries() -> dict[str, str]:
     return queries
 
 
+def _failed(run, name, content_hash, error, when):
+    return Prediction(
+        content_hash=content_hash,
+        model_version="v1",
+        sweep_run_id=run,
+        status="failed",
+        file_name=name,
+        original_path=f"/in/{name}",
+        final_path=f"/failed/{name}",
+        error=error,
+        classified_at=when,
+    )
+
+
 @pytest.fixture(scope="module")
 def pg_url():
     name = f"rs_queries_{uuid.uuid4().hex[:8]}"
@@ -36,26 +50,49 @@ def pg_url():
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     upgrade(url)
     yield url
-    get_engine(url).dispose()
+    dispose(url)
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
-def _ok(run, name, main, sub, conf, review=False, version="v1"):
+def _prediction(run, name, status, when, version="v1", **fields):
     return Prediction(
-        content_hash=uuid.uuid4().hex * 2,
         model_version=version,
         sweep_run_id=run,
-        status="ok",
+        status=status,
         file_name=name,
         original_path=f"/in/{name}",
+        classified_at=when,
+        **fields,
+    )
+
+
+def _ok(run, name, main, sub, conf, review=False, version="v1"):
+    return _prediction(
+        run,
+        name,
+        "ok",
+        datetime(2026, 11, 20 + run, 2, 5, tzinfo=UTC),
+        version,
+        content_hash=uuid.uuid4().hex * 2,
         final_path=f"/done/{name}",
         main_category=main,
         main_confidence=min(1.0, conf + 0.05),
         sub_category=sub,
         sub_confidence=conf,
         needs_review=review,
-        classified_at=datetime(2026, 11, 20 + run, 2, 5, tzinfo=UTC),
+    )
+
+
+def _failed(run, name, content_hash, error, when):
+    return _prediction(
+        run,
+        name,
+        "failed",
+        when,
+        content_hash=content_hash,
+        final_path=f"/failed/{name}",
+        error=error,
     )
 
 
@@ -104,28 +141,8 @@ def seeded(pg_url):
                 _ok(1, "b.jpg", "bottomwear", "pants", 0.55, review=True),
                 _ok(1, "c.jpg", "bottomwear", "skirt", 0.75),
                 _ok(2, "IMG_0042.jpg", "footwear", "shoes", 0.93, version="v2"),
-                Prediction(
-                    content_hash="f" * 64,
-                    model_version="v1",
-                    sweep_run_id=2,
-                    status="failed",
-                    file_name="broken.jpg",
-                    original_path="/in/broken.jpg",
-                    final_path="/failed/broken.jpg",
-                    error="corrupt or truncated image",
-                    classified_at=night(22),
-                ),
-                Prediction(
-                    content_hash="e" * 64,
-                    model_version="v1",
-                    sweep_run_id=2,
-                    status="failed",
-                    file_name="notes.txt",
-                    original_path="/in/notes.txt",
-                    final_path="/failed/notes.txt",
-                    error="not an image",
-                    classified_at=night(22),
-                ),
+                _failed(2, "broken.jpg", "f" * 64, "corrupt or truncated image", night(22)),
+                _failed(2, "notes.txt", "e" * 64, "not an image", night(22)),
             ]
         )
     return pg_url

@@ -7,21 +7,22 @@ from pathlib import Path
 from typing import NamedTuple
 
 from models import ItemStatus
-from producer.sweep import WorkItem
 from refund_sorter.config import Settings
 from refund_sorter.crud import ItemResult, record_results
 from refund_sorter.db import session_factory
-from refund_sorter.export import export_sweep
-from refund_sorter.files import destination, move
+from refund_sorter.files import destination, settle
 from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
+from refund_sorter.messages import WorkItem
 
 log = logging.getLogger(__name__)
+# An item's outcome when its result was not stored: already stored by a redelivered task,
+# or enqueued for another model.
 IGNORED = "ignored"
 
 
 @dataclass
 class BatchOutcome:
-    # ok, failed, or ignored (already stored by a redelivered task, or for another model)
+    # ItemStatus.OK, ItemStatus.FAILED or IGNORED, for each item of the batch
     statuses: list[tuple[WorkItem, str]] = field(default_factory=list)
     finished_sweeps: tuple[int, ...] = ()
 
@@ -138,23 +139,15 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
     sessions = session_factory(settings.database_url)
     with sessions.begin() as session:
         stored, finished = record_results(session, results)
-    for content_hash in stored:
-        if content_hash in moves:
-            src, dest = moves[content_hash]
-            try:
-                move(src, dest)
-            except OSError as exc:  # the row is committed; the next sweep files it
-                log.error("could not move %s to %s: %s", src, dest, exc)
+    settle(
+        [moves[h] for h in stored if h in moves],
+        finished,
+        sessions=sessions,
+        export_dir=settings.export_dir,
+    )
     outcome.statuses += [
         (it, r.status if r.content_hash in stored else IGNORED)
         for it, r in zip(mine, results, strict=True)
     ]
-    with sessions() as session:
-        for sweep_id in finished:
-            log.info(
-                "sweep %s finished; CSV %s",
-                sweep_id,
-                export_sweep(session, sweep_id, settings.export_dir),
-            )
     outcome.finished_sweeps = tuple(finished)
     return outcome

@@ -1,7 +1,8 @@
-"""Tasks: the nightly sweep (run by beat) and the batched per-image classification.
+"""The workers' task: per-image classify messages, buffered into batches.
 
-PyTorch is imported only when a process classifies its first batch, so beat and the
-sweep task never load it.
+The task translates a batch of messages into one ``process_batch`` call. PyTorch is
+imported only when a process classifies its first batch, so a worker that only sweeps
+never loads it.
 """
 
 import logging
@@ -10,10 +11,9 @@ import time
 from celery_batches import Batches
 
 from classifier.version import model_version
-from producer.publish import publish
-from producer.sweep import WorkItem, run_sweep
-from worker.celery_app import CLASSIFY_TASK, SWEEP_TASK, app, settings
-from worker.pipeline import load_classifier, process_batch
+from refund_sorter.celery_app import app, publish
+from refund_sorter.messages import CLASSIFY_TASK, WorkItem
+from worker.pipeline import IGNORED, load_classifier, process_batch
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 60  # seconds before a failed batch is tried again
@@ -22,14 +22,20 @@ RETRY_DELAY = 60  # seconds before a failed batch is tried again
 class ClassifierTask(Batches):
     """Buffers per-image tasks into batches; holds the model, loaded once per process."""
 
-    flush_every = settings.batch_size
-    flush_interval = settings.batch_max_wait
     _classifier = None
+
+    @property
+    def flush_every(self) -> int:
+        return self.app.settings.batch_size
+
+    @property
+    def flush_interval(self) -> float:
+        return self.app.settings.batch_max_wait
 
     @property
     def classifier(self):
         if self._classifier is None:
-            type(self)._classifier = load_classifier(settings)
+            type(self)._classifier = load_classifier(self.app.settings)
             log.info("loaded model %s on %s", self._classifier.version, self._classifier.device)
         return self._classifier
 
@@ -38,7 +44,7 @@ class ClassifierTask(Batches):
         loaded and these tasks were enqueued for the new one."""
         clf = self.classifier
         wanted = {it.model_version for it in items} - {clf.version}
-        if wanted and model_version(settings.model_path) in wanted:
+        if wanted and model_version(self.app.settings.model_path) in wanted:
             log.info("model file changed (now %s): reloading", ", ".join(sorted(wanted)))
             type(self)._classifier = None
             clf = self.classifier
@@ -50,7 +56,7 @@ def classify(self, requests) -> None:
     items = [WorkItem(*request.args) for request in requests]
     started = time.monotonic()
     try:
-        outcome = process_batch(items, self.classifier_for(items), settings)
+        outcome = process_batch(items, self.classifier_for(items), self.app.settings)
     except Exception:
         # celery-batches acknowledges a batch even when it raised, so put the work back on
         # the queue (with a pause, for a database or disk to come back) instead of losing it.
@@ -89,24 +95,7 @@ def report_to_flower(name: str, requests, outcome, runtime: float) -> None:
             events.send("task-started", **fields)
             events.send(
                 "task-succeeded",
-                result=repr(status_of.get(item, "ignored")),
+                result=repr(status_of.get(item, IGNORED)),
                 runtime=runtime,
                 **fields,
             )
-
-
-@app.task(name=SWEEP_TASK)
-def sweep(trigger: str = "beat") -> dict:
-    report = run_sweep(settings, dispatch=publish, trigger=trigger)
-    run = report.run
-    log.info(
-        "sweep %s %s: found %d, enqueued %d, failed %d, skipped %d%s",
-        run.id,
-        run.status,
-        run.found,
-        run.enqueued,
-        run.failed,
-        run.skipped,
-        f" ({run.message})" if run.message else "",
-    )
-    return {"sweep_run": run.id, "status": run.status, "enqueued": run.enqueued}

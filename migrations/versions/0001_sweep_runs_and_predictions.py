@@ -97,6 +97,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Kept as Alembic wrote it: a revision is a frozen record of one schema, so it spells
+    # each index out again rather than sharing code that a later revision could change.
     with op.batch_alter_table("predictions", schema=None) as batch_op:
         batch_op.drop_index(
             "uq_predictions_hash_model",

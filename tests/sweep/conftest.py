@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from refund_sorter.config import Settings, get_settings
-from refund_sorter.db import get_engine, upgrade
+from refund_sorter.db import dispose, upgrade
 
 # Failed assertions in the shared helpers show their values, as the tests' own do.
 pytest.register_assert_rewrite("sweep_support")
@@ -69,8 +69,7 @@ def postgres_database(migrate: bool = True) -> Iterator[str]:
             upgrade(url)
         yield url
     finally:
-        get_engine(url).dispose()
-        get_engine.cache_clear()
+        dispose(url)
         with _admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -145,22 +144,17 @@ def redis_client(broker_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def producer_app(broker_url: str, monkeypatch: pytest.MonkeyPatch):
-    """Make ``producer.publish`` (and ``app.control``) talk to the test broker.
+    """Make ``publish`` (and ``app.control``) talk to the test broker.
 
-    ``worker.celery_app.app`` took its broker URL from the environment when first imported;
-    rather than re-point that shared object (and the connection pools it caches), the test
-    swaps in an app with the same configuration and the test broker.
+    ``refund_sorter.celery_app.app`` took its broker URL from the environment when first
+    imported; rather than re-point that shared object (and the connection pools it caches),
+    the test swaps in an app built the same way for the test broker. It only publishes: it
+    never imports the tasks itself.
     """
-    from celery import Celery
+    from refund_sorter import celery_app
 
-    import worker.celery_app
-    import worker.tasks  # registers the tasks on the real app, before the swap
-
-    conf = dict(worker.celery_app.app.conf.changes)
-    conf.pop("include")  # this app only publishes: it must never import the tasks itself
-    app = Celery("refund_sorter", set_as_current=False)
-    app.conf.update(conf, broker_url=broker_url)
-    monkeypatch.setattr(worker.celery_app, "app", app)
+    app = celery_app.SorterCelery(Settings(broker_url=broker_url), set_as_current=False)
+    monkeypatch.setattr(celery_app, "app", app)
     yield app
     app.close()
 

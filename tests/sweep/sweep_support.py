@@ -29,7 +29,8 @@ from refund_sorter.db import session_factory
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NESTED = Path("dock-3") / "2024-03-01"  # incoming/ holds subfolders as well as files
 
-# The CSV columns an operator's spreadsheet relies on (export.COLUMNS may add more).
+# The CSV columns an operator's spreadsheet relies on (export.COLUMNS may add more),
+# spelled out rather than imported so that renaming a column in the code fails the tests.
 CSV_COLUMNS = [
     "file_name",
     "content_hash",

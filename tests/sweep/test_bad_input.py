@@ -17,7 +17,8 @@ from sweep_support import (
     sweep_csv,
 )
 
-from producer.sweep import WorkItem, run_sweep
+from producer.sweep import run_sweep
+from refund_sorter.messages import WorkItem
 from worker.pipeline import process_batch
 
 pytestmark = pytest.mark.services

@@ -33,13 +33,13 @@ from sweep_support import (
 )
 
 from models import SweepRun, utcnow
-from producer.publish import publish
-from producer.sweep import WorkItem, run_sweep
-from refund_sorter.cli import _local_dispatch
+from producer.sweep import run_sweep
+from refund_sorter.celery_app import nightly_schedule, publish
 from refund_sorter.crud import begin_sweep
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
-from worker.celery_app import CLASSIFY_QUEUE, CLASSIFY_TASK, SWEEP_TASK, nightly_schedule
+from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK, SWEEP_TASK, WorkItem
+from worker.local import local_dispatch
 from worker.pipeline import process_batch
 
 # --------------------------------------------------------------------------------------- beat
@@ -135,16 +135,16 @@ def queued_messages(redis_client) -> list[dict]:
 def test_the_beat_task_records_a_beat_sweep_and_queues_one_message_per_image(
     fresh_pg_url, make_settings, producer_app, redis_client, monkeypatch, tiny_model
 ):
-    import worker.tasks
+    import producer.tasks
 
     settings = make_settings(fresh_pg_url, broker_url=producer_app.conf.broker_url)
-    monkeypatch.setattr(worker.tasks, "settings", settings)
+    monkeypatch.setattr(producer.tasks.sweep.app, "settings", settings)
     incoming = Incoming(settings.incoming_dir)
     images = add_images(incoming, 12, seed=41)
     unreadable = add_unreadable(incoming, seed=41)
     assert redis_client.llen(CLASSIFY_QUEUE) == 0
 
-    result = worker.tasks.sweep.run(trigger="beat")
+    result = producer.tasks.sweep.run(trigger="beat")
 
     (run,) = all_runs(settings)
     assert result == {"sweep_run": run.id, "status": "running", "enqueued": 13}
@@ -233,7 +233,7 @@ def test_a_stale_sweep_is_abandoned_and_its_queued_images_go_to_the_next(
             .where(SweepRun.id == first.id)
             .values(updated_at=utcnow() - timedelta(hours=settings.sweep_stale_hours + 1))
         )
-    third = run_sweep(settings, dispatch=_local_dispatch(settings), trigger="manual").run
+    third = run_sweep(settings, dispatch=local_dispatch(settings), trigger="manual").run
 
     abandoned = get_run(settings, first.id)
     assert abandoned.status == "abandoned" and "no progress" in abandoned.message

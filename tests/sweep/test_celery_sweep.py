@@ -33,8 +33,8 @@ from sweep_support import (
     wait_for_workers,
 )
 
-from producer.publish import publish
 from producer.sweep import run_sweep
+from refund_sorter.celery_app import publish
 
 pytestmark = pytest.mark.services
 

@@ -17,11 +17,12 @@ from sweep_support import (
     utc,
 )
 
+from cli import main
 from models import Prediction, SweepRun
 from producer.sweep import run_sweep
-from refund_sorter.cli import _local_dispatch, main
-from refund_sorter.db import get_engine, session_factory
+from refund_sorter.db import dispose, session_factory
 from refund_sorter.export import COLUMNS
+from worker.local import local_dispatch
 
 pytestmark = pytest.mark.services
 
@@ -38,10 +39,10 @@ def two_nights(pg_url, tiny_model, tmp_path_factory):
     incoming = Incoming(settings.incoming_dir)
     add_images(incoming, 8, seed=71)
     add_unreadable(incoming, seed=71)
-    first = run_sweep(settings, dispatch=_local_dispatch(settings), trigger="local").run
+    first = run_sweep(settings, dispatch=local_dispatch(settings), trigger="local").run
     add_images(incoming, 5, seed=72)
     add_unreadable(incoming, seed=72, empty=False)  # all empty files share one hash and row
-    second = run_sweep(settings, dispatch=_local_dispatch(settings), trigger="local").run
+    second = run_sweep(settings, dispatch=local_dispatch(settings), trigger="local").run
     rows = all_predictions(settings)
     assert len(rows) == 18 and {p.status for p in rows} == {"ok", "failed"}
 
@@ -143,7 +144,7 @@ def test_export_day_filters_are_utc_days_whatever_the_database_timezone(
                     classified_at=when,
                 )
             )
-    get_engine(url).dispose()  # new connections start in the database's time zone
+    dispose(url)  # new connections start in the database's time zone
     settings = make_settings(url)
     use_settings(settings)
     out = tmp_path / "since.csv"

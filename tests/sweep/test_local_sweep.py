@@ -19,7 +19,7 @@ from sweep_support import (
     sweep_csv,
 )
 
-from refund_sorter.cli import main
+from cli import main
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])

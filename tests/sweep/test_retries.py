@@ -4,10 +4,18 @@ a fresh one, and a worker picks up a replaced model file on its own."""
 from pathlib import Path
 from types import SimpleNamespace
 
-from sweep_support import Incoming, add_images, all_predictions, get_run, save_random_model
+from sweep_support import (
+    Incoming,
+    add_images,
+    all_predictions,
+    files_under,
+    get_run,
+    save_random_model,
+)
 
-from producer.sweep import WorkItem, run_sweep
+from producer.sweep import run_sweep
 from refund_sorter.db import upgrade
+from refund_sorter.messages import WorkItem
 from worker.pipeline import process_batch
 
 
@@ -67,7 +75,7 @@ def test_a_worker_reloads_a_replaced_model_file(make_settings, tmp_path, monkeyp
 
     model_path = tmp_path / "model.pt"
     old_version, _ = save_random_model(model_path, seed=1)
-    monkeypatch.setattr(tasks, "settings", make_settings(model_path=model_path, device="cpu"))
+    monkeypatch.setattr(tasks.app, "settings", make_settings(model_path=model_path, device="cpu"))
     monkeypatch.setattr(tasks.ClassifierTask, "_classifier", None)
     task = tasks.classify
 
@@ -83,17 +91,26 @@ def test_a_worker_reloads_a_replaced_model_file(make_settings, tmp_path, monkeyp
     assert task.classifier_for([item("0123456789ab")]) is loaded
 
 
-def test_a_batch_that_fails_is_put_back_on_the_queue(make_settings, classifier, monkeypatch):
+def test_a_batch_that_fails_is_put_back_on_the_queue(
+    make_settings, classifier, monkeypatch, tmp_path
+):
     import worker.tasks as tasks
 
+    settings = make_settings()
+    upgrade(settings.database_url)
+    incoming = Incoming(settings.incoming_dir)
+    add_images(incoming, 3, seed=8)
+    items: list[WorkItem] = []
+    run = run_sweep(settings, dispatch=items.extend, trigger="local").run
     published = []
     monkeypatch.setattr(
         tasks, "publish", lambda items, countdown: published.append((items, countdown))
     )
-    # A database without tables: storing the batch raises, as it would with the server down.
-    monkeypatch.setattr(tasks, "settings", make_settings())
+    # The worker's database has no tables: storing the batch raises, as it would with the
+    # server down.
+    broken = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'empty.db'}"})
+    monkeypatch.setattr(tasks.app, "settings", broken)
     monkeypatch.setattr(tasks.ClassifierTask, "_classifier", classifier)
-    items = [WorkItem(f"/gone/{i}.jpg", f"{i:064x}", classifier.version) for i in range(3)]
     requests = [
         SimpleNamespace(id=f"task-{i}", args=it.as_args(), hostname="w1@test")
         for i, it in enumerate(items)
@@ -102,3 +119,8 @@ def test_a_batch_that_fails_is_put_back_on_the_queue(make_settings, classifier, 
     tasks.classify.run(requests)
 
     assert published == [(items, tasks.RETRY_DELAY)]
+    # Nothing was stored or moved: the rows wait for the retry, the files stay in incoming/.
+    assert [p.status for p in all_predictions(settings)] == ["queued"] * 3
+    assert get_run(settings, run.id).pending == 3
+    assert files_under(settings.incoming_dir) == incoming.images
+    assert files_under(settings.processed_dir) == files_under(settings.failed_dir) == {}

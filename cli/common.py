@@ -1,0 +1,54 @@
+"""What every command shares: plain errors instead of tracebacks, and repeated options."""
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from refund_sorter.errors import UserError
+
+device_option = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="auto picks CUDA when present.",
+)
+mapping_option = click.option(
+    "--mapping",
+    type=click.Path(path_type=Path),
+    help="JSON {sub: main} for the old flat <index>_<sub>/ layout.",
+)
+
+
+def friendly(func):
+    """Turn operator-fixable errors into one plain line and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"REFUND_SORTER_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                for e in exc.errors()
+            )
+            click.secho(f"error: invalid setting: {problems}", fg="red", err=True)
+            sys.exit(1)
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("torch", "torchvision", "matplotlib"):
+                raise
+            click.secho(
+                "error: this command needs the model libraries (PyTorch); install "
+                "them with: pip install -c constraints.txt '.[ml]'",
+                fg="red",
+                err=True,
+            )
+            sys.exit(1)
+
+    return wrapper
