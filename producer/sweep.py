@@ -41,7 +41,8 @@ def run_sweep(
 
     Files that are not images are recorded as failed and moved to ``failed/``; images this
     model already classified are counted as skipped and moved to ``processed/``. Each move
-    happens only after the row saying so is committed.
+    happens only after the row saying so is committed. A sweep with nothing to classify is
+    finished only after its moves, since finishing releases the lock.
     """
     sessions = session_factory(settings.database_url)
     version = current_model_version(settings)
@@ -71,8 +72,14 @@ def run_sweep(
                 live=live,
                 skipped=plan.skipped,
             )
-        finished = [run.id] if run.status == SweepStatus.FINISHED else []
-        settle(plan.moves, finished, sessions=sessions, export_dir=settings.export_dir)
+        settle(plan.moves, [], sessions=sessions, export_dir=settings.export_dir)
+        if not plan.queue:
+            # Only now, with every file where its row says, may the next sweep list
+            # incoming/: finishing before the moves let it hash files being moved.
+            with sessions.begin() as session:
+                run = crud.finish_sweep(session, sweep_id=run.id)
+        if run.status == SweepStatus.FINISHED:
+            settle((), [run.id], sessions=sessions, export_dir=settings.export_dir)
         enqueued = [WorkItem(str(f.path), f.content_hash, version) for f in plan.queue]
         if enqueued:
             dispatch(enqueued)

@@ -137,8 +137,9 @@ def record_scan(
     """Write what a sweep's scan decided, in the caller's transaction, and its counters.
 
     Each unreadable file gets a ``failed`` row of its own; each image to classify gets a
-    ``queued`` row, new or (``live``) left queued by an abandoned sweep and taken over. A
-    sweep with nothing to classify is finished at once.
+    ``queued`` row, new or (``live``) left queued by an abandoned sweep and taken over. The
+    sweep stays ``running`` even with nothing to classify: ``finish_sweep`` ends it once
+    its files are moved.
     """
     now = utcnow()
     for f in unreadable:
@@ -169,8 +170,16 @@ def record_scan(
     run.found, run.enqueued, run.failed, run.skipped = found, len(queue), len(unreadable), skipped
     run.pending = len(queue)
     run.updated_at = now
-    if not queue:
-        run.status, run.finished_at = SweepStatus.FINISHED, now
+    return run
+
+
+def finish_sweep(session: Session, *, sweep_id: int) -> SweepRun:
+    """Finish a sweep that had nothing to classify, once its files are where its rows say:
+    until then it holds the lock, so the next sweep never lists files still being moved."""
+    run = session.get(SweepRun, sweep_id)
+    if run.status == SweepStatus.RUNNING and run.pending == 0:
+        run.status = SweepStatus.FINISHED
+        run.finished_at = run.updated_at = utcnow()
     return run
 
 
