@@ -54,7 +54,7 @@ def sweep(local, wait, timeout) -> None:
     click.echo(
         f"sweep {run.id}: found {run.found} files in {settings.incoming_dir}; "
         f"enqueued {run.enqueued}, failed {run.failed}, skipped {run.skipped} "
-        "(already classified or a duplicate)"
+        "(already classified, a duplicate, or failed before and still there)"
     )
     for path, reason in report.failed[:20]:
         click.echo(f"  failed {path}: {reason}")

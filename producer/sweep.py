@@ -5,11 +5,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from tqdm import tqdm
-
 from classifier.version import model_version
 from models import ItemStatus, Prediction, SweepRun, SweepStatus
-from producer.scan import Found, inspect, list_files
+from producer.scan import Found, scan
 from refund_sorter import crud
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
@@ -41,7 +39,11 @@ def run_sweep(
 
     Files that are not images are recorded as failed and moved to ``failed/``; images this
     model already classified are counted as skipped and moved to ``processed/``. Each move
-    happens only after the row saying so is committed.
+    happens only after the row saying so is committed. A file whose bytes cannot be read is
+    recorded as failed and left where it is, as is one that cannot be moved; later sweeps
+    count such a file as skipped rather than record it again. What ``producer.scan`` leaves
+    alone (links, vanished files, ...) is only logged. A sweep with nothing to classify is
+    finished only after its moves, since finishing releases the lock.
     """
     sessions = session_factory(settings.database_url)
     version = current_model_version(settings)
@@ -51,16 +53,15 @@ def run_sweep(
         return SweepReport(run)
 
     try:
-        paths = list_files(settings.incoming_dir)
-        found = [
-            inspect(p)
-            for p in tqdm(paths, desc="scanning", unit="file", disable=not progress, leave=False)
-        ]
+        found = scan(settings.incoming_dir, progress=progress).found
         with sessions.begin() as session:
             live = crud.live_predictions(
                 session, {f.content_hash for f in found if f.error is None}, version
             )
-            plan = _plan(found, live, settings)
+            recorded = crud.failures_left_in_place(
+                session, (f.path for f in found if f.error is not None)
+            )
+            plan = _plan(found, live, recorded, settings)
             run = crud.record_scan(
                 session,
                 sweep_id=run.id,
@@ -71,8 +72,19 @@ def run_sweep(
                 live=live,
                 skipped=plan.skipped,
             )
-        finished = [run.id] if run.status == SweepStatus.FINISHED else []
-        settle(plan.moves, finished, sessions=sessions, export_dir=settings.export_dir)
+        _log_failures(plan)
+        stayed = settle(plan.moves, [], sessions=sessions, export_dir=settings.export_dir)
+        recorded_here = {f.path for f in plan.unreadable}
+        stayed = [(path, reason) for path, reason in stayed if path in recorded_here]
+        if stayed or not plan.queue:
+            with sessions.begin() as session:
+                crud.leave_in_place(session, sweep_id=run.id, stayed=stayed)
+                if not plan.queue:
+                    # Only now, with every file where its row says, may the next sweep list
+                    # incoming/: finishing before the moves let it hash files being moved.
+                    run = crud.finish_sweep(session, sweep_id=run.id)
+        if run.status == SweepStatus.FINISHED:
+            settle((), [run.id], sessions=sessions, export_dir=settings.export_dir)
         enqueued = [WorkItem(str(f.path), f.content_hash, version) for f in plan.queue]
         if enqueued:
             dispatch(enqueued)
@@ -90,17 +102,34 @@ class _Plan:
     queue: list[crud.ScannedFile] = field(default_factory=list)
     moves: list[tuple[Path, Path]] = field(default_factory=list)
     skipped: int = 0
+    failed_before: int = 0  # of skipped: failed in an earlier sweep and still left here
 
 
-def _plan(found: list[Found], live: dict[str, Prediction], settings: Settings) -> _Plan:
-    """Decide each file's fate from what the table already holds (no SQL, no moves)."""
+def _plan(
+    found: list[Found],
+    live: dict[str, Prediction],
+    recorded: set[tuple[str, str]],
+    settings: Settings,
+) -> _Plan:
+    """Decide each file's fate from what the table already holds (no SQL, no moves).
+
+    ``recorded``: (path, content hash) of failed rows whose file was left where it was.
+    """
     plan = _Plan()
     seen: set[str] = set()
     for f in found:
-        if f.error is not None:  # not an image: every such file keeps its own row
-            dest = destination(f.path, settings.incoming_dir, settings.failed_dir, f.content_hash)
+        if f.error is not None and (str(f.path), f.content_hash) in recorded:
+            # Recorded as failed by an earlier sweep and still here: one row is enough.
+            plan.skipped += 1
+            plan.failed_before += 1
+        elif f.error is not None:  # every such upload keeps its own row
+            dest = None
+            if f.readable:  # not an image: to failed/; an unreadable file stays put
+                dest = destination(
+                    f.path, settings.incoming_dir, settings.failed_dir, f.content_hash
+                )
+                plan.moves.append((f.path, dest))
             plan.unreadable.append(crud.Unreadable(f.path, f.content_hash, f.error, dest))
-            plan.moves.append((f.path, dest))
         elif f.content_hash in seen:  # same bytes twice tonight: the copy waits a night
             plan.skipped += 1
         elif (row := live.get(f.content_hash)) is not None and row.status == ItemStatus.OK:
@@ -113,3 +142,14 @@ def _plan(found: list[Found], live: dict[str, Prediction], settings: Settings) -
             plan.queue.append(crud.ScannedFile(f.path, f.content_hash))
         seen.add(f.content_hash)
     return plan
+
+
+def _log_failures(plan: _Plan) -> None:
+    for f in plan.unreadable:
+        if f.final_path is None:
+            log.warning("recorded %s as failed: %s", f.path, f.error)
+    if plan.failed_before:
+        log.info(
+            "%d file(s) recorded as failed by earlier sweeps are still in incoming/; left alone",
+            plan.failed_before,
+        )

@@ -120,7 +120,7 @@ class ScannedFile:
 @dataclass(frozen=True)
 class Unreadable(ScannedFile):
     error: str
-    final_path: Path
+    final_path: Path | None  # None: it stays where it is
 
 
 def record_scan(
@@ -137,8 +137,9 @@ def record_scan(
     """Write what a sweep's scan decided, in the caller's transaction, and its counters.
 
     Each unreadable file gets a ``failed`` row of its own; each image to classify gets a
-    ``queued`` row, new or (``live``) left queued by an abandoned sweep and taken over. A
-    sweep with nothing to classify is finished at once.
+    ``queued`` row, new or (``live``) left queued by an abandoned sweep and taken over. The
+    sweep stays ``running`` even with nothing to classify: ``finish_sweep`` ends it once
+    its files are moved.
     """
     now = utcnow()
     for f in unreadable:
@@ -150,7 +151,7 @@ def record_scan(
                 status=ItemStatus.FAILED,
                 file_name=f.path.name,
                 original_path=str(f.path),
-                final_path=str(f.final_path),
+                final_path=str(f.final_path) if f.final_path else None,
                 error=f.error,
                 created_at=now,
                 classified_at=now,
@@ -169,8 +170,52 @@ def record_scan(
     run.found, run.enqueued, run.failed, run.skipped = found, len(queue), len(unreadable), skipped
     run.pending = len(queue)
     run.updated_at = now
-    if not queue:
-        run.status, run.finished_at = SweepStatus.FINISHED, now
+    return run
+
+
+def failures_left_in_place(
+    session: Session, paths: Iterable[Path], chunk: int = 500
+) -> set[tuple[str, str]]:
+    """The (original path, content hash) of failed rows whose file was left where it was,
+    among ``paths``: a later sweep that finds the same file there records it no more."""
+    paths = sorted(set(paths))
+    found: set[tuple[str, str]] = set()
+    for start in range(0, len(paths), chunk):
+        some = paths[start : start + chunk]
+        rows = session.execute(
+            select(Prediction.original_path, Prediction.content_hash).where(
+                Prediction.file_name.in_({p.name for p in some}),  # indexed; the path is not
+                Prediction.original_path.in_([str(p) for p in some]),
+                Prediction.status == ItemStatus.FAILED,
+                Prediction.final_path.is_(None),
+            )
+        )
+        found.update((path, content_hash) for path, content_hash in rows)
+    return found
+
+
+def leave_in_place(session: Session, *, sweep_id: int, stayed: list[tuple[Path, str]]) -> None:
+    """Correct this sweep's failed rows whose file could not be moved: no final path, and
+    why it is still there."""
+    for path, reason in stayed:
+        session.execute(
+            update(Prediction)
+            .where(
+                Prediction.sweep_run_id == sweep_id,
+                Prediction.status == ItemStatus.FAILED,
+                Prediction.original_path == str(path),
+            )
+            .values(final_path=None, error=Prediction.error + f"; left where it is: {reason}")
+        )
+
+
+def finish_sweep(session: Session, *, sweep_id: int) -> SweepRun:
+    """Finish a sweep that had nothing to classify, once its files are where its rows say:
+    until then it holds the lock, so the next sweep never lists files still being moved."""
+    run = session.get(SweepRun, sweep_id)
+    if run.status == SweepStatus.RUNNING and run.pending == 0:
+        run.status = SweepStatus.FINISHED
+        run.finished_at = run.updated_at = utcnow()
     return run
 
 

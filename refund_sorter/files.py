@@ -5,8 +5,11 @@ The relative path under ``incoming/`` is kept, so operators find a file where th
 it; a name already taken gets the first characters of the content hash appended.
 """
 
+import errno
 import logging
+import os
 import shutil
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,8 +33,29 @@ def destination(path: Path, incoming_dir: Path, target_dir: Path, content_hash: 
 
 
 def move(path: Path, dest: Path) -> None:
+    """Move one file, and only a file, so that it ends up in exactly one place.
+
+    What was checked as a regular file may have become a folder (whose photos nobody has
+    looked at) or a link since: neither is moved. A rename refused (say, the folder is not
+    writable) is not retried as a copy, which would leave the file in both places; a copy
+    is only for another file system, and is removed if the original cannot be.
+    """
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise OSError(f"{path} is no longer a regular file")
+    if os.path.lexists(dest):  # taken since its name was chosen: never overwrite
+        raise FileExistsError(f"{dest} already exists")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(path, dest)
+    try:
+        os.rename(path, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        shutil.copy2(path, dest)
+        try:
+            os.unlink(path)
+        except OSError:
+            dest.unlink(missing_ok=True)
+            raise
 
 
 def settle(
@@ -40,19 +64,23 @@ def settle(
     *,
     sessions: sessionmaker[Session],
     export_dir: Path,
-) -> None:
+) -> list[tuple[Path, str]]:
     """After a commit: move each file where its row says, then export each finished sweep.
 
-    A move that fails is logged, not raised: the row is committed, and the next sweep files
-    the file again.
+    A move that fails is logged, not raised: the row is committed, and one file must not
+    stop the others. Returns the files left where they were, each with the reason.
     """
+    stayed = []
     for src, dest in moves:
         try:
             move(src, dest)
         except OSError as exc:
             log.error("could not move %s to %s: %s", src, dest, exc)
+            why = exc.strerror.lower() if exc.strerror else str(exc)
+            stayed.append((src, f"could not move it to {dest}: {why}"))
     with sessions() as session:
         for sweep_id in finished_sweeps:
             log.info(
                 "sweep %s finished; CSV %s", sweep_id, export_sweep(session, sweep_id, export_dir)
             )
+    return stayed

@@ -5,8 +5,10 @@ Torch-free on purpose: the producer uses ``sniff`` and must start without PyTorc
 
 import hashlib
 import io
+import os
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -19,11 +21,14 @@ class UnreadableImage(Exception):
     """The file is not an image we can decode; the message says why in plain words."""
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(source: Path | BinaryIO, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file, given its path or an open binary handle (read to the end)."""
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as fh:
+            return sha256_file(fh, chunk)
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
+    while block := source.read(chunk):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -31,15 +36,20 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sniff(path: Path) -> str:
+def sniff(source: Path | BinaryIO) -> str:
     """Return the image format found in the file's header, or raise UnreadableImage.
 
-    Reads only the header, so it is cheap enough for the producer's scan.
+    Reads only the header, so it is cheap enough for the producer's scan. ``source`` is a
+    path or a binary handle positioned at the start of the file.
     """
     try:
-        if path.stat().st_size == 0:
+        if isinstance(source, str | os.PathLike):
+            size = os.stat(source).st_size
+        else:
+            size = os.fstat(source.fileno()).st_size
+        if size == 0:
             raise UnreadableImage("empty file")
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             return img.format or "unknown"
     except UnidentifiedImageError:
         raise UnreadableImage("not an image (unrecognised content)") from None
