@@ -14,10 +14,11 @@ from tqdm import tqdm
 from cli.common import friendly
 from refund_sorter import crud
 from refund_sorter.config import Settings, get_settings
-from refund_sorter.db import check_schema, safe_url, session_factory
+from refund_sorter.db import check_schema, session_factory
 from refund_sorter.db import upgrade as run_upgrade
 from refund_sorter.errors import UserError
 from refund_sorter.export import ExportFilter, sweep_csv_path, write_csv
+from refund_sorter.redact import redact
 
 
 @click.command()
@@ -138,10 +139,12 @@ def runs(last) -> None:
         f"{'found':>6} {'ok':>6} {'failed':>6} {'skipped':>7} {'queued':>6}"
     )
     for r in rows:
+        # Masked again on display: rows stored by older versions may hold a password.
+        message = f"  {redact(r.message)}" if r.message else ""
         click.echo(
             f"{r.id:>5} {crud.as_utc(r.started_at):%Y-%m-%d %H:%M} {r.status:<10} "
             f"{r.trigger:<7} {r.found:>6} {r.succeeded:>6} {r.failed:>6} "
-            f"{r.skipped:>7} {r.pending:>6}" + (f"  {r.message}" if r.message else "")
+            f"{r.skipped:>7} {r.pending:>6}{message}"
         )
 
 
@@ -156,4 +159,4 @@ def upgrade() -> None:
     """Create or migrate the tables to the latest schema (Alembic)."""
     settings = get_settings()
     run_upgrade(settings.database_url)
-    click.echo(f"database {safe_url(settings.database_url)} is at the latest schema")
+    click.echo(f"database {redact(settings.database_url)} is at the latest schema")

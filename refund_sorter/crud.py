@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
+from refund_sorter.redact import redact
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -70,14 +71,15 @@ def abandon_sweeps(
 ) -> None:
     """Mark running sweeps ``abandoned`` (this one, or those with no progress since
     ``stale_before``): a sweep nothing will finish must not hold the lock. Their queued rows
-    stay queued, and the next sweep re-enqueues them."""
+    stay queued, and the next sweep re-enqueues them. ``message`` is stored with any URL's
+    password masked (it often carries the error that stopped the sweep)."""
     query = update(SweepRun).where(SweepRun.status == SweepStatus.RUNNING)
     if sweep_id is not None:
         query = query.where(SweepRun.id == sweep_id)
     if stale_before is not None:
         query = query.where(SweepRun.updated_at < stale_before)
     session.execute(
-        query.values(status=SweepStatus.ABANDONED, finished_at=utcnow(), message=message)
+        query.values(status=SweepStatus.ABANDONED, finished_at=utcnow(), message=redact(message))
     )
 
 
