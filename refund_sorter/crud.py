@@ -111,6 +111,20 @@ def live_predictions(
     return found
 
 
+def queued_paths(session: Session, model_version: str, hashes: Iterable[str]) -> dict[str, str]:
+    """The path each content hash is ``queued`` under for this model, in one query: what the
+    producer enqueued, so a worker can refuse a task that names anything else. (The unique
+    index allows one queued row per hash and model.)"""
+    rows = session.execute(
+        select(Prediction.content_hash, Prediction.original_path).where(
+            Prediction.model_version == model_version,
+            Prediction.status == ItemStatus.QUEUED,
+            Prediction.content_hash.in_(set(hashes)),
+        )
+    )
+    return {content_hash: path for content_hash, path in rows}
+
+
 @dataclass(frozen=True)
 class ScannedFile:
     """A file the producer found, as it goes into the table."""
