@@ -1,9 +1,10 @@
-"""Operations commands: sweep, runs, export and db upgrade, for the operators.
+"""Operations commands: sweep, runs, export, db upgrade and flower, for the operators.
 
 Celery, the producer and the workers are imported inside ``sweep``, the only command that
 needs them.
 """
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -160,3 +161,35 @@ def upgrade() -> None:
     settings = get_settings()
     run_upgrade(settings.database_url)
     click.echo(f"database {redact(settings.database_url)} is at the latest schema")
+
+
+@click.command()
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 means every interface (inside a container, say).",
+)
+@click.option(
+    "--port", default=5555, show_default=True, type=click.IntRange(1, 65535), help="Port."
+)
+@friendly
+def flower(address, port) -> None:
+    """Start Flower, the dashboard of workers and tasks, behind basic auth.
+
+    Flower shows every image's path and hash, so this never starts it without the
+    credentials in REFUND_SORTER_FLOWER_BASIC_AUTH (user:password), and it listens on
+    127.0.0.1 unless told otherwise. Flower's own FLOWER_* variables still apply to
+    everything else.
+    """
+    credentials = get_settings().flower_basic_auth
+    if credentials is None or not credentials.get_secret_value():
+        raise UserError(
+            "Flower shows every image's path and hash to whoever can open it: set "
+            "REFUND_SORTER_FLOWER_BASIC_AUTH=user:password to start it"
+        )
+    # The credentials travel in the environment, not on the command line, where any
+    # local user could read them (ps); exec, so signals reach Flower itself.
+    env = {**os.environ, "FLOWER_BASIC_AUTH": credentials.get_secret_value()}
+    argv = ["-m", "celery", "-A", "worker", "flower", f"--address={address}", f"--port={port}"]
+    os.execve(sys.executable, [sys.executable, *argv], env)
