@@ -1,6 +1,6 @@
 """The ``refund-sorter`` command line, by audience: ``cli.model`` for whoever trains and
 checks the model (train, evaluate, classify), ``cli.operations`` for the operators (sweep,
-runs, export, db upgrade).
+runs, export, db upgrade, flower).
 
 It sits above the roles it drives (producer, worker, classifier), so the shared core in
 ``refund_sorter/`` imports none of them. Heavy imports (PyTorch, Celery) happen inside the
@@ -26,5 +26,6 @@ for command in (
     operations.runs,
     operations.export,
     operations.db,
+    operations.flower,
 ):
     main.add_command(command)

@@ -1,9 +1,10 @@
-"""Operations commands: sweep, runs, export and db upgrade, for the operators.
+"""Operations commands: sweep, runs, export, db upgrade and flower, for the operators.
 
 Celery, the producer and the workers are imported inside ``sweep``, the only command that
 needs them.
 """
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,10 +15,11 @@ from tqdm import tqdm
 from cli.common import friendly
 from refund_sorter import crud
 from refund_sorter.config import Settings, get_settings
-from refund_sorter.db import check_schema, safe_url, session_factory
+from refund_sorter.db import check_schema, session_factory
 from refund_sorter.db import upgrade as run_upgrade
 from refund_sorter.errors import UserError
 from refund_sorter.export import ExportFilter, sweep_csv_path, write_csv
+from refund_sorter.redact import redact
 
 
 @click.command()
@@ -138,10 +140,12 @@ def runs(last) -> None:
         f"{'found':>6} {'ok':>6} {'failed':>6} {'skipped':>7} {'queued':>6}"
     )
     for r in rows:
+        # Masked again on display: rows stored by older versions may hold a password.
+        message = f"  {redact(r.message)}" if r.message else ""
         click.echo(
             f"{r.id:>5} {crud.as_utc(r.started_at):%Y-%m-%d %H:%M} {r.status:<10} "
             f"{r.trigger:<7} {r.found:>6} {r.succeeded:>6} {r.failed:>6} "
-            f"{r.skipped:>7} {r.pending:>6}" + (f"  {r.message}" if r.message else "")
+            f"{r.skipped:>7} {r.pending:>6}{message}"
         )
 
 
@@ -156,4 +160,36 @@ def upgrade() -> None:
     """Create or migrate the tables to the latest schema (Alembic)."""
     settings = get_settings()
     run_upgrade(settings.database_url)
-    click.echo(f"database {safe_url(settings.database_url)} is at the latest schema")
+    click.echo(f"database {redact(settings.database_url)} is at the latest schema")
+
+
+@click.command()
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 means every interface (inside a container, say).",
+)
+@click.option(
+    "--port", default=5555, show_default=True, type=click.IntRange(1, 65535), help="Port."
+)
+@friendly
+def flower(address, port) -> None:
+    """Start Flower, the dashboard of workers and tasks, behind basic auth.
+
+    Flower shows every image's path and hash, so this never starts it without the
+    credentials in REFUND_SORTER_FLOWER_BASIC_AUTH (user:password), and it listens on
+    127.0.0.1 unless told otherwise. Flower's own FLOWER_* variables still apply to
+    everything else.
+    """
+    credentials = get_settings().flower_basic_auth
+    if credentials is None or not credentials.get_secret_value():
+        raise UserError(
+            "Flower shows every image's path and hash to whoever can open it: set "
+            "REFUND_SORTER_FLOWER_BASIC_AUTH=user:password to start it"
+        )
+    # The credentials travel in the environment, not on the command line, where any
+    # local user could read them (ps); exec, so signals reach Flower itself.
+    env = {**os.environ, "FLOWER_BASIC_AUTH": credentials.get_secret_value()}
+    argv = ["-m", "celery", "-A", "worker", "flower", f"--address={address}", f"--port={port}"]
+    os.execve(sys.executable, [sys.executable, *argv], env)

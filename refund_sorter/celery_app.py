@@ -15,6 +15,7 @@ from kombu.exceptions import OperationalError
 from refund_sorter.config import Settings, get_settings
 from refund_sorter.errors import UserError
 from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK, SWEEP_QUEUE, SWEEP_TASK, WorkItem
+from refund_sorter.redact import redact
 
 
 def nightly_schedule(expression: str) -> crontab:
@@ -93,4 +94,5 @@ def publish(items: list[WorkItem], countdown: float | None = None) -> None:
                     CLASSIFY_TASK, args=item.as_args(), countdown=countdown, producer=producer
                 )
     except OperationalError as exc:
-        raise UserError(f"cannot reach the broker at {app.conf.broker_url}: {exc}") from None
+        message = f"cannot reach the broker at {app.conf.broker_url}: {exc}"
+        raise UserError(redact(message)) from None

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +33,22 @@ class Settings(BaseSettings):
     sweep_stale_hours: float = Field(
         12.0, gt=0, description="A sweep with no progress for this long no longer blocks the next."
     )
+    flower_basic_auth: SecretStr | None = Field(
+        None,
+        description="user:password (several separated by commas) that Flower asks for; "
+        "`refund-sorter flower` does not start without it.",
+    )
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked here, not by Flower, which would take "ops" as a user with no password.
+        if value is not None and value.get_secret_value():
+            for pair in value.get_secret_value().split(","):
+                user, _, password = pair.partition(":")
+                if not (user and password):
+                    raise ValueError("expected user:password[,user:password...]")
+        return value
 
     @model_validator(mode="after")
     def _fill_from_home(self) -> "Settings":

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
+from refund_sorter.redact import redact
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -70,14 +71,15 @@ def abandon_sweeps(
 ) -> None:
     """Mark running sweeps ``abandoned`` (this one, or those with no progress since
     ``stale_before``): a sweep nothing will finish must not hold the lock. Their queued rows
-    stay queued, and the next sweep re-enqueues them."""
+    stay queued, and the next sweep re-enqueues them. ``message`` is stored with any URL's
+    password masked (it often carries the error that stopped the sweep)."""
     query = update(SweepRun).where(SweepRun.status == SweepStatus.RUNNING)
     if sweep_id is not None:
         query = query.where(SweepRun.id == sweep_id)
     if stale_before is not None:
         query = query.where(SweepRun.updated_at < stale_before)
     session.execute(
-        query.values(status=SweepStatus.ABANDONED, finished_at=utcnow(), message=message)
+        query.values(status=SweepStatus.ABANDONED, finished_at=utcnow(), message=redact(message))
     )
 
 
@@ -107,6 +109,20 @@ def live_predictions(
         )
         found.update((row.content_hash, row) for row in rows)
     return found
+
+
+def queued_paths(session: Session, model_version: str, hashes: Iterable[str]) -> dict[str, str]:
+    """The path each content hash is ``queued`` under for this model, in one query: what the
+    producer enqueued, so a worker can refuse a task that names anything else. (The unique
+    index allows one queued row per hash and model.)"""
+    rows = session.execute(
+        select(Prediction.content_hash, Prediction.original_path).where(
+            Prediction.model_version == model_version,
+            Prediction.status == ItemStatus.QUEUED,
+            Prediction.content_hash.in_(set(hashes)),
+        )
+    )
+    return {content_hash: path for content_hash, path in rows}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from refund_sorter.errors import UserError
+from refund_sorter.redact import redact
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -67,7 +68,7 @@ def upgrade(url: str, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(url), revision)
     except OperationalError as exc:
-        raise UserError(f"cannot reach the database {safe_url(url)}: {exc.orig}") from None
+        raise UserError(redact(f"cannot reach the database {url}: {exc.orig}")) from None
 
 
 def check_schema(url: str) -> None:
@@ -80,15 +81,9 @@ def check_schema(url: str) -> None:
         with get_engine(url).connect() as conn:
             current = MigrationContext.configure(conn).get_current_revision()
     except OperationalError as exc:
-        raise UserError(f"cannot reach the database {safe_url(url)}: {exc.orig}") from None
+        raise UserError(redact(f"cannot reach the database {url}: {exc.orig}")) from None
     if current != head:
         raise UserError(
-            f"the database {safe_url(url)} is at schema {current or 'none'}, not {head}: "
+            f"the database {redact(url)} is at schema {current or 'none'}, not {head}: "
             "run `refund-sorter db upgrade` first"
         )
-
-
-def safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(normalize_url(url)).render_as_string(hide_password=True)

@@ -1,4 +1,8 @@
-"""CSV export of the predictions table, streamed so a million rows use constant memory."""
+"""CSV export of the predictions table, streamed so a million rows use constant memory.
+
+``write_csv`` is the one CSV writer: the per-sweep CSV and ``refund-sorter export`` both
+go through it, so both are safe to open in a spreadsheet.
+"""
 
 import csv
 from collections.abc import Iterator
@@ -78,12 +82,26 @@ def _rows(session: Session, flt: ExportFilter) -> Iterator[list]:
         session.expunge(p)  # keep the identity map from growing with the export
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula, and file names
+# come from whoever uploads the photos (`=HYPERLINK(...).jpg`): OWASP's "CSV injection".
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_safe(cell):
+    """A text cell that starts like a formula, behind a single quote so a spreadsheet shows
+    it as text (drop the quote to get the value back). Other cells are left as they are:
+    confidences are non-negative numbers and never start with one of these characters."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_START):
+        return "'" + cell
+    return cell
+
+
 def write_csv(session: Session, flt: ExportFilter, out: TextIO) -> int:
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
     n = 0
     for row in _rows(session, flt):
-        writer.writerow(row)
+        writer.writerow([formula_safe(cell) for cell in row])
         n += 1
     return n
 

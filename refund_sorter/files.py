@@ -20,13 +20,23 @@ from refund_sorter.export import export_sweep
 log = logging.getLogger(__name__)
 
 
-def destination(path: Path, incoming_dir: Path, target_dir: Path, content_hash: str) -> Path:
-    path, incoming_dir = Path(path).absolute(), Path(incoming_dir).absolute()
+def inside(path: Path | str, folder: Path) -> Path | None:
+    """``path`` resolved (symlinks followed, ``..`` gone) if it lies below ``folder``, else
+    None. A path that cannot be resolved (a symlink loop, a NUL byte) lies nowhere."""
     try:
-        relative = path.relative_to(incoming_dir)
-    except ValueError:
-        relative = Path(path.name)
-    dest = Path(target_dir).absolute() / relative
+        resolved, root = Path(path).resolve(), Path(folder).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return resolved if resolved != root and resolved.is_relative_to(root) else None
+
+
+def destination(path: Path, incoming_dir: Path, target_dir: Path, content_hash: str) -> Path:
+    """Where ``path`` goes under ``target_dir``: its relative path under ``incoming_dir`` (its
+    bare name if it lies elsewhere). Computed on resolved paths, so the result has no ``..``
+    and never leaves ``target_dir``."""
+    path, incoming_dir = Path(path).resolve(), Path(incoming_dir).resolve()
+    relative = path.relative_to(incoming_dir) if inside(path, incoming_dir) else Path(path.name)
+    dest = Path(target_dir).resolve() / relative
     if dest.exists():
         dest = dest.with_name(f"{dest.stem}-{content_hash[:8]}{dest.suffix}")
     return dest

@@ -25,6 +25,18 @@ class WorkItem:
     def as_args(self) -> list[str]:
         return [self.path, self.content_hash, self.model_version]
 
+    @classmethod
+    def from_args(cls, args) -> "WorkItem":
+        """The item a task's arguments describe; ValueError for anything but three strings
+        (a message this project did not send, which must not break the batch it lands in)."""
+        if not (
+            isinstance(args, list | tuple)
+            and len(args) == 3
+            and all(isinstance(a, str) for a in args)
+        ):
+            raise ValueError(f"not a classify task's arguments: {args!r:.200}")
+        return cls(*args)
+
 
 # Hands a sweep's work items to whoever classifies them: the broker, or this process.
 Dispatch = Callable[[list[WorkItem]], None]

@@ -1,11 +1,18 @@
 """compose.yaml and the Dockerfile describe the stack the README promises, with settings
-the code actually reads (no Docker engine is needed to check that)."""
+the code actually reads, and a real compose implementation accepts the file (no Docker
+engine is needed to check that)."""
 
+import os
 import re
+import shutil
+import ssl
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
+from refund_sorter.celery_app import SorterCelery
 from refund_sorter.config import Settings
 from refund_sorter.messages import CLASSIFY_QUEUE, SWEEP_QUEUE
 
@@ -33,7 +40,7 @@ def test_services_run_the_celery_app_on_the_right_queues():
 
     assert command("migrate") == "refund-sorter db upgrade"
     assert command("beat").startswith("celery -A worker beat")
-    assert command("flower").startswith("celery -A worker flower")
+    assert command("flower").startswith("refund-sorter flower")
     assert f"-Q {SWEEP_QUEUE}" in command("producer")
     for name in ("worker", "gpu-worker"):
         assert f"-Q {CLASSIFY_QUEUE}" in command(name)
@@ -59,9 +66,21 @@ def test_every_setting_given_to_a_service_exists():
 
 def test_flower_requires_a_password_and_stays_on_localhost():
     flower = SERVICES["flower"]
-    assert "FLOWER_BASIC_AUTH" in flower["environment"]
-    assert ":?" in flower["environment"]["FLOWER_BASIC_AUTH"]
+    assert flower["environment"]["REFUND_SORTER_FLOWER_BASIC_AUTH"].startswith(
+        "${FLOWER_BASIC_AUTH:?"
+    )
     assert all(port.startswith("127.0.0.1:") for port in flower["ports"])
+
+
+def test_redis_requires_a_password_and_every_role_uses_it():
+    redis = SERVICES["redis"]
+    command = redis["command"]
+    assert command[command.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
+    assert "ports" not in redis  # reachable only from the stack's own network
+    for name, service in SERVICES.items():
+        url = (service.get("environment") or {}).get("REFUND_SORTER_BROKER_URL")
+        if name not in ("postgres", "redis"):
+            assert url.startswith("redis://:${REDIS_PASSWORD:?"), name
 
 
 def test_services_wait_for_healthy_dependencies():
@@ -70,3 +89,62 @@ def test_services_wait_for_healthy_dependencies():
         deps = SERVICES[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert deps["redis"]["condition"] == "service_healthy"
+
+
+# What an operator must set; each is required by the file itself (${VAR:?message}).
+SECRETS = {
+    "POSTGRES_PASSWORD": "pg-secret",
+    "REDIS_PASSWORD": "redis-secret",
+    "FLOWER_BASIC_AUTH": "ops:flower-secret",
+}
+
+
+def docker_compose_config(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``docker-compose config``: interpolates and validates the file, no engine needed."""
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.fail(
+            "docker-compose is not installed (.ci/run installs it: "
+            "apt-get install -y --no-install-recommends docker-compose)",
+            pytrace=False,
+        )
+    return subprocess.run(
+        [exe, "--file", str(ROOT / "compose.yaml"), "--project-directory", str(ROOT), "config"],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_docker_compose_accepts_the_file_with_its_secrets_set():
+    result = docker_compose_config(SECRETS)
+
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert services["redis"]["command"][-2:] == ["--requirepass", "redis-secret"]
+    for name in ("migrate", "producer", "worker", "gpu-worker", "beat", "flower"):
+        env = services[name]["environment"]
+        assert env["REFUND_SORTER_BROKER_URL"] == "redis://:redis-secret@redis:6379/0", name
+    assert services["flower"]["environment"]["REFUND_SORTER_FLOWER_BASIC_AUTH"] == (
+        "ops:flower-secret"
+    )
+
+
+@pytest.mark.parametrize("missing", SECRETS)
+def test_docker_compose_refuses_the_file_without_a_secret(missing):
+    result = docker_compose_config({k: v for k, v in SECRETS.items() if k != missing})
+
+    assert result.returncode != 0
+    assert f"set {missing}" in result.stderr
+
+
+def test_the_readme_broker_url_between_machines_verifies_the_certificate():
+    (url,) = re.findall(r"'(rediss://\S+)'", (ROOT / "README.md").read_text())
+    app = SorterCelery(Settings(broker_url=url), set_as_current=False)
+    with app.connection() as conn:
+        assert conn.transport_cls == "rediss"
+        assert conn.ssl["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+        assert conn.ssl["ssl_ca_certs"].endswith(".pem")
+        assert "PASSWORD" not in conn.as_uri()
+    app.close()

@@ -2,7 +2,8 @@
 
 celery -A worker worker --loglevel INFO      # classifies batches of images, runs sweeps
 celery -A worker beat --loglevel INFO        # enqueues the nightly sweep
-celery -A worker flower --basic-auth=USER:PASSWORD   # dashboard on http://localhost:5555
+refund-sorter flower                         # dashboard on http://127.0.0.1:5555, behind the
+                                             # basic auth in REFUND_SORTER_FLOWER_BASIC_AUTH
 
 The app itself is ``refund_sorter.celery_app.app``; it names this package's tasks
 (``worker.tasks``) and the producer's (``producer.tasks``), and a worker imports both.

@@ -8,9 +8,9 @@ from typing import NamedTuple
 
 from models import ItemStatus
 from refund_sorter.config import Settings
-from refund_sorter.crud import ItemResult, record_results
+from refund_sorter.crud import ItemResult, queued_paths, record_results
 from refund_sorter.db import session_factory
-from refund_sorter.files import destination, settle
+from refund_sorter.files import destination, inside, settle
 from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
 from refund_sorter.messages import WorkItem
 
@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 # An item's outcome when its result was not stored: already stored by a redelivered task,
 # or enqueued for another model.
 IGNORED = "ignored"
+# A task the producer did not send: its path lies outside incoming/, or its image is queued
+# under another path. Nothing is read, moved or written for it.
+REFUSED = "refused"
 
 
 @dataclass
@@ -41,6 +44,10 @@ class BatchOutcome:
     def ignored(self) -> int:
         return self._count(IGNORED)
 
+    @property
+    def refused(self) -> int:
+        return self._count(REFUSED)
+
 
 def load_classifier(settings: Settings):
     """The model for this process, with the configured number of PyTorch threads."""
@@ -58,10 +65,10 @@ class Unusable(NamedTuple):
     leave_in_place: bool = False  # gone, or holding new content for the next sweep
 
 
-def _prepare(item: WorkItem, clf):
+def _prepare(item: WorkItem, src: Path, clf):
     """Read, verify and decode one image: its input tensor, or why it cannot be used."""
     try:
-        data = Path(item.path).read_bytes()
+        data = src.read_bytes()
     except FileNotFoundError:
         return Unusable("file not found (moved or deleted after it was enqueued)", True)
     except OSError as exc:
@@ -77,9 +84,18 @@ def _prepare(item: WorkItem, clf):
 
 
 def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcome:
-    """Classify ``items`` in one forward pass, store them in one transaction, then move files."""
+    """Classify ``items`` in one forward pass, store them in one transaction, then move files.
+
+    Anyone who reaches the broker can send tasks, so a worker acts only on what the producer
+    queued: a path that resolves inside ``incoming/`` and a ``queued`` row for exactly that
+    path, content hash and model. Anything else is refused and logged, and its row is left
+    as it is, so the genuine task still finds its image queued.
+    """
     outcome = BatchOutcome()
-    mine = [it for it in items if it.model_version == clf.version]
+    sessions = session_factory(settings.database_url)
+    with sessions() as session:
+        queued = queued_paths(session, clf.version, (it.content_hash for it in items))
+    mine: list[tuple[WorkItem, Path]] = []  # each item with its resolved path
     for it in items:
         if it.model_version != clf.version:
             # Left queued, file untouched: writing it under another model's version would
@@ -92,16 +108,39 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
                 it.model_version,
             )
             outcome.statuses.append((it, IGNORED))
+        elif (src := inside(it.path, settings.incoming_dir)) is None:
+            log.warning(
+                "refused %r (%r): not inside %s", it.path, it.content_hash, settings.incoming_dir
+            )
+            outcome.statuses.append((it, REFUSED))
+        elif it.content_hash not in queued:
+            log.info(
+                "nothing queued for %r (%r): already stored, or never enqueued",
+                it.path,
+                it.content_hash,
+            )
+            outcome.statuses.append((it, IGNORED))
+        elif queued[it.content_hash] != it.path:
+            log.warning(
+                "refused %r (%r): this image is queued as %s",
+                it.path,
+                it.content_hash,
+                queued[it.content_hash],
+            )
+            outcome.statuses.append((it, REFUSED))
+        else:
+            mine.append((it, src))
 
     with ThreadPoolExecutor(4) as pool:  # Pillow releases the GIL while decoding
-        prepared = list(pool.map(lambda it: _prepare(it, clf), mine))
-    good = [(it, x) for it, x in zip(mine, prepared, strict=True) if not isinstance(x, Unusable)]
+        prepared = list(pool.map(lambda pair: _prepare(*pair, clf), mine))
+    good = [
+        (it, x) for (it, _), x in zip(mine, prepared, strict=True) if not isinstance(x, Unusable)
+    ]
     predictions = clf.predict_tensors([x for _, x in good]) if good else []
     by_hash = {it.content_hash: p for (it, _), p in zip(good, predictions, strict=True)}
 
     results, moves = [], {}
-    for it, x in zip(mine, prepared, strict=True):
-        src = Path(it.path)
+    for (it, src), x in zip(mine, prepared, strict=True):
         if isinstance(x, Unusable):
             dest = (
                 None
@@ -136,7 +175,6 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
         if dest is not None:
             moves[it.content_hash] = (src, dest)
 
-    sessions = session_factory(settings.database_url)
     with sessions.begin() as session:
         stored, finished = record_results(session, results)
     settle(
@@ -147,7 +185,7 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
     )
     outcome.statuses += [
         (it, r.status if r.content_hash in stored else IGNORED)
-        for it, r in zip(mine, results, strict=True)
+        for (it, _), r in zip(mine, results, strict=True)
     ]
     outcome.finished_sweeps = tuple(finished)
     return outcome

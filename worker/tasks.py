@@ -13,7 +13,7 @@ from celery_batches import Batches
 from classifier.version import model_version
 from refund_sorter.celery_app import app, publish
 from refund_sorter.messages import CLASSIFY_TASK, WorkItem
-from worker.pipeline import IGNORED, load_classifier, process_batch
+from worker.pipeline import IGNORED, REFUSED, load_classifier, process_batch
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 60  # seconds before a failed batch is tried again
@@ -53,7 +53,12 @@ class ClassifierTask(Batches):
 
 @app.task(base=ClassifierTask, name=CLASSIFY_TASK, bind=True)
 def classify(self, requests) -> None:
-    items = [WorkItem(*request.args) for request in requests]
+    items = []
+    for request in requests:
+        try:
+            items.append(WorkItem.from_args(request.args))
+        except ValueError as exc:
+            log.warning("refused task %s: %s", request.id, exc)
     started = time.monotonic()
     try:
         outcome = process_batch(items, self.classifier_for(items), self.app.settings)
@@ -64,11 +69,12 @@ def classify(self, requests) -> None:
         publish(items, countdown=RETRY_DELAY)
         return
     log.info(
-        "batch of %d: %d ok, %d failed, %d ignored",
-        len(items),
+        "batch of %d: %d ok, %d failed, %d ignored, %d refused",
+        len(requests),
         outcome.ok,
         outcome.failed,
         outcome.ignored,
+        outcome.refused + len(requests) - len(items),
     )
     report_to_flower(self.name, requests, outcome, time.monotonic() - started)
 
@@ -81,12 +87,15 @@ def report_to_flower(name: str, requests, outcome, runtime: float) -> None:
     status_of = {item: status for item, status in outcome.statuses}
     with app.events.default_dispatcher(hostname=requests[0].hostname) as events:
         for request in requests:
-            item = WorkItem(*request.args)
+            try:
+                status = status_of.get(WorkItem.from_args(request.args), IGNORED)
+            except ValueError:
+                status = REFUSED
             fields = {"uuid": request.id}
             events.send(
                 "task-received",
                 name=name,
-                args=repr(list(request.args)),
+                args=repr(request.args),
                 kwargs="{}",
                 retries=0,
                 root_id=request.id,
@@ -95,7 +104,7 @@ def report_to_flower(name: str, requests, outcome, runtime: float) -> None:
             events.send("task-started", **fields)
             events.send(
                 "task-succeeded",
-                result=repr(status_of.get(item, IGNORED)),
+                result=repr(status),
                 runtime=runtime,
                 **fields,
             )

@@ -167,19 +167,10 @@ def test_flower_shows_the_workers_and_their_tasks_behind_basic_auth(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**service_env(settings), "FLOWER_BASIC_AUTH": "ops:s3cret"}
+    env = {**service_env(settings), "REFUND_SORTER_FLOWER_BASIC_AUTH": "ops:s3cret"}
     log = open(tmp_path / "flower.log", "wb")  # noqa: SIM115 (closed below)
-    flower = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "flower",
-            f"--port={port}",
-            "--address=127.0.0.1",
-        ],
+    flower = subprocess.Popen(  # as the README starts it
+        [str(Path(sys.executable).parent / "refund-sorter"), "flower", "--port", str(port)],
         cwd=Path(__file__).resolve().parents[2],
         env=env,
         stdout=log,

@@ -1,8 +1,10 @@
 """``refund-sorter export``: the CSV an operator asks for holds exactly the matching rows of
 the predictions table, and a database that was never migrated gets a plain instruction."""
 
+import csv
 from datetime import UTC, date, datetime
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
@@ -14,6 +16,9 @@ from sweep_support import (
     all_predictions,
     build_settings,
     check_csv_matches,
+    get_run,
+    image_bytes,
+    sweep_csv,
     utc,
 )
 
@@ -175,3 +180,46 @@ def test_a_database_never_migrated_gets_an_instruction_not_a_traceback(
     assert "run `refund-sorter db upgrade` first" in result.stderr
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+# Uploaded file names a spreadsheet would run as formulas; the last one has no extension
+# (the producer recognises a JPEG by its header).
+FORMULA_IMAGES = [
+    '=HYPERLINK("evil.example","refund").jpg',
+    "+1.jpg",
+    "-2.jpg",
+    "@SUM(A1).jpg",
+    "\tTAB.jpg",
+    "\rCR.jpg",
+    "=2+5",
+]
+FORMULA_TEXT = "=cmd|' -c calc'!A0.jpg"  # not an image: a failed row, same name problem
+
+
+def test_no_csv_cell_starts_a_formula(fresh_pg_url, make_settings, use_settings, tmp_path):
+    settings = make_settings(fresh_pg_url)
+    rng = np.random.default_rng(7)
+    for name in FORMULA_IMAGES:
+        (settings.incoming_dir / name).write_bytes(image_bytes(rng, ".jpg"))
+    (settings.incoming_dir / FORMULA_TEXT).write_text("=1+1\n")
+    run = get_run(settings, run_sweep(settings, local_dispatch(settings), "local").run.id)
+    assert (run.status, run.succeeded, run.failed) == ("finished", len(FORMULA_IMAGES), 1)
+    assert {p.file_name for p in all_predictions(settings)} == {*FORMULA_IMAGES, FORMULA_TEXT}
+    use_settings(settings)
+    exported = tmp_path / "export.csv"
+    code, _, stderr = export("--out", str(exported))
+    assert code == 0, stderr
+
+    for path in (sweep_csv(settings, run), exported):
+        # Read as a spreadsheet does: cell by cell, after CSV quoting is undone.
+        with open(path, newline="", encoding="utf-8") as fh:
+            header, *lines = list(csv.reader(fh))
+        assert len(lines) == len(FORMULA_IMAGES) + 1
+        cells = [cell for line in lines for cell in line]
+        assert [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")] == []
+        rows = [dict(zip(header, line, strict=True)) for line in lines]
+        assert {r["file_name"].removeprefix("'") for r in rows} == {*FORMULA_IMAGES, FORMULA_TEXT}
+        assert all(r["file_name"].startswith("'") for r in rows)
+        for r in rows:
+            if r["status"] == "ok":  # numbers stay numbers
+                assert 0 < float(r["sub_confidence"]) <= float(r["main_confidence"]) <= 1
