@@ -80,7 +80,8 @@ def list_files(incoming_dir: Path) -> tuple[list[Path], list[LeftAlone]]:
     ``incoming_dir`` itself may be a symbolic link (to a mount, say); nothing below it is
     followed.
     """
-    incoming_dir = Path(incoming_dir).absolute()
+    # abspath, not Path.absolute: it also folds "..", so no stored path ever holds one.
+    incoming_dir = Path(os.path.abspath(incoming_dir))
     if not incoming_dir.is_dir():
         return [], []
     files: list[Path] = []

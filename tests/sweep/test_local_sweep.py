@@ -136,3 +136,24 @@ def test_the_same_photo_twice_in_one_night_is_classified_once(settings):
     assert files_under(settings.incoming_dir) == {}
     assert files_under(settings.processed_dir)[Path("zz-copy.jpg")] == content_hash
     assert len(all_predictions(settings)) == 3
+
+
+def test_no_stored_path_holds_dot_dot_even_when_the_settings_do(
+    make_settings, use_settings, monkeypatch
+):
+    plain = make_settings()
+    use_settings(plain)
+    monkeypatch.setenv("REFUND_SORTER_INCOMING_DIR", str(plain.incoming_dir / ".." / "incoming"))
+    monkeypatch.setenv("REFUND_SORTER_PROCESSED_DIR", str(plain.home / "x" / ".." / "processed"))
+    cli("db", "upgrade")
+    add_images(Incoming(plain.incoming_dir), 3, seed=17)
+    add_unreadable(Incoming(plain.incoming_dir), seed=17)
+
+    cli("sweep", "--local")
+
+    rows = all_predictions(plain)
+    assert len(rows) == 6
+    for p in rows:
+        assert ".." not in Path(p.original_path).parts, p.original_path
+        assert p.final_path and ".." not in Path(p.final_path).parts, p.final_path
+    assert len(files_under(plain.processed_dir)) == 3
