@@ -60,9 +60,13 @@ class SorterCelery(Celery):
             # Batching needs the messages in hand: a worker may hold one full batch per process
             # (prefetch = batch size x processes) instead of Celery's default of four messages.
             worker_prefetch_multiplier=settings.batch_size,
-            # Redis re-delivers an unacked message after this long; it must exceed the time a
-            # message can wait in a worker's buffer plus one batch, with plenty of margin.
-            broker_transport_options={"visibility_timeout": 3600},
+            # Redis re-delivers a message left unacked this long, taking its worker for lost. So
+            # it must outlast the longest a live worker holds one: the wait to fill a batch, the
+            # batch ahead and its own (prefetch = batch size x processes, one batch per process)
+            # and, for a retry, its countdown, since Redis has no delayed delivery and the worker
+            # holds a countdown message unacked until it is due. Settings checks that bound
+            # (REFUND_SORTER_VISIBILITY_TIMEOUT).
+            broker_transport_options={"visibility_timeout": settings.visibility_timeout},
             broker_connection_retry_on_startup=True,
             # Events feed Flower's live view of workers and tasks. (No "sent" events: they would
             # double the cost of publishing a night's fan-out.)

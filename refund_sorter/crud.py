@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
+from refund_sorter.messages import WorkItem
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -186,6 +187,20 @@ class ItemResult:
     sub_confidence: float | None = None
     needs_review: bool = False
     error: str | None = None
+
+
+def record_failures(
+    session: Session, items: list[WorkItem], error: str
+) -> tuple[set[str], list[int]]:
+    """Mark the queued rows of ``items`` ``failed`` with ``error``, their files left where they
+    are (no final path), so the next sweep tries them again; like ``record_results``."""
+    return record_results(
+        session,
+        [
+            ItemResult(it.content_hash, it.model_version, ItemStatus.FAILED, None, error=error)
+            for it in items
+        ],
+    )
 
 
 def record_results(session: Session, results: list[ItemResult]) -> tuple[set[str], list[int]]:

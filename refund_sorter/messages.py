@@ -6,7 +6,7 @@ other.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SWEEP_TASK = "refund_sorter.sweep"
 CLASSIFY_TASK = "refund_sorter.classify"
@@ -21,9 +21,16 @@ class WorkItem:
     path: str
     content_hash: str
     model_version: str
+    attempt: int = 0  # how many times a batch holding this item failed before
 
-    def as_args(self) -> list[str]:
-        return [self.path, self.content_hash, self.model_version]
+    def as_args(self) -> list:
+        # A first attempt carries three arguments, as messages always did, so messages
+        # published before retries were counted still read the same.
+        args = [self.path, self.content_hash, self.model_version]
+        return [*args, self.attempt] if self.attempt else args
+
+    def next_attempt(self) -> "WorkItem":
+        return replace(self, attempt=self.attempt + 1)
 
 
 # Hands a sweep's work items to whoever classifies them: the broker, or this process.

@@ -3,20 +3,30 @@
 The task translates a batch of messages into one ``process_batch`` call. PyTorch is
 imported only when a process classifies its first batch, so a worker that only sweeps
 never loads it.
+
+A batch that fails as a whole (database or disk trouble) is published again with a growing
+countdown (REFUND_SORTER_RETRY_DELAY, doubled each time) up to REFUND_SORTER_RETRY_LIMIT
+retries; then its rows are marked failed and the files stay in ``incoming/`` for the next
+sweep.
 """
 
 import logging
 import time
+from itertools import groupby
+from operator import attrgetter
 
 from celery_batches import Batches
 
 from classifier.version import model_version
+from refund_sorter import crud
 from refund_sorter.celery_app import app, publish
+from refund_sorter.config import Settings
+from refund_sorter.db import session_factory
+from refund_sorter.files import settle
 from refund_sorter.messages import CLASSIFY_TASK, WorkItem
 from worker.pipeline import IGNORED, load_classifier, process_batch
 
 log = logging.getLogger(__name__)
-RETRY_DELAY = 60  # seconds before a failed batch is tried again
 
 
 class ClassifierTask(Batches):
@@ -44,24 +54,31 @@ class ClassifierTask(Batches):
         loaded and these tasks were enqueued for the new one."""
         clf = self.classifier
         wanted = {it.model_version for it in items} - {clf.version}
-        if wanted and model_version(self.app.settings.model_path) in wanted:
+        if wanted and _version_on_disk(self.app.settings) in wanted:
             log.info("model file changed (now %s): reloading", ", ".join(sorted(wanted)))
             type(self)._classifier = None
             clf = self.classifier
         return clf
 
 
+def _version_on_disk(settings: Settings) -> str | None:
+    try:
+        return model_version(settings.model_path)
+    except OSError:  # removed: keep the model in hand; tasks for another one are left queued
+        return None
+
+
 @app.task(base=ClassifierTask, name=CLASSIFY_TASK, bind=True)
 def classify(self, requests) -> None:
     items = [WorkItem(*request.args) for request in requests]
+    settings = self.app.settings
     started = time.monotonic()
     try:
-        outcome = process_batch(items, self.classifier_for(items), self.app.settings)
-    except Exception:
-        # celery-batches acknowledges a batch even when it raised, so put the work back on
-        # the queue (with a pause, for a database or disk to come back) instead of losing it.
-        log.exception("batch of %d failed; re-queued to run in %d s", len(items), RETRY_DELAY)
-        publish(items, countdown=RETRY_DELAY)
+        outcome = process_batch(items, self.classifier_for(items), settings)
+    except Exception as exc:
+        # celery-batches acknowledges a batch even when it raised, so this is the only
+        # chance to keep the work.
+        retry_or_give_up(items, exc, settings)
         return
     log.info(
         "batch of %d: %d ok, %d failed, %d ignored",
@@ -71,6 +88,51 @@ def classify(self, requests) -> None:
         outcome.ignored,
     )
     report_to_flower(self.name, requests, outcome, time.monotonic() - started)
+
+
+def retry_or_give_up(items: list[WorkItem], exc: Exception, settings: Settings) -> None:
+    """Publish a failed batch's items again, each after ``retry_countdown(attempt)``, or mark
+    those whose retries are used up ``failed`` (files left in ``incoming/``)."""
+    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+    by_attempt = attrgetter("attempt")
+    for attempt, group in groupby(sorted(items, key=by_attempt), key=by_attempt):
+        group = list(group)
+        if attempt < settings.retry_limit:
+            countdown = settings.retry_countdown(attempt)
+            log.error(
+                "batch of %d failed on attempt %d (%s); retry %d of %d in %.0f s",
+                len(group),
+                attempt + 1,
+                reason,
+                attempt + 1,
+                settings.retry_limit,
+                countdown,
+                exc_info=exc,
+            )
+            publish([it.next_attempt() for it in group], countdown=countdown)
+        else:
+            log.error(
+                "batch of %d failed on attempt %d (%s); giving up: marked failed, files left "
+                "in incoming/ for the next sweep",
+                len(group),
+                attempt + 1,
+                reason,
+                exc_info=exc,
+            )
+            _give_up(group, f"not classified after {attempt + 1} attempts: {reason}", settings)
+
+
+def _give_up(items: list[WorkItem], error: str, settings: Settings) -> None:
+    sessions = session_factory(settings.database_url)
+    try:
+        with sessions.begin() as session:
+            _, finished = crud.record_failures(session, items, error)
+    except Exception as exc:
+        # The database is down too: drop the messages. The rows stay queued, for a later
+        # sweep to take over.
+        log.error("could not mark %d images failed (%s); they stay queued", len(items), exc)
+        return
+    settle([], finished, sessions=sessions, export_dir=settings.export_dir)
 
 
 def report_to_flower(name: str, requests, outcome, runtime: float) -> None:
