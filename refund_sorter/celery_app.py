@@ -10,11 +10,18 @@ through ``celery -A worker``. The tasks live with their roles (``worker.tasks``,
 from celery import Celery
 from celery.schedules import crontab
 from kombu import Queue
-from kombu.exceptions import OperationalError
+from kombu.exceptions import ChannelError, OperationalError
 
 from refund_sorter.config import Settings, get_settings
 from refund_sorter.errors import UserError
-from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK, SWEEP_QUEUE, SWEEP_TASK, WorkItem
+from refund_sorter.messages import (
+    CLASSIFY_QUEUE,
+    CLASSIFY_TASK,
+    RESUME_TASK,
+    SWEEP_QUEUE,
+    SWEEP_TASK,
+    WorkItem,
+)
 
 
 def nightly_schedule(expression: str) -> crontab:
@@ -49,7 +56,7 @@ class SorterCelery(Celery):
             # model workers take only images (-Q classify); a plain worker consumes both.
             task_queues=(Queue(CLASSIFY_QUEUE), Queue(SWEEP_QUEUE)),
             task_default_queue=CLASSIFY_QUEUE,
-            task_routes={SWEEP_TASK: {"queue": SWEEP_QUEUE}},
+            task_routes={SWEEP_TASK: {"queue": SWEEP_QUEUE}, RESUME_TASK: {"queue": SWEEP_QUEUE}},
             # Results are rows in SQL; storing them in Redis too would only fill it.
             task_ignore_result=True,
             result_backend=None,
@@ -65,7 +72,8 @@ class SorterCelery(Celery):
             # batch ahead and its own (prefetch = batch size x processes, one batch per process)
             # and, for a retry, its countdown, since Redis has no delayed delivery and the worker
             # holds a countdown message unacked until it is due. Settings checks that bound
-            # (REFUND_SORTER_VISIBILITY_TIMEOUT).
+            # (REFUND_SORTER_VISIBILITY_TIMEOUT). A lost worker's messages need not wait for it:
+            # the stall check publishes a stalled sweep's queued images again within minutes.
             broker_transport_options={"visibility_timeout": settings.visibility_timeout},
             broker_connection_retry_on_startup=True,
             # Events feed Flower's live view of workers and tasks. (No "sent" events: they would
@@ -78,7 +86,16 @@ class SorterCelery(Celery):
                     "task": SWEEP_TASK,
                     "schedule": nightly_schedule(settings.sweep_cron),
                     "kwargs": {"trigger": "beat"},
-                }
+                },
+                # Re-publishes the queued images of a sweep that stopped making progress with
+                # nothing left in the queue (a broker restarted empty, a worker killed): they
+                # are settled within minutes, not after REFUND_SORTER_SWEEP_STALE_HOURS.
+                "resume-stalled-sweep": {
+                    "task": RESUME_TASK,
+                    "schedule": settings.sweep_stall_check_seconds,
+                    # A check nobody took in time is superseded by the next one.
+                    "options": {"expires": settings.sweep_stall_check_seconds},
+                },
             },
         )
 
@@ -98,3 +115,15 @@ def publish(items: list[WorkItem], countdown: float | None = None) -> None:
                 )
     except OperationalError as exc:
         raise UserError(f"cannot reach the broker at {app.conf.broker_url}: {exc}") from None
+
+
+def classify_queue_depth() -> int:
+    """How many classify messages wait in the broker (not those workers hold unacked)."""
+    with app.connection_for_read() as conn:
+        try:
+            with conn.channel() as channel:
+                return channel.queue_declare(CLASSIFY_QUEUE, passive=True).message_count
+        except ChannelError:
+            return 0  # no such queue: Redis drops an empty list, or restarted without its data
+        except conn.connection_errors as exc:
+            raise UserError(f"cannot reach the broker at {app.conf.broker_url}: {exc}") from None

@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     sweep_stale_hours: float = Field(
         12.0, gt=0, description="A sweep with no progress for this long no longer blocks the next."
     )
+    sweep_stall_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A running sweep with no progress for this long, and an empty classify "
+        "queue, has its queued images published again.",
+    )
+    sweep_stall_check_seconds: float = Field(
+        60.0, gt=0, description="How often beat asks whether the running sweep stalled."
+    )
     retry_delay: float = Field(
         60.0, gt=0, description="Seconds before a failed batch's first retry; doubles each time."
     )

@@ -82,6 +82,63 @@ def abandon_sweeps(
     )
 
 
+def running_sweep(session: Session) -> SweepRun | None:
+    """The sweep holding the lock, if any."""
+    return session.scalar(select(SweepRun).where(SweepRun.status == SweepStatus.RUNNING))
+
+
+def claim_stalled_sweep(
+    session: Session, sweep_id: int, quiet_before: datetime
+) -> list[WorkItem] | None:
+    """Take over a running sweep with no progress since ``quiet_before``, to publish its queued
+    rows again: ``None`` if it made progress or someone else claimed it first, else the work
+    items of its queued rows.
+
+    Claiming records progress (``updated_at``), so concurrent stall checks publish once and
+    the next check waits a full stall period for the workers to take the new messages.
+    """
+    claimed = session.scalar(
+        update(SweepRun)
+        .where(
+            SweepRun.id == sweep_id,
+            SweepRun.status == SweepStatus.RUNNING,
+            SweepRun.updated_at < quiet_before,
+        )
+        .values(updated_at=utcnow())
+        .returning(SweepRun.id)
+    )
+    if claimed is None:
+        return None
+    rows = session.execute(
+        select(Prediction.original_path, Prediction.content_hash, Prediction.model_version)
+        .where(Prediction.sweep_run_id == sweep_id, Prediction.status == ItemStatus.QUEUED)
+        .order_by(Prediction.id)
+    )
+    return [WorkItem(*row) for row in rows]
+
+
+def postpone_stall_check(session: Session, items: Iterable[WorkItem], until: datetime) -> None:
+    """Tell the stall check that the sweeps of these items' queued rows expect no progress
+    before ``until``, when their retry is due: a worker holds a retry's message unacked, not
+    in the queue, so the check would otherwise take the items for lost and publish them
+    again. Sets ``updated_at`` ahead to ``until``, never back."""
+    items = list(items)
+    sweeps = select(Prediction.sweep_run_id).where(
+        Prediction.status == ItemStatus.QUEUED,
+        Prediction.content_hash.in_({it.content_hash for it in items}),
+        Prediction.model_version.in_({it.model_version for it in items}),
+    )
+    session.execute(
+        update(SweepRun)
+        .where(
+            SweepRun.status == SweepStatus.RUNNING,
+            SweepRun.id.in_(sweeps),
+            SweepRun.updated_at < until,
+        )
+        .values(updated_at=until)
+    )
+
+
 def get_sweep(session: Session, sweep_id: int) -> SweepRun | None:
     return session.get(SweepRun, sweep_id)
 

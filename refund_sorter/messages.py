@@ -1,14 +1,16 @@
 """The message contract between the producer and the workers (torch-free).
 
-The producer publishes one ``classify`` task per image and Celery beat one ``sweep`` task
-per night; both sides import the names and the payload from here, so neither imports the
-other.
+The producer publishes one ``classify`` task per image, Celery beat one ``sweep`` task per
+night and a stall check every minute; both sides import the names and the payload from
+here, so neither imports the other.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 SWEEP_TASK = "refund_sorter.sweep"
+# Beat's periodic check that the running sweep still makes progress (producer.tasks).
+RESUME_TASK = "refund_sorter.resume_stalled_sweep"
 CLASSIFY_TASK = "refund_sorter.classify"
 CLASSIFY_QUEUE = "classify"
 SWEEP_QUEUE = "sweep"

@@ -12,12 +12,14 @@ sweep.
 
 import logging
 import time
+from datetime import timedelta
 from itertools import groupby
 from operator import attrgetter
 
 from celery_batches import Batches
 
 from classifier.version import model_version
+from models import utcnow
 from refund_sorter import crud
 from refund_sorter.celery_app import app, publish
 from refund_sorter.config import Settings
@@ -110,6 +112,7 @@ def retry_or_give_up(items: list[WorkItem], exc: Exception, settings: Settings) 
                 exc_info=exc,
             )
             publish([it.next_attempt() for it in group], countdown=countdown)
+            _postpone_stall_check(group, countdown, settings)
         else:
             log.error(
                 "batch of %d failed on attempt %d (%s); giving up: marked failed, files left "
@@ -122,14 +125,22 @@ def retry_or_give_up(items: list[WorkItem], exc: Exception, settings: Settings) 
             _give_up(group, f"not classified after {attempt + 1} attempts: {reason}", settings)
 
 
+def _postpone_stall_check(items: list[WorkItem], countdown: float, settings: Settings) -> None:
+    try:
+        with session_factory(settings.database_url).begin() as session:
+            crud.postpone_stall_check(session, items, utcnow() + timedelta(seconds=countdown))
+    except Exception as exc:  # the database may be what failed: the retry is on its way anyway
+        log.warning("could not postpone the stall check: %s", exc)
+
+
 def _give_up(items: list[WorkItem], error: str, settings: Settings) -> None:
     sessions = session_factory(settings.database_url)
     try:
         with sessions.begin() as session:
             _, finished = crud.record_failures(session, items, error)
     except Exception as exc:
-        # The database is down too: drop the messages. The rows stay queued, for a later
-        # sweep to take over.
+        # The database is down too: drop the messages. The rows stay queued, and the stall
+        # check publishes them again once the database is back and the sweep looks stalled.
         log.error("could not mark %d images failed (%s); they stay queued", len(items), exc)
         return
     settle([], finished, sessions=sessions, export_dir=settings.export_dir)
