@@ -47,7 +47,14 @@ def run_sweep(
     """
     sessions = session_factory(settings.database_url)
     version = current_model_version(settings)
-    run = crud.begin_sweep(sessions, trigger, version, timedelta(hours=settings.sweep_stale_hours))
+    with sessions.begin() as session:
+        stale = crud.abandon_sweeps(
+            session,
+            message="no progress for too long; the next sweep re-enqueues what is left",
+            stale_before=utcnow() - timedelta(hours=settings.sweep_stale_hours),
+        )
+    _export_abandoned(settings, stale)
+    run = crud.begin_sweep(sessions, trigger, version)
     if run.status == SweepStatus.SKIPPED:
         log.warning("sweep %s skipped: %s", run.id, run.message)
         return SweepReport(run)
@@ -81,9 +88,29 @@ def run_sweep(
     except BaseException as exc:
         # Leave no sweep "running" that nothing will finish: the next one picks up its items.
         with sessions.begin() as session:
-            crud.abandon_sweeps(session, sweep_id=run.id, message=f"stopped early: {exc}"[:2000])
+            stopped = crud.abandon_sweeps(
+                session, sweep_id=run.id, message=f"stopped early: {exc}"[:2000]
+            )
+        _export_abandoned(settings, stopped)
         raise
     return SweepReport(run, enqueued, [(f.path, f.error) for f in plan.unreadable])
+
+
+def _export_abandoned(settings: Settings, sweep_ids: list[int]) -> None:
+    """An abandoned sweep gets its CSV too: what it did classify is reported that night."""
+    if not sweep_ids:
+        return
+    for sweep_id in sweep_ids:
+        log.warning("sweep %s abandoned; its queued images go to the next sweep", sweep_id)
+    try:
+        settle(
+            [],
+            sweep_ids,
+            sessions=session_factory(settings.database_url),
+            export_dir=settings.export_dir,
+        )
+    except Exception:
+        log.exception("could not write the CSV of abandoned sweeps %s", sweep_ids)
 
 
 def _version_or_none(settings: Settings) -> str | None:

@@ -6,7 +6,7 @@ and keyword arguments; the producer, the workers and local mode call them.
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import case, select, update
@@ -25,22 +25,12 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def begin_sweep(
-    sessions: sessionmaker[Session], trigger: str, model_version: str, stale_after: timedelta
-) -> SweepRun:
+def begin_sweep(sessions: sessionmaker[Session], trigger: str, model_version: str) -> SweepRun:
     """Record a new sweep run: ``running`` if no other sweep runs, else ``skipped``.
 
-    The partial unique index on running sweeps makes this race-free across machines. A
-    running sweep that made no progress for ``stale_after`` is marked ``abandoned`` first,
-    so a crashed night does not block every night after it.
+    The partial unique index on running sweeps makes this race-free across machines.
     """
     now = utcnow()
-    with sessions.begin() as session:
-        abandon_sweeps(
-            session,
-            message="no progress for too long; the next sweep re-enqueues what is left",
-            stale_before=now - stale_after,
-        )
     try:
         with sessions.begin() as session:
             run = SweepRun(status=SweepStatus.RUNNING, trigger=trigger, model_version=model_version)
@@ -49,7 +39,7 @@ def begin_sweep(
     except IntegrityError:
         pass
     with sessions.begin() as session:
-        other = session.scalar(select(SweepRun).where(SweepRun.status == SweepStatus.RUNNING))
+        other = running_sweep(session)
         since = f"{as_utc(other.started_at):%Y-%m-%d %H:%M} UTC" if other else "moments ago"
         run = SweepRun(
             status=SweepStatus.SKIPPED,
@@ -68,17 +58,22 @@ def abandon_sweeps(
     message: str,
     sweep_id: int | None = None,
     stale_before: datetime | None = None,
-) -> None:
+) -> list[int]:
     """Mark running sweeps ``abandoned`` (this one, or those with no progress since
-    ``stale_before``): a sweep nothing will finish must not hold the lock. Their queued rows
-    stay queued, and the next sweep re-enqueues them."""
+    ``stale_before``) and return their ids: a sweep nothing will finish must not hold the
+    lock, so a crashed night does not block every night after it. Their queued rows stay
+    queued, and the next sweep re-enqueues them."""
     query = update(SweepRun).where(SweepRun.status == SweepStatus.RUNNING)
     if sweep_id is not None:
         query = query.where(SweepRun.id == sweep_id)
     if stale_before is not None:
         query = query.where(SweepRun.updated_at < stale_before)
-    session.execute(
-        query.values(status=SweepStatus.ABANDONED, finished_at=utcnow(), message=message)
+    return list(
+        session.scalars(
+            query.values(
+                status=SweepStatus.ABANDONED, finished_at=utcnow(), message=message
+            ).returning(SweepRun.id)
+        )
     )
 
 
