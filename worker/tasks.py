@@ -44,6 +44,24 @@ class ClassifierTask(Batches):
     def flush_interval(self) -> float:
         return self.app.settings.batch_max_wait
 
+    def Strategy(self, task, app, consumer):
+        # celery-batches 0.11 arms its flush timer once (self._tref) on the consumer's timer.
+        # After a broker reconnect Celery clears that timer and calls Strategy() again for the
+        # rebuilt consumer, but _tref is still set, so the timer is never armed again: a partial
+        # batch, and every retry waiting for its countdown, stays unacked in the worker for
+        # good. Upstream issue 107, fixed by pull request 108, not in 0.11: drop this override
+        # once a release has the fix.
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        handler = super().Strategy(task, app, consumer)
+        if not (self._buffer.empty() and self._pending.empty()):
+            # Messages taken before the reconnect wait in the buffers: flush them now rather
+            # than when a new message happens to arrive (after a broker restarted empty, none
+            # may ever come).
+            self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
+        return handler
+
     @property
     def classifier(self):
         if self._classifier is None:
