@@ -76,6 +76,9 @@ class SorterCelery(Celery):
             # the stall check publishes a stalled sweep's queued images again within minutes.
             broker_transport_options={"visibility_timeout": settings.visibility_timeout},
             broker_connection_retry_on_startup=True,
+            # Each pool process loads the model when it starts (worker.tasks), which takes
+            # seconds; Celery's default of 4 s to report up would kill it and fork again.
+            worker_proc_alive_timeout=120,
             # Events feed Flower's live view of workers and tasks. (No "sent" events: they would
             # double the cost of publishing a night's fan-out.)
             worker_send_task_events=True,

@@ -1,8 +1,10 @@
 """The workers' task: per-image classify messages, buffered into batches.
 
-The task translates a batch of messages into one ``process_batch`` call. PyTorch is
-imported only when a process classifies its first batch, so a worker that only sweeps
-never loads it.
+The task translates a batch of messages into one ``process_batch`` call. Each pool process
+of a worker that takes images loads the model when it starts, so the first batch does not
+wait for it and a model that cannot be loaded is known before any image is taken: the worker
+then logs why and stops consuming the classify queue. A worker that only sweeps (``-Q
+sweep``) never loads PyTorch.
 
 A batch that fails as a whole (database or disk trouble) is published again with a growing
 countdown (REFUND_SORTER_RETRY_DELAY, doubled each time) up to REFUND_SORTER_RETRY_LIMIT
@@ -11,11 +13,13 @@ sweep.
 """
 
 import logging
+import threading
 import time
 from datetime import timedelta
 from itertools import groupby
 from operator import attrgetter
 
+from celery import signals
 from celery_batches import Batches
 
 from classifier.version import model_version
@@ -25,10 +29,14 @@ from refund_sorter.celery_app import app, publish
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.files import settle
-from refund_sorter.messages import CLASSIFY_TASK, WorkItem
+from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK, WorkItem
 from worker.pipeline import IGNORED, load_classifier, process_batch
 
 log = logging.getLogger(__name__)
+
+
+class ModelUnavailable(Exception):
+    """The model file cannot be loaded: this process can classify nothing."""
 
 
 class ClassifierTask(Batches):
@@ -65,7 +73,12 @@ class ClassifierTask(Batches):
     @property
     def classifier(self):
         if self._classifier is None:
-            type(self)._classifier = load_classifier(self.app.settings)
+            try:
+                type(self)._classifier = load_classifier(self.app.settings)
+            except Exception as exc:
+                raise ModelUnavailable(
+                    f"cannot load the model {self.app.settings.model_path}: {exc}"
+                ) from exc
             log.info("loaded model %s on %s", self._classifier.version, self._classifier.device)
         return self._classifier
 
@@ -94,7 +107,15 @@ def classify(self, requests) -> None:
     settings = self.app.settings
     started = time.monotonic()
     try:
-        outcome = process_batch(items, self.classifier_for(items), settings)
+        clf = self.classifier_for(items)
+    except ModelUnavailable as exc:
+        # Not the images' fault: put them back as they came, for a worker that has a model.
+        stop_taking_images(str(exc))
+        publish(items)
+        log.warning("put %d images back on the queue: no model here", len(items))
+        return
+    try:
+        outcome = process_batch(items, clf, settings)
     except Exception as exc:
         # celery-batches acknowledges a batch even when it raised, so this is the only
         # chance to keep the work.
@@ -162,6 +183,61 @@ def _give_up(items: list[WorkItem], error: str, settings: Settings) -> None:
         log.error("could not mark %d images failed (%s); they stay queued", len(items), exc)
         return
     settle([], finished, sessions=sessions, export_dir=settings.export_dir)
+
+
+# ------------------------------------------------------------------- model at process start
+
+# Which node this worker is and whether it takes images; recorded in the main process before
+# the pool starts, so pool processes inherit it.
+_worker: dict = {}
+_stopping = threading.Event()
+
+
+@signals.worker_init.connect
+def _remember_worker(sender, **_) -> None:
+    _worker["hostname"] = sender.hostname
+    _worker["takes_images"] = CLASSIFY_QUEUE in sender.app.amqp.queues.consume_from
+
+
+@signals.worker_process_init.connect
+def load_model_at_start(**_) -> None:
+    """Load the model as the pool process starts (once per process, as before, but now before
+    its first batch); if it cannot be loaded, stop taking images."""
+    if not _worker.get("takes_images"):
+        return
+    try:
+        classify.classifier  # noqa: B018 (loads it)
+    except ModelUnavailable as exc:
+        stop_taking_images(str(exc))
+
+
+def stop_taking_images(reason: str) -> None:
+    """Log why, and have this worker's main process stop consuming the classify queue: the
+    images stay in the queue for workers that can classify them. Asked over the broker (the
+    pool process cannot reach its parent's consumer otherwise), from a thread that asks until
+    the main process answers, since it listens only once it is up."""
+    if _stopping.is_set():
+        return
+    _stopping.set()
+    log.error("%s; this worker takes no images until it is restarted", reason)
+    threading.Thread(
+        target=_cancel_classify_consumer, name="stop-taking-images", daemon=True
+    ).start()
+
+
+def _cancel_classify_consumer() -> None:
+    node = _worker.get("hostname")
+    for _ in range(300):
+        try:
+            if app.control.cancel_consumer(
+                CLASSIFY_QUEUE, destination=[node], reply=True, timeout=1
+            ):
+                log.warning("stopped consuming the %s queue", CLASSIFY_QUEUE)
+                return
+        except Exception as exc:  # the broker is away: ask again
+            log.warning("asking to stop consuming the %s queue: %s", CLASSIFY_QUEUE, exc)
+            time.sleep(1)
+    log.error("could not stop consuming the %s queue: %s did not answer", CLASSIFY_QUEUE, node)
 
 
 def report_to_flower(name: str, requests, outcome, runtime: float) -> None:
