@@ -52,6 +52,14 @@ def sweep(local, wait, timeout) -> None:
     run = report.run
     if run.status == "skipped":
         click.echo(f"sweep {run.id} skipped: {run.message}")
+        with session_factory(settings.database_url)() as session:
+            other = crud.running_sweep(session)
+        if wait and not local and other is not None:
+            # The images this sweep would have taken are that sweep's, or the next one's:
+            # following it tells the operator when they are done.
+            click.echo(f"following sweep {other.id} instead")
+            _follow(settings, other.id, other.enqueued, timeout)
+            _print_run(settings, other.id)
         return
     click.echo(
         f"sweep {run.id}: found {run.found} files in {settings.incoming_dir}; "
@@ -66,15 +74,29 @@ def sweep(local, wait, timeout) -> None:
 
 
 def _follow(settings: Settings, run_id: int, total: int, timeout: float) -> None:
+    """Show the sweep's progress until it ends; while it runs, the same stall check as beat's
+    publishes its queued images again if it stalls, so following works without beat too."""
+    from producer.sweep import resume_stalled_sweep
+    from refund_sorter.celery_app import classify_queue_depth, publish
+
     sessions = session_factory(settings.database_url)
     deadline = time.monotonic() + timeout
+    trouble = None
     with tqdm(total=total, desc="classified", unit="img") as bar:
         while True:
             with sessions() as session:
                 run = crud.get_sweep(session, run_id)
+                bar.total = run.enqueued  # a sweep followed from the start is still scanning
                 bar.update(run.enqueued - run.pending - bar.n)
                 if run.status != "running":
                     return
+            try:
+                if resume_stalled_sweep(settings, publish, classify_queue_depth):
+                    bar.write(f"sweep {run_id} stalled: its queued images were published again")
+            except UserError as exc:  # the broker is away; say so once, keep following
+                if str(exc) != trouble:
+                    bar.write(f"stall check: {exc}")
+                trouble = str(exc)
             if time.monotonic() > deadline:
                 raise UserError(
                     f"sweep {run_id} still running after {timeout:.0f} s; "
@@ -90,7 +112,7 @@ def _print_run(settings: Settings, run_id: int) -> None:
             f"status {run.status}: {run.succeeded} classified, {run.failed} failed, "
             f"{run.skipped} skipped, {run.pending} still queued"
         )
-        if run.status == "finished":
+        if run.status in ("finished", "abandoned"):
             click.echo(f"CSV: {sweep_csv_path(run, settings.export_dir)}")
 
 

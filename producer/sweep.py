@@ -1,12 +1,14 @@
-"""One sweep: lock, scan, record, move what is settled, hand the rest to the workers."""
+"""One sweep: lock, scan, record, move what is settled, hand the rest to the workers; and
+the stall check that hands a stalled sweep's images to the workers again."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from classifier.version import model_version
-from models import ItemStatus, Prediction, SweepRun, SweepStatus
+from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
 from producer.scan import Found, scan
 from refund_sorter import crud
 from refund_sorter.config import Settings
@@ -47,7 +49,14 @@ def run_sweep(
     """
     sessions = session_factory(settings.database_url)
     version = current_model_version(settings)
-    run = crud.begin_sweep(sessions, trigger, version, timedelta(hours=settings.sweep_stale_hours))
+    with sessions.begin() as session:
+        stale = crud.abandon_sweeps(
+            session,
+            message="no progress for too long; the next sweep re-enqueues what is left",
+            stale_before=utcnow() - timedelta(hours=settings.sweep_stale_hours),
+        )
+    _export_abandoned(settings, stale)
+    run = crud.begin_sweep(sessions, trigger, version)
     if run.status == SweepStatus.SKIPPED:
         log.warning("sweep %s skipped: %s", run.id, run.message)
         return SweepReport(run)
@@ -91,9 +100,89 @@ def run_sweep(
     except BaseException as exc:
         # Leave no sweep "running" that nothing will finish: the next one picks up its items.
         with sessions.begin() as session:
-            crud.abandon_sweeps(session, sweep_id=run.id, message=f"stopped early: {exc}"[:2000])
+            stopped = crud.abandon_sweeps(
+                session, sweep_id=run.id, message=f"stopped early: {exc}"[:2000]
+            )
+        _export_abandoned(settings, stopped)
         raise
     return SweepReport(run, enqueued, [(f.path, f.error) for f in plan.unreadable])
+
+
+def _export_abandoned(settings: Settings, sweep_ids: list[int]) -> None:
+    """An abandoned sweep gets its CSV too: what it did classify is reported that night."""
+    if not sweep_ids:
+        return
+    for sweep_id in sweep_ids:
+        log.warning("sweep %s abandoned; its queued images go to the next sweep", sweep_id)
+    try:
+        settle(
+            [],
+            sweep_ids,
+            sessions=session_factory(settings.database_url),
+            export_dir=settings.export_dir,
+        )
+    except Exception:
+        log.exception("could not write the CSV of abandoned sweeps %s", sweep_ids)
+
+
+def _version_or_none(settings: Settings) -> str | None:
+    try:
+        return current_model_version(settings)
+    except UserError:
+        return None
+
+
+def resume_stalled_sweep(
+    settings: Settings, dispatch: Dispatch, queue_depth: Callable[[], int]
+) -> int | None:
+    """Publish the queued images of the running sweep again if it stalled: no progress for
+    ``sweep_stall_seconds`` while nothing waits in the classify queue (``queue_depth``).
+
+    Then no message is left for those rows: the broker restarted without its data, or a
+    worker died holding them unacked (Redis hands them out again only after the visibility
+    timeout). A copy that turns out to be a duplicate is harmless: a worker stores a result
+    only while its row is queued, and ignores a message for a file already moved. Returns
+    how many images were published again, or None if the sweep did not stall.
+    """
+    sessions = session_factory(settings.database_url)
+    quiet_before = utcnow() - timedelta(seconds=settings.sweep_stall_seconds)
+    with sessions() as session:
+        run = crud.running_sweep(session)
+    if run is None or crud.as_utc(run.updated_at) >= quiet_before:
+        return None
+    if run.model_version != _version_or_none(settings):
+        # Workers ignore tasks for a model no longer on disk: publishing them again would
+        # only repeat that. They wait for the sweep to be abandoned as stale.
+        log.warning(
+            "sweep %s stalled, but its images are for model %s, no longer at %s",
+            run.id,
+            run.model_version,
+            settings.model_path,
+        )
+        return None
+    waiting = queue_depth()
+    if waiting:
+        log.info(
+            "sweep %s made no progress for %.0f s; %d images wait in the queue for a worker",
+            run.id,
+            settings.sweep_stall_seconds,
+            waiting,
+        )
+        return None
+    with sessions.begin() as session:
+        items = crud.claim_stalled_sweep(session, run.id, quiet_before)
+    if items is None:  # progress meanwhile, or another check took it
+        return None
+    log.warning(
+        "sweep %s made no progress for %.0f s and the classify queue is empty: "
+        "publishing its %d queued images again",
+        run.id,
+        settings.sweep_stall_seconds,
+        len(items),
+    )
+    if items:
+        dispatch(items)
+    return len(items)
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""The producer's Celery task: the nightly sweep, sent by beat to the ``sweep`` queue."""
+"""The producer's Celery tasks, both sent by beat to the ``sweep`` queue: the nightly sweep,
+and the frequent check that the running sweep still makes progress."""
 
 import logging
 
-from producer.sweep import run_sweep
-from refund_sorter.celery_app import app, publish
-from refund_sorter.messages import SWEEP_TASK
+from producer.sweep import resume_stalled_sweep, run_sweep
+from refund_sorter.celery_app import app, classify_queue_depth, publish
+from refund_sorter.messages import RESUME_TASK, SWEEP_TASK
 
 log = logging.getLogger(__name__)
 
@@ -24,3 +25,12 @@ def sweep(self, trigger: str = "beat") -> dict:
         f" ({run.message})" if run.message else "",
     )
     return {"sweep_run": run.id, "status": run.status, "enqueued": run.enqueued}
+
+
+@app.task(name=RESUME_TASK, bind=True)
+def resume_stalled(self) -> int | None:
+    """Publish the running sweep's queued images again if it stalled (see
+    ``producer.sweep.resume_stalled_sweep``)."""
+    return resume_stalled_sweep(
+        self.app.settings, dispatch=publish, queue_depth=classify_queue_depth
+    )

@@ -10,11 +10,18 @@ through ``celery -A worker``. The tasks live with their roles (``worker.tasks``,
 from celery import Celery
 from celery.schedules import crontab
 from kombu import Queue
-from kombu.exceptions import OperationalError
+from kombu.exceptions import ChannelError, OperationalError
 
 from refund_sorter.config import Settings, get_settings
 from refund_sorter.errors import UserError
-from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK, SWEEP_QUEUE, SWEEP_TASK, WorkItem
+from refund_sorter.messages import (
+    CLASSIFY_QUEUE,
+    CLASSIFY_TASK,
+    RESUME_TASK,
+    SWEEP_QUEUE,
+    SWEEP_TASK,
+    WorkItem,
+)
 from refund_sorter.redact import redact
 
 
@@ -50,7 +57,7 @@ class SorterCelery(Celery):
             # model workers take only images (-Q classify); a plain worker consumes both.
             task_queues=(Queue(CLASSIFY_QUEUE), Queue(SWEEP_QUEUE)),
             task_default_queue=CLASSIFY_QUEUE,
-            task_routes={SWEEP_TASK: {"queue": SWEEP_QUEUE}},
+            task_routes={SWEEP_TASK: {"queue": SWEEP_QUEUE}, RESUME_TASK: {"queue": SWEEP_QUEUE}},
             # Results are rows in SQL; storing them in Redis too would only fill it.
             task_ignore_result=True,
             result_backend=None,
@@ -61,10 +68,18 @@ class SorterCelery(Celery):
             # Batching needs the messages in hand: a worker may hold one full batch per process
             # (prefetch = batch size x processes) instead of Celery's default of four messages.
             worker_prefetch_multiplier=settings.batch_size,
-            # Redis re-delivers an unacked message after this long; it must exceed the time a
-            # message can wait in a worker's buffer plus one batch, with plenty of margin.
-            broker_transport_options={"visibility_timeout": 3600},
+            # Redis re-delivers a message left unacked this long, taking its worker for lost. So
+            # it must outlast the longest a live worker holds one: the wait to fill a batch, the
+            # batch ahead and its own (prefetch = batch size x processes, one batch per process)
+            # and, for a retry, its countdown, since Redis has no delayed delivery and the worker
+            # holds a countdown message unacked until it is due. Settings checks that bound
+            # (REFUND_SORTER_VISIBILITY_TIMEOUT). A lost worker's messages need not wait for it:
+            # the stall check publishes a stalled sweep's queued images again within minutes.
+            broker_transport_options={"visibility_timeout": settings.visibility_timeout},
             broker_connection_retry_on_startup=True,
+            # Each pool process loads the model when it starts (worker.tasks), which takes
+            # seconds; Celery's default of 4 s to report up would kill it and fork again.
+            worker_proc_alive_timeout=120,
             # Events feed Flower's live view of workers and tasks. (No "sent" events: they would
             # double the cost of publishing a night's fan-out.)
             worker_send_task_events=True,
@@ -75,7 +90,16 @@ class SorterCelery(Celery):
                     "task": SWEEP_TASK,
                     "schedule": nightly_schedule(settings.sweep_cron),
                     "kwargs": {"trigger": "beat"},
-                }
+                },
+                # Re-publishes the queued images of a sweep that stopped making progress with
+                # nothing left in the queue (a broker restarted empty, a worker killed): they
+                # are settled within minutes, not after REFUND_SORTER_SWEEP_STALE_HOURS.
+                "resume-stalled-sweep": {
+                    "task": RESUME_TASK,
+                    "schedule": settings.sweep_stall_check_seconds,
+                    # A check nobody took in time is superseded by the next one.
+                    "options": {"expires": settings.sweep_stall_check_seconds},
+                },
             },
         )
 
@@ -96,3 +120,16 @@ def publish(items: list[WorkItem], countdown: float | None = None) -> None:
     except OperationalError as exc:
         message = f"cannot reach the broker at {app.conf.broker_url}: {exc}"
         raise UserError(redact(message)) from None
+
+
+def classify_queue_depth() -> int:
+    """How many classify messages wait in the broker (not those workers hold unacked)."""
+    with app.connection_for_read() as conn:
+        try:
+            with conn.channel() as channel:
+                return channel.queue_declare(CLASSIFY_QUEUE, passive=True).message_count
+        except ChannelError:
+            return 0  # no such queue: Redis drops an empty list, or restarted without its data
+        except conn.connection_errors as exc:
+            message = f"cannot reach the broker at {app.conf.broker_url}: {exc}"
+            raise UserError(redact(message)) from None

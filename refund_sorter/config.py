@@ -8,8 +8,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Seconds a worker may spend on the batches it holds besides any retry countdown: filling
+# its batch, classifying the batch ahead of it and its own, committing (slow with a database
+# under load). Part of the visibility timeout's lower bound.
+BATCH_ALLOWANCE = 300
 
 
 class Settings(BaseSettings):
@@ -33,6 +38,46 @@ class Settings(BaseSettings):
     sweep_stale_hours: float = Field(
         12.0, gt=0, description="A sweep with no progress for this long no longer blocks the next."
     )
+    sweep_stall_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A running sweep with no progress for this long, and an empty classify "
+        "queue, has its queued images published again.",
+    )
+    sweep_stall_check_seconds: float = Field(
+        60.0, gt=0, description="How often beat asks whether the running sweep stalled."
+    )
+    retry_delay: float = Field(
+        60.0, gt=0, description="Seconds before a failed batch's first retry; doubles each time."
+    )
+    retry_limit: int = Field(
+        4, ge=0, description="Retries of a failed batch before its images are marked failed."
+    )
+    visibility_timeout: float = Field(
+        1200.0,
+        gt=0,
+        description="Seconds before Redis hands an unacknowledged message to another worker.",
+    )
+
+    @field_validator("visibility_timeout")
+    @classmethod
+    def _outlasts_the_longest_hold(cls, value: float, info: ValidationInfo) -> float:
+        # Redis has no delayed delivery: a worker holds a retry's message, unacknowledged, until
+        # its countdown is due. A visibility timeout shorter than that hold makes Redis hand the
+        # message to another worker meanwhile, and the retry would run twice.
+        data = info.data
+        if not {"retry_delay", "retry_limit", "batch_max_wait"} <= set(data):
+            return value  # one of them is invalid itself, and reported
+        longest = longest_retry_delay(data["retry_delay"], data["retry_limit"])
+        hold = longest + data["batch_max_wait"] + BATCH_ALLOWANCE
+        if value < hold:
+            raise ValueError(
+                f"must be at least {hold:.0f} s: the longest retry countdown ({longest:.0f} s: "
+                "REFUND_SORTER_RETRY_DELAY x 2^(REFUND_SORTER_RETRY_LIMIT - 1)), plus "
+                f"REFUND_SORTER_BATCH_MAX_WAIT, plus {BATCH_ALLOWANCE} s for the batches in hand"
+            )
+        return value
+
     flower_basic_auth: SecretStr | None = Field(
         None,
         description="user:password (several separated by commas) that Flower asks for; "
@@ -60,6 +105,16 @@ class Settings(BaseSettings):
         if self.export_dir is None:
             self.export_dir = self.home / "exports"
         return self
+
+    def retry_countdown(self, attempt: int) -> float:
+        """Seconds before a batch that failed on its ``attempt`` (0 = the first try) is
+        tried again: REFUND_SORTER_RETRY_DELAY, doubled at each retry."""
+        return self.retry_delay * 2**attempt
+
+
+def longest_retry_delay(retry_delay: float, retry_limit: int) -> float:
+    """The countdown before the last retry, the longest a worker holds a retry's message."""
+    return retry_delay * 2 ** (retry_limit - 1) if retry_limit else 0.0
 
 
 @lru_cache

@@ -6,7 +6,7 @@ and keyword arguments; the producer, the workers and local mode call them.
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import case, select, update
@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
+from refund_sorter.messages import WorkItem
 from refund_sorter.redact import redact
 
 
@@ -25,22 +26,12 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def begin_sweep(
-    sessions: sessionmaker[Session], trigger: str, model_version: str, stale_after: timedelta
-) -> SweepRun:
+def begin_sweep(sessions: sessionmaker[Session], trigger: str, model_version: str) -> SweepRun:
     """Record a new sweep run: ``running`` if no other sweep runs, else ``skipped``.
 
-    The partial unique index on running sweeps makes this race-free across machines. A
-    running sweep that made no progress for ``stale_after`` is marked ``abandoned`` first,
-    so a crashed night does not block every night after it.
+    The partial unique index on running sweeps makes this race-free across machines.
     """
     now = utcnow()
-    with sessions.begin() as session:
-        abandon_sweeps(
-            session,
-            message="no progress for too long; the next sweep re-enqueues what is left",
-            stale_before=now - stale_after,
-        )
     try:
         with sessions.begin() as session:
             run = SweepRun(status=SweepStatus.RUNNING, trigger=trigger, model_version=model_version)
@@ -49,7 +40,7 @@ def begin_sweep(
     except IntegrityError:
         pass
     with sessions.begin() as session:
-        other = session.scalar(select(SweepRun).where(SweepRun.status == SweepStatus.RUNNING))
+        other = running_sweep(session)
         since = f"{as_utc(other.started_at):%Y-%m-%d %H:%M} UTC" if other else "moments ago"
         run = SweepRun(
             status=SweepStatus.SKIPPED,
@@ -68,18 +59,80 @@ def abandon_sweeps(
     message: str,
     sweep_id: int | None = None,
     stale_before: datetime | None = None,
-) -> None:
+) -> list[int]:
     """Mark running sweeps ``abandoned`` (this one, or those with no progress since
-    ``stale_before``): a sweep nothing will finish must not hold the lock. Their queued rows
-    stay queued, and the next sweep re-enqueues them. ``message`` is stored with any URL's
+    ``stale_before``) and return their ids: a sweep nothing will finish must not hold the
+    lock, so a crashed night does not block every night after it. Their queued rows stay
+    queued, and the next sweep re-enqueues them. ``message`` is stored with any URL's
     password masked (it often carries the error that stopped the sweep)."""
     query = update(SweepRun).where(SweepRun.status == SweepStatus.RUNNING)
     if sweep_id is not None:
         query = query.where(SweepRun.id == sweep_id)
     if stale_before is not None:
         query = query.where(SweepRun.updated_at < stale_before)
+    return list(
+        session.scalars(
+            query.values(
+                status=SweepStatus.ABANDONED, finished_at=utcnow(), message=redact(message)
+            ).returning(SweepRun.id)
+        )
+    )
+
+
+def running_sweep(session: Session) -> SweepRun | None:
+    """The sweep holding the lock, if any."""
+    return session.scalar(select(SweepRun).where(SweepRun.status == SweepStatus.RUNNING))
+
+
+def claim_stalled_sweep(
+    session: Session, sweep_id: int, quiet_before: datetime
+) -> list[WorkItem] | None:
+    """Take over a running sweep with no progress since ``quiet_before``, to publish its queued
+    rows again: ``None`` if it made progress or someone else claimed it first, else the work
+    items of its queued rows.
+
+    Claiming records progress (``updated_at``), so concurrent stall checks publish once and
+    the next check waits a full stall period for the workers to take the new messages.
+    """
+    claimed = session.scalar(
+        update(SweepRun)
+        .where(
+            SweepRun.id == sweep_id,
+            SweepRun.status == SweepStatus.RUNNING,
+            SweepRun.updated_at < quiet_before,
+        )
+        .values(updated_at=utcnow())
+        .returning(SweepRun.id)
+    )
+    if claimed is None:
+        return None
+    rows = session.execute(
+        select(Prediction.original_path, Prediction.content_hash, Prediction.model_version)
+        .where(Prediction.sweep_run_id == sweep_id, Prediction.status == ItemStatus.QUEUED)
+        .order_by(Prediction.id)
+    )
+    return [WorkItem(*row) for row in rows]
+
+
+def postpone_stall_check(session: Session, items: Iterable[WorkItem], until: datetime) -> None:
+    """Tell the stall check that the sweeps of these items' queued rows expect no progress
+    before ``until``, when their retry is due: a worker holds a retry's message unacked, not
+    in the queue, so the check would otherwise take the items for lost and publish them
+    again. Sets ``updated_at`` ahead to ``until``, never back."""
+    items = list(items)
+    sweeps = select(Prediction.sweep_run_id).where(
+        Prediction.status == ItemStatus.QUEUED,
+        Prediction.content_hash.in_({it.content_hash for it in items}),
+        Prediction.model_version.in_({it.model_version for it in items}),
+    )
     session.execute(
-        query.values(status=SweepStatus.ABANDONED, finished_at=utcnow(), message=redact(message))
+        update(SweepRun)
+        .where(
+            SweepRun.status == SweepStatus.RUNNING,
+            SweepRun.id.in_(sweeps),
+            SweepRun.updated_at < until,
+        )
+        .values(updated_at=until)
     )
 
 
@@ -247,6 +300,20 @@ class ItemResult:
     sub_confidence: float | None = None
     needs_review: bool = False
     error: str | None = None
+
+
+def record_failures(
+    session: Session, items: list[WorkItem], error: str
+) -> tuple[set[str], list[int]]:
+    """Mark the queued rows of ``items`` ``failed`` with ``error``, their files left where they
+    are (no final path), so the next sweep tries them again; like ``record_results``."""
+    return record_results(
+        session,
+        [
+            ItemResult(it.content_hash, it.model_version, ItemStatus.FAILED, None, error=error)
+            for it in items
+        ],
+    )
 
 
 def record_results(session: Session, results: list[ItemResult]) -> tuple[set[str], list[int]]:

@@ -46,3 +46,25 @@ def test_a_bad_setting_is_a_plain_error(monkeypatch):
     assert "error: invalid setting: REFUND_SORTER_BATCH_SIZE" in result.output
     assert "REFUND_SORTER_REVIEW_THRESHOLD" in result.output
     assert "Traceback" not in result.output
+
+
+def test_retries_double_and_the_visibility_timeout_must_outlast_the_longest(monkeypatch):
+    for key in [k for k in __import__("os").environ if k.startswith("REFUND_SORTER_")]:
+        monkeypatch.delenv(key)
+    s = Settings()
+    assert [s.retry_countdown(attempt) for attempt in range(s.retry_limit)] == [60, 120, 240, 480]
+    assert s.visibility_timeout == 1200 >= 480 + s.batch_max_wait + 300
+    assert (s.sweep_stall_seconds, s.sweep_stall_check_seconds) == (120, 60)
+
+    # Longer retries need a longer visibility timeout, or Redis would hand a retry that a
+    # worker holds until it is due to another worker meanwhile.
+    monkeypatch.setenv("REFUND_SORTER_RETRY_DELAY", "300")  # the last countdown is 2,400 s
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["runs"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert "REFUND_SORTER_VISIBILITY_TIMEOUT: Value error, must be at least 2702 s" in result.output
+    monkeypatch.setenv("REFUND_SORTER_VISIBILITY_TIMEOUT", "2702")
+    assert Settings().visibility_timeout == 2702

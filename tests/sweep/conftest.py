@@ -24,6 +24,7 @@ from refund_sorter.db import dispose, upgrade
 pytest.register_assert_rewrite("sweep_support")
 from sweep_support import (  # noqa: E402
     Incoming,
+    RedisServer,
     TinyModel,
     add_images,
     build_settings,
@@ -142,6 +143,16 @@ def redis_client(broker_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+@contextmanager
+def publishing_to(broker: str, monkeypatch: pytest.MonkeyPatch):
+    from refund_sorter import celery_app
+
+    app = celery_app.SorterCelery(Settings(broker_url=broker), set_as_current=False)
+    monkeypatch.setattr(celery_app, "app", app)
+    yield app
+    app.close()
+
+
 @pytest.fixture
 def producer_app(broker_url: str, monkeypatch: pytest.MonkeyPatch):
     """Make ``publish`` (and ``app.control``) talk to the test broker.
@@ -151,12 +162,23 @@ def producer_app(broker_url: str, monkeypatch: pytest.MonkeyPatch):
     the test swaps in an app built the same way for the test broker. It only publishes: it
     never imports the tasks itself.
     """
-    from refund_sorter import celery_app
+    with publishing_to(broker_url, monkeypatch) as app:
+        yield app
 
-    app = celery_app.SorterCelery(Settings(broker_url=broker_url), set_as_current=False)
-    monkeypatch.setattr(celery_app, "app", app)
-    yield app
-    app.close()
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, to kill and restart (the shared one is never touched)."""
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_producer_app(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch):
+    """``producer_app`` for the test's own Redis."""
+    with publishing_to(redis_server.url, monkeypatch) as app:
+        yield app
 
 
 # -------------------------------------------------------------------------------- the model

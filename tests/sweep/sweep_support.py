@@ -9,15 +9,19 @@ import csv
 import hashlib
 import io
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import redis
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -361,34 +365,25 @@ def service_env(settings: Settings) -> dict[str, str]:
         REFUND_SORTER_REVIEW_THRESHOLD=str(settings.review_threshold),
         REFUND_SORTER_DEVICE=settings.device,
         REFUND_SORTER_TORCH_THREADS=str(settings.torch_threads),
+        REFUND_SORTER_SWEEP_STALL_SECONDS=str(settings.sweep_stall_seconds),
+        REFUND_SORTER_SWEEP_STALL_CHECK_SECONDS=str(settings.sweep_stall_check_seconds),
+        REFUND_SORTER_RETRY_DELAY=str(settings.retry_delay),
+        REFUND_SORTER_RETRY_LIMIT=str(settings.retry_limit),
+        REFUND_SORTER_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
     )
     return env
 
 
-class WorkerProcess:
-    """``celery -A worker worker`` as an operator starts it, in its own process group."""
+class ServiceProcess:
+    """``python -m celery -A worker ...`` (or any command) as an operator starts it, in its own
+    process group, its output in ``log_path``."""
 
-    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "worker",
-                "--concurrency",
-                "1",
-                "--pool",
-                "prefork",
-                "-n",
-                name,
-                "--loglevel",
-                "INFO",
-            ],
+            argv,
             cwd=REPO_ROOT,
             env=env,
             stdout=self._log,
@@ -403,6 +398,21 @@ class WorkerProcess:
         status = f"exit code {self.proc.poll()}" if self.proc.poll() is not None else "running"
         return f"----- log of {self.name} ({status}) -----\n{self.log()[-tail:]}"
 
+    def wait_for_log(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{text!r} not in the log after {timeout:.0f} s\n{self.describe()}"
+                )
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once (a worker's pool processes too): no warm shutdown."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # warm shutdown: finish the batch in hand
@@ -413,6 +423,90 @@ class WorkerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
         self._log.close()
+
+
+class WorkerProcess(ServiceProcess):
+    """``celery -A worker worker`` with one prefork process (both queues unless told)."""
+
+    def __init__(
+        self, name: str, env: dict[str, str], log_path: Path, queues: str | None = None
+    ) -> None:
+        argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--concurrency", "1"]
+        argv += ["--pool", "prefork", "-n", name, "--loglevel", "INFO"]
+        super().__init__(name, argv + (["-Q", queues] if queues else []), env, log_path)
+
+
+class BeatProcess(ServiceProcess):
+    """``celery -A worker beat``, its schedule file beside its log."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        schedule = log_path.with_suffix(".schedule")
+        argv = [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO"]
+        super().__init__("beat", [*argv, "--schedule", str(schedule)], env, log_path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own on a free loopback port, append-only with an fsync
+    per write (so a kill -9 loses nothing it acknowledged), to kill and restart by pid. The
+    shared Redis on 6379 is never touched."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        options = {"port": self.port, "bind": "127.0.0.1", "dir": self.folder, "save": ""}
+        options |= {"appendonly": "yes", "appendfsync": "always"}
+        options["logfile"] = self.folder / "redis.log"
+        argv = ["redis-server", *(x for k, v in options.items() for x in (f"--{k}", str(v)))]
+        self.proc = subprocess.Popen(
+            argv,
+            start_new_session=True,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise AssertionError(
+                        (self.folder / "redis.log").read_text(errors="replace")
+                    ) from None
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no last write."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def wipe(self) -> None:
+        """Drop what the killed server had written, so it restarts empty."""
+        shutil.rmtree(self.folder / "appendonlydir", ignore_errors=True)
+        (self.folder / "dump.rdb").unlink(missing_ok=True)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
 
 
 def wait_for_workers(app, workers: list[WorkerProcess], timeout: float = 90.0) -> None:
@@ -432,3 +526,59 @@ def wait_for_workers(app, workers: list[WorkerProcess], timeout: float = 90.0) -
                 + "\n".join(w.describe() for w in workers)
             )
         time.sleep(0.5)
+
+
+# ------------------------------------------------------------------------------------- faults
+
+
+@dataclass
+class Settled:
+    """How a sweep came through a fault: what the test prints and asserts."""
+
+    fault: str
+    photos: int
+    lost: int  # images without a row of the expected status
+    duplicated: int  # rows beyond one per image, and files beyond one per image in processed/
+    seconds: float  # from the fault until every row was settled
+
+    def report(self) -> str:
+        return (
+            f"FAULT {self.fault}: {self.photos} photos, {self.lost} lost, "
+            f"{self.duplicated} duplicated, settled {self.seconds:.1f} s after the fault"
+        )
+
+
+def settled_after(
+    settings: Settings,
+    run_id: int,
+    incoming: Incoming,
+    fault: str,
+    since: float,
+    workers=(),
+    expect: str = ItemStatus.OK,
+) -> Settled:
+    """Wait (up to 5 minutes) for the sweep to end, then count the images without a row of
+    status ``expect`` (lost) and the rows and processed files beyond one per image."""
+    wait_for_run(settings, run_id, timeout=300, logs=list(workers))
+    seconds = time.monotonic() - since
+    rows = all_predictions(settings)
+    settled = {p.content_hash for p in rows if p.status == expect}
+    lost = sum(1 for h in incoming.images.values() if h not in settled)
+    per_row = Counter(p.content_hash for p in rows)
+    per_file = Counter(files_under(settings.processed_dir).values())
+    duplicated = sum(n - 1 for n in per_row.values()) + sum(n - 1 for n in per_file.values())
+    result = Settled(fault, len(incoming.images), lost, duplicated, seconds)
+    print(result.report())
+    return result
+
+
+def wait_for_progress(settings: Settings, run_id: int, done: int, timeout: float = 120) -> int:
+    """Until the sweep has settled ``done`` images; returns how many it had."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = get_run(settings, run_id)
+        if run.succeeded + run.failed >= done or run.status != SweepStatus.RUNNING:
+            return run.succeeded + run.failed
+        if time.monotonic() > deadline:
+            raise AssertionError(f"sweep {run_id} settled only {run.succeeded} in {timeout} s")
+        time.sleep(0.05)

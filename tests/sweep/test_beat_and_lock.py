@@ -176,7 +176,7 @@ def test_the_beat_task_records_a_beat_sweep_and_queues_one_message_per_image(
 
 def insert_running_sweep(settings, tiny_model) -> SweepRun:
     sessions = session_factory(settings.database_url)
-    run = begin_sweep(sessions, "beat", tiny_model.version, timedelta(hours=12))
+    run = begin_sweep(sessions, "beat", tiny_model.version)
     assert run.status == "running"
     return run
 
@@ -250,11 +250,10 @@ def test_a_stale_sweep_is_abandoned_and_its_queued_images_go_to_the_next(
     assert len(rows) == len({p.content_hash for p in rows}) == 9
     moved = [p for p in rows if p.sweep_run_id == third.id]
     assert len(moved) == 7 and {p.status for p in moved} == {"ok", "failed"}
-    # The two files the first sweep judged itself stay with it.
-    assert sorted(p.file_name for p in rows if p.sweep_run_id == first.id) == [
-        "empty-61.jpg",
-        "shopping-list-61.jpg",
-    ]
+    # The two files the first sweep judged itself stay with it, in its own CSV.
+    kept = [p for p in rows if p.sweep_run_id == first.id]
+    assert sorted(p.file_name for p in kept) == ["empty-61.jpg", "shopping-list-61.jpg"]
+    check_csv_matches(sweep_csv(settings, abandoned), kept)
     assert files_under(settings.incoming_dir) == {}
     check_csv_matches(sweep_csv(settings, done), moved)
 
@@ -281,7 +280,7 @@ def test_two_sweeps_starting_at_the_same_moment_get_one_lock(fresh_pg_url, tiny_
 
         def start(trigger: str, barrier=barrier) -> SweepRun:
             barrier.wait()
-            return begin_sweep(sessions, trigger, tiny_model.version, timedelta(hours=12))
+            return begin_sweep(sessions, trigger, tiny_model.version)
 
         with ThreadPoolExecutor(2) as pool:
             runs = list(pool.map(start, ["beat", "manual"]))

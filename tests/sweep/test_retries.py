@@ -1,16 +1,21 @@
 """Failed rows are history: each unreadable upload keeps its own row, a retried image gets
 a fresh one, and a worker picks up a replaced model file on its own."""
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from unittest.mock import Mock
 
+import pytest
 from sweep_support import (
     Incoming,
     add_images,
     all_predictions,
     files_under,
     get_run,
+    read_csv,
     save_random_model,
+    sweep_csv,
 )
 
 from producer.sweep import run_sweep
@@ -91,12 +96,12 @@ def test_a_worker_reloads_a_replaced_model_file(make_settings, tmp_path, monkeyp
     assert task.classifier_for([item("0123456789ab")]) is loaded
 
 
-def test_a_batch_that_fails_is_put_back_on_the_queue(
+def test_a_batch_that_fails_is_put_back_on_the_queue_with_a_growing_countdown(
     make_settings, classifier, monkeypatch, tmp_path
 ):
     import worker.tasks as tasks
 
-    settings = make_settings()
+    settings = make_settings(retry_delay=60, retry_limit=4)
     upgrade(settings.database_url)
     incoming = Incoming(settings.incoming_dir)
     add_images(incoming, 3, seed=8)
@@ -111,16 +116,66 @@ def test_a_batch_that_fails_is_put_back_on_the_queue(
     broken = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'empty.db'}"})
     monkeypatch.setattr(tasks.app, "settings", broken)
     monkeypatch.setattr(tasks.ClassifierTask, "_classifier", classifier)
-    requests = [
-        SimpleNamespace(id=f"task-{i}", args=it.as_args(), hostname="w1@test")
-        for i, it in enumerate(items)
-    ]
 
-    tasks.classify.run(requests)
+    def requests_for(batch: list[WorkItem]):
+        return [
+            SimpleNamespace(id=f"task-{i}", args=it.as_args(), hostname="w1@test")
+            for i, it in enumerate(batch)
+        ]
 
-    assert published == [(items, tasks.RETRY_DELAY)]
+    tasks.classify.run(requests_for(items))
+    assert published == [([replace(it, attempt=1) for it in items], 60)]
+    # Each retry carries its attempt and waits twice as long as the one before.
+    for attempt, countdown in ((1, 120), (2, 240), (3, 480)):
+        retried, _ = published[-1]
+        assert [it.attempt for it in retried] == [attempt] * 3
+        tasks.classify.run(requests_for(retried))
+        assert published[-1] == ([replace(it, attempt=attempt + 1) for it in items], countdown)
     # Nothing was stored or moved: the rows wait for the retry, the files stay in incoming/.
     assert [p.status for p in all_predictions(settings)] == ["queued"] * 3
     assert get_run(settings, run.id).pending == 3
     assert files_under(settings.incoming_dir) == incoming.images
     assert files_under(settings.processed_dir) == files_under(settings.failed_dir) == {}
+
+    # The retries are used up, and the database is down too: the messages are dropped and
+    # the rows stay queued, for the stall check to publish again once it is back.
+    tasks.classify.run(requests_for(published[-1][0]))
+    assert len(published) == 4
+    assert [p.status for p in all_predictions(settings)] == ["queued"] * 3
+
+
+def test_a_batch_that_used_up_its_retries_is_marked_failed_and_its_files_stay(
+    make_settings, classifier, monkeypatch
+):
+    import worker.tasks as tasks
+
+    settings = make_settings(retry_limit=2)
+    upgrade(settings.database_url)
+    incoming = Incoming(settings.incoming_dir)
+    add_images(incoming, 3, seed=9)
+    items: list[WorkItem] = []
+    run = run_sweep(settings, dispatch=items.extend, trigger="local").run
+    monkeypatch.setattr(tasks, "publish", lambda items, countdown: pytest.fail("published"))
+    monkeypatch.setattr(tasks.app, "settings", settings)
+    monkeypatch.setattr(tasks.ClassifierTask, "_classifier", classifier)
+    monkeypatch.setattr(
+        tasks, "process_batch", Mock(side_effect=OSError("No space left on device"))
+    )
+    requests = [
+        SimpleNamespace(id=f"task-{i}", args=replace(it, attempt=2).as_args(), hostname="w")
+        for i, it in enumerate(items)
+    ]
+
+    tasks.classify.run(requests)
+
+    rows = all_predictions(settings)
+    assert [p.status for p in rows] == ["failed"] * 3
+    assert all(
+        p.error == "not classified after 3 attempts: OSError: No space left on device"
+        and p.final_path is None
+        for p in rows
+    )
+    done = get_run(settings, run.id)
+    assert (done.status, done.failed, done.pending) == ("finished", 3, 0)
+    assert files_under(settings.incoming_dir) == incoming.images
+    assert len(read_csv(sweep_csv(settings, done))) == 3
