@@ -191,8 +191,10 @@ def sweep(model, data, batch_size) -> None:
 @click.option("--model", type=click.Path(path_type=Path), required=True)
 @click.option("--data", type=click.Path(path_type=Path), required=True)
 @click.option("--limit", default=1000, help="Images to sweep.")
-@click.option("--processes", default=2, help="Worker processes (--concurrency).")
-@click.option("--threads", default=1, help="PyTorch threads per worker process.")
+@click.option(
+    "--processes", default=0, help="Worker processes (--concurrency); 0: the worker's default."
+)
+@click.option("--threads", default=0, help="REFUND_SORTER_TORCH_THREADS; 0: the worker's default.")
 @click.option("--batch-size", default=32)
 @click.option("--broker", default="redis://127.0.0.1:6379/14")
 @click.option("--database-url", default="", help="Default: a scratch SQLite file.")
@@ -215,7 +217,7 @@ def celery(model, data, limit, processes, threads, batch_size, broker, database_
             "REFUND_SORTER_MODEL_PATH": str(model.absolute()),
             "REFUND_SORTER_BROKER_URL": broker,
             "REFUND_SORTER_BATCH_SIZE": str(batch_size),
-            "REFUND_SORTER_TORCH_THREADS": str(threads),
+            "REFUND_SORTER_TORCH_THREADS": str(threads),  # 0: cores / processes
             "REFUND_SORTER_DEVICE": "cpu",
         }
         if database_url:
@@ -228,12 +230,13 @@ def celery(model, data, limit, processes, threads, batch_size, broker, database_
 
         upgrade(get_settings().database_url)
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-c", str(processes)],
+            [sys.executable, "-m", "celery", "-A", "worker", "worker"]
+            + (["-c", str(processes)] if processes else []),
             cwd=Path(__file__).resolve().parent.parent,
             env=env,
         )
         try:
-            time.sleep(8)  # let the worker connect; the model loads on the first batch
+            time.sleep(8)  # let the worker connect and its processes load the model
             start = time.perf_counter()
             result = CliRunner().invoke(main, ["sweep", "--wait"], catch_exceptions=False)
             elapsed = time.perf_counter() - start
@@ -243,7 +246,8 @@ def celery(model, data, limit, processes, threads, batch_size, broker, database_
         print(result.output.strip().splitlines()[-2])
         print(f"machine: {machine()}")
         print(
-            f"{len(files)} images, {processes} process(es) x {threads} thread(s), batch "
+            f"{len(files)} images, {processes or 'default'} process(es) x "
+            f"{threads or 'default'} thread(s), batch "
             f"{batch_size}: {elapsed:.1f} s, {len(files) / elapsed:.1f} images/s "
             "(publish to last commit, model loading included)"
         )

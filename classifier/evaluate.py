@@ -39,8 +39,9 @@ def evaluate(
     batch_size: int = 64,
     device: str = "auto",
     mapping: Path | None = None,
+    precision: str = "auto",
 ) -> dict:
-    clf = Classifier.from_path(model_path, device)
+    clf = Classifier.from_path(model_path, device, precision)
     tax = clf.taxonomy
     files, unknown = relabel(read_layout(data_dir, mapping, min_subs=1), tax)
     data = load_images(files, clf.preset, clf.checkpoint.image_size, "decoding images")
@@ -77,6 +78,7 @@ def evaluate(
         "unknown_folders": unknown,
         "skipped": [{"path": str(p), "reason": r} for p, r in data.skipped],
         "device": str(clf.device),
+        "precision": clf.precision,
         "torch_threads": torch.get_num_threads(),
     }
     report_path = Path(report_path)

@@ -59,13 +59,40 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def autocast(device: torch.device):
-    """bf16 on CPU (about 1.8x fp32 with channels_last), fp16 on CUDA."""
-    if device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, through oneDNN).
+    Without it bf16 is emulated: on an AVX2-only AMD EPYC the forward pass ran 6 times
+    slower in bf16 than in fp32 (13.7 against 86 images/s)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: fp16 on CUDA; on CPU bf16 where it is native (about 2x fp32 with
+    channels_last there), else fp32."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("precision fp16 runs on CUDA only; use bf16 or fp32 on a CPU")
+    if precision != "auto":
+        return precision
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+        return "fp16"
+    return "bf16" if native_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """The mixed-precision context for ``precision`` on ``device`` (nothing for fp32)."""
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.inference_mode()
@@ -77,6 +104,7 @@ def forward_decide(
     sub_to_main: torch.Tensor,
     n_main: int,
     device: torch.device,
+    precision: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """uint8 images prepared by ``EvalPreset`` -> (sub index, sub confidence, main index,
     main confidence), each of shape (B,). ``net`` must be in eval mode.
@@ -85,7 +113,7 @@ def forward_decide(
     while training is the accuracy the workers get.
     """
     x = normalize(batch.to(device), mean, std, channels_last=True)
-    with autocast(device):
+    with autocast(device, precision):
         main_logits, sub_logits = net(x)
     joint = joint_probabilities(main_logits, sub_logits, sub_to_main)
     return decide(joint, sub_to_main, n_main)
@@ -105,19 +133,22 @@ def build_network(checkpoint: Checkpoint) -> DualHeadNet:
 class Classifier:
     """A loaded model, ready for batches. Build it once per process."""
 
-    def __init__(self, checkpoint: Checkpoint, device: str = "auto") -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, device: str = "auto", precision: str = "auto"
+    ) -> None:
         self.checkpoint = checkpoint
         self.taxonomy: Taxonomy = checkpoint.taxonomy
         self.version = checkpoint.version
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.preset = EvalPreset(checkpoint.image_size)
         self.net = build_network(checkpoint).eval().to(self.device)
         self.net = self.net.to(memory_format=torch.channels_last)
         self.sub_to_main = torch.tensor(self.taxonomy.sub_to_main, device=self.device)
 
     @classmethod
-    def from_path(cls, path: Path, device: str = "auto") -> "Classifier":
-        return cls(load_checkpoint(path), device)
+    def from_path(cls, path: Path, device: str = "auto", precision: str = "auto") -> "Classifier":
+        return cls(load_checkpoint(path), device, precision)
 
     def predict_tensors(self, batch: torch.Tensor | list[torch.Tensor]) -> list[Classification]:
         """Classify uint8 images already prepared by ``self.preset`` (a batch or a list)."""
@@ -131,6 +162,7 @@ class Classifier:
             self.sub_to_main,
             len(self.taxonomy.main),
             self.device,
+            self.precision,
         )
         return [
             Classification(self.taxonomy.main[m], float(mc), self.taxonomy.sub[s], float(sc))

@@ -16,6 +16,13 @@ device_option = click.option(
     show_default=True,
     help="auto picks CUDA when present.",
 )
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="auto: fp16 on CUDA; bf16 on a CPU that computes it natively, else fp32.",
+)
 mapping_option = click.option(
     "--mapping",
     type=click.Path(path_type=Path),

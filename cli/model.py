@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from classifier.recipe import TrainConfig
-from cli.common import device_option, friendly, mapping_option
+from cli.common import device_option, friendly, mapping_option, precision_option
 
 DEFAULTS = TrainConfig()
 OUTPUT_FILE = click.Path(path_type=Path, dir_okay=False)
@@ -99,18 +99,25 @@ def train(
     help="Images per forward pass.",
 )
 @device_option
+@precision_option
 @mapping_option
 @friendly
-def evaluate(model, data_dir, report, batch_size, device, mapping) -> None:
+def evaluate(model, data_dir, report, batch_size, device, precision, mapping) -> None:
     """Measure MODEL's accuracy on DATA_DIR laid out <main>/<sub>/<image>."""
     from classifier.evaluate import evaluate as run_evaluation
 
     result = run_evaluation(
-        model, data_dir, report, batch_size=batch_size, device=device, mapping=mapping
+        model,
+        data_dir,
+        report,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        mapping=mapping,
     )
     click.echo(
         f"{result['n_images']} images: main accuracy {result['main_accuracy']:.3f}, "
-        f"sub accuracy {result['sub_accuracy']:.3f}"
+        f"sub accuracy {result['sub_accuracy']:.3f} ({result['precision']})"
     )
     for folder, n in result["unknown_folders"].items():
         click.echo(f"not in the model's taxonomy: {folder} ({n} images, not scored)")
@@ -126,13 +133,14 @@ def evaluate(model, data_dir, report, batch_size, device, mapping) -> None:
 @click.argument("images", type=click.Path(path_type=Path), nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @device_option
+@precision_option
 @friendly
-def classify(model, images, as_json, device) -> None:
+def classify(model, images, as_json, device, precision) -> None:
     """Classify a few IMAGES with MODEL and print the predictions."""
     from classifier.predict import Classifier
     from refund_sorter.images import UnreadableImage, open_rgb
 
-    clf = Classifier.from_path(model, device)
+    clf = Classifier.from_path(model, device, precision)
     rows, loaded = [], []
     for path in images:
         try:
@@ -143,7 +151,10 @@ def classify(model, images, as_json, device) -> None:
         rows.append({"file": str(path), "status": "ok", **vars(pred)})
     rows.sort(key=lambda r: images.index(Path(r["file"])))
     if as_json:
-        click.echo(json.dumps({"model_version": clf.version, "predictions": rows}, indent=2))
+        click.echo(json.dumps(
+                {"model_version": clf.version, "precision": clf.precision, "predictions": rows},
+                indent=2,
+            ))
     else:
         width = max(len(r["file"]) for r in rows)
         for r in rows:

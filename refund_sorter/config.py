@@ -34,7 +34,13 @@ class Settings(BaseSettings):
     batch_max_wait: float = Field(2.0, gt=0, description="Seconds a worker waits to fill a batch.")
     review_threshold: float = Field(0.6, ge=0, le=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    torch_threads: int = Field(0, ge=0, description="Threads per worker process; 0 = all cores.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: fp16 on CUDA; bf16 on a CPU that computes it natively, else fp32.",
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="Threads per worker process; 0 = the cores shared out among them."
+    )
     sweep_stale_hours: float = Field(
         12.0, gt=0, description="A sweep with no progress for this long no longer blocks the next."
     )

@@ -161,6 +161,29 @@ def test_classify_good_images_exits_zero(random_checkpoint, tmp_path, make_image
     assert all(p["status"] == "ok" for p in predictions)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_classify_runs_in_the_precision_asked_for(
+    random_checkpoint, tmp_path, make_image, precision
+):
+    image = make_image(tmp_path / "a.png")
+
+    result = run("classify", random_checkpoint, image, "--json", "--precision", precision)
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["precision"] == precision
+
+
+def test_fp16_on_a_cpu_is_a_plain_error(random_checkpoint, tmp_path, make_image):
+    image = make_image(tmp_path / "a.png")
+
+    result = run("classify", random_checkpoint, image, "--device", "cpu", "--precision", "fp16")
+
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "error: precision fp16 runs on CUDA only; use bf16 or fp32 on a CPU"
+    )
+
+
 def test_classify_with_a_missing_model_fails_with_an_error_line(tmp_path, photo_and_junk):
     good, _ = photo_and_junk
 
@@ -215,6 +238,7 @@ def test_evaluate_prints_a_summary_and_writes_the_report(
         assert f"skipped {path}: " in result.output
     assert f"report: {report} and {report.with_suffix('.png')}" in result.output
     assert json.loads(report.read_text())["n_images"] == 4
+    assert json.loads(report.read_text())["precision"] in ("fp32", "bf16")
     assert report.with_suffix(".png").is_file()
 
 

@@ -68,3 +68,11 @@ def test_retries_double_and_the_visibility_timeout_must_outlast_the_longest(monk
     assert "REFUND_SORTER_VISIBILITY_TIMEOUT: Value error, must be at least 2702 s" in result.output
     monkeypatch.setenv("REFUND_SORTER_VISIBILITY_TIMEOUT", "2702")
     assert Settings().visibility_timeout == 2702
+
+
+def test_pytorch_threads_share_the_cores_out_among_pool_processes(monkeypatch):
+    from worker.pipeline import torch_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert [torch_threads(Settings(), n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    assert torch_threads(Settings(torch_threads=3), 2) == 3  # a set value wins

@@ -1,6 +1,7 @@
 """Classifying a batch and persisting it: the one code path behind workers and local mode."""
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,15 +50,21 @@ class BatchOutcome:
         return self._count(REFUSED)
 
 
-def load_classifier(settings: Settings):
-    """The model for this process, with the configured number of PyTorch threads."""
+def torch_threads(settings: Settings, processes: int = 1) -> int:
+    """PyTorch threads for each of ``processes`` classifying processes on this machine:
+    REFUND_SORTER_TORCH_THREADS when set, else the cores shared out, so that a default
+    worker (one pool process per core) does not run more threads than there are cores."""
+    return settings.torch_threads or max(1, (os.cpu_count() or 1) // max(1, processes))
+
+
+def load_classifier(settings: Settings, processes: int = 1):
+    """The model for this process, with its share of the machine's cores."""
     import torch
 
     from classifier.predict import Classifier
 
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    return Classifier.from_path(settings.model_path, settings.device)
+    torch.set_num_threads(torch_threads(settings, processes))
+    return Classifier.from_path(settings.model_path, settings.device, settings.precision)
 
 
 class Unusable(NamedTuple):

@@ -30,7 +30,7 @@ from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.files import settle
 from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK, WorkItem
-from worker.pipeline import IGNORED, REFUSED, load_classifier, process_batch
+from worker.pipeline import IGNORED, REFUSED, load_classifier, process_batch, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,19 @@ class ClassifierTask(Batches):
     def classifier(self):
         if self._classifier is None:
             try:
-                type(self)._classifier = load_classifier(self.app.settings)
+                processes = _worker.get("processes", 1)
+                type(self)._classifier = load_classifier(self.app.settings, processes)
             except Exception as exc:
                 raise ModelUnavailable(
                     f"cannot load the model {self.app.settings.model_path}: {exc}"
                 ) from exc
-            log.info("loaded model %s on %s", self._classifier.version, self._classifier.device)
+            log.info(
+                "loaded model %s on %s in %s with %d PyTorch threads",
+                self._classifier.version,
+                self._classifier.device,
+                self._classifier.precision,
+                torch_threads(self.app.settings, _worker.get("processes", 1)),
+            )
         return self._classifier
 
     def classifier_for(self, items: list[WorkItem]):
@@ -202,6 +209,10 @@ _stopping = threading.Event()
 @signals.worker_init.connect
 def _remember_worker(sender, **_) -> None:
     _worker["hostname"] = sender.hostname
+    # How many batches run at once, to share the cores out: one per pool process (prefork)
+    # or thread (threads pool); the solo pool runs one whatever --concurrency says.
+    solo = "solo" in str(sender.pool_cls).lower()
+    _worker["processes"] = 1 if solo else sender.concurrency
     _worker["takes_images"] = CLASSIFY_QUEUE in sender.app.amqp.queues.consume_from
 
 

@@ -5,8 +5,15 @@ import pytest
 import torch
 from PIL import Image
 
+from classifier import predict
 from classifier.checkpoint import load_checkpoint
-from classifier.predict import Classifier, decide, joint_probabilities, resolve_device
+from classifier.predict import (
+    Classifier,
+    decide,
+    joint_probabilities,
+    resolve_device,
+    resolve_precision,
+)
 from refund_sorter.errors import UserError
 
 
@@ -128,3 +135,27 @@ def test_asking_for_cuda_without_a_gpu_is_a_user_error():
     with pytest.raises(UserError, match="no CUDA GPU"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_auto_precision_uses_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(predict, "native_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(predict, "native_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+    assert [resolve_precision(p, cpu) for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+    with pytest.raises(UserError, match="fp16 runs on CUDA only"):
+        resolve_precision("fp16", cpu)
+
+
+def test_each_cpu_precision_classifies_and_agrees_with_fp32(random_checkpoint):
+    rng = np.random.default_rng(4)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(8)]
+    by_precision = {}
+    for precision in ("fp32", "bf16"):
+        clf = Classifier.from_path(random_checkpoint, device="cpu", precision=precision)
+        assert clf.precision == precision
+        by_precision[precision] = clf.predict_images(images)
+    for fp32, bf16 in zip(by_precision["fp32"], by_precision["bf16"], strict=True):
+        assert abs(fp32.sub_confidence - bf16.sub_confidence) < 0.05

@@ -426,13 +426,20 @@ class ServiceProcess:
 
 
 class WorkerProcess(ServiceProcess):
-    """``celery -A worker worker`` with one prefork process (both queues unless told)."""
+    """``celery -A worker worker`` with prefork processes, one unless told (both queues unless
+    told)."""
 
     def __init__(
-        self, name: str, env: dict[str, str], log_path: Path, queues: str | None = None
+        self,
+        name: str,
+        env: dict[str, str],
+        log_path: Path,
+        queues: str | None = None,
+        processes: int = 1,
     ) -> None:
-        argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--concurrency", "1"]
-        argv += ["--pool", "prefork", "-n", name, "--loglevel", "INFO"]
+        argv = [sys.executable, "-m", "celery", "-A", "worker", "worker"]
+        argv += ["--concurrency", str(processes), "--pool", "prefork", "-n", name]
+        argv += ["--loglevel", "INFO"]
         super().__init__(name, argv + (["-Q", queues] if queues else []), env, log_path)
 
 

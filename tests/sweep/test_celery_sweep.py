@@ -7,6 +7,7 @@ production) and are stopped, with their logs printed when a test failed, at the 
 
 import base64
 import json
+import os
 import re
 import socket
 import subprocess
@@ -207,3 +208,18 @@ def test_flower_shows_the_workers_and_their_tasks_behind_basic_auth(
         flower.terminate()
         flower.wait(timeout=20)
         log.close()
+
+
+def test_a_default_worker_shares_the_cores_out_among_its_pool_processes(settings, tmp_path):
+    """Unless REFUND_SORTER_TORCH_THREADS is set, each of N pool processes gets cores / N
+    PyTorch threads (at least one): a default worker never runs more threads than cores."""
+    env = service_env(settings.model_copy(update={"torch_threads": 0}))
+    worker = WorkerProcess("w3@refund-sorter-test", env, tmp_path / "w3.log", processes=2)
+    try:
+        deadline = time.monotonic() + 90
+        while worker.log().count("loaded model") < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        expected = f"with {max(1, os.cpu_count() // 2)} PyTorch threads"
+        assert worker.log().count(expected) == 2, worker.describe()
+    finally:
+        worker.stop()
