@@ -34,14 +34,19 @@ def test_environment_overrides_and_home_moves_the_rest(monkeypatch, tmp_path):
     assert s.batch_size == 128
 
 
+def runs_with_fresh_settings():
+    """``refund-sorter runs`` reading the settings from the environment as it is now."""
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(main, ["runs"])
+    finally:
+        get_settings.cache_clear()
+
+
 def test_a_bad_setting_is_a_plain_error(monkeypatch):
     monkeypatch.setenv("REFUND_SORTER_BATCH_SIZE", "lots")
     monkeypatch.setenv("REFUND_SORTER_REVIEW_THRESHOLD", "2")
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(main, ["runs"])
-    finally:
-        get_settings.cache_clear()
+    result = runs_with_fresh_settings()
     assert result.exit_code == 1
     assert "error: invalid setting: REFUND_SORTER_BATCH_SIZE" in result.output
     assert "REFUND_SORTER_REVIEW_THRESHOLD" in result.output
@@ -59,11 +64,7 @@ def test_retries_double_and_the_visibility_timeout_must_outlast_the_longest(monk
     # Longer retries need a longer visibility timeout, or Redis would hand a retry that a
     # worker holds until it is due to another worker meanwhile.
     monkeypatch.setenv("REFUND_SORTER_RETRY_DELAY", "300")  # the last countdown is 2,400 s
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(main, ["runs"])
-    finally:
-        get_settings.cache_clear()
+    result = runs_with_fresh_settings()
     assert result.exit_code == 1
     assert "REFUND_SORTER_VISIBILITY_TIMEOUT: Value error, must be at least 2702 s" in result.output
     monkeypatch.setenv("REFUND_SORTER_VISIBILITY_TIMEOUT", "2702")

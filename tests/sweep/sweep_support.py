@@ -224,6 +224,18 @@ def count_predictions(settings: Settings) -> int:
         return session.scalar(select(func.count()).select_from(Prediction))
 
 
+def local_sweep(settings: Settings, classifier) -> SweepRun:
+    """A sweep whose work items are classified in this process, in one batch."""
+    from producer.sweep import run_sweep
+    from worker.pipeline import process_batch
+
+    items = []
+    run = run_sweep(settings, dispatch=items.extend, trigger="local").run
+    if items:
+        process_batch(items, classifier, settings)
+    return get_run(settings, run.id)
+
+
 def wait_for_run(
     settings: Settings,
     run_id: int,

@@ -13,6 +13,7 @@ from sweep_support import (
     all_predictions,
     files_under,
     get_run,
+    local_sweep,
     read_csv,
     save_random_model,
     sweep_csv,
@@ -22,14 +23,6 @@ from producer.sweep import run_sweep
 from refund_sorter.db import upgrade
 from refund_sorter.messages import WorkItem
 from worker.pipeline import process_batch
-
-
-def local_sweep(settings, classifier):
-    items: list[WorkItem] = []
-    run = run_sweep(settings, dispatch=items.extend, trigger="local").run
-    if items:
-        process_batch(items, classifier, settings)
-    return get_run(settings, run.id)
 
 
 def test_every_unreadable_upload_keeps_its_own_row(make_settings, classifier):

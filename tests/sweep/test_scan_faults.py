@@ -32,8 +32,8 @@ from sweep_support import (
     build_settings,
     check_csv_matches,
     files_under,
-    get_run,
     image_bytes,
+    local_sweep,
     service_env,
     sha256,
     sweep_csv,
@@ -43,18 +43,8 @@ import producer.scan
 import refund_sorter.files
 from producer.scan import UNREADABLE_PREFIX
 from producer.sweep import run_sweep
-from refund_sorter.messages import WorkItem
-from worker.pipeline import process_batch
 
 pytestmark = pytest.mark.services
-
-
-def local_sweep(settings, classifier):
-    items: list[WorkItem] = []
-    run = run_sweep(settings, dispatch=items.extend, trigger="local").run
-    if items:
-        process_batch(items, classifier, settings)
-    return get_run(settings, run.id)
 
 
 def after_listing(monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> None:
