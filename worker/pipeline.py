@@ -26,7 +26,7 @@ REFUSED = "refused"
 
 @dataclass
 class BatchOutcome:
-    # ItemStatus.OK, ItemStatus.FAILED or IGNORED, for each item of the batch
+    # ItemStatus.OK, ItemStatus.FAILED, IGNORED or REFUSED, for each item of the batch
     statuses: list[tuple[WorkItem, str]] = field(default_factory=list)
     finished_sweeps: tuple[int, ...] = ()
 
