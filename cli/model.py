@@ -151,10 +151,12 @@ def classify(model, images, as_json, device, precision) -> None:
         rows.append({"file": str(path), "status": "ok", **vars(pred)})
     rows.sort(key=lambda r: images.index(Path(r["file"])))
     if as_json:
-        click.echo(json.dumps(
+        click.echo(
+            json.dumps(
                 {"model_version": clf.version, "precision": clf.precision, "predictions": rows},
                 indent=2,
-            ))
+            )
+        )
     else:
         width = max(len(r["file"]) for r in rows)
         for r in rows:
