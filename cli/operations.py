@@ -1,7 +1,7 @@
 """Operations commands: sweep, runs, export, db upgrade and flower, for the operators.
 
-Celery, the producer and the workers are imported inside ``sweep``, the only command that
-needs them.
+Celery, the producer and the workers are imported inside the commands that drive them
+(``sweep`` and ``flower``), so ``runs``, ``export`` and ``db`` start without them.
 """
 
 import os
