@@ -35,6 +35,8 @@ class Checkpoint:
     std: tuple[float, ...]
     meta: dict
     version: str = ""
+    # Static int8 calibration (classifier.quantize): activation ranges, agreement with fp32.
+    int8: dict | None = None
 
     def to_payload(self) -> dict:
         return {
@@ -49,6 +51,7 @@ class Checkpoint:
             "mean": list(self.mean),
             "std": list(self.std),
             "meta": self.meta,
+            "int8": self.int8,
         }
 
 
@@ -101,4 +104,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
         std=tuple(payload["std"]),
         meta=payload["meta"],
         version=model_version(path),
+        int8=payload.get("int8"),
     )

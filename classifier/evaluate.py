@@ -1,7 +1,9 @@
 """Evaluation with the deterministic eval preprocessing: accuracy per level, per-class
-precision and recall, both confusion matrices (JSON), and a PNG of the matrices."""
+precision and recall, both confusion matrices (JSON), a PNG of the matrices, and each
+precision mode's accuracy, agreement with fp32 and speed."""
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -45,11 +47,7 @@ def evaluate(
     tax = clf.taxonomy
     files, unknown = relabel(read_layout(data_dir, mapping, min_subs=1), tax)
     data = load_images(files, clf.preset, clf.checkpoint.image_size, "decoding images")
-    sub_pred, main_pred = [], []
-    for start in range(0, len(data.labels), batch_size):
-        for p in clf.predict_tensors(data.images[start : start + batch_size]):
-            sub_pred.append(tax.index_of(p.main, p.sub))
-            main_pred.append(tax.main.index(p.main))
+    main_pred, sub_pred = predict_all(clf, data.images, batch_size)
     sub_true = data.labels.tolist()
     main_true = [tax.sub_to_main[s] for s in sub_true]
     sub_labels = [f"{tax.main[m]}/{s}" for s, m in zip(tax.sub, tax.sub_to_main, strict=True)]
@@ -80,12 +78,54 @@ def evaluate(
         "device": str(clf.device),
         "precision": clf.precision,
         "torch_threads": torch.get_num_threads(),
+        "modes": compare_modes(clf, data.images, main_true, sub_true, batch_size),
     }
     report_path = Path(report_path)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2))
     plot_confusion(report, report_path.with_suffix(".png"))
     return report
+
+
+def predict_all(clf: Classifier, images: torch.Tensor, batch_size: int):
+    """(main indices, sub indices) that ``clf`` reports for uint8 ``images``."""
+    tax = clf.taxonomy
+    main_pred, sub_pred = [], []
+    for start in range(0, len(images), batch_size):
+        for p in clf.predict_tensors(images[start : start + batch_size]):
+            sub_pred.append(tax.index_of(p.main, p.sub))
+            main_pred.append(tax.main.index(p.main))
+    return main_pred, sub_pred
+
+
+def _share(a: list[int], b: list[int]) -> float:
+    return sum(x == y for x, y in zip(a, b, strict=True)) / len(a) if a else 0.0
+
+
+def compare_modes(
+    clf: Classifier, images: torch.Tensor, main_true, sub_true, batch_size: int
+) -> dict:
+    """Accuracy, top-1 agreement with fp32 and speed of every precision this device runs
+    for this model (int8 only when the model carries an int8 calibration)."""
+    cpu = clf.device.type == "cpu"
+    modes = ["fp32", "bf16"] + (["int8"] if cpu and clf.checkpoint.int8 else [])
+    modes += [] if cpu else ["fp16"]
+    out, reference = {}, None
+    for mode in modes:
+        model = Classifier(clf.checkpoint, str(clf.device), mode)
+        predict_all(model, images[:batch_size], batch_size)  # warm-up
+        start = time.perf_counter()
+        main_pred, sub_pred = predict_all(model, images, batch_size)
+        seconds = time.perf_counter() - start
+        reference = reference or (main_pred, sub_pred)
+        out[mode] = {
+            "main_accuracy": _share(main_pred, main_true),
+            "sub_accuracy": _share(sub_pred, sub_true),
+            "main_agreement": _share(main_pred, reference[0]),
+            "sub_agreement": _share(sub_pred, reference[1]),
+            "images_per_second": len(images) / seconds if seconds else 0.0,
+        }
+    return out
 
 
 def plot_confusion(report: dict, path: Path) -> None:

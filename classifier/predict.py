@@ -59,7 +59,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def native_bf16() -> bool:
@@ -72,22 +72,37 @@ def native_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: fp16 on CUDA; on CPU bf16 where it is native (about 2x fp32 with
+def resolve_precision(precision: str, device: torch.device, int8: dict | None = None) -> str:
+    """``auto``: fp16 on CUDA; on CPU int8 when the model's int8 calibration (``int8``)
+    passed the agreement rule, else bf16 where it is native (about 2x fp32 with
     channels_last there), else fp32."""
+    from classifier.quantize import passes
+
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
-        raise UserError("precision fp16 runs on CUDA only; use bf16 or fp32 on a CPU")
+        raise UserError("precision fp16 runs on CUDA only; use int8, bf16 or fp32 on a CPU")
+    if precision == "int8" and device.type != "cpu":
+        raise UserError("precision int8 runs on CPU only; use fp16 or bf16 on a GPU")
+    if precision == "int8" and not int8:
+        raise UserError(
+            "this model has no int8 calibration; make one with: refund-sorter quantize "
+            "MODEL TRAINING_DIR --out MODEL_INT8"
+        )
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "fp16"
+    if passes(int8):
+        return "int8"
     return "bf16" if native_bf16() else "fp32"
 
 
 def autocast(device: torch.device, precision: str = "auto"):
-    """The mixed-precision context for ``precision`` on ``device`` (nothing for fp32)."""
+    """The mixed-precision context for ``precision`` on ``device`` (nothing for fp32, nor
+    for int8, whose network holds its own types)."""
+    if precision in ("fp32", "int8"):
+        return contextlib.nullcontext()
     precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -140,10 +155,15 @@ class Classifier:
         self.taxonomy: Taxonomy = checkpoint.taxonomy
         self.version = checkpoint.version
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_precision(precision, self.device, checkpoint.int8)
         self.preset = EvalPreset(checkpoint.image_size)
         self.net = build_network(checkpoint).eval().to(self.device)
-        self.net = self.net.to(memory_format=torch.channels_last)
+        if self.precision == "int8":
+            from classifier.quantize import int8_network
+
+            self.net = int8_network(self.net, checkpoint.int8["ranges"], checkpoint.image_size)
+        else:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.sub_to_main = torch.tensor(self.taxonomy.sub_to_main, device=self.device)
 
     @classmethod

@@ -1,5 +1,5 @@
 """The ``refund-sorter`` command line, by audience: ``cli.model`` for whoever trains and
-checks the model (train, evaluate, classify), ``cli.operations`` for the operators (sweep,
+checks the model (train, evaluate, quantize, classify), ``cli.operations`` for the operators (sweep,
 runs, export, db upgrade, flower).
 
 It sits above the roles it drives (producer, worker, classifier), so the shared core in
@@ -21,6 +21,7 @@ def main() -> None:
 for command in (
     model.train,
     model.evaluate,
+    model.quantize,
     model.classify,
     operations.sweep,
     operations.runs,

@@ -18,10 +18,11 @@ device_option = click.option(
 )
 precision_option = click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
     default="auto",
     show_default=True,
-    help="auto: fp16 on CUDA; bf16 on a CPU that computes it natively, else fp32.",
+    help="auto: fp16 on CUDA; on a CPU int8 when the model's int8 calibration agrees with "
+    "fp32 on 99% of photos, else bf16 where the CPU computes it natively, else fp32.",
 )
 mapping_option = click.option(
     "--mapping",

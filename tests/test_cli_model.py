@@ -180,7 +180,7 @@ def test_fp16_on_a_cpu_is_a_plain_error(random_checkpoint, tmp_path, make_image)
 
     assert result.exit_code == 1
     assert result.output.strip() == (
-        "error: precision fp16 runs on CUDA only; use bf16 or fp32 on a CPU"
+        "error: precision fp16 runs on CUDA only; use int8, bf16 or fp32 on a CPU"
     )
 
 
