@@ -65,12 +65,14 @@ class SorterCelery(Celery):
             # its unacked messages go back to the queue. The SQL rows make a redelivery harmless.
             task_acks_late=True,
             task_reject_on_worker_lost=True,
-            # Batching needs the messages in hand: a worker may hold one full batch per process
-            # (prefetch = batch size x processes) instead of Celery's default of four messages.
-            worker_prefetch_multiplier=settings.batch_size,
+            # Batching needs the messages in hand: a worker may hold two full batches per
+            # process (prefetch = 2 x batch size x processes) instead of Celery's default of
+            # four messages, so that the next batch is ready when a process finishes one
+            # rather than fetched message by message while that process waits.
+            worker_prefetch_multiplier=2 * settings.batch_size,
             # Redis re-delivers a message left unacked this long, taking its worker for lost. So
             # it must outlast the longest a live worker holds one: the wait to fill a batch, the
-            # batch ahead and its own (prefetch = batch size x processes, one batch per process)
+            # batches ahead and its own (prefetch = two batches per process)
             # and, for a retry, its countdown, since Redis has no delayed delivery and the worker
             # holds a countdown message unacked until it is due. Settings checks that bound
             # (REFUND_SORTER_VISIBILITY_TIMEOUT). A lost worker's messages need not wait for it:
