@@ -346,6 +346,8 @@ def record_results(session: Session, results: list[ItemResult]) -> tuple[set[str
                 classified_at=now,
             )
             .returning(Prediction.sweep_run_id)
+            # Nothing in this session holds these rows: skip the ORM's search for them.
+            .execution_options(synchronize_session=False)
         )
         if sweep_id is None:
             continue
