@@ -259,11 +259,15 @@ def _cancel_classify_consumer() -> None:
 
 def report_to_flower(name: str, requests, outcome, runtime: float) -> None:
     """Send each image's task events: batched tasks skip Celery's own per-task events, and
-    without them Flower would list the workers but none of their tasks."""
+    without them Flower would list the workers but none of their tasks. A batch's events go
+    out as one message (a list, which Celery's event receivers accept), not three per image.
+    """
     if not app.conf.worker_send_task_events or not requests:
         return
     status_of = {item: status for item, status in outcome.statuses}
     with app.events.default_dispatcher(hostname=requests[0].hostname) as events:
+        events.buffer_group = frozenset({"task"})
+        events.buffer_limit = 3 * len(requests) + 1  # flushed below, once
         for request in requests:
             try:
                 status = status_of.get(WorkItem.from_args(request.args), IGNORED)
@@ -280,9 +284,5 @@ def report_to_flower(name: str, requests, outcome, runtime: float) -> None:
                 **fields,
             )
             events.send("task-started", **fields)
-            events.send(
-                "task-succeeded",
-                result=repr(status),
-                runtime=runtime,
-                **fields,
-            )
+            events.send("task-succeeded", result=repr(status), runtime=runtime, **fields)
+        events.flush()
