@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -211,30 +211,45 @@ def record_scan(
     its files are moved.
     """
     now = utcnow()
-    for f in unreadable:
-        session.add(
-            Prediction(
-                content_hash=f.content_hash,
-                model_version=model_version,
-                sweep_run_id=sweep_id,
-                status=ItemStatus.FAILED,
-                file_name=f.path.name,
-                original_path=str(f.path),
-                final_path=str(f.final_path) if f.final_path else None,
-                error=f.error,
-                created_at=now,
-                classified_at=now,
-            )
-        )
+    # New rows go in as plain dicts, many per statement: ORM objects for a night of 100,000
+    # photos would sit in the session's identity map until the commit.
+    rows = [
+        {
+            "content_hash": f.content_hash,
+            "model_version": model_version,
+            "sweep_run_id": sweep_id,
+            "status": ItemStatus.FAILED,
+            "file_name": f.path.name,
+            "original_path": str(f.path),
+            "final_path": str(f.final_path) if f.final_path else None,
+            "error": f.error,
+            "created_at": now,
+            "classified_at": now,
+        }
+        for f in unreadable
+    ]
     for f in queue:
         row = live.get(f.content_hash)
         if row is None:  # a new image, or a retry of one that failed
-            row = Prediction(
-                content_hash=f.content_hash, model_version=model_version, status=ItemStatus.QUEUED
+            rows.append(
+                {
+                    "content_hash": f.content_hash,
+                    "model_version": model_version,
+                    "sweep_run_id": sweep_id,
+                    "status": ItemStatus.QUEUED,
+                    "file_name": f.path.name,
+                    "original_path": str(f.path),
+                    "final_path": None,
+                    "error": None,
+                    "created_at": now,
+                    "classified_at": None,
+                }
             )
-            session.add(row)
-        row.sweep_run_id, row.created_at = sweep_id, now
-        row.file_name, row.original_path = f.path.name, str(f.path)
+        else:  # left queued by an abandoned sweep: taken over
+            row.sweep_run_id, row.created_at = sweep_id, now
+            row.file_name, row.original_path = f.path.name, str(f.path)
+    if rows:
+        session.execute(insert(Prediction), rows)
     run = session.get(SweepRun, sweep_id)
     run.found, run.enqueued, run.failed, run.skipped = found, len(queue), len(unreadable), skipped
     run.pending = len(queue)
