@@ -6,6 +6,7 @@ Tables are created and changed only by the Alembic migrations in ``migrations/``
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     DateTime,
@@ -116,6 +117,9 @@ class Prediction(Base):
     sub_category: Mapped[str | None] = mapped_column(String(128))
     sub_confidence: Mapped[float | None] = mapped_column(Float)
     needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The model's best sub categories, best first: [{"main": ..., "sub": ..., "p": ...}, ...]
+    # (the first is the decision): what the review desk offers besides the decision.
+    top_subs: Mapped[list[dict] | None] = mapped_column(JSON(none_as_null=True))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     classified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

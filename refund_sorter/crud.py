@@ -300,6 +300,7 @@ class ItemResult:
     sub_confidence: float | None = None
     needs_review: bool = False
     error: str | None = None
+    top_subs: tuple[tuple[str, str, float], ...] = ()  # (main, sub, probability), best first
 
 
 def record_failures(
@@ -342,6 +343,8 @@ def record_results(session: Session, results: list[ItemResult]) -> tuple[set[str
                 sub_category=r.sub_category,
                 sub_confidence=r.sub_confidence,
                 needs_review=r.needs_review,
+                top_subs=[{"main": m, "sub": s, "p": round(p, 4)} for m, s, p in r.top_subs]
+                or None,
                 error=r.error,
                 classified_at=now,
             )

@@ -177,6 +177,7 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
                     p.sub,
                     p.sub_confidence,
                     needs_review=p.sub_confidence < settings.review_threshold,
+                    top_subs=p.top_subs,
                 )
             )
         if dest is not None:

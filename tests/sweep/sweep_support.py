@@ -303,12 +303,18 @@ def check_finished_sweep(
         assert sub_index is not None, f"{p.sub_category} is not under {p.main_category}"
         assert 0 < p.sub_confidence <= p.main_confidence <= 1 + 1e-6
         assert p.needs_review == (p.sub_confidence < settings.review_threshold)
+        # The next best sub categories the review desk offers, the decision first.
+        assert len(p.top_subs) == 3, p.top_subs
+        assert (p.top_subs[0]["main"], p.top_subs[0]["sub"]) == (p.main_category, p.sub_category)
+        assert abs(p.top_subs[0]["p"] - p.sub_confidence) <= 1e-4
+        assert all(taxonomy.index_of(t["main"], t["sub"]) is not None for t in p.top_subs)
         assert utc(p.classified_at) >= utc(run.started_at)
     for rel, (content_hash, error) in incoming.unreadable.items():
         p = by_hash[content_hash]
         assert p.status == ItemStatus.FAILED
         assert error in p.error, (rel, p.error)
         assert p.main_category is None and p.sub_category is None and not p.needs_review
+        assert p.top_subs is None
         assert Path(p.final_path) == settings.failed_dir.absolute() / rel
         assert failed[rel] == content_hash
     # ... and nowhere else: no second copy under another name.
