@@ -101,6 +101,12 @@ class Settings(BaseSettings):
                     raise ValueError("expected user:password[,user:password...]")
         return value
 
+    file_by_category: bool = Field(
+        False,
+        description="File classified photos under processed/<main>/<sub>/ instead of "
+        "incoming/'s folders.",
+    )
+
     @model_validator(mode="after")
     def _fill_from_home(self) -> "Settings":
         if not self.database_url:

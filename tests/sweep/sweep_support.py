@@ -388,6 +388,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         REFUND_SORTER_RETRY_DELAY=str(settings.retry_delay),
         REFUND_SORTER_RETRY_LIMIT=str(settings.retry_limit),
         REFUND_SORTER_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
+        REFUND_SORTER_FILE_BY_CATEGORY=str(settings.file_by_category).lower(),
     )
     return env
 
