@@ -15,20 +15,25 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import psycopg
+import pytest
 import redis
 from PIL import Image
 from sqlalchemy import func, select
 
 from models import ItemStatus, Prediction, SweepRun, SweepStatus
-from refund_sorter.config import Settings
+from refund_sorter.config import Settings, get_settings
 from refund_sorter.crud import as_utc
-from refund_sorter.db import session_factory
+from refund_sorter.db import dispose, session_factory, upgrade
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NESTED = Path("dock-3") / "2024-03-01"  # incoming/ holds subfolders as well as files
@@ -202,6 +207,43 @@ def build_settings(
 
 
 # ------------------------------------------------------------------------------ the database
+
+PG_HOST, PG_PORT, PG_USER, PG_ADMIN_DB = "127.0.0.1", 5432, "postgres", "test"
+
+
+def _admin() -> psycopg.Connection:
+    try:
+        return psycopg.connect(
+            host=PG_HOST,
+            port=PG_PORT,
+            user=PG_USER,
+            dbname=PG_ADMIN_DB,
+            autocommit=True,
+            connect_timeout=5,
+        )
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} as {PG_USER} "
+            f"(database {PG_ADMIN_DB}); these tests need it running: {exc}",
+            pytrace=False,
+        )
+
+
+@contextmanager
+def postgres_database(migrate: bool = True) -> Iterator[str]:
+    """A new, empty database (migrated unless told otherwise), dropped afterwards."""
+    name = f"rs_test_{uuid.uuid4().hex[:12]}"
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    try:
+        if migrate:
+            upgrade(url)
+        yield url
+    finally:
+        dispose(url)
+        with _admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def get_run(settings: Settings, run_id: int) -> SweepRun:
@@ -389,8 +431,22 @@ def service_env(settings: Settings) -> dict[str, str]:
         REFUND_SORTER_RETRY_LIMIT=str(settings.retry_limit),
         REFUND_SORTER_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
         REFUND_SORTER_FILE_BY_CATEGORY=str(settings.file_by_category).lower(),
+        REFUND_SORTER_ENVIRONMENT=settings.environment,
     )
+    for name in ("reviewers", "review_secret_key"):
+        if (secret := getattr(settings, name)) is not None:
+            env[f"REFUND_SORTER_{name.upper()}"] = secret.get_secret_value()
     return env
+
+
+def use_in_this_process(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point ``get_settings()`` (what the CLI reads) at ``settings`` via REFUND_SORTER_*."""
+    for key in [k for k in os.environ if k.startswith("REFUND_SORTER_")]:
+        monkeypatch.delenv(key)
+    for key, value in service_env(settings).items():
+        if key.startswith("REFUND_SORTER_"):
+            monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
 
 
 class ServiceProcess:
