@@ -1,15 +1,17 @@
-"""Review commands: the review desk's server, and the password hashes its reviewers log in
-with.
+"""Review commands: the review desk's server (and the password hashes its reviewers log in
+with), and the export of reviewed photos into a training folder.
 
 FastAPI and uvicorn are imported inside ``review-server``, so the other commands start
 without them. Nothing here imports PyTorch.
 """
 
+from pathlib import Path
+
 import click
 
 from cli.common import friendly, listen_options
 from refund_sorter.config import get_settings
-from refund_sorter.db import check_schema
+from refund_sorter.db import check_schema, session_factory
 from refund_sorter.errors import UserError
 from refund_sorter.passwords import hash_password
 
@@ -54,3 +56,42 @@ def hash_password_command() -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise UserError(f"choose a password of {MIN_PASSWORD_LENGTH} characters or more")
     click.echo(hash_password(password))
+
+
+@click.command("export-training-set")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="Only photos whose latest review was on or after this day (UTC).",
+)
+@friendly
+def export_training_set(out_dir: Path, since) -> None:
+    """Copy the reviewed photos into OUT_DIR/<main>/<sub>/, under their latest answer.
+
+    That is the layout `refund-sorter train` reads. A photo whose file is gone is reported,
+    not fatal; one already exported is not copied again, and one whose answer changed is
+    moved to its new folder.
+    """
+    from review.training_set import export_training_set as export
+    from review.training_set import reviewed_photos
+
+    settings = get_settings()
+    check_schema(settings.database_url)
+    with session_factory(settings.database_url)() as session:
+        photos = reviewed_photos(session, since.date() if since else None)
+    try:
+        report = export(photos, out_dir, progress=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
+    click.echo(
+        f"{len(photos)} reviewed photos: {report.total} copied into {out_dir} "
+        f"({report.moved} of them moved to a new category), {report.already_there} already "
+        f"there, {len(report.missing)} missing"
+    )
+    for category, n in sorted(report.copied.items()):
+        click.echo(f"  {category:<32} {n:>6}")
+    for path, why in report.missing[:20]:
+        click.echo(f"  missing {path}: {why}")
+    if len(report.missing) > 20:
+        click.echo(f"  ... and {len(report.missing) - 20} more")
