@@ -55,7 +55,11 @@ def test_the_page_shows_the_prediction_and_the_next_best_guesses(nights):
     for key, other in enumerate(others, start=2):
         assert re.search(rf'data-key="{key}"\s+value="{other["main"]}/{other["sub"]}"', page), other
     # Every category of the model can be chosen, and nothing else.
-    options = re.findall(r'<option value="([^"]+/[^"]+)">', page)
+    other = page[page.index('class="other"') :]
+    other = other[: other.index("</form>")]
+    options = re.findall(r'<option value="([^"]+)"', other)
+    predicted = f"{photo.main_category}/{photo.sub_category}"
+    assert re.search(rf'<option value="{predicted}"\s+selected>', other)  # preselected
     assert sorted(options) == sorted(
         [
             "bottoms/jeans",
