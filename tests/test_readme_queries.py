@@ -147,33 +147,21 @@ def seeded(pg_url):
         )
         s.flush()
         by_name = {p.file_name: p.id for p in s.query(Prediction).filter_by(sweep_run_id=1)}
-        at = lambda hour: datetime(2026, 11, 22, hour, 0, tzinfo=UTC)  # noqa: E731
-        s.add_all(
-            [
+        # b.jpg is decided twice: the newest answer counts.
+        for name, reviewer, sub, hour in (
+            ("b.jpg", "anna", "pants", 9),
+            ("c.jpg", "anna", "skirt", 10),
+            ("b.jpg", "ben", "shorts", 11),
+        ):
+            s.add(
                 Review(
-                    prediction_id=by_name["b.jpg"],
-                    reviewer="anna",
+                    prediction_id=by_name[name],
+                    reviewer=reviewer,
                     main_category="bottomwear",
-                    sub_category="pants",
-                    reviewed_at=at(9),
-                ),
-                Review(
-                    prediction_id=by_name["c.jpg"],
-                    reviewer="anna",
-                    main_category="bottomwear",
-                    sub_category="skirt",
-                    reviewed_at=at(10),
-                ),
-                # b.jpg decided again: the newest answer counts.
-                Review(
-                    prediction_id=by_name["b.jpg"],
-                    reviewer="ben",
-                    main_category="bottomwear",
-                    sub_category="shorts",
-                    reviewed_at=at(11),
-                ),
-            ]
-        )
+                    sub_category=sub,
+                    reviewed_at=datetime(2026, 11, 22, hour, 0, tzinfo=UTC),
+                )
+            )
     return pg_url
 
 
