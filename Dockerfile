@@ -1,6 +1,6 @@
 # Two images from one file:
-#   base   - producer, beat, Flower, migrations: no PyTorch, starts in a second
-#   worker - base + PyTorch and the shipped model, classifies batches
+#   base   - producer, beat, Flower, migrations, the review desk: no PyTorch, starts in a second
+#   worker - base + PyTorch, classifies batches with the shipped model
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
@@ -10,9 +10,13 @@ COPY cli ./cli
 COPY classifier ./classifier
 COPY worker ./worker
 COPY producer ./producer
+COPY review ./review
 COPY models ./models
 COPY migrations ./migrations
 RUN pip install -c constraints.txt .
+# The producer versions the model file and the review desk reads its categories; neither
+# needs PyTorch to do so.
+COPY assets/model ./assets/model
 RUN useradd --create-home sorter && mkdir -p /data && chown sorter /data
 USER sorter
 
@@ -22,5 +26,4 @@ USER root
 # for a CUDA image.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install -c constraints.txt --extra-index-url "${TORCH_INDEX}" ".[ml]"
-COPY assets/model ./assets/model
 USER sorter

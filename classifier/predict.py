@@ -29,6 +29,13 @@ class Classification:
     main_confidence: float
     sub: str
     sub_confidence: float
+    # The best sub categories by joint probability, best first: (main, sub, probability).
+    # The first is the decision itself; the others are what a reviewer is offered next.
+    top_subs: tuple[tuple[str, str, float], ...] = ()
+
+
+# How many of the best sub categories each Classification carries.
+TOP_SUBS = 3
 
 
 def joint_probabilities(
@@ -127,11 +134,25 @@ def forward_decide(
     Inference and training's validation both decide through here, so the accuracy measured
     while training is the accuracy the workers get.
     """
+    joint = forward_joint(net, batch, mean, std, sub_to_main, device, precision)
+    return decide(joint, sub_to_main, n_main)
+
+
+@torch.inference_mode()
+def forward_joint(
+    net: DualHeadNet,
+    batch: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    sub_to_main: torch.Tensor,
+    device: torch.device,
+    precision: str = "auto",
+) -> torch.Tensor:
+    """The forward pass behind ``forward_decide``: (B, n_sub) joint probabilities."""
     x = normalize(batch.to(device), mean, std, channels_last=True)
     with autocast(device, precision):
         main_logits, sub_logits = net(x)
-    joint = joint_probabilities(main_logits, sub_logits, sub_to_main)
-    return decide(joint, sub_to_main, n_main)
+    return joint_probabilities(main_logits, sub_logits, sub_to_main)
 
 
 def build_network(checkpoint: Checkpoint) -> DualHeadNet:
@@ -174,26 +195,41 @@ class Classifier:
         """Classify uint8 images already prepared by ``self.preset`` (a batch or a list)."""
         if isinstance(batch, list):
             batch = torch.stack(batch)
-        sub_idx, sub_conf, main_idx, main_conf = forward_decide(
+        joint = forward_joint(
             self.net,
             batch,
             self.checkpoint.mean,
             self.checkpoint.std,
             self.sub_to_main,
-            len(self.taxonomy.main),
             self.device,
             self.precision,
         )
+        sub_idx, sub_conf, main_idx, main_conf = decide(
+            joint, self.sub_to_main, len(self.taxonomy.main)
+        )
+        top_p, top_idx = joint.topk(min(TOP_SUBS, joint.shape[1]), dim=1)
         return [
-            Classification(self.taxonomy.main[m], float(mc), self.taxonomy.sub[s], float(sc))
-            for s, sc, m, mc in zip(
+            Classification(
+                self.taxonomy.main[m],
+                float(mc),
+                self.taxonomy.sub[s],
+                float(sc),
+                tuple(self._named(i, p) for i, p in zip(ti, tp, strict=True)),
+            )
+            for s, sc, m, mc, ti, tp in zip(
                 sub_idx.tolist(),
                 sub_conf.tolist(),
                 main_idx.tolist(),
                 main_conf.tolist(),
+                top_idx.tolist(),
+                top_p.tolist(),
                 strict=True,
             )
         ]
+
+    def _named(self, sub_index: int, p: float) -> tuple[str, str, float]:
+        tax = self.taxonomy
+        return tax.main[tax.sub_to_main[sub_index]], tax.sub[sub_index], float(p)
 
     def predict_images(self, images: list[Image.Image]) -> list[Classification]:
         if not images:

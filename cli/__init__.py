@@ -1,6 +1,7 @@
 """The ``refund-sorter`` command line, by audience: ``cli.model`` for whoever trains and
-checks the model (train, evaluate, quantize, classify), ``cli.operations`` for the operators (sweep,
-runs, export, db upgrade, flower).
+checks the model (train, evaluate, quantize, classify), ``cli.operations`` for the operators
+(sweep, runs, export, db upgrade, flower), ``cli.review_desk`` for the review desk
+(review-server, export-training-set).
 
 It sits above the roles it drives (producer, worker, classifier), so the shared core in
 ``refund_sorter/`` imports none of them. Heavy imports (PyTorch, Celery) happen inside the
@@ -9,7 +10,7 @@ commands that need them, so ``refund-sorter --help``, ``db`` and ``export`` star
 
 import click
 
-from cli import model, operations
+from cli import model, operations, review_desk
 
 
 @click.group()
@@ -28,5 +29,7 @@ for command in (
     operations.export,
     operations.db,
     operations.flower,
+    review_desk.review_server,
+    review_desk.export_training_set,
 ):
     main.add_command(command)

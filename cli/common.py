@@ -31,6 +31,23 @@ mapping_option = click.option(
 )
 
 
+def listen_options(port: int):
+    """``--address`` (127.0.0.1 unless told otherwise) and ``--port`` for a server command."""
+
+    def decorate(func):
+        func = click.option(
+            "--port", default=port, show_default=True, type=click.IntRange(1, 65535), help="Port."
+        )(func)
+        return click.option(
+            "--address",
+            default="127.0.0.1",
+            show_default=True,
+            help="Address to listen on; 0.0.0.0 means every interface (inside a container, say).",
+        )(func)
+
+    return decorate
+
+
 def friendly(func):
     """Turn operator-fixable errors into one plain line and exit code 1."""
 

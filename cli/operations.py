@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from cli.common import friendly
+from cli.common import friendly, listen_options
 from refund_sorter import crud
 from refund_sorter.config import Settings, get_settings
 from refund_sorter.db import check_schema, session_factory
@@ -186,15 +186,7 @@ def upgrade() -> None:
 
 
 @click.command()
-@click.option(
-    "--address",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to listen on; 0.0.0.0 means every interface (inside a container, say).",
-)
-@click.option(
-    "--port", default=5555, show_default=True, type=click.IntRange(1, 65535), help="Port."
-)
+@listen_options(port=5555)
 @friendly
 def flower(address, port) -> None:
     """Start Flower, the dashboard of workers and tasks, behind basic auth.

@@ -1,4 +1,5 @@
-"""SQL tables: one row per sweep run, one row per image content and model version.
+"""SQL tables: one row per sweep run, one row per image content and model version, one row
+per review of a prediction.
 
 Tables are created and changed only by the Alembic migrations in ``migrations/``.
 """
@@ -6,6 +7,7 @@ Tables are created and changed only by the Alembic migrations in ``migrations/``
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     DateTime,
@@ -116,6 +118,27 @@ class Prediction(Base):
     sub_category: Mapped[str | None] = mapped_column(String(128))
     sub_confidence: Mapped[float | None] = mapped_column(Float)
     needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The model's best sub categories, best first: [{"main": ..., "sub": ..., "p": ...}, ...]
+    # (the first is the decision): what the review desk offers besides the decision.
+    top_subs: Mapped[list[dict] | None] = mapped_column(JSON(none_as_null=True))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     classified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Review(Base):
+    """A person's decision on one prediction's category. A photo reviewed again gets another
+    row: the newest (highest id) is the answer, the others are its history."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        Index("ix_reviews_prediction", "prediction_id", "id"),
+        Index("ix_reviews_reviewed_at", "reviewed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id"))
+    reviewer: Mapped[str] = mapped_column(String(128))
+    main_category: Mapped[str] = mapped_column(String(128))
+    sub_category: Mapped[str] = mapped_column(String(128))
+    reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

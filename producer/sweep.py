@@ -14,7 +14,7 @@ from refund_sorter import crud
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
-from refund_sorter.files import destination, settle
+from refund_sorter.files import destination, processed_destination, settle
 from refund_sorter.messages import Dispatch, WorkItem
 
 log = logging.getLogger(__name__)
@@ -223,8 +223,8 @@ def _plan(
             plan.skipped += 1
         elif (row := live.get(f.content_hash)) is not None and row.status == ItemStatus.OK:
             plan.skipped += 1  # already classified by this model: file it with the others
-            dest = destination(
-                f.path, settings.incoming_dir, settings.processed_dir, f.content_hash
+            dest = processed_destination(
+                f.path, f.content_hash, settings, row.main_category, row.sub_category
             )
             plan.moves.append((f.path, dest))
         else:  # new, failed before, or still queued by an abandoned sweep

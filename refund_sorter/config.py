@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from refund_sorter.passwords import check_hash
+
 # Seconds a worker may spend on the batches it holds besides any retry countdown: filling
 # its batch, classifying the batch ahead of it and its own, committing (slow with a database
 # under load). Part of the visibility timeout's lower bound.
@@ -102,6 +104,41 @@ class Settings(BaseSettings):
                     raise ValueError("expected user:password[,user:password...]")
         return value
 
+    environment: Literal["production", "development"] = Field(
+        "production",
+        description="development lets the review desk start without a real session secret.",
+    )
+    file_by_category: bool = Field(
+        False,
+        description="File classified photos under processed/<main>/<sub>/ instead of "
+        "incoming/'s folders.",
+    )
+    reviewers: SecretStr | None = Field(
+        None,
+        description="name:hash pairs, separated by commas: who may log in to the review desk "
+        "(hashes from `refund-sorter review-server hash-password`).",
+    )
+    review_secret_key: SecretStr | None = Field(
+        None,
+        description="Signs the review desk's session cookies: 32 random characters or more.",
+    )
+    review_https: bool = Field(
+        False,
+        description="The review desk is reached over HTTPS (a TLS proxy): its session cookie "
+        "is then never sent over plain HTTP.",
+    )
+
+    @field_validator("reviewers")
+    @classmethod
+    def _names_and_hashes(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            reviewer_hashes(value.get_secret_value())
+        return value
+
+    def reviewer_hashes(self) -> dict[str, str]:
+        """Each reviewer's password hash, by name (none without REFUND_SORTER_REVIEWERS)."""
+        return reviewer_hashes(self.reviewers.get_secret_value() if self.reviewers else "")
+
     @model_validator(mode="after")
     def _fill_from_home(self) -> "Settings":
         if not self.database_url:
@@ -117,6 +154,24 @@ class Settings(BaseSettings):
         """Seconds before a batch that failed on its ``attempt`` (0 = the first try) is
         tried again: REFUND_SORTER_RETRY_DELAY, doubled at each retry."""
         return self.retry_delay * 2**attempt
+
+
+def reviewer_hashes(text: str) -> dict[str, str]:
+    """``name:hash,name:hash`` as a dict; ValueError, saying which pair is wrong, else. A
+    plain password where a hash belongs is refused: the setting never holds one."""
+    found: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        name, _, encoded = pair.partition(":")
+        if not name or not encoded:
+            raise ValueError("expected name:hash[,name:hash...]")
+        try:
+            check_hash(encoded)
+        except ValueError as exc:
+            raise ValueError(f"reviewer {name!r}: {exc}") from None
+        if name in found:
+            raise ValueError(f"reviewer {name!r} is named twice")
+        found[name] = encoded
+    return found
 
 
 def longest_retry_delay(retry_delay: float, retry_limit: int) -> float:

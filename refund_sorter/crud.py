@@ -1,4 +1,5 @@
-"""Every row the sweep writes, and the queries the CLI reads: the only module that writes.
+"""Every row the sweep and the review desk write, and the queries the CLI reads: the only
+module that writes.
 
 Functions take a session (or a session factory where they need transactions of their own)
 and keyword arguments; the producer, the workers and local mode call them.
@@ -9,11 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import case, insert, select, update
+from sqlalchemy import Subquery, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
+from models import ItemStatus, Prediction, Review, SweepRun, SweepStatus, utcnow
 from refund_sorter.messages import WorkItem
 from refund_sorter.redact import redact
 
@@ -315,6 +316,7 @@ class ItemResult:
     sub_confidence: float | None = None
     needs_review: bool = False
     error: str | None = None
+    top_subs: tuple[tuple[str, str, float], ...] = ()  # (main, sub, probability), best first
 
 
 def record_failures(
@@ -357,6 +359,8 @@ def record_results(session: Session, results: list[ItemResult]) -> tuple[set[str
                 sub_category=r.sub_category,
                 sub_confidence=r.sub_confidence,
                 needs_review=r.needs_review,
+                top_subs=[{"main": m, "sub": s, "p": round(p, 4)} for m, s, p in r.top_subs]
+                or None,
                 error=r.error,
                 classified_at=now,
             )
@@ -390,3 +394,32 @@ def record_results(session: Session, results: list[ItemResult]) -> tuple[set[str
         if status == SweepStatus.FINISHED:
             finished.append(sweep_id)
     return stored, finished
+
+
+def record_review(
+    session: Session, *, prediction_id: int, reviewer: str, main_category: str, sub_category: str
+) -> Review | None:
+    """Record a reviewer's decision on a classified photo, in the caller's transaction; None
+    when no classified row has this id. Earlier decisions stay as history: the newest one
+    is the answer (``latest_reviews``). The caller checks the category against the model's
+    taxonomy."""
+    prediction = session.get(Prediction, prediction_id)
+    if prediction is None or prediction.status != ItemStatus.OK:
+        return None
+    review = Review(
+        prediction_id=prediction_id,
+        reviewer=reviewer,
+        main_category=main_category,
+        sub_category=sub_category,
+        reviewed_at=utcnow(),
+    )
+    session.add(review)
+    session.flush()
+    return review
+
+
+def latest_reviews() -> Subquery:
+    """The newest review of each reviewed prediction (the answer that counts), to join on
+    ``prediction_id``. Newest by id, which only grows, rather than by a clock."""
+    newest = select(func.max(Review.id)).group_by(Review.prediction_id)
+    return select(Review).where(Review.id.in_(newest)).subquery("latest_review")

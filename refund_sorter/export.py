@@ -15,7 +15,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from models import ItemStatus, Prediction, SweepRun
-from refund_sorter.crud import as_utc
+from refund_sorter.crud import as_utc, latest_reviews
 
 COLUMNS = [
     "file_name",
@@ -32,6 +32,11 @@ COLUMNS = [
     "classified_at",
     "original_path",
     "final_path",
+    # The newest review, if a person looked at the photo (refund-sorter review-server).
+    "reviewed_main_category",
+    "reviewed_sub_category",
+    "reviewed_by",
+    "reviewed_at",
 ]
 
 
@@ -44,7 +49,18 @@ class ExportFilter:
 
 
 def build_query(flt: ExportFilter) -> Select:
-    query = select(Prediction).where(Prediction.status != ItemStatus.QUEUED)
+    review = latest_reviews()
+    query = (
+        select(
+            Prediction,
+            review.c.main_category,
+            review.c.sub_category,
+            review.c.reviewer,
+            review.c.reviewed_at,
+        )
+        .outerjoin(review, review.c.prediction_id == Prediction.id)
+        .where(Prediction.status != ItemStatus.QUEUED)
+    )
     if flt.sweep_run is not None:
         query = query.where(Prediction.sweep_run_id == flt.sweep_run)
     if flt.since is not None:
@@ -61,8 +77,8 @@ def build_query(flt: ExportFilter) -> Select:
 
 def _rows(session: Session, flt: ExportFilter) -> Iterator[list]:
     result = session.execute(build_query(flt).execution_options(yield_per=1000))
-    for (p,) in result:
-        classified = as_utc(p.classified_at)
+    for p, reviewed_main, reviewed_sub, reviewer, reviewed_at in result:
+        classified, reviewed_at = as_utc(p.classified_at), as_utc(reviewed_at)
         yield [
             p.file_name,
             p.content_hash,
@@ -78,6 +94,10 @@ def _rows(session: Session, flt: ExportFilter) -> Iterator[list]:
             classified.isoformat(timespec="seconds") if classified else "",
             p.original_path,
             p.final_path or "",
+            reviewed_main or "",
+            reviewed_sub or "",
+            reviewer or "",
+            reviewed_at.isoformat(timespec="seconds") if reviewed_at else "",
         ]
         session.expunge(p)  # keep the identity map from growing with the export
 

@@ -2,7 +2,9 @@
 step that follows every commit: move the files, then write the CSV of each finished sweep.
 
 The relative path under ``incoming/`` is kept, so operators find a file where they expect
-it; a name already taken gets the first characters of the content hash appended.
+it (or, with REFUND_SORTER_FILE_BY_CATEGORY, a classified photo goes to
+``processed/<main>/<sub>/``); a name already taken gets the first characters of the content
+hash appended.
 """
 
 import errno
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from refund_sorter.config import Settings
 from refund_sorter.export import export_sweep
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,17 @@ def destination(path: Path, incoming_dir: Path, target_dir: Path, content_hash: 
     if dest.exists():
         dest = dest.with_name(f"{dest.stem}-{content_hash[:8]}{dest.suffix}")
     return dest
+
+
+def processed_destination(
+    path: Path, content_hash: str, settings: Settings, main: str, sub: str
+) -> Path:
+    """Where a photo classified as ``main``/``sub`` goes: ``processed/<main>/<sub>/<name>``
+    with REFUND_SORTER_FILE_BY_CATEGORY, else its path under incoming/ kept in processed/."""
+    if settings.file_by_category:
+        folder = Path(settings.processed_dir) / main / sub
+        return destination(path, Path(path).parent, folder, content_hash)
+    return destination(path, settings.incoming_dir, settings.processed_dir, content_hash)
 
 
 def move(path: Path, dest: Path) -> None:

@@ -31,6 +31,7 @@ def test_every_role_has_a_service():
         "gpu-worker",
         "beat",
         "flower",
+        "review",
     } <= set(SERVICES)
 
 
@@ -41,6 +42,7 @@ def test_services_run_the_celery_app_on_the_right_queues():
     assert command("migrate") == "refund-sorter db upgrade"
     assert command("beat").startswith("celery -A worker beat")
     assert command("flower").startswith("refund-sorter flower")
+    assert command("review").startswith("refund-sorter review-server")
     assert f"-Q {SWEEP_QUEUE}" in command("producer")
     for name in ("worker", "gpu-worker"):
         assert f"-Q {CLASSIFY_QUEUE}" in command(name)
@@ -49,7 +51,7 @@ def test_services_run_the_celery_app_on_the_right_queues():
 
 def test_roles_without_the_model_use_the_image_without_pytorch():
     assert SERVICES["migrate"]["build"]["target"] == "base"
-    for name in ("producer", "beat", "flower"):
+    for name in ("producer", "beat", "flower", "review"):
         assert SERVICES[name]["image"] == "refund-sorter:base"
     assert SERVICES["worker"]["build"]["target"] == "worker"
     targets = re.findall(r"^FROM \S+ AS (\w+)", (ROOT / "Dockerfile").read_text(), re.M)
@@ -70,6 +72,16 @@ def test_flower_requires_a_password_and_stays_on_localhost():
         "${FLOWER_BASIC_AUTH:?"
     )
     assert all(port.startswith("127.0.0.1:") for port in flower["ports"])
+
+
+def test_the_review_desk_requires_reviewers_and_a_key_and_stays_on_localhost():
+    review = SERVICES["review"]
+    env = review["environment"]
+    assert env["REFUND_SORTER_REVIEWERS"].startswith("${REVIEWERS:?")
+    assert env["REFUND_SORTER_REVIEW_SECRET_KEY"].startswith("${REVIEW_SECRET_KEY:?")
+    assert "REFUND_SORTER_ENVIRONMENT" not in env  # never development
+    assert all(port.startswith("127.0.0.1:") for port in review["ports"])
+    assert review["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_redis_requires_a_password_and_every_role_uses_it():
@@ -96,6 +108,8 @@ SECRETS = {
     "POSTGRES_PASSWORD": "pg-secret",
     "REDIS_PASSWORD": "redis-secret",
     "FLOWER_BASIC_AUTH": "ops:flower-secret",
+    "REVIEWERS": "anna:scrypt.32768.8.3." + "1" * 32 + "." + "2" * 64,
+    "REVIEW_SECRET_KEY": "review-secret-of-32-characters-x",
 }
 
 
@@ -123,12 +137,16 @@ def test_docker_compose_accepts_the_file_with_its_secrets_set():
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     assert services["redis"]["command"][-2:] == ["--requirepass", "redis-secret"]
-    for name in ("migrate", "producer", "worker", "gpu-worker", "beat", "flower"):
+    for name in ("migrate", "producer", "worker", "gpu-worker", "beat", "flower", "review"):
         env = services[name]["environment"]
         assert env["REFUND_SORTER_BROKER_URL"] == "redis://:redis-secret@redis:6379/0", name
     assert services["flower"]["environment"]["REFUND_SORTER_FLOWER_BASIC_AUTH"] == (
         "ops:flower-secret"
     )
+    review = services["review"]["environment"]
+    assert review["REFUND_SORTER_REVIEWERS"] == SECRETS["REVIEWERS"]
+    assert review["REFUND_SORTER_REVIEW_SECRET_KEY"] == SECRETS["REVIEW_SECRET_KEY"]
+    assert Settings(**{k.removeprefix("REFUND_SORTER_").lower(): v for k, v in review.items()})
 
 
 @pytest.mark.parametrize("missing", SECRETS)

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from models import Prediction, SweepRun
+from models import Prediction, Review, SweepRun
 from refund_sorter.db import dispose, get_engine, session_factory, upgrade
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -145,6 +145,23 @@ def seeded(pg_url):
                 _failed(2, "notes.txt", "e" * 64, "not an image", night(22)),
             ]
         )
+        s.flush()
+        by_name = {p.file_name: p.id for p in s.query(Prediction).filter_by(sweep_run_id=1)}
+        # b.jpg is decided twice: the newest answer counts.
+        for name, reviewer, sub, hour in (
+            ("b.jpg", "anna", "pants", 9),
+            ("c.jpg", "anna", "skirt", 10),
+            ("b.jpg", "ben", "shorts", 11),
+        ):
+            s.add(
+                Review(
+                    prediction_id=by_name[name],
+                    reviewer=reviewer,
+                    main_category="bottomwear",
+                    sub_category=sub,
+                    reviewed_at=datetime(2026, 11, 22, hour, 0, tzinfo=UTC),
+                )
+            )
     return pg_url
 
 
@@ -161,6 +178,8 @@ def test_readme_lists_the_queries_operators_need():
         "one_image_history",
         "failures_of_last_night",
         "last_sweeps",
+        "reviewed_latest_answers",
+        "corrections_per_predicted_category",
     }
 
 
@@ -178,6 +197,19 @@ def test_review_queries(seeded):
     assert [r[0] for r in run(seeded, readme_queries()["to_review_by_hand"])] == ["b.jpg"]
     below = run(seeded, readme_queries()["below_a_chosen_confidence"])
     assert [r[0] for r in below] == ["b.jpg", "c.jpg"]
+
+
+def test_reviewed_latest_answers(seeded):
+    rows = run(seeded, readme_queries()["reviewed_latest_answers"])
+    assert [r[:6] for r in rows] == [
+        ("b.jpg", "bottomwear", "pants", "bottomwear", "shorts", "ben"),
+        ("c.jpg", "bottomwear", "skirt", "bottomwear", "skirt", "anna"),
+    ]
+
+
+def test_corrections_per_predicted_category(seeded):
+    rows = run(seeded, readme_queries()["corrections_per_predicted_category"])
+    assert rows == [("bottomwear", "pants", 1, 1), ("bottomwear", "skirt", 1, 0)]
 
 
 def test_one_image_history(seeded):

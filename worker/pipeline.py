@@ -11,7 +11,7 @@ from models import ItemStatus
 from refund_sorter.config import Settings
 from refund_sorter.crud import ItemResult, queued_paths, record_results
 from refund_sorter.db import session_factory
-from refund_sorter.files import destination, inside, settle
+from refund_sorter.files import destination, inside, processed_destination, settle
 from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
 from refund_sorter.messages import WorkItem
 
@@ -164,8 +164,8 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
                 )
             )
         else:
-            dest = destination(src, settings.incoming_dir, settings.processed_dir, it.content_hash)
             p = by_hash[it.content_hash]
+            dest = processed_destination(src, it.content_hash, settings, p.main, p.sub)
             results.append(
                 ItemResult(
                     it.content_hash,
@@ -177,6 +177,7 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
                     p.sub,
                     p.sub_confidence,
                     needs_review=p.sub_confidence < settings.review_threshold,
+                    top_subs=p.top_subs,
                 )
             )
         if dest is not None:

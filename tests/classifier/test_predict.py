@@ -113,6 +113,21 @@ def test_classifier_predictions_are_consistent_with_the_taxonomy(random_checkpoi
     assert len(clf.version) == 12
 
 
+def test_the_next_best_sub_categories_start_with_the_decision(random_checkpoint):
+    clf = Classifier.from_path(random_checkpoint, device="cpu")
+    tax = clf.taxonomy
+
+    for p in clf.predict_images(photos()):
+        assert len(p.top_subs) == 3  # of the 4 sub categories
+        assert p.top_subs[0] == (p.main, p.sub, pytest.approx(p.sub_confidence))
+        probabilities = [prob for _, _, prob in p.top_subs]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert sum(probabilities) <= 1.0 + 1e-6
+        assert len({sub for _, sub, _ in p.top_subs}) == 3
+        for main, sub, _ in p.top_subs:
+            assert tax.index_of(main, sub) is not None, f"{sub} is not under {main}"
+
+
 def test_a_prediction_does_not_depend_on_the_rest_of_the_batch(random_checkpoint):
     clf = Classifier.from_path(random_checkpoint, device="cpu")
     images = photos()

@@ -13,12 +13,10 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import psycopg
 import pytest
 import redis
 
 from refund_sorter.config import Settings, get_settings
-from refund_sorter.db import dispose, upgrade
 
 # Failed assertions in the shared helpers show their values, as the tests' own do.
 pytest.register_assert_rewrite("sweep_support")
@@ -28,51 +26,16 @@ from sweep_support import (  # noqa: E402
     TinyModel,
     add_images,
     build_settings,
+    postgres_database,
     save_random_model,
-    service_env,
+    use_in_this_process,
 )
 
-PG_HOST, PG_PORT, PG_USER, PG_ADMIN_DB = "127.0.0.1", 5432, "postgres", "test"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_CLAIM_KEY = "refund-sorter-tests:claimed-by"
 
 
 # ------------------------------------------------------------------------------- PostgreSQL
-
-
-def _admin() -> psycopg.Connection:
-    try:
-        return psycopg.connect(
-            host=PG_HOST,
-            port=PG_PORT,
-            user=PG_USER,
-            dbname=PG_ADMIN_DB,
-            autocommit=True,
-            connect_timeout=5,
-        )
-    except psycopg.OperationalError as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} as {PG_USER} "
-            f"(database {PG_ADMIN_DB}); these tests need it running: {exc}",
-            pytrace=False,
-        )
-
-
-@contextmanager
-def postgres_database(migrate: bool = True) -> Iterator[str]:
-    """A new, empty database (migrated unless told otherwise), dropped afterwards."""
-    name = f"rs_test_{uuid.uuid4().hex[:12]}"
-    with _admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
-    try:
-        if migrate:
-            upgrade(url)
-        yield url
-    finally:
-        dispose(url)
-        with _admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
@@ -228,15 +191,7 @@ def make_settings(tmp_path: Path, tiny_model: TinyModel) -> Callable[..., Settin
 def use_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Settings], None]]:
     """Point ``get_settings()`` (what the CLI reads) at ``settings`` via REFUND_SORTER_*."""
 
-    def use(settings: Settings) -> None:
-        for key in [k for k in os.environ if k.startswith("REFUND_SORTER_")]:
-            monkeypatch.delenv(key)
-        for key, value in service_env(settings).items():
-            if key.startswith("REFUND_SORTER_"):
-                monkeypatch.setenv(key, value)
-        get_settings.cache_clear()
-
-    yield use
+    yield lambda settings: use_in_this_process(settings, monkeypatch)
     get_settings.cache_clear()
 
 

@@ -15,20 +15,25 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import psycopg
+import pytest
 import redis
 from PIL import Image
 from sqlalchemy import func, select
 
 from models import ItemStatus, Prediction, SweepRun, SweepStatus
-from refund_sorter.config import Settings
+from refund_sorter.config import Settings, get_settings
 from refund_sorter.crud import as_utc
-from refund_sorter.db import session_factory
+from refund_sorter.db import dispose, session_factory, upgrade
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NESTED = Path("dock-3") / "2024-03-01"  # incoming/ holds subfolders as well as files
@@ -203,6 +208,43 @@ def build_settings(
 
 # ------------------------------------------------------------------------------ the database
 
+PG_HOST, PG_PORT, PG_USER, PG_ADMIN_DB = "127.0.0.1", 5432, "postgres", "test"
+
+
+def _admin() -> psycopg.Connection:
+    try:
+        return psycopg.connect(
+            host=PG_HOST,
+            port=PG_PORT,
+            user=PG_USER,
+            dbname=PG_ADMIN_DB,
+            autocommit=True,
+            connect_timeout=5,
+        )
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} as {PG_USER} "
+            f"(database {PG_ADMIN_DB}); these tests need it running: {exc}",
+            pytrace=False,
+        )
+
+
+@contextmanager
+def postgres_database(migrate: bool = True) -> Iterator[str]:
+    """A new, empty database (migrated unless told otherwise), dropped afterwards."""
+    name = f"rs_test_{uuid.uuid4().hex[:12]}"
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    try:
+        if migrate:
+            upgrade(url)
+        yield url
+    finally:
+        dispose(url)
+        with _admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
 
 def get_run(settings: Settings, run_id: int) -> SweepRun:
     with session_factory(settings.database_url)() as session:
@@ -303,12 +345,18 @@ def check_finished_sweep(
         assert sub_index is not None, f"{p.sub_category} is not under {p.main_category}"
         assert 0 < p.sub_confidence <= p.main_confidence <= 1 + 1e-6
         assert p.needs_review == (p.sub_confidence < settings.review_threshold)
+        # The next best sub categories the review desk offers, the decision first.
+        assert len(p.top_subs) == 3, p.top_subs
+        assert (p.top_subs[0]["main"], p.top_subs[0]["sub"]) == (p.main_category, p.sub_category)
+        assert abs(p.top_subs[0]["p"] - p.sub_confidence) <= 1e-4
+        assert all(taxonomy.index_of(t["main"], t["sub"]) is not None for t in p.top_subs)
         assert utc(p.classified_at) >= utc(run.started_at)
     for rel, (content_hash, error) in incoming.unreadable.items():
         p = by_hash[content_hash]
         assert p.status == ItemStatus.FAILED
         assert error in p.error, (rel, p.error)
         assert p.main_category is None and p.sub_category is None and not p.needs_review
+        assert p.top_subs is None
         assert Path(p.final_path) == settings.failed_dir.absolute() / rel
         assert failed[rel] == content_hash
     # ... and nowhere else: no second copy under another name.
@@ -382,8 +430,23 @@ def service_env(settings: Settings) -> dict[str, str]:
         REFUND_SORTER_RETRY_DELAY=str(settings.retry_delay),
         REFUND_SORTER_RETRY_LIMIT=str(settings.retry_limit),
         REFUND_SORTER_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
+        REFUND_SORTER_FILE_BY_CATEGORY=str(settings.file_by_category).lower(),
+        REFUND_SORTER_ENVIRONMENT=settings.environment,
     )
+    for name in ("reviewers", "review_secret_key"):
+        if (secret := getattr(settings, name)) is not None:
+            env[f"REFUND_SORTER_{name.upper()}"] = secret.get_secret_value()
     return env
+
+
+def use_in_this_process(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point ``get_settings()`` (what the CLI reads) at ``settings`` via REFUND_SORTER_*."""
+    for key in [k for k in os.environ if k.startswith("REFUND_SORTER_")]:
+        monkeypatch.delenv(key)
+    for key, value in service_env(settings).items():
+        if key.startswith("REFUND_SORTER_"):
+            monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
 
 
 class ServiceProcess:

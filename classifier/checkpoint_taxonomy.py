@@ -1,0 +1,56 @@
+"""A checkpoint's taxonomy, read without PyTorch: the review desk offers the model's
+categories and must start without it. Torch-free.
+
+A checkpoint is torch's zip format: ``<name>/data.pkl`` pickles the payload and refers to
+the tensors' bytes, stored beside it. This unpickler builds the plain data (dicts, lists,
+strings, numbers) and puts ``None`` where a tensor stands; it loads no class or function
+but harmless stand-ins for torch's own, so a file can never run code here either.
+"""
+
+import pickle
+import zipfile
+from pathlib import Path
+
+from classifier.taxonomy import Taxonomy
+from refund_sorter.errors import UserError
+
+# classifier.checkpoint.FORMAT, which imports PyTorch (a test keeps the two equal).
+FORMAT = "refund-sorter-checkpoint/1"
+
+
+def _stand_in(*_args, **_kwargs) -> None:
+    return None
+
+
+class _PlainData(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if module == "collections" and name == "OrderedDict":
+            return dict
+        if module == "torch" or module.startswith("torch."):
+            return _stand_in  # tensor rebuilders and storage types: the weights are not needed
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+    def persistent_load(self, pid) -> None:
+        return None  # a tensor's storage, left unread
+
+
+# What a payload of the wrong shape raises on the way to its taxonomy.
+_NOT_A_PAYLOAD = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+
+
+def read_taxonomy(path: Path) -> Taxonomy:
+    """The taxonomy of the checkpoint at ``path``; UserError, saying why, if it has none."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file not found: {path} (set REFUND_SORTER_MODEL_PATH)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+            if len(names) != 1:
+                raise ValueError("not a PyTorch file")
+            payload = _PlainData(archive.open(names[0])).load()
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ValueError(f"not format {FORMAT}")
+        return Taxonomy.from_dict(payload["taxonomy"])
+    except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, *_NOT_A_PAYLOAD) as exc:
+        raise UserError(f"{path} is not a readable refund-sorter checkpoint: {exc}") from None

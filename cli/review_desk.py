@@ -1,0 +1,97 @@
+"""Review commands: the review desk's server (and the password hashes its reviewers log in
+with), and the export of reviewed photos into a training folder.
+
+FastAPI and uvicorn are imported inside ``review-server``, so the other commands start
+without them. Nothing here imports PyTorch.
+"""
+
+from pathlib import Path
+
+import click
+
+from cli.common import friendly, listen_options
+from refund_sorter.config import get_settings
+from refund_sorter.db import check_schema, session_factory
+from refund_sorter.errors import UserError
+from refund_sorter.passwords import hash_password
+
+MIN_PASSWORD_LENGTH = 10
+
+
+@click.group(invoke_without_command=True)
+@listen_options(port=8000)
+@click.pass_context
+@friendly
+def review_server(ctx: click.Context, address: str, port: int) -> None:
+    """Serve the review desk, where people confirm or correct the photos flagged for review.
+
+    Needs REFUND_SORTER_REVIEWERS (name:hash pairs; `review-server hash-password` makes a
+    hash) and REFUND_SORTER_REVIEW_SECRET_KEY (32 random characters or more, which sign the
+    login cookies). Listens on 127.0.0.1 unless told otherwise: reach it from elsewhere
+    through a TLS proxy.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    import uvicorn
+
+    from review.app import create_app
+
+    settings = get_settings()
+    check_schema(settings.database_url)
+    app = create_app(settings)
+    click.echo(f"review desk on http://{address}:{port}/ (Ctrl+C stops it)", err=True)
+    uvicorn.run(app, host=address, port=port, server_header=False, log_level="info")
+
+
+@review_server.command("hash-password")
+@friendly
+def hash_password_command() -> None:
+    """Ask for a reviewer's new password (twice, not shown) and print its hash.
+
+    Put it into REFUND_SORTER_REVIEWERS as name:HASH (several separated by commas). Only
+    the hash is printed, so `REFUND_SORTER_REVIEWERS="anna:$(refund-sorter review-server
+    hash-password)"` works.
+    """
+    password = click.prompt("New password", hide_input=True, confirmation_prompt=True, err=True)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(f"choose a password of {MIN_PASSWORD_LENGTH} characters or more")
+    click.echo(hash_password(password))
+
+
+@click.command("export-training-set")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="Only photos whose latest review was on or after this day (UTC).",
+)
+@friendly
+def export_training_set(out_dir: Path, since) -> None:
+    """Copy the reviewed photos into OUT_DIR/<main>/<sub>/, under their latest answer.
+
+    That is the layout `refund-sorter train` reads. A photo whose file is gone is reported,
+    not fatal; one already exported is not copied again, and one whose answer changed is
+    moved to its new folder.
+    """
+    from review.training_set import export_training_set as export
+    from review.training_set import reviewed_photos
+
+    settings = get_settings()
+    check_schema(settings.database_url)
+    with session_factory(settings.database_url)() as session:
+        photos = reviewed_photos(session, since.date() if since else None)
+    try:
+        report = export(photos, out_dir, progress=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
+    click.echo(
+        f"{len(photos)} reviewed photos: {report.total} copied into {out_dir} "
+        f"({report.moved} of them moved to a new category), {report.already_there} already "
+        f"there, {len(report.missing)} missing"
+    )
+    for category, n in sorted(report.copied.items()):
+        click.echo(f"  {category:<32} {n:>6}")
+    for path, why in report.missing[:20]:
+        click.echo(f"  missing {path}: {why}")
+    if len(report.missing) > 20:
+        click.echo(f"  ... and {len(report.missing) - 20} more")

@@ -1,0 +1,365 @@
+"""The review desk's web application: ``create_app(settings)`` builds it, and
+``refund-sorter review-server`` serves it (on 127.0.0.1 unless told otherwise).
+
+Pages: ``/login``; ``/review``, the next photo of a selection (night, predicted category);
+``/review/{id}``, one photo with its history, to decide again; ``/photos/{id}``, the photo
+file itself, served only from inside the processed, incoming and failed folders. Everything
+but the login page and ``/healthz`` needs a logged-in reviewer, and every form carries the
+session's CSRF token.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.middleware.sessions import SessionMiddleware
+
+from classifier.checkpoint_taxonomy import read_taxonomy
+from classifier.taxonomy import Taxonomy
+from models import ItemStatus, Prediction, SweepRun
+from refund_sorter import crud
+from refund_sorter.config import Settings
+from refund_sorter.db import session_factory
+from refund_sorter.files import inside
+from refund_sorter.images import UnreadableImage, sniff
+from review import queue
+from review.auth import authenticate, csrf_token, csrf_valid, reviewers, session_secret
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+SESSION_SECONDS = 12 * 3600  # a working day; then the reviewer logs in again
+SECURITY_HEADERS = {
+    # Scripts, styles and images from the desk itself only: no inline script can run.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self'; script-src 'self'; "
+    "style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+class LoginRequired(Exception):
+    pass
+
+
+class PageError(Exception):
+    """A request the desk refuses, with the plain message the reviewer reads."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class Desk:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    taxonomy: Taxonomy
+    accounts: dict[str, str]  # reviewer -> password hash
+    templates: Jinja2Templates
+
+    @property
+    def categories(self) -> list[tuple[str, str]]:
+        """Every (main, sub) of the model, main by main."""
+        tax = self.taxonomy
+        pairs = [(tax.main[tax.sub_to_main[i]], sub) for i, sub in enumerate(tax.sub)]
+        return sorted(pairs, key=lambda pair: (tax.main.index(pair[0]), pair[1]))
+
+    def category(self, value: str, *, main_alone: bool = False) -> tuple[str, str | None]:
+        """``main/sub`` (or, with ``main_alone``, ``main``) as a pair, if the model has it."""
+        main, _, sub = value.partition("/")
+        if main_alone and not sub and main in self.taxonomy.main:
+            return main, None
+        if self.taxonomy.index_of(main, sub) is None:
+            raise PageError(
+                400,
+                f"{value!r} is not one of the model's categories; choose one from the list "
+                f"({', '.join(f'{m}/{s}' for m, s in self.categories)}).",
+            )
+        return main, sub
+
+    def photo_file(self, row: Prediction) -> Path | None:
+        """The photo's file, resolved, if it lies inside the processed, incoming or failed
+        folder: a row never makes the desk serve anything else."""
+        path = row.final_path or row.original_path
+        s = self.settings
+        for folder in (s.processed_dir, s.incoming_dir, s.failed_dir):
+            found = inside(path, folder)
+            if found is not None and found.is_file():
+                return found
+        return None
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The review desk for ``settings``; UserError when it lacks reviewers, a session key
+    (outside development) or a readable model file (for the categories)."""
+    desk = Desk(
+        settings,
+        session_factory(settings.database_url),
+        read_taxonomy(settings.model_path),
+        reviewers(settings),
+        Jinja2Templates(HERE / "templates"),
+    )
+    app = FastAPI(title="refund-sorter review desk", docs_url=None, redoc_url=None)
+    app.openapi_url = None
+    app.state.desk = desk
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=session_secret(settings),
+        session_cookie="refund_sorter_review",
+        max_age=SESSION_SECONDS,
+        same_site="lax",
+        https_only=settings.review_https,
+    )
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.include_router(router)
+    app.add_exception_handler(LoginRequired, _to_login)
+    app.add_exception_handler(PageError, _error_page)
+    app.add_exception_handler(HTTPException, _error_page)
+    app.add_exception_handler(RequestValidationError, _error_page)
+    return app
+
+
+def _to_login(request: Request, _exc: LoginRequired) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+
+
+def _error_page(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, PageError):
+        status, message = exc.status, exc.message
+    elif isinstance(exc, RequestValidationError):
+        status = 400
+        message = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc'][1:])}: {e['msg']}" for e in exc.errors()
+        )
+    else:
+        status, message = exc.status_code, str(exc.detail)
+    return render(request, "error.html", {"message": message}, status)
+
+
+def render(request: Request, template: str, context: dict, status: int = 200) -> Response:
+    desk: Desk = request.app.state.desk
+    context = {
+        "reviewer": request.session.get("reviewer"),
+        "csrf": csrf_token(request.session),
+        "flash": request.session.pop("flash", None),
+        **context,
+    }
+    return desk.templates.TemplateResponse(request, template, context, status_code=status)
+
+
+router = APIRouter()
+
+
+def get_desk(request: Request) -> Desk:
+    return request.app.state.desk
+
+
+DeskDep = Annotated[Desk, Depends(get_desk)]
+
+
+def logged_in(request: Request, desk: DeskDep) -> str:
+    """The reviewer of this session; one no longer in REFUND_SORTER_REVIEWERS is out."""
+    name = request.session.get("reviewer")
+    if name not in desk.accounts:
+        raise LoginRequired()
+    return name
+
+
+async def checked_form(request: Request) -> FormData:
+    """The posted form, if it carries this session's CSRF token."""
+    form = await request.form()
+    if not csrf_valid(request.session, form.get("csrf")):
+        raise PageError(
+            403,
+            "This form is out of date or did not come from the review desk: "
+            "reload the page and try again.",
+        )
+    return form
+
+
+Reviewer = Annotated[str, Depends(logged_in)]
+CheckedForm = Annotated[FormData, Depends(checked_form)]
+
+
+def _safe_next(target: str | None) -> str:
+    # Only a path on this site: never send a reviewer who just logged in elsewhere.
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/review"
+
+
+@router.get("/healthz", include_in_schema=False)
+def healthz() -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+@router.get("/")
+def home() -> RedirectResponse:
+    return RedirectResponse("/review", status_code=303)
+
+
+@router.get("/login")
+def login_page(
+    request: Request, target: Annotated[str, Query(alias="next")] = "/review"
+) -> Response:
+    return render(request, "login.html", {"next": _safe_next(target), "error": None})
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    form: CheckedForm,
+    desk: DeskDep,
+) -> Response:
+    name, password = str(form.get("name", "")), str(form.get("password", ""))
+    target = _safe_next(str(form.get("next", "")))
+    if not authenticate(desk.accounts, name, password):
+        log.warning("failed login to the review desk as %r", name)
+        context = {"next": target, "error": "Wrong name or password."}
+        return render(request, "login.html", context, 401)
+    request.session.clear()  # a fresh session (and CSRF token) for the reviewer
+    request.session["reviewer"] = name
+    return RedirectResponse(target, status_code=303)
+
+
+@router.post("/logout")
+def logout(request: Request, _form: CheckedForm) -> RedirectResponse:
+    request.session.clear()
+    return RedirectResponse("/login", status_code=303)
+
+
+def _selection(desk: Desk, sweep: int | None, category: str) -> queue.Selection:
+    main, sub = desk.category(category, main_alone=True) if category else (None, None)
+    return queue.Selection(sweep=sweep, main=main, sub=sub)
+
+
+def _page(
+    request: Request,
+    desk: Desk,
+    session: Session,
+    photo: Prediction | None,
+    selection: queue.Selection,
+    category: str,
+) -> Response:
+    context = {
+        "photo": photo,
+        "selection": selection,
+        "category": category,
+        "left": queue.count_left(session, selection),
+        "nights": queue.nights(session),
+        "categories": desk.categories,
+        "mains": desk.taxonomy.main,
+        "history": queue.history(session, photo.id) if photo else [],
+        "recent": queue.recent_reviews(session),
+        "alternatives": _alternatives(photo),
+        "night_of": session.get(SweepRun, photo.sweep_run_id) if photo else None,
+    }
+    return render(request, "review.html", context)
+
+
+def _alternatives(photo: Prediction | None) -> list[dict]:
+    """The next best sub categories after the decision (none for rows from before they were
+    stored)."""
+    if photo is None or not photo.top_subs:
+        return []
+    decided = (photo.main_category, photo.sub_category)
+    return [t for t in photo.top_subs if (t["main"], t["sub"]) != decided]
+
+
+@router.get("/review")
+def review_queue(
+    request: Request,
+    reviewer: Reviewer,
+    desk: DeskDep,
+    sweep: int | None = None,
+    category: str = "",
+    after: int | None = None,
+) -> Response:
+    selection = _selection(desk, sweep, category)
+    with desk.sessions() as session:
+        skipped = session.get(Prediction, after) if after is not None else None
+        photo = queue.next_photo(session, selection, after=skipped)
+        return _page(request, desk, session, photo, selection, category)
+
+
+@router.get("/review/{prediction_id}")
+def review_one(
+    request: Request,
+    prediction_id: int,
+    reviewer: Reviewer,
+    desk: DeskDep,
+    sweep: int | None = None,
+    category: str = "",
+) -> Response:
+    selection = _selection(desk, sweep, category)
+    with desk.sessions() as session:
+        photo = session.get(Prediction, prediction_id)
+        if photo is None or photo.status != ItemStatus.OK:
+            raise PageError(404, f"No classified photo has the number {prediction_id}.")
+        return _page(request, desk, session, photo, selection, category)
+
+
+@router.post("/review/{prediction_id}")
+def decide(
+    request: Request,
+    prediction_id: int,
+    form: CheckedForm,
+    reviewer: Reviewer,
+    desk: DeskDep,
+) -> RedirectResponse:
+    main, sub = desk.category(str(form.get("decision", "")))
+    category = str(form.get("category", ""))
+    sweep = str(form.get("sweep", ""))
+    with desk.sessions.begin() as session:
+        saved = crud.record_review(
+            session,
+            prediction_id=prediction_id,
+            reviewer=reviewer,
+            main_category=main,
+            sub_category=sub,
+        )
+        if saved is None:
+            raise PageError(404, f"No classified photo has the number {prediction_id}.")
+        name = session.get(Prediction, prediction_id).file_name
+    request.session["flash"] = f"Saved {main} / {sub} for {name}."
+    filters = {k: v for k, v in (("sweep", sweep), ("category", category)) if v}
+    return RedirectResponse(f"/review?{urlencode(filters)}", status_code=303)
+
+
+@router.get("/photos/{prediction_id}")
+def photo(
+    prediction_id: int,
+    reviewer: Reviewer,
+    desk: DeskDep,
+) -> FileResponse:
+    with desk.sessions() as session:
+        row = session.get(Prediction, prediction_id)
+    path = desk.photo_file(row) if row is not None else None
+    if path is None:
+        raise PageError(404, "No such photo.")
+    try:
+        media_type = Image.MIME.get(sniff(path), "application/octet-stream")
+    except UnreadableImage:
+        media_type = "application/octet-stream"
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private"})

@@ -1,0 +1,103 @@
+"""What the review desk reads: the photos flagged for review that nobody has decided yet,
+newest night first, with the filters the page offers. Read-only; ``crud`` writes."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, and_, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from models import ItemStatus, Prediction, Review, SweepRun
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The page's filters: one night (sweep run) and one predicted main or main/sub."""
+
+    sweep: int | None = None
+    main: str | None = None
+    sub: str | None = None
+
+
+@dataclass(frozen=True)
+class Night:
+    sweep: int
+    started_at: datetime
+    flagged: int  # photos flagged for review that night
+    left: int  # of which nobody has decided yet
+
+
+_unreviewed = ~exists().where(Review.prediction_id == Prediction.id)
+_flagged = and_(Prediction.needs_review, Prediction.status == ItemStatus.OK)
+
+
+def _to_review(selection: Selection) -> Select:
+    query = select(Prediction).where(_flagged, _unreviewed)
+    if selection.sweep is not None:
+        query = query.where(Prediction.sweep_run_id == selection.sweep)
+    if selection.main is not None:
+        query = query.where(Prediction.main_category == selection.main)
+    if selection.sub is not None:
+        query = query.where(Prediction.sub_category == selection.sub)
+    return query
+
+
+def next_photo(
+    session: Session, selection: Selection, after: Prediction | None = None
+) -> Prediction | None:
+    """The next photo to decide: newest night first, in the order the night found them. With
+    ``after`` (a photo skipped), the one behind it, or the first again at the end."""
+    query = _to_review(selection).order_by(Prediction.sweep_run_id.desc(), Prediction.id)
+    if after is not None:
+        behind = or_(
+            Prediction.sweep_run_id < after.sweep_run_id,
+            and_(Prediction.sweep_run_id == after.sweep_run_id, Prediction.id > after.id),
+        )
+        found = session.scalar(query.where(behind).limit(1))
+        if found is not None:
+            return found
+    return session.scalar(query.limit(1))
+
+
+def count_left(session: Session, selection: Selection) -> int:
+    return session.scalar(select(func.count()).select_from(_to_review(selection).subquery()))
+
+
+def nights(session: Session, last: int = 60) -> list[Night]:
+    """The last nights that flagged photos, newest first, with how many are left."""
+    reviewed = exists().where(Review.prediction_id == Prediction.id)
+    rows = session.execute(
+        select(
+            SweepRun.id,
+            SweepRun.started_at,
+            func.count(Prediction.id),
+            func.count(Prediction.id).filter(~reviewed),
+        )
+        .join(Prediction, Prediction.sweep_run_id == SweepRun.id)
+        .where(_flagged)
+        .group_by(SweepRun.id, SweepRun.started_at)
+        .order_by(SweepRun.id.desc())
+        .limit(last)
+    )
+    return [Night(*row) for row in rows]
+
+
+def history(session: Session, prediction_id: int) -> list[Review]:
+    """Every decision on one photo, newest (the one that counts) first."""
+    return list(
+        session.scalars(
+            select(Review).where(Review.prediction_id == prediction_id).order_by(Review.id.desc())
+        )
+    )
+
+
+def recent_reviews(session: Session, last: int = 8) -> list[tuple[Review, Prediction]]:
+    """The latest decisions, newest first, to go back to one and change it."""
+    return list(
+        session.execute(
+            select(Review, Prediction)
+            .join(Prediction, Prediction.id == Review.prediction_id)
+            .order_by(Review.id.desc())
+            .limit(last)
+        ).all()
+    )

@@ -1,0 +1,65 @@
+"""classifier/checkpoint_taxonomy.py: the categories of a model file, read without PyTorch,
+are the ones PyTorch reads; and reading a file never runs code from it."""
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from classifier import checkpoint, checkpoint_taxonomy
+from classifier.checkpoint import load_checkpoint
+from classifier.checkpoint_taxonomy import read_taxonomy
+from refund_sorter.errors import UserError
+
+SHIPPED = Path(__file__).resolve().parents[2] / "assets/model/refund-sorter-resnet18.pt"
+
+
+def test_the_format_tags_agree():
+    assert checkpoint_taxonomy.FORMAT == checkpoint.FORMAT
+
+
+@pytest.mark.parametrize("which", ["random", "shipped"])
+def test_the_taxonomy_is_the_one_torch_loads(which, random_checkpoint):
+    path = random_checkpoint if which == "random" else SHIPPED
+    assert read_taxonomy(path) == load_checkpoint(path).taxonomy
+
+
+class Boom:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_a_file_that_would_run_code_is_refused_unrun(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps({"format": "x", "taxonomy": Boom()}))
+
+    with pytest.raises(
+        UserError, match=r"not a readable refund-sorter checkpoint.*builtins\.print"
+    ):
+        read_taxonomy(path)
+    assert "this ran" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "model file not found"),
+        (b"not a zip", "not a readable refund-sorter checkpoint"),
+        ("other/data.pkl", "not format refund-sorter-checkpoint/1"),
+        ("nothing", "not a PyTorch file"),
+    ],
+)
+def test_anything_else_is_a_plain_error(tmp_path, content, message):
+    path = tmp_path / "model.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr(content, pickle.dumps({"format": "something else"}))
+        path.write_bytes(buffer.getvalue())
+    with pytest.raises(UserError, match=message):
+        read_taxonomy(path)

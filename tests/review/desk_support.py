@@ -1,0 +1,61 @@
+"""Using the review desk through FastAPI's TestClient as a browser would: read the form
+token from the page, post forms, follow nothing unasked."""
+
+import re
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from models import Prediction, Review
+from refund_sorter.config import Settings
+from refund_sorter.db import session_factory
+from review.app import create_app
+
+PASSWORDS = {"anna": "anna's long password", "ben": "ben's longer password"}
+
+
+def desk_client(settings: Settings) -> TestClient:
+    return TestClient(create_app(settings), follow_redirects=False)
+
+
+def csrf_of(html: str) -> str:
+    tokens = set(re.findall(r'name="csrf" value="([^"]+)"', html))
+    assert len(tokens) == 1, tokens
+    return tokens.pop()
+
+
+def logged_in(settings: Settings, name: str = "anna") -> TestClient:
+    client = desk_client(settings)
+    page = client.get("/login")
+    response = client.post(
+        "/login",
+        data={"name": name, "password": PASSWORDS[name], "csrf": csrf_of(page.text)},
+    )
+    assert response.status_code == 303, response.text
+    return client
+
+
+def shown_photo(html: str) -> int | None:
+    """The id of the photo the page offers for a decision, if any."""
+    found = re.search(r'data-photo="(\d+)"', html)
+    return int(found[1]) if found else None
+
+
+def decide(client: TestClient, photo: int, decision: str, **filters) -> None:
+    page = client.get(f"/review/{photo}")
+    response = client.post(
+        f"/review/{photo}", data={"decision": decision, "csrf": csrf_of(page.text), **filters}
+    )
+    assert response.status_code == 303, response.text
+
+
+def reviews_of(settings: Settings, photo: int) -> list[Review]:
+    with session_factory(settings.database_url)() as session:
+        return list(
+            session.scalars(select(Review).where(Review.prediction_id == photo).order_by(Review.id))
+        )
+
+
+def prediction(settings: Settings, photo: int) -> Prediction:
+    with session_factory(settings.database_url)() as session:
+        return session.get(Prediction, photo)

@@ -1,0 +1,178 @@
+"""The review desk in a real browser, end to end: ``refund-sorter review-server`` started as
+an operator starts it, against PostgreSQL holding a real night (the shipped model on the
+sample photos); headless Chromium logs in, confirms one photo with a click, corrects the
+next with a key press, and the table and the CSV say so.
+
+``SCREENSHOT_TO=docs/review-desk.png pytest tests/review/test_browser.py`` also saves the
+page as the README shows it.
+"""
+
+import csv
+import os
+import re
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from browser import Browser, chromium_path
+from click.testing import CliRunner
+from desk_support import PASSWORDS, prediction, reviews_of
+from pydantic import SecretStr
+from sweep_support import (
+    REPO_ROOT,
+    Incoming,
+    ServiceProcess,
+    TinyModel,
+    build_settings,
+    free_port,
+    local_sweep,
+    postgres_database,
+    service_env,
+)
+
+from cli import main
+from refund_sorter.images import sha256_bytes
+
+pytestmark = pytest.mark.services
+SHIPPED_MODEL = REPO_ROOT / "assets/model/refund-sorter-resnet18.pt"
+SAMPLES = REPO_ROOT / "assets/samples"
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory, accounts):
+    """One local sweep of the sample photos by the shipped model; below 0.9 is flagged."""
+    from classifier.predict import Classifier
+    from classifier.version import model_version
+
+    model = TinyModel(SHIPPED_MODEL, model_version(SHIPPED_MODEL), None, 0.9)
+    with postgres_database() as url:
+        settings = build_settings(
+            tmp_path_factory.mktemp("browser") / "home",
+            url,
+            model,
+            reviewers=SecretStr(accounts),
+            review_secret_key=SecretStr("5e1d9c3b7a2f4e6d8c0b1a3f5e7d9c2b"),
+        )
+        incoming = Incoming(settings.incoming_dir)
+        for sample in sorted(SAMPLES.glob("*.jpg")):
+            if sample.name != "damaged-upload.jpg":
+                (incoming.root / sample.name).write_bytes(sample.read_bytes())
+        run = local_sweep(settings, Classifier.from_path(SHIPPED_MODEL, "cpu"))
+        assert run.succeeded == 20
+        yield settings
+
+
+@pytest.fixture(scope="module")
+def server(night, tmp_path_factory):
+    """``refund-sorter review-server`` on a free port, as its own process."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "review-server.log"
+    argv = [
+        str(Path(sys.executable).parent / "refund-sorter"),
+        "review-server",
+        "--port",
+        str(port),
+    ]
+    process = ServiceProcess("review-server", argv, service_env(night), log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                assert response.read() == b"ok"
+            break
+        except OSError:
+            if process.proc.poll() is not None or time.monotonic() > deadline:
+                process.stop()
+                raise AssertionError(process.describe()) from None
+            time.sleep(0.3)
+    yield url
+    process.stop()
+
+
+@pytest.fixture
+def browser():
+    if chromium_path() is None:
+        pytest.fail(
+            "chromium is not installed (.ci/run installs it: apt-get install -y chromium)",
+            pytrace=False,
+        )
+    with Browser() as b:
+        yield b
+
+
+def photo_on_page(b: Browser) -> int:
+    return int(
+        b.wait_for(
+            "document.querySelector('.desk') && document.querySelector('.desk').dataset.photo"
+        )
+    )
+
+
+def test_a_reviewer_confirms_one_photo_and_corrects_another(
+    night, server, browser, use_settings, tmp_path
+):
+    b = browser
+    b.open(f"{server}/review")
+    assert "/login?next=" in b.url()
+    b.type("input[name=name]", "anna")
+    b.type("input[name=password]", PASSWORDS["anna"])
+    with b.next_page():
+        b.click("form.login button[type=submit]")
+
+    first = photo_on_page(b)
+    assert b.url() == f"{server}/review"
+    # The photo itself reached the browser, through the desk's own content policy.
+    shown = "(img => img.complete && img.naturalWidth)(document.querySelector('.photo img'))"
+    assert b.wait_for(shown) > 0
+    predicted = prediction(night, first)
+    assert f"Confirm {predicted.main_category} / {predicted.sub_category}" in b.text()
+    with b.next_page():
+        b.click("button.confirm")  # the mouse
+
+    second = photo_on_page(b)
+    assert second != first
+    assert f"Saved {predicted.main_category} / {predicted.sub_category}" in b.text()
+    wrong = prediction(night, second)
+    correction = wrong.top_subs[1]
+    with b.next_page():
+        b.press("2")  # the key for the next best guess
+
+    third = photo_on_page(b)
+    assert third not in (first, second)
+    assert f"Saved {correction['main']} / {correction['sub']} for {wrong.file_name}" in b.text()
+    if target := os.environ.get("SCREENSHOT_TO"):
+        b.screenshot(REPO_ROOT / target)
+
+    (confirmed,) = reviews_of(night, first)
+    assert (confirmed.reviewer, confirmed.main_category, confirmed.sub_category) == (
+        "anna",
+        predicted.main_category,
+        predicted.sub_category,
+    )
+    (corrected,) = reviews_of(night, second)
+    assert (corrected.reviewer, corrected.main_category, corrected.sub_category) == (
+        "anna",
+        correction["main"],
+        correction["sub"],
+    )
+    assert reviews_of(night, third) == []
+
+    use_settings(night)
+    out = tmp_path / "returns.csv"
+    assert CliRunner().invoke(main, ["export", "--out", str(out)]).exit_code == 0
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = {row["content_hash"]: row for row in csv.DictReader(fh)}
+    for photo, review in ((first, confirmed), (second, corrected)):
+        row = rows[prediction(night, photo).content_hash]
+        assert row["reviewed_main_category"] == review.main_category
+        assert row["reviewed_sub_category"] == review.sub_category
+        assert row["reviewed_by"] == "anna"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", row["reviewed_at"])
+    untouched = rows[prediction(night, third).content_hash]
+    assert untouched["reviewed_by"] == "" and untouched["needs_review"] == "true"
+    assert sha256_bytes(Path(prediction(night, first).final_path).read_bytes()) == (
+        prediction(night, first).content_hash
+    )
