@@ -149,6 +149,8 @@ def forward_joint(
     precision: str = "auto",
 ) -> torch.Tensor:
     """The forward pass behind ``forward_decide``: (B, n_sub) joint probabilities."""
+    if device.type == "cuda":  # copied from page-locked memory while the CPU goes on
+        batch = batch.pin_memory().to(device, non_blocking=True)
     x = normalize(batch.to(device), mean, std, channels_last=True)
     with autocast(device, precision):
         main_logits, sub_logits = net(x)

@@ -57,12 +57,19 @@ def torch_threads(settings: Settings, processes: int = 1) -> int:
     return settings.torch_threads or max(1, (os.cpu_count() or 1) // max(1, processes))
 
 
+# Decodes the images of this process's batches; sized by load_classifier.
+_decoders = ThreadPoolExecutor(4)
+
+
 def load_classifier(settings: Settings, processes: int = 1):
-    """The model for this process, with its share of the machine's cores."""
+    """The model for this process, with its share of the machine's cores for PyTorch and
+    for decoding (a GPU worker's one process decodes on every core)."""
     import torch
 
     from classifier.predict import Classifier
 
+    global _decoders
+    _decoders = ThreadPoolExecutor(max(2, (os.cpu_count() or 1) // max(1, processes)))
     torch.set_num_threads(torch_threads(settings, processes))
     return Classifier.from_path(settings.model_path, settings.device, settings.precision)
 
@@ -138,8 +145,8 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
         else:
             mine.append((it, src))
 
-    with ThreadPoolExecutor(4) as pool:  # Pillow releases the GIL while decoding
-        prepared = list(pool.map(lambda pair: _prepare(*pair, clf), mine))
+    # Pillow releases the GIL while decoding.
+    prepared = list(_decoders.map(lambda pair: _prepare(*pair, clf), mine))
     good = [
         (it, x) for (it, _), x in zip(mine, prepared, strict=True) if not isinstance(x, Unusable)
     ]

@@ -213,6 +213,7 @@ def _remember_worker(sender, **_) -> None:
     # or thread (threads pool); the solo pool runs one whatever --concurrency says.
     solo = "solo" in str(sender.pool_cls).lower()
     _worker["processes"] = 1 if solo else sender.concurrency
+    _worker["pool_processes"] = "prefork" in str(sender.pool_cls).lower()
     _worker["takes_images"] = CLASSIFY_QUEUE in sender.app.amqp.queues.consume_from
 
 
@@ -226,6 +227,14 @@ def load_model_at_start(**_) -> None:
         classify.classifier  # noqa: B018 (loads it)
     except ModelUnavailable as exc:
         stop_taking_images(str(exc))
+
+
+@signals.worker_ready.connect
+def load_model_in_the_main_process(**_) -> None:
+    """The solo and threads pools classify in the main process (a GPU worker runs solo, as
+    CUDA does not survive fork): it loads the model before the first batch too."""
+    if not _worker.get("pool_processes"):
+        load_model_at_start()
 
 
 def stop_taking_images(reason: str) -> None:
