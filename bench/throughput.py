@@ -1,35 +1,273 @@
-"""Throughput benchmarks: model inference, bulk enqueue, end-to-end local sweep.
+"""Throughput benchmarks, run by hand (never in CI). One command prints the whole table:
 
-python bench/throughput.py inference --model MODEL --data DIR [--batch-sizes 1,8,32,64]
-python bench/throughput.py enqueue --count 10000 [--broker redis://127.0.0.1:6379/15]
-python bench/throughput.py sweep --model MODEL --data DIR
+    python bench/throughput.py table --model MODEL --data DIR [--limit 1800] [--json FILE]
+
+It measures, on the same photos and model: one image at a time (batch 1), the model alone
+on ready tensors, the in-process pipeline limit (read, decode, resize and forward on all
+cores, the next batch decoding while the current one is in the forward pass), ``sweep
+--local``, and a sweep through Redis and a real ``celery -A worker worker`` with 1 pool
+process and with the worker's default; each as images/s and as a share of the limit, with
+each worker process's peak memory and the time to publish 10,000 tasks.
+
+    python bench/throughput.py scale --count 10000 --count 100000
+
+times the producer (scan, hash, rows, publish) and the export per image, with peak memory.
 """
 
+import json
 import os
 import platform
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def machine() -> str:
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device) -> str:
     import torch
 
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return f"{cpu_name()}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
+
+
+def copy_photos(data: Path, limit: int, incoming: Path) -> list[Path]:
+    """The first ``limit`` photos of ``data`` (sorted), copied flat into ``incoming``."""
+    files = sorted(p for p in Path(data).rglob("*") if p.is_file())[:limit]
+    incoming.mkdir(parents=True, exist_ok=True)
+    for i, src in enumerate(files):
+        shutil.copy(src, incoming / f"{i:06d}{src.suffix}")
+    return sorted(incoming.iterdir())
+
+
+# ------------------------------------------------------------------------ in-process rows
+
+
+def decode(clf, path: Path):
+    from refund_sorter.images import open_rgb
+
+    return clf.preset(open_rgb(path.read_bytes(), min_size=clf.checkpoint.image_size))
+
+
+def batch_one(clf, files: list[Path]) -> float:
+    start = time.perf_counter()
+    for path in files:
+        clf.predict_tensors([decode(clf, path)])
+    return len(files) / (time.perf_counter() - start)
+
+
+def model_alone(clf, batch: int, rounds: int = 10) -> float:
+    import torch
+
+    size = clf.checkpoint.image_size
+    x = torch.randint(0, 255, (batch, 3, size, size), dtype=torch.uint8)
+    clf.predict_tensors(x)
+    if clf.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(rounds):
+        clf.predict_tensors(x)
+    if clf.device.type == "cuda":
+        torch.cuda.synchronize()
+    return rounds * batch / (time.perf_counter() - start)
+
+
+def decode_core_ms(clf, files: list[Path]) -> float:
+    """Milliseconds of one core to read, decode and resize one photo."""
+    start = time.process_time()
+    for path in files:
+        decode(clf, path)
+    return 1000 * (time.process_time() - start) / len(files)
+
+
+def pipeline_limit(clf, files: list[Path], batch: int) -> float:
+    """Read, decode, resize and forward on all cores: decoding threads prepare the next
+    batch while the current one is in the forward pass."""
+    import torch
+
+    batches = [files[i : i + batch] for i in range(0, len(files), batch)]
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        start = time.perf_counter()
+        ahead = [pool.submit(decode, clf, p) for p in batches[0]]
+        for i in range(len(batches)):
+            tensors = [f.result() for f in ahead]
+            if i + 1 < len(batches):
+                ahead = [pool.submit(decode, clf, p) for p in batches[i + 1]]
+            clf.predict_tensors(torch.stack(tensors))
+        return len(files) / (time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------ sweep rows
+
+
+class Home:
+    """A scratch REFUND_SORTER_HOME with the photos in incoming/ and a migrated SQLite."""
+
+    def __init__(self, data: Path, limit: int, model: Path, broker: str, batch: int, device):
+        self.path = Path(tempfile.mkdtemp(prefix="refund-sorter-bench-"))
+        self.incoming = self.path / "incoming"
+        self.n = len(copy_photos(data, limit, self.incoming))
+        self.env = {
+            **os.environ,
+            "REFUND_SORTER_HOME": str(self.path),
+            "REFUND_SORTER_MODEL_PATH": str(Path(model).absolute()),
+            "REFUND_SORTER_BROKER_URL": broker,
+            "REFUND_SORTER_BATCH_SIZE": str(batch),
+            "REFUND_SORTER_DEVICE": device,
+        }
+        from refund_sorter.db import upgrade
+
+        upgrade(f"sqlite:///{self.path / 'refund-sorter.db'}")
+
+    def settings(self):
+        from refund_sorter.config import Settings
+
+        keys = {k: v for k, v in self.env.items() if k.startswith("REFUND_SORTER_")}
+        old = {k: os.environ.get(k) for k in keys}
+        os.environ.update(keys)
+        try:
+            return Settings()
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+    def left(self) -> int:
+        return sum(1 for p in self.incoming.rglob("*") if p.is_file())
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def local_sweep(home: Home) -> float:
+    """``refund-sorter sweep --local`` as a command: images/s over its whole run."""
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", "from cli import main; main()", "sweep", "--local"],
+        cwd=ROOT,
+        env=home.env,
+        check=True,
+        capture_output=True,
     )
+    elapsed = time.perf_counter() - start
+    assert home.left() == 0, f"{home.left()} photos were not classified"
+    return home.n / elapsed
+
+
+def proc_stat(pid: int) -> tuple[float, float]:
+    """(CPU seconds, peak resident MiB) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    hwm = next(
+        line.split()[1]
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmHWM")
+    )
+    return cpu, int(hwm) / 1024
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def celery_sweep(home: Home, processes: int, pool: str = "") -> dict:
+    """A sweep through Redis and one ``celery -A worker worker`` (``-c processes``; 0: the
+    default), timed from the producer's publish to the last file moved."""
+    import redis
+
+    from producer.sweep import run_sweep
+    from refund_sorter.celery_app import publish
+    from refund_sorter.crud import get_sweep
+    from refund_sorter.db import session_factory
+
+    settings = home.settings()
+    redis.Redis.from_url(settings.broker_url).flushdb()
+    log = home.path / f"worker-{processes}.log"
+    began = time.perf_counter()
+    with open(log, "w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-l", "info"]
+            + (["-c", str(processes)] if processes else [])
+            + (["-P", pool] if pool else []),
+            cwd=ROOT,
+            env=home.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        loading = 1 if pool == "solo" else processes or os.cpu_count()
+        while log.read_text().count("loaded model") < loading:
+            if worker.poll() is not None or time.perf_counter() - began > 300:
+                raise RuntimeError(f"the worker did not start: see {log}")
+            time.sleep(0.05)
+        ready = time.perf_counter() - began
+        pids = [worker.pid, *children(worker.pid)]
+        cpu_before = sum(proc_stat(p)[0] for p in pids)
+        published = []
+
+        def timed_publish(items) -> None:
+            published.append(time.perf_counter())
+            publish(items)
+
+        run = run_sweep(settings, dispatch=timed_publish, trigger="manual").run
+        sessions = session_factory(settings.database_url)
+        while True:
+            with sessions() as session:
+                if get_sweep(session, run.id).finished_at is not None and home.left() == 0:
+                    break
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - published[0]
+        stats = [proc_stat(p) for p in pids]
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    return {
+        "images_per_second": home.n / elapsed,
+        "seconds": elapsed,
+        "worker_ready_seconds": ready,
+        "cores_busy": (sum(cpu for cpu, _ in stats) - cpu_before) / elapsed,
+        "peak_mib_per_process": [round(mib) for _, mib in stats],
+    }
+
+
+def publish_time(broker: str, count: int) -> float:
+    """Seconds to publish ``count`` classify tasks to a scratch Redis database."""
+    import redis
+
+    from refund_sorter.celery_app import publish
+    from refund_sorter.messages import CLASSIFY_QUEUE, WorkItem
+
+    client = redis.Redis.from_url(broker)
+    client.flushdb()
+    items = [WorkItem(f"/srv/incoming/{i:06d}.jpg", f"{i:064x}", "bench") for i in range(count)]
+    start = time.perf_counter()
+    publish(items)
+    elapsed = time.perf_counter() - start
+    assert client.llen(CLASSIFY_QUEUE) == count
+    client.flushdb()
+    return elapsed
 
 
 @click.group()
@@ -40,219 +278,206 @@ def cli() -> None:
 @cli.command()
 @click.option("--model", type=click.Path(path_type=Path), required=True)
 @click.option("--data", type=click.Path(path_type=Path), required=True)
-@click.option("--batch-sizes", default="1,8,32,64")
-@click.option("--limit", default=256, help="Images to classify per setting.")
-def inference(model, data, batch_sizes, limit) -> None:
-    """Images/s of the worker's path: read, decode, preprocess, forward (bf16 on CPU)."""
+@click.option("--limit", default=1800, show_default=True, help="Photos to sweep.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--processes",
+    default="1,0",
+    show_default=True,
+    help="Celery pool processes to measure, comma-separated; 0: the worker's default.",
+)
+@click.option("--pool", default="", help="Celery pool (-P); default: the worker's (prefork).")
+@click.option("--skip", default="", help="Rows to leave out, comma-separated: local, celery.")
+@click.option("--broker", default="redis://127.0.0.1:6379/14", show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the table.")
+def table(model, data, limit, batch_size, device, processes, pool, skip, broker, json_path) -> None:
+    """The whole throughput table, from one run on the same photos and model."""
     import torch
 
     from classifier.predict import Classifier
-    from classifier.taxonomy import read_layout
-    from refund_sorter.images import open_rgb
 
-    clf = Classifier.from_path(model, "auto")
-    files = [p for p, _ in read_layout(data, min_subs=1).files][:limit]
-    print(f"machine: {machine()}; device {clf.device}; {len(files)} images")
-    clf.predict_images([open_rgb(files[0], clf.checkpoint.image_size)])  # warm-up
-    for bs in (int(b) for b in batch_sizes.split(",")):
-        start = time.perf_counter()
-        for i in range(0, len(files), bs):
-            chunk = files[i : i + bs]
-            clf.predict_images([open_rgb(p, clf.checkpoint.image_size) for p in chunk])
-        elapsed = time.perf_counter() - start
-        print(f"batch {bs:>3}: {len(files) / elapsed:7.1f} images/s (decode + forward)")
-    x = torch.randint(
-        0, 255, (64, 3, clf.checkpoint.image_size, clf.checkpoint.image_size), dtype=torch.uint8
-    )
-    for name, autocast in (("fp32", False), ("bf16 autocast", True)):
-        net = clf.net
-        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-            xf = (x.float() / 255).contiguous(memory_format=torch.channels_last)
-            net(xf)
-            start = time.perf_counter()
-            for _ in range(3):
-                net(xf)
-            elapsed = time.perf_counter() - start
-        print(f"forward only, batch 64, {name}: {3 * 64 / elapsed:7.1f} images/s")
-    print(f"peak RSS: {peak_rss_mib():.0f} MiB")
-
-
-@cli.command()
-@click.option("--count", default=10_000)
-@click.option("--broker", default="redis://127.0.0.1:6379/15")
-def enqueue(count, broker) -> None:
-    """Time the producer's bulk publish of COUNT tasks to a scratch Redis database."""
     os.environ["REFUND_SORTER_BROKER_URL"] = broker
-    import redis
+    torch.set_num_threads(os.cpu_count())
+    home = Home(data, limit, model, broker, batch_size, device)
+    rows: list[dict] = []
+    try:
+        clf = Classifier.from_path(model, device)
+        files = sorted(home.incoming.iterdir())
+        print(
+            f"{machine(clf.device)}; {home.n} photos; model {clf.version} at "
+            f"{clf.checkpoint.image_size} px in {clf.precision}; batch {batch_size}"
+        )
 
-    from refund_sorter.celery_app import publish
-    from refund_sorter.messages import CLASSIFY_QUEUE, WorkItem
+        def row(what: str, ips: float, **extra) -> None:
+            rows.append({"what": what, "images_per_second": ips, **extra})
+            print(f"  {what:<48} {ips:8.1f} images/s", flush=True)
 
-    r = redis.Redis.from_url(broker)
-    r.delete(CLASSIFY_QUEUE)
-    items = [
-        WorkItem(f"/data/incoming/img-{i:06d}.jpg", f"{i:064x}", "bench") for i in range(count)
-    ]
-    start = time.perf_counter()
-    publish(items)
-    elapsed = time.perf_counter() - start
-    queued = r.llen(CLASSIFY_QUEUE)
-    r.delete(CLASSIFY_QUEUE)
-    print(
-        f"published {count} tasks in {elapsed:.2f} s ({count / elapsed:.0f} tasks/s); "
-        f"queue length seen: {queued}"
-    )
+        pipeline_limit(clf, files[: batch_size * 2], batch_size)  # warm-up
+        limit_ips = pipeline_limit(clf, files, batch_size)
+        row("in-process pipeline limit", limit_ips)
+        row("model alone, ready tensors", model_alone(clf, batch_size))
+        row("one image at a time (batch 1)", batch_one(clf, files[:200]))
+        ms = decode_core_ms(clf, files[:300])
+        print(f"  read + decode + resize: {ms:.2f} core-ms per photo")
+        in_process_mib = peak_rss_mib()
+        del clf
+        if "local" not in skip:
+            row("refund-sorter sweep --local", local_sweep(home))
+        for n in [int(p) for p in processes.split(",")] if "celery" not in skip else []:
+            shutil.rmtree(home.path)
+            home = Home(data, limit, model, broker, batch_size, device)
+            result = celery_sweep(home, n, pool)
+            label = " ".join([f"-c {n}"] * bool(n) + [f"-P {pool}"] * bool(pool)) or "no flags"
+            row(f"celery -A worker worker ({label})", result.pop("images_per_second"), **result)
+        publish_s = publish_time(broker, 10_000)
+        print(f"  publish 10,000 tasks: {publish_s:.2f} s")
+    finally:
+        home.remove()
+    for r in rows:
+        r["share_of_limit"] = r["images_per_second"] / limit_ips
+    print("\n| what | images/s | share of the limit | peak MiB per worker process |")
+    print("|---|---|---|---|")
+    for r in rows:
+        mib = r.get("peak_mib_per_process")
+        extra = ", ".join(map(str, mib)) if mib else ""
+        print(
+            f"| {r['what']} | {r['images_per_second']:.1f} | {r['share_of_limit']:.2f} | {extra} |"
+        )
+    for r in rows:
+        if "worker_ready_seconds" in r:
+            print(
+                f"{r['what']}: ready {r['worker_ready_seconds']:.1f} s after start, "
+                f"{r['cores_busy']:.2f} cores busy while sweeping"
+            )
+    report = {
+        "machine": cpu_name(),
+        "cores": os.cpu_count(),
+        "photos": home.n,
+        "batch_size": batch_size,
+        "decode_core_ms_per_photo": ms,
+        "in_process_peak_mib": in_process_mib,
+        "publish_10000_seconds": publish_s,
+        "rows": rows,
+    }
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2))
+
+
+@cli.command("input-size")
+@click.option("--model", type=click.Path(path_type=Path), required=True)
+@click.option("--size", type=int, required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def input_size(model, size, out) -> None:
+    """The same weights, fed SIZE x SIZE images: a model to time another input size with
+    (the network's global pooling takes any size; its accuracy is not the point)."""
+    from classifier.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(model)
+    ckpt.image_size, ckpt.int8 = size, None
+    ckpt.meta = {**ckpt.meta, "note": f"{model.name} at {size} px, for benchmarks"}
+    print(f"{out}: version {save_checkpoint(ckpt, out)}")
 
 
 @cli.command()
-@click.option("--model", type=click.Path(path_type=Path), required=True)
-@click.option("--count", default=10_000, help="Small generated images to sweep.")
-@click.option("--broker", default="redis://127.0.0.1:6379/15")
+@click.option("--count", "counts", multiple=True, type=int, default=(10_000, 100_000))
 @click.option("--database-url", default="", help="Default: a scratch SQLite file.")
-def producer(model, count, broker, database_url) -> None:
-    """The whole producer on COUNT new images: scan, hash, sniff, rows, publish."""
+@click.option("--broker", default="redis://127.0.0.1:6379/13", show_default=True)
+def scale(counts, database_url, broker) -> None:
+    """Producer (scan, hash, sniff, rows, publish) and export, each COUNT images: time per
+    image and peak memory, each size in a fresh process."""
+    print(f"{cpu_name()}, {os.cpu_count()} cores; database {database_url or 'SQLite'}")
+    print("| images | producer ms/image | producer peak MiB | export ms/row | export peak MiB |")
+    print("|---|---|---|---|---|")
+    for n in counts:
+        argv = [sys.executable, __file__, "scale-one", "--count", str(n), "--broker", broker]
+        out = subprocess.run(
+            argv + (["--database-url", database_url] if database_url else []),
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        r = json.loads(out.splitlines()[-1])
+        print(
+            f"| {n:,} | {1000 * r['producer_s'] / n:.3f} | {r['producer_mib']:.0f} | "
+            f"{1000 * r['export_s'] / n:.3f} | {r['export_mib']:.0f} |",
+            flush=True,
+        )
+
+
+@cli.command("scale-one", hidden=True)
+@click.option("--count", type=int, required=True)
+@click.option("--database-url", default="")
+@click.option("--broker", required=True)
+def scale_one(count, database_url, broker) -> None:
     import numpy as np
     import redis
     from PIL import Image
+    from sqlalchemy import text
 
     home = Path(tempfile.mkdtemp(prefix="refund-sorter-bench-"))
     try:
         incoming = home / "incoming"
-        incoming.mkdir()
-        rng = np.random.default_rng(0)
         for i in range(count):
-            pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(incoming / f"return-{i:06d}.png")
-        os.environ.update(
-            REFUND_SORTER_HOME=str(home),
-            REFUND_SORTER_MODEL_PATH=str(model),
-            REFUND_SORTER_BROKER_URL=broker,
-        )
-        if database_url:
-            os.environ["REFUND_SORTER_DATABASE_URL"] = database_url
-        from producer.sweep import run_sweep
-        from refund_sorter.celery_app import publish
-        from refund_sorter.config import get_settings
-        from refund_sorter.db import upgrade
-        from refund_sorter.messages import CLASSIFY_QUEUE
-
-        settings = get_settings()
-        upgrade(settings.database_url)
-        r = redis.Redis.from_url(broker)
-        r.delete(CLASSIFY_QUEUE)
-        start = time.perf_counter()
-        run = run_sweep(settings, dispatch=publish, trigger="manual").run
-        elapsed = time.perf_counter() - start
-        print(
-            f"{run.found} images found, {run.enqueued} enqueued, {r.llen(CLASSIFY_QUEUE)} "
-            f"on the queue: {elapsed:.1f} s ({run.enqueued / elapsed:.0f} images/s)"
-        )
-        r.delete(CLASSIFY_QUEUE)
-    finally:
-        shutil.rmtree(home)
-
-
-@cli.command()
-@click.option("--model", type=click.Path(path_type=Path), required=True)
-@click.option("--data", type=click.Path(path_type=Path), required=True)
-@click.option("--batch-size", default=32)
-def sweep(model, data, batch_size) -> None:
-    """End-to-end local sweep (scan, hash, classify, SQLite, move, CSV) over DATA's images."""
-    home = Path(tempfile.mkdtemp(prefix="refund-sorter-bench-"))
-    try:
-        incoming = home / "incoming"
-        shutil.copytree(data, incoming)
-        n = sum(1 for p in incoming.rglob("*") if p.is_file())
-        os.environ.update(
-            REFUND_SORTER_HOME=str(home),
-            REFUND_SORTER_MODEL_PATH=str(model),
-            REFUND_SORTER_BATCH_SIZE=str(batch_size),
-        )
-        from click.testing import CliRunner
-
-        from cli import main
-        from refund_sorter.db import upgrade
-
-        upgrade(f"sqlite:///{home / 'refund-sorter.db'}")
-        start = time.perf_counter()
-        result = CliRunner().invoke(main, ["sweep", "--local"], catch_exceptions=False)
-        elapsed = time.perf_counter() - start
-        print(result.output.strip().splitlines()[-3:])
-        print(f"machine: {machine()}")
-        print(
-            f"local sweep of {n} images: {elapsed:.1f} s, {n / elapsed:.1f} images/s "
-            f"(includes loading the model); peak RSS {peak_rss_mib():.0f} MiB"
-        )
-    finally:
-        shutil.rmtree(home)
-
-
-@cli.command()
-@click.option("--model", type=click.Path(path_type=Path), required=True)
-@click.option("--data", type=click.Path(path_type=Path), required=True)
-@click.option("--limit", default=1000, help="Images to sweep.")
-@click.option(
-    "--processes", default=0, help="Worker processes (--concurrency); 0: the worker's default."
-)
-@click.option("--threads", default=0, help="REFUND_SORTER_TORCH_THREADS; 0: the worker's default.")
-@click.option("--batch-size", default=32)
-@click.option("--broker", default="redis://127.0.0.1:6379/14")
-@click.option("--database-url", default="", help="Default: a scratch SQLite file.")
-def celery(model, data, limit, processes, threads, batch_size, broker, database_url) -> None:
-    """A sweep through Redis and one real Celery worker: images/s from publish to finish."""
-    import subprocess
-
-    import redis
-    from click.testing import CliRunner
-
-    home = Path(tempfile.mkdtemp(prefix="refund-sorter-bench-"))
-    try:
-        files = sorted(p for p in Path(data).rglob("*") if p.is_file())[:limit]
-        for i, src in enumerate(files):
-            (home / "incoming").mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, home / "incoming" / f"{i:06d}{src.suffix}")
+            folder = incoming / f"{i // 1000:04d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = np.frombuffer(i.to_bytes(48, "little"), dtype=np.uint8).reshape(4, 4, 3)
+            Image.fromarray(pixels).save(folder / f"return-{i:06d}.png")
         env = {
-            **os.environ,
             "REFUND_SORTER_HOME": str(home),
-            "REFUND_SORTER_MODEL_PATH": str(model.absolute()),
+            "REFUND_SORTER_MODEL_PATH": str(ROOT / "assets/model/refund-sorter-resnet18.pt"),
             "REFUND_SORTER_BROKER_URL": broker,
-            "REFUND_SORTER_BATCH_SIZE": str(batch_size),
-            "REFUND_SORTER_TORCH_THREADS": str(threads),  # 0: cores / processes
-            "REFUND_SORTER_DEVICE": "cpu",
         }
         if database_url:
             env["REFUND_SORTER_DATABASE_URL"] = database_url
         os.environ.update(env)
-        redis.Redis.from_url(broker).flushdb()
-        from cli import main
+        from producer.sweep import run_sweep
+        from refund_sorter.celery_app import publish
         from refund_sorter.config import get_settings
-        from refund_sorter.db import upgrade
+        from refund_sorter.db import session_factory, upgrade
 
-        upgrade(get_settings().database_url)
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker"]
-            + (["-c", str(processes)] if processes else []),
-            cwd=Path(__file__).resolve().parent.parent,
-            env=env,
+        settings = get_settings()
+        upgrade(settings.database_url)
+        client = redis.Redis.from_url(broker)
+        client.flushdb()
+        before = peak_rss_mib()
+        start = time.perf_counter()
+        run = run_sweep(settings, dispatch=publish, trigger="manual").run
+        producer_s = time.perf_counter() - start
+        assert run.enqueued == count, run
+        client.flushdb()
+        # Classified rows to export: what workers would have written.
+        with session_factory(settings.database_url).begin() as session:
+            session.execute(
+                text(
+                    "UPDATE predictions SET status = 'ok', main_category = 'footwear', "
+                    "main_confidence = 0.9, sub_category = 'shoes', sub_confidence = 0.8, "
+                    "final_path = original_path, classified_at = CURRENT_TIMESTAMP"
+                )
+            )
+        csv_path = home / "all.csv"
+        start = time.perf_counter()
+        export = subprocess.Popen(
+            [sys.executable, "-c", "from cli import main; main()", "export", "--out", csv_path],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
         )
-        try:
-            time.sleep(8)  # let the worker connect and its processes load the model
-            start = time.perf_counter()
-            result = CliRunner().invoke(main, ["sweep", "--wait"], catch_exceptions=False)
-            elapsed = time.perf_counter() - start
-        finally:
-            worker.terminate()
-            worker.wait(timeout=60)
-        print(result.output.strip().splitlines()[-2])
-        print(f"machine: {machine()}")
+        _, status, usage = os.wait4(export.pid, 0)
+        export_s = time.perf_counter() - start
+        assert status == 0 and csv_path.read_text().count("\n") == count + 1
         print(
-            f"{len(files)} images, {processes or 'default'} process(es) x "
-            f"{threads or 'default'} thread(s), batch "
-            f"{batch_size}: {elapsed:.1f} s, {len(files) / elapsed:.1f} images/s "
-            "(publish to last commit, model loading included)"
+            json.dumps(
+                {
+                    "producer_s": producer_s,
+                    "producer_mib": peak_rss_mib() - before,
+                    "export_s": export_s,
+                    "export_mib": usage.ru_maxrss / 1024,
+                }
+            )
         )
     finally:
-        shutil.rmtree(home)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
