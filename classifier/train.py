@@ -5,7 +5,6 @@ memory at a little above the training size, then augmented on the fly, which on 
 small CPU is several times faster than decoding JPEGs every epoch.
 """
 
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from classifier.network import ARCH, IMAGENET_MEAN, IMAGENET_STD, DualHeadNet, l
 from classifier.predict import autocast, forward_decide, resolve_device
 from classifier.presets import EvalPreset, TrainPreset, cache_size, normalize, to_square
 from classifier.recipe import TrainConfig
+from classifier.splits import split_validation
 from classifier.taxonomy import Taxonomy, read_layout, relabel
 from refund_sorter.errors import UserError
 
@@ -38,22 +38,6 @@ class TrainSummary:
     seconds: float
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def split_validation(files, fraction: float, seed: int):
-    """Stratified split: each sub category gives ``fraction`` of its files (at least one)."""
-    rng = random.Random(seed)
-    by_label: dict[int, list] = {}
-    for item in files:
-        by_label.setdefault(item[1], []).append(item)
-    train, val = [], []
-    for items in by_label.values():
-        items = items[:]
-        rng.shuffle(items)
-        n_val = max(1, round(len(items) * fraction)) if len(items) > 1 else 0
-        val += items[:n_val]
-        train += items[n_val:]
-    return train, val
 
 
 def select_files(data_dir: Path, cfg: TrainConfig):
