@@ -1,6 +1,6 @@
 """The ``refund-sorter`` command line, by audience: ``cli.model`` for whoever trains and
-checks the model (train, evaluate, classify), ``cli.operations`` for the operators (sweep,
-runs, export, db upgrade, flower).
+checks the model (train, cv-summary, evaluate, classify), ``cli.operations`` for the
+operators (sweep, runs, export, db upgrade, flower).
 
 It sits above the roles it drives (producer, worker, classifier), so the shared core in
 ``refund_sorter/`` imports none of them. Heavy imports (PyTorch, Celery) happen inside the
@@ -20,6 +20,7 @@ def main() -> None:
 
 for command in (
     model.train,
+    model.cv_summary,
     model.evaluate,
     model.classify,
     operations.sweep,

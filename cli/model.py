@@ -1,4 +1,5 @@
-"""Model commands: train, evaluate and classify, for whoever trains and checks the model."""
+"""Model commands: train, cv-summary, evaluate and classify, for whoever trains and checks
+the model."""
 
 import json
 import sys
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from classifier.recipe import TrainConfig
+from classifier.recipe import AUTO_AUGMENTS, TrainConfig
 from cli.common import device_option, friendly, mapping_option, precision_option
 
 DEFAULTS = TrainConfig()
@@ -19,6 +20,9 @@ def recipe_option(flag: str, help: str, **kwargs):
     return click.option(flag, default=default, show_default=True, help=help, **kwargs)
 
 
+SHARE = click.FloatRange(0, 1, max_open=True)
+
+
 @click.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=OUTPUT_FILE, required=True, help="Where to write the best checkpoint.")
@@ -26,11 +30,44 @@ def recipe_option(flag: str, help: str, **kwargs):
 @recipe_option("--image-size", "Side of the square input.", type=click.IntRange(min=16))
 @recipe_option("--batch-size", "Images per training step.", type=click.IntRange(min=2))
 @recipe_option("--lr", "Peak learning rate (one-cycle).")
+@recipe_option("--label-smoothing", "Label smoothing of both heads' loss.", type=SHARE)
+@recipe_option(
+    "--auto-augment",
+    "Automatic augmentation after crop and flip, instead of the mild colour jitter: "
+    "'ta_wide' (TrivialAugmentWide) or 'ra' (RandAugment).",
+    type=click.Choice(AUTO_AUGMENTS),
+)
+@recipe_option(
+    "--random-erase", "Probability of erasing a random rectangle of each image.", type=SHARE
+)
+@recipe_option(
+    "--mixup-alpha", "MixUp's Beta(alpha, alpha); 0 = off.", type=click.FloatRange(min=0)
+)
+@recipe_option(
+    "--cutmix-alpha",
+    "CutMix's Beta(alpha, alpha); 0 = off. With MixUp too, one of them per batch.",
+    type=click.FloatRange(min=0),
+)
+@recipe_option(
+    "--model-ema",
+    "Keep an exponential moving average of the weights; validate and save it.",
+    is_flag=True,
+)
+@recipe_option(
+    "--model-ema-decay",
+    "Decay of that average per step (it spans about 1 / (1 - decay) steps).",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+)
+@recipe_option(
+    "--balanced-sampling",
+    "Draw training images so that every sub category is seen equally often.",
+    is_flag=True,
+)
 @device_option
 @recipe_option(
     "--pretrained", "Backbone start: 'imagenet' (torchvision weights), 'none', or a weights file."
 )
-@recipe_option("--seed", "Random seed.")
+@recipe_option("--seed", "Random seed (training, and the splits and folds of the data).")
 @click.option(
     "--val",
     "val_dir",
@@ -40,45 +77,108 @@ def recipe_option(flag: str, help: str, **kwargs):
 @recipe_option(
     "--val-fraction", "Share of DATA_DIR held out for validation when --val is not given."
 )
+@recipe_option(
+    "--folds",
+    "Cross-validation: deal DATA_DIR into this many stratified folds (0 = no cross-validation).",
+    type=click.IntRange(min=0),
+)
+@recipe_option(
+    "--fold",
+    "With --folds: the fold (1..folds) held out for validation and calibration; its figures "
+    "go to a .cv.json file beside --out, for cv-summary.",
+    type=click.IntRange(min=0),
+)
+@recipe_option(
+    "--calibration-split",
+    "Share of the training files held out to fit the temperature and choose the review "
+    "threshold; 0 = neither (ignored with --folds: the fold is used).",
+    type=SHARE,
+)
+@recipe_option(
+    "--review-target",
+    "Accuracy, on both levels, that the photos not flagged for review must reach on the "
+    "calibration images; the smallest threshold that reaches it is stored in the model.",
+    type=click.FloatRange(0, 1, min_open=True),
+)
 @mapping_option
 @friendly
-def train(
-    data_dir,
-    out,
-    epochs,
-    image_size,
-    batch_size,
-    lr,
-    device,
-    pretrained,
-    seed,
-    val_dir,
-    val_fraction,
-    mapping,
-) -> None:
-    """Train the dual-head classifier on DATA_DIR laid out <main>/<sub>/<image>."""
+def train(data_dir, out, **recipe) -> None:
+    """Train the dual-head classifier on DATA_DIR laid out <main>/<sub>/<image>, then
+    calibrate it on held-out images and store its review threshold."""
     from classifier.train import train as run_training
 
-    cfg = TrainConfig(
-        epochs=epochs,
-        image_size=image_size,
-        batch_size=batch_size,
-        lr=lr,
-        device=device,
-        pretrained=pretrained,
-        seed=seed,
-        val_dir=val_dir,
-        val_fraction=val_fraction,
-        mapping=mapping,
-    )
+    cfg = TrainConfig(**recipe)
     summary = run_training(data_dir, out, cfg, echo=click.echo)
     m = summary.metrics
     click.echo(
         f"\nsaved {summary.model_path} (version {summary.version}, epoch {summary.best_epoch})\n"
         f"validation accuracy: main {m['main_accuracy']:.3f}, sub {m['sub_accuracy']:.3f}\n"
         f"images: {summary.n_train} train, {summary.n_val} validation, "
-        f"{len(summary.skipped)} unreadable skipped\n"
+        f"{summary.calibration['images']} calibration, {len(summary.skipped)} unreadable skipped\n"
         f"time: {summary.seconds / 60:.1f} min"
+    )
+    if summary.calibration["images"]:
+        cal = summary.calibration
+        click.echo(
+            f"temperature {cal['temperature']:.3f}, review threshold {cal['review_threshold']:.3f} "
+            f"({cal['flagged']:.1%} of the calibration images flagged)"
+        )
+    if summary.fold_result:
+        click.echo(f"fold result: {summary.fold_result}")
+    for warning in summary.warnings:
+        click.secho(f"WARNING: {warning}", fg="red", err=True)
+
+
+@click.command("cv-summary")
+@click.argument("results", type=click.Path(path_type=Path), nargs=-1, required=True)
+@click.option("--out", type=OUTPUT_FILE, help="Also write the summary as JSON here.")
+@friendly
+def cv_summary(results, out) -> None:
+    """Summarise a cross-validation: RESULTS are the .cv.json files that train --folds K
+    --fold I wrote, or folders holding them. Prints each fold's figures and their mean."""
+    from classifier.crossval import read_fold_results, summarise
+
+    summary = summarise(read_fold_results(list(results)))
+    done = len(summary["per_fold"])
+    click.echo(
+        f"cross-validation: {done} of {summary['folds']} folds, seed {summary['seed']}, "
+        f"data {', '.join(summary['data_dirs'])}"
+    )
+    header = ("fold", "n_val", "main", "sub", "best main", "best sub", "epoch", "T", "ECE sub")
+    click.echo("".join(f"{h:>10}" for h in header) + f"{'threshold':>11}{'flagged':>9}")
+    for row in [*summary["per_fold"], {**summary["mean"], "fold": "mean"}]:
+        click.echo(_cv_line(row))
+    if done > 1:
+        click.echo(_cv_line({**summary["std"], "fold": "std"}))
+    click.echo(
+        "main and sub: the last epoch's accuracy on the held-out fold (the best epoch is "
+        "picked on that same fold, so its figures lean high)"
+    )
+    if summary["missing_folds"]:
+        click.echo(f"not run yet: fold {', '.join(map(str, summary['missing_folds']))}")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(summary, indent=2))
+        click.echo(f"summary: {out}")
+
+
+def _cv_line(row: dict) -> str:
+    def cell(key: str, fmt: str, width: int = 10) -> str:
+        value = row.get(key)
+        return f"{'-' if value is None else format(value, fmt):>{width}}"
+
+    return (
+        f"{row['fold']:>10}"
+        + cell("n_val", ".0f")
+        + "".join(
+            cell(key, ".3f")
+            for key in ("main_accuracy", "sub_accuracy", "best_main_accuracy", "best_sub_accuracy")
+        )
+        + cell("best_epoch", ".0f")
+        + cell("temperature", ".2f")
+        + cell("sub_ece_after", ".3f")
+        + cell("review_threshold", ".3f", 11)
+        + cell("flagged", ".1%", 9)
     )
 
 

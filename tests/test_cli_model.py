@@ -6,6 +6,7 @@ cannot be read are named and skipped, not fatal.
 
 import json
 import os
+import re
 import shlex
 from urllib.error import URLError
 
@@ -262,3 +263,193 @@ def test_train_refuses_a_folder_as_the_model_file(tmp_path, make_dataset):
     result = run("train", data, "--out", tmp_path / "models", "--val-fraction", "0.3", *FAST)
 
     assert result.exit_code == 2, repr(result.exception)
+
+
+# --- the recipe's knobs, cross-validation -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_with_every_knob_on_records_them_in_the_model(tmp_path, make_dataset):
+    data = make_dataset(tmp_path / "data", {"tops/shirt": 8, "bottoms/jeans": 8})
+    out = tmp_path / "model.pt"
+    knobs = [
+        *["--auto-augment", "ta_wide", "--random-erase", "0.25", "--label-smoothing", "0.05"],
+        *["--mixup-alpha", "0.2", "--cutmix-alpha", "1.0", "--model-ema"],
+        *["--model-ema-decay", "0.9", "--balanced-sampling", "--review-target", "0.9"],
+    ]
+
+    result = run("train", data, "--out", out, "--val-fraction", "0.25", *FAST, *knobs)
+
+    assert result.exit_code == 0, result.output
+    args = load_checkpoint(out).meta["args"]
+    assert {k: args[k] for k in ("auto_augment", "random_erase", "label_smoothing")} == {
+        "auto_augment": "ta_wide",
+        "random_erase": 0.25,
+        "label_smoothing": 0.05,
+    }
+    assert (args["mixup_alpha"], args["cutmix_alpha"]) == (0.2, 1.0)
+    assert (args["model_ema"], args["model_ema_decay"], args["balanced_sampling"]) == (
+        True,
+        0.9,
+        True,
+    )
+    assert args["review_target"] == 0.9
+    assert "images: 10 train, 4 validation, 2 calibration, 0 unreadable skipped" in result.output
+    assert re.search(r"temperature \d+\.\d{3}, review threshold \d\.\d{3} \(", result.output)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--auto-augment", "autoaugment"],
+        ["--mixup-alpha", "-1"],
+        ["--random-erase", "1.5"],
+        ["--model-ema-decay", "1"],
+        ["--review-target", "0"],
+        ["--calibration-split", "1"],
+        ["--label-smoothing", "1"],
+        ["--folds", "-2"],
+    ],
+)
+def test_train_refuses_knobs_out_of_range_up_front(tmp_path, make_dataset, option):
+    data = make_dataset(tmp_path / "data", {"tops/shirt": 3, "bottoms/jeans": 3})
+
+    result = run("train", data, "--out", tmp_path / "m.pt", *FAST, *option)
+
+    assert result.exit_code == 2, repr(result.exception)
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--fold", "1"], "error: --fold needs --folds K with K at least 2"),
+        (["--folds", "3", "--fold", "4"], "error: --fold must be one of 1..3 (the held-out fold)"),
+        (["--folds", "3"], "error: --fold must be one of 1..3 (the held-out fold)"),
+    ],
+)
+def test_train_refuses_folds_that_do_not_fit(tmp_path, make_dataset, options, message):
+    data = make_dataset(tmp_path / "data", {"tops/shirt": 3, "bottoms/jeans": 3})
+
+    result = run("train", data, "--out", tmp_path / "m.pt", *FAST, *options)
+
+    assert_clean_failure(result)
+    assert message in result.output
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_refuses_a_validation_folder_with_folds(tmp_path, make_dataset):
+    data = make_dataset(tmp_path / "data", {"tops/shirt": 3, "bottoms/jeans": 3})
+    val = make_dataset(tmp_path / "val", {"tops/shirt": 1, "bottoms/jeans": 1})
+
+    result = run(
+        "train",
+        data,
+        "--out",
+        tmp_path / "m.pt",
+        *FAST,
+        "--folds",
+        "3",
+        "--fold",
+        "1",
+        "--val",
+        val,
+    )
+
+    assert_clean_failure(result)
+    assert "--val cannot be combined with --folds" in result.output
+
+
+@pytest.fixture(scope="module")
+def two_folds(tmp_path_factory):
+    """Folds 1 and 2 of a 3-fold cross-validation, trained one at a time as an operator
+    would; fold 3 not run."""
+    from conftest import write_dataset
+
+    root = tmp_path_factory.mktemp("cv")
+    data = write_dataset(root / "data", {"tops/shirt": 6, "bottoms/jeans": 6})
+    outputs = []
+    for fold in (2, 1):
+        out = root / "runs" / f"fold-{fold}.pt"
+        args = ["train", data, "--out", out, *FAST, "--batch-size", "4"]
+        outputs.append(run(*args, "--folds", "3", "--fold", str(fold)))
+        assert outputs[-1].exit_code == 0, outputs[-1].output
+    return root, data, outputs
+
+
+@pytest.mark.slow
+def test_folds_run_one_at_a_time_then_summarise(two_folds):
+    root, _, outputs = two_folds
+    runs = root / "runs"
+    assert f"fold result: {runs / 'fold-2.cv.json'}" in outputs[0].output
+    assert "8 training and 4 validation files (fold 1 of 3, also the calibration data)" in (
+        outputs[1].output
+    )
+
+    result = run("cv-summary", runs, "--out", root / "summary.json")
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"cross-validation: 2 of 3 folds, seed 0, data {(root / 'data').resolve()}"
+    per_fold = {line.split()[0]: line.split() for line in lines[2:6]}
+    assert sorted(per_fold) == ["1", "2", "mean", "std"]
+    assert "not run yet: fold 3" in result.output
+    summary = json.loads((root / "summary.json").read_text())
+    folds = [json.loads((runs / f"fold-{i}.cv.json").read_text()) for i in (1, 2)]
+    assert [row["fold"] for row in summary["per_fold"]] == [1, 2]
+    assert summary["missing_folds"] == [3]
+    for key, level in (("main_accuracy", "main_accuracy"), ("sub_accuracy", "sub_accuracy")):
+        values = [fold["last"][level] for fold in folds]
+        assert summary["mean"][key] == pytest.approx(sum(values) / 2)
+        assert per_fold["mean"][header_index(lines[1], "sub" if "sub" in key else "main")] == (
+            f"{sum(values) / 2:.3f}"
+        )
+    assert summary["mean"]["temperature"] == pytest.approx(
+        sum(fold["calibration"]["temperature"] for fold in folds) / 2
+    )
+    assert summary["recipe"]["epochs"] == 1 and "fold" not in summary["recipe"]
+
+
+def header_index(header: str, name: str) -> int:
+    return header.split().index(name)
+
+
+@pytest.mark.slow
+def test_cv_summary_refuses_folds_of_different_recipes(two_folds, tmp_path):
+    root, _, _ = two_folds
+    other = json.loads((root / "runs" / "fold-1.cv.json").read_text())
+    other["recipe"]["lr"] = 0.01
+    other["fold"] = 3
+    (tmp_path / "fold-3.cv.json").write_text(json.dumps(other))
+
+    result = run("cv-summary", root / "runs", tmp_path / "fold-3.cv.json")
+
+    assert_clean_failure(result)
+    assert "were trained with other settings: lr 0.01 vs 0.002" in result.output
+
+
+@pytest.mark.slow
+def test_cv_summary_refuses_a_fold_twice(two_folds):
+    root, _, _ = two_folds
+    fold = root / "runs" / "fold-1.cv.json"
+
+    result = run("cv-summary", fold, fold)
+
+    assert_clean_failure(result)
+    assert "fold 1 appears twice" in result.output
+
+
+def test_cv_summary_of_nothing_is_a_plain_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.cv.json").write_text("not json")
+    (tmp_path / "other.cv.json").write_text(json.dumps({"kind": "something else"}))
+
+    for args, message in (
+        ([tmp_path / "empty"], "no fold results (*.cv.json) in"),
+        ([tmp_path / "missing"], f"not found: {tmp_path / 'missing'}"),
+        ([tmp_path / "notes.cv.json"], "cannot read"),
+        ([tmp_path / "other.cv.json"], "is not a fold result of refund-sorter train --folds"),
+    ):
+        result = run("cv-summary", *args)
+        assert_clean_failure(result)
+        assert message in result.output
