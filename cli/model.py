@@ -189,7 +189,8 @@ def _cv_line(row: dict) -> str:
     "--report",
     type=OUTPUT_FILE,
     required=True,
-    help="JSON report to write; a PNG of the confusion matrices goes beside it.",
+    help="JSON report to write; PNGs of the confusion matrices, the reliability diagram and "
+    "the coverage against accuracy go beside it.",
 )
 @click.option(
     "--batch-size",
@@ -203,8 +204,10 @@ def _cv_line(row: dict) -> str:
 @mapping_option
 @friendly
 def evaluate(model, data_dir, report, batch_size, device, precision, mapping) -> None:
-    """Measure MODEL's accuracy on DATA_DIR laid out <main>/<sub>/<image>."""
+    """Measure MODEL's accuracy and calibration on DATA_DIR laid out <main>/<sub>/<image>,
+    and what each review threshold would flag."""
     from classifier.evaluate import evaluate as run_evaluation
+    from classifier.evaluate import plot_paths
 
     result = run_evaluation(
         model,
@@ -225,7 +228,23 @@ def evaluate(model, data_dir, report, batch_size, device, precision, mapping) ->
         click.echo(f"skipped {item['path']}: {item['reason']}")
     if len(result["skipped"]) > 20:
         click.echo(f"... and {len(result['skipped']) - 20} more unreadable files")
-    click.echo(f"report: {report} and {Path(report).with_suffix('.png')}")
+    cal = result["calibration"]
+    click.echo(
+        f"expected calibration error ({cal['bins']} bins), before -> after temperature "
+        f"{cal['temperature']:.3f}: sub {cal['sub']['ece_before']:.3f} -> "
+        f"{cal['sub']['ece_after']:.3f}, main {cal['main']['ece_before']:.3f} -> "
+        f"{cal['main']['ece_after']:.3f}"
+    )
+    at = result["review"]["at_threshold"]
+    kept = (
+        f"; the rest {at['sub_accuracy']:.1%} right (sub), {at['main_accuracy']:.1%} (main)"
+        if at["kept"]
+        else ""
+    )
+    click.echo(
+        f"the model's review threshold {at['threshold']:.3f} flags {at['flagged']:.1%}{kept}"
+    )
+    click.echo(f"report: {report}, {', '.join(map(str, plot_paths(report).values()))}")
 
 
 @click.command()

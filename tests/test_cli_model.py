@@ -237,10 +237,16 @@ def test_evaluate_prints_a_summary_and_writes_the_report(
     assert "not in the model's taxonomy: shoes/boots (2 images, not scored)" in result.output
     for path in broken.values():
         assert f"skipped {path}: " in result.output
-    assert f"report: {report} and {report.with_suffix('.png')}" in result.output
+    pngs = [report.with_suffix(".png"), tmp_path / "out" / "eval-reliability.png"]
+    pngs.append(tmp_path / "out" / "eval-coverage.png")
+    assert f"report: {report}, {', '.join(map(str, pngs))}" in result.output
+    assert "expected calibration error (15 bins), before -> after temperature 1.000" in (
+        result.output
+    )
+    assert "the model's review threshold 0.600 flags " in result.output
     assert json.loads(report.read_text())["n_images"] == 4
     assert json.loads(report.read_text())["precision"] in ("fp32", "bf16")
-    assert report.with_suffix(".png").is_file()
+    assert all(png.is_file() for png in pngs)
 
 
 # --- numbers and paths that cannot work are refused before any work is done ------------------
