@@ -255,11 +255,15 @@ def evaluate(model, data_dir, report, batch_size, device, precision, mapping) ->
 @precision_option
 @friendly
 def classify(model, images, as_json, device, precision) -> None:
-    """Classify a few IMAGES with MODEL and print the predictions."""
+    """Classify a few IMAGES with MODEL and print the predictions; those below the review
+    threshold the workers would use (REFUND_SORTER_REVIEW_THRESHOLD, else the model's) are
+    marked for review."""
     from classifier.predict import Classifier
+    from refund_sorter.config import get_settings
     from refund_sorter.images import UnreadableImage, open_rgb
 
     clf = Classifier.from_path(model, device, precision)
+    threshold = clf.review_threshold(get_settings().review_threshold)
     rows, loaded = [], []
     for path in images:
         try:
@@ -267,12 +271,18 @@ def classify(model, images, as_json, device, precision) -> None:
         except UnreadableImage as exc:
             rows.append({"file": str(path), "status": "failed", "error": str(exc)})
     for (path, _), pred in zip(loaded, clf.predict_images([img for _, img in loaded]), strict=True):
-        rows.append({"file": str(path), "status": "ok", **vars(pred)})
+        review = pred.sub_confidence < threshold
+        rows.append({"file": str(path), "status": "ok", **vars(pred), "needs_review": review})
     rows.sort(key=lambda r: images.index(Path(r["file"])))
     if as_json:
         click.echo(
             json.dumps(
-                {"model_version": clf.version, "precision": clf.precision, "predictions": rows},
+                {
+                    "model_version": clf.version,
+                    "precision": clf.precision,
+                    "review_threshold": threshold,
+                    "predictions": rows,
+                },
                 indent=2,
             )
         )
@@ -283,6 +293,7 @@ def classify(model, images, as_json, device, precision) -> None:
                 click.echo(
                     f"{r['file']:<{width}}  {r['main']:>12} {r['main_confidence']:.2f}  "
                     f"{r['sub']:>12} {r['sub_confidence']:.2f}"
+                    + ("  review" if r["needs_review"] else "")
                 )
             else:
                 click.echo(f"{r['file']:<{width}}  failed: {r['error']}")

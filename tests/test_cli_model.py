@@ -13,6 +13,7 @@ from urllib.error import URLError
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from model_support import save_scaled_model
 
 from classifier.checkpoint import load_checkpoint
 from cli import main
@@ -129,9 +130,10 @@ def test_classify_prints_a_row_per_file_and_fails_when_one_is_broken(
     assert rows[0].startswith(str(junk)) and "failed: not an image" in rows[0]
     assert rows[1].startswith(str(good))
     tax = load_checkpoint(random_checkpoint).taxonomy
-    _, main, main_conf, sub, sub_conf = rows[1].split()
+    _, main, main_conf, sub, sub_conf, *review = rows[1].split()
     assert tax.index_of(main, sub) is not None
     assert 0 < float(sub_conf) <= float(main_conf) <= 1
+    assert review == (["review"] if float(sub_conf) < 0.6 else [])
 
 
 def test_classify_json_lists_failures_with_their_error(random_checkpoint, photo_and_junk):
@@ -459,3 +461,51 @@ def test_cv_summary_of_nothing_is_a_plain_error(tmp_path):
         result = run("cv-summary", *args)
         assert_clean_failure(result)
         assert message in result.output
+
+
+# --- the review threshold classify marks ---------------------------------------------------------
+
+
+def get_settings_cache_clear() -> None:
+    from refund_sorter.config import get_settings
+
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def fresh_settings(monkeypatch):
+    """``get_settings()`` re-read from the environment, without REFUND_SORTER_* variables."""
+    for key in [k for k in os.environ if k.startswith("REFUND_SORTER_")]:
+        monkeypatch.delenv(key)
+    get_settings_cache_clear()
+    yield monkeypatch
+    get_settings_cache_clear()
+
+
+def test_classify_marks_for_review_by_the_models_threshold_unless_set(
+    random_checkpoint, tmp_path, make_image, fresh_settings
+):
+    images = [make_image(tmp_path / f"{i}.png", colour=(i * 60, 90, 30)) for i in range(3)]
+    lenient, strict = tmp_path / "lenient.pt", tmp_path / "strict.pt"
+    save_scaled_model(random_checkpoint, lenient, 1.0, review_threshold=0.0)
+    save_scaled_model(random_checkpoint, strict, 1.0, review_threshold=1.0)
+
+    def flagged(model):
+        result = run("classify", model, *images, "--json", "--device", "cpu")
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        return report["review_threshold"], [p["needs_review"] for p in report["predictions"]]
+
+    assert flagged(lenient) == (0.0, [False] * 3)
+    assert flagged(strict) == (1.0, [True] * 3)
+
+    fresh_settings.setenv("REFUND_SORTER_REVIEW_THRESHOLD", "0")
+    get_settings_cache_clear()
+    assert flagged(strict) == (0.0, [False] * 3)
+
+    table = run("classify", strict, images[0], "--device", "cpu")
+    assert not table.stdout.rstrip().endswith("review")
+    fresh_settings.delenv("REFUND_SORTER_REVIEW_THRESHOLD")
+    get_settings_cache_clear()
+    table = run("classify", strict, images[0], "--device", "cpu")
+    assert table.stdout.rstrip().endswith("  review")
