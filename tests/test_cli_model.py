@@ -369,13 +369,11 @@ def test_train_refuses_a_validation_folder_with_folds(tmp_path, make_dataset):
 
 
 @pytest.fixture(scope="module")
-def two_folds(tmp_path_factory):
+def two_folds(tmp_path_factory, make_dataset):
     """Folds 1 and 2 of a 3-fold cross-validation, trained one at a time as an operator
     would; fold 3 not run."""
-    from conftest import write_dataset
-
     root = tmp_path_factory.mktemp("cv")
-    data = write_dataset(root / "data", {"tops/shirt": 6, "bottoms/jeans": 6})
+    data = make_dataset(root / "data", {"tops/shirt": 6, "bottoms/jeans": 6})
     outputs = []
     for fold in (2, 1):
         out = root / "runs" / f"fold-{fold}.pt"
