@@ -38,7 +38,9 @@ SHARE = click.FloatRange(0, 1, max_open=True)
     type=click.Choice(AUTO_AUGMENTS),
 )
 @recipe_option(
-    "--random-erase", "Probability of erasing a random rectangle of each image.", type=SHARE
+    "--random-erase",
+    "Probability of erasing a random rectangle of each image.",
+    type=click.FloatRange(0, 1),
 )
 @recipe_option(
     "--mixup-alpha", "MixUp's Beta(alpha, alpha); 0 = off.", type=click.FloatRange(min=0)
