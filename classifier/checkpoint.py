@@ -3,8 +3,14 @@
 Saved with ``torch.save`` as plain data (tensors, dicts, lists, strings, numbers) and
 loaded with ``torch.load(..., weights_only=True)``, which refuses any pickled object that
 could execute code. Float weights are stored as float16 to halve the file.
+
+Format 2 adds the calibration: the temperature applied to the joint's log scores and the
+review threshold chosen on held-out photos. Format 1 files (written before) load with
+temperature 1 and the threshold workers used then; a reader of format 1 refuses format 2
+files, rather than classifying with their confidences uncalibrated.
 """
 
+import math
 import os
 import pickle
 import tempfile
@@ -14,11 +20,14 @@ from pathlib import Path
 
 import torch
 
+from classifier.checkpoint_taxonomy import FORMAT, READABLE_FORMATS
 from classifier.taxonomy import Taxonomy
 from classifier.version import model_version
 from refund_sorter.errors import UserError
 
-FORMAT = "refund-sorter-checkpoint/1"
+# The review threshold of a model that did not choose its own: the one every worker used
+# before models carried theirs.
+DEFAULT_REVIEW_THRESHOLD = 0.6
 
 
 class CheckpointError(UserError):
@@ -34,6 +43,8 @@ class Checkpoint:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     meta: dict
+    temperature: float = 1.0  # divides the joint's log scores; 1 = as trained
+    review_threshold: float = DEFAULT_REVIEW_THRESHOLD  # sub confidence below it: review
     version: str = ""
     # Static int8 calibration (classifier.quantize): activation ranges, agreement with fp32.
     int8: dict | None = None
@@ -52,6 +63,10 @@ class Checkpoint:
             "std": list(self.std),
             "meta": self.meta,
             "int8": self.int8,
+            "calibration": {
+                "temperature": float(self.temperature),
+                "review_threshold": float(self.review_threshold),
+            },
         }
 
 
@@ -93,8 +108,15 @@ def load_checkpoint(path: Path) -> Checkpoint:
         ) from None
     except Exception as exc:
         raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in READABLE_FORMATS:
+        found = payload.get("format") if isinstance(payload, dict) else None
+        if isinstance(found, str) and found.startswith("refund-sorter-checkpoint/"):
+            raise CheckpointError(
+                f"{path} is a {found} file, written by a newer refund-sorter; this one reads "
+                f"{' and '.join(READABLE_FORMATS)}"
+            )
         raise CheckpointError(f"{path} is not a refund-sorter checkpoint (format {FORMAT})")
+    temperature, review_threshold = _calibration(path, payload.get("calibration", {}))
     return Checkpoint(
         state_dict=payload["state_dict"],
         taxonomy=Taxonomy.from_dict(payload["taxonomy"]),
@@ -103,6 +125,22 @@ def load_checkpoint(path: Path) -> Checkpoint:
         mean=tuple(payload["mean"]),
         std=tuple(payload["std"]),
         meta=payload["meta"],
+        temperature=temperature,
+        review_threshold=review_threshold,
         version=model_version(path),
         int8=payload.get("int8"),
     )
+
+
+def _calibration(path: Path, calibration) -> tuple[float, float]:
+    if not isinstance(calibration, dict):
+        raise CheckpointError(f"{path} holds an unusable calibration: {calibration!r}")
+    temperature = calibration.get("temperature", 1.0)
+    threshold = calibration.get("review_threshold", DEFAULT_REVIEW_THRESHOLD)
+    if not (
+        isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0
+    ):
+        raise CheckpointError(f"{path} holds an unusable temperature: {temperature!r}")
+    if not (isinstance(threshold, int | float) and 0 <= threshold <= 1):
+        raise CheckpointError(f"{path} holds an unusable review threshold: {threshold!r}")
+    return float(temperature), float(threshold)

@@ -14,8 +14,10 @@ from pathlib import Path
 from classifier.taxonomy import Taxonomy
 from refund_sorter.errors import UserError
 
-# classifier.checkpoint.FORMAT, which imports PyTorch (a test keeps the two equal).
-FORMAT = "refund-sorter-checkpoint/1"
+# The format checkpoints are written in, and those that still load (classifier.checkpoint
+# reads them from here). Format 1 had no calibration: temperature 1, the old threshold.
+FORMAT = "refund-sorter-checkpoint/2"
+READABLE_FORMATS = ("refund-sorter-checkpoint/1", FORMAT)
 
 
 def _stand_in(*_args, **_kwargs) -> None:
@@ -49,8 +51,8 @@ def read_taxonomy(path: Path) -> Taxonomy:
             if len(names) != 1:
                 raise ValueError("not a PyTorch file")
             payload = _PlainData(archive.open(names[0])).load()
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise ValueError(f"not format {FORMAT}")
+        if not isinstance(payload, dict) or payload.get("format") not in READABLE_FORMATS:
+            raise ValueError(f"not format {' or '.join(READABLE_FORMATS)}")
         return Taxonomy.from_dict(payload["taxonomy"])
     except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, *_NOT_A_PAYLOAD) as exc:
         raise UserError(f"{path} is not a readable refund-sorter checkpoint: {exc}") from None

@@ -1,6 +1,8 @@
 """Evaluation with the deterministic eval preprocessing: accuracy per level, per-class
-precision and recall, both confusion matrices (JSON), a PNG of the matrices, and each
-precision mode's accuracy, agreement with fp32 and speed."""
+precision and recall, both confusion matrices, how well the confidences are calibrated,
+what each review threshold would flag, and each precision mode's accuracy, agreement with
+fp32 and speed (JSON), and PNGs of the matrices, the reliability diagram and the coverage
+against accuracy."""
 
 import json
 import time
@@ -8,9 +10,28 @@ from pathlib import Path
 
 import torch
 
+from classifier.calibration import (
+    Outcomes,
+    calibration_report,
+    choose_review_threshold,
+    coverage_table,
+    outcomes,
+)
 from classifier.data import load_images
 from classifier.predict import Classifier
 from classifier.taxonomy import read_layout, relabel
+
+DEFAULT_TARGET = 0.97  # for a model that records no review target of its own
+
+
+def plot_paths(report_path: Path) -> dict[str, Path]:
+    """The PNGs written beside the JSON report."""
+    report_path = Path(report_path)
+    return {
+        "confusion": report_path.with_suffix(".png"),
+        "reliability": report_path.with_name(f"{report_path.stem}-reliability.png"),
+        "coverage": report_path.with_name(f"{report_path.stem}-coverage.png"),
+    }
 
 
 def confusion(truth: list[int], pred: list[int], n: int) -> list[list[int]]:
@@ -47,7 +68,10 @@ def evaluate(
     tax = clf.taxonomy
     files, unknown = relabel(read_layout(data_dir, mapping, min_subs=1), tax)
     data = load_images(files, clf.preset, clf.checkpoint.image_size, "decoding images")
-    main_pred, sub_pred = predict_all(clf, data.images, batch_size)
+    main_logits, sub_logits = clf.logits(data.images, batch_size)
+    args = (main_logits, sub_logits, data.labels, clf.sub_to_main, len(tax.main))
+    seen = outcomes(*args, clf.temperature)  # what the workers report
+    sub_pred, main_pred = seen.sub_pred.tolist(), seen.main_pred.tolist()
     sub_true = data.labels.tolist()
     main_true = [tax.sub_to_main[s] for s in sub_true]
     sub_labels = [f"{tax.main[m]}/{s}" for s, m in zip(tax.sub, tax.sub_to_main, strict=True)]
@@ -78,12 +102,20 @@ def evaluate(
         "device": str(clf.device),
         "precision": clf.precision,
         "torch_threads": torch.get_num_threads(),
+        "calibration": {
+            "temperature": clf.temperature,
+            **calibration_report(outcomes(*args), seen),
+        },
+        "review": review_report(clf, seen),
         "modes": compare_modes(clf, data.images, main_true, sub_true, batch_size),
     }
     report_path = Path(report_path)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2))
-    plot_confusion(report, report_path.with_suffix(".png"))
+    plots = plot_paths(report_path)
+    plot_confusion(report, plots["confusion"])
+    plot_reliability(report, plots["reliability"])
+    plot_coverage(report, plots["coverage"])
     return report
 
 
@@ -128,12 +160,25 @@ def compare_modes(
     return out
 
 
+def review_report(clf: Classifier, seen: Outcomes) -> dict:
+    """What the model's review threshold flags on these photos, and what every other
+    threshold would: the share flagged and the accuracy of the photos kept."""
+    threshold = clf.review_threshold()
+    target = clf.checkpoint.meta.get("calibration", {}).get("review_target", DEFAULT_TARGET)
+    table = coverage_table(seen)
+    reaching = choose_review_threshold(table, target)
+    return {
+        "threshold": threshold,
+        "at_threshold": coverage_table(seen, [threshold])[0],
+        "target": target,
+        # The smallest threshold that reaches the target on these photos, for comparison.
+        "threshold_reaching_target": reaching["threshold"] if reaching else None,
+        "table": table,
+    }
+
+
 def plot_confusion(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [1, 1.6]})
     for ax, level in zip(axes, ("main", "sub"), strict=True):
         labels = report["confusion"][level]["labels"]
@@ -157,6 +202,83 @@ def plot_confusion(report: dict, path: Path) -> None:
                         color="white" if value > top / 2 else "black",
                     )
         ax.set_title(f"{level} accuracy {report[f'{level}_accuracy']:.3f}")
+    fig.suptitle(f"model {report['model_version']} on {report['n_images']} images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_reliability(report: dict, path: Path) -> None:
+    """Accuracy against mean confidence per bin, per level, before and after the model's
+    temperature: a calibrated model follows the diagonal."""
+    plt = _pyplot()
+    cal = report["calibration"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    for ax, level in zip(axes, ("main", "sub"), strict=True):
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+        for when, style in (("before", "o:"), ("after", "s-")):
+            bins = [b for b in cal[level][f"reliability_{when}"] if b["count"]]
+            ax.plot(
+                [b["confidence"] for b in bins],
+                [b["accuracy"] for b in bins],
+                style,
+                label=f"{when} (ECE {cal[level][f'ece_{when}']:.3f})",
+            )
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel(f"{level} confidence (mean per bin, {cal['bins']} bins)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{level} category")
+        ax.legend(loc="upper left")
+    fig.suptitle(
+        f"model {report['model_version']}: reliability before and after temperature "
+        f"{cal['temperature']:.3f}, {report['n_images']} images"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_coverage(report: dict, path: Path) -> None:
+    """Accuracy of the photos not flagged for review against the share kept, and the share
+    flagged against the threshold; the model's threshold and target marked."""
+    plt = _pyplot()
+    review = report["review"]
+    rows = [row for row in review["table"] if row["kept"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    for level in ("main", "sub"):
+        left.plot(
+            [1 - row["flagged"] for row in rows],
+            [row[f"{level}_accuracy"] for row in rows],
+            label=f"{level} accuracy of the photos kept",
+        )
+    left.axhline(review["target"], color="grey", linestyle="--", label=f"target {review['target']}")
+    at = review["at_threshold"]
+    left.axvline(
+        1 - at["flagged"],
+        color="red",
+        linewidth=1,
+        label=f"model's threshold {at['threshold']:.2f}",
+    )
+    left.set_xlim(0, 1.02)
+    left.set_ylim(top=1.005)
+    left.set_xlabel("share of photos kept (not flagged for review)")
+    left.set_ylabel("accuracy")
+    left.legend(loc="lower left")
+    table = review["table"]
+    right.plot([row["threshold"] for row in table], [row["flagged"] for row in table])
+    right.axvline(at["threshold"], color="red", linewidth=1)
+    right.set_xlabel("review threshold (sub confidence)")
+    right.set_ylabel("share of photos flagged for review")
     fig.suptitle(f"model {report['model_version']} on {report['n_images']} images")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -5,6 +5,10 @@ m(s): score(s) = P_main(m(s)) * P_sub(s), renormalised over all sub categories. 
 reported sub category is the best joint score, the reported main category is the one it
 belongs to, so the pair is always consistent. Its confidences are the joint probability of
 the sub category and the summed joint probability of all subs of that main category.
+
+A checkpoint may carry a temperature fitted after training (``classifier.calibration``):
+the joint's log scores are divided by it before the softmax, which makes the confidences
+honest without changing any decision.
 """
 
 import contextlib
@@ -38,14 +42,22 @@ class Classification:
 TOP_SUBS = 3
 
 
-def joint_probabilities(
+def joint_log_scores(
     main_logits: torch.Tensor, sub_logits: torch.Tensor, sub_to_main: torch.Tensor
 ) -> torch.Tensor:
-    """(B, n_sub) probabilities of each sub category, consistent with the main head."""
-    log_joint = main_logits.float().log_softmax(1)[:, sub_to_main] + sub_logits.float().log_softmax(
-        1
-    )
-    return log_joint.softmax(1)
+    """(B, n_sub) log P_main(m(s)) + log P_sub(s): the joint's log, up to a constant per row."""
+    return main_logits.float().log_softmax(1)[:, sub_to_main] + sub_logits.float().log_softmax(1)
+
+
+def joint_probabilities(
+    main_logits: torch.Tensor,
+    sub_logits: torch.Tensor,
+    sub_to_main: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """(B, n_sub) probabilities of each sub category, consistent with the main head, with the
+    joint's log scores divided by ``temperature``."""
+    return (joint_log_scores(main_logits, sub_logits, sub_to_main) / temperature).softmax(1)
 
 
 def decide(joint: torch.Tensor, sub_to_main: torch.Tensor, n_main: int):
@@ -118,6 +130,25 @@ def autocast(device: torch.device, precision: str = "auto"):
 
 
 @torch.inference_mode()
+def forward_logits(
+    net: DualHeadNet,
+    batch: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    precision: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images prepared by ``EvalPreset`` -> both heads' logits (float32, on ``device``).
+    ``net`` must be in eval mode."""
+    if device.type == "cuda":  # copied from page-locked memory while the CPU goes on
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    x = normalize(batch.to(device), mean, std, channels_last=True)
+    with autocast(device, precision):
+        main_logits, sub_logits = net(x)
+    return main_logits.float(), sub_logits.float()
+
+
+@torch.inference_mode()
 def forward_decide(
     net: DualHeadNet,
     batch: torch.Tensor,
@@ -127,6 +158,7 @@ def forward_decide(
     n_main: int,
     device: torch.device,
     precision: str = "auto",
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """uint8 images prepared by ``EvalPreset`` -> (sub index, sub confidence, main index,
     main confidence), each of shape (B,). ``net`` must be in eval mode.
@@ -134,7 +166,7 @@ def forward_decide(
     Inference and training's validation both decide through here, so the accuracy measured
     while training is the accuracy the workers get.
     """
-    joint = forward_joint(net, batch, mean, std, sub_to_main, device, precision)
+    joint = forward_joint(net, batch, mean, std, sub_to_main, device, precision, temperature)
     return decide(joint, sub_to_main, n_main)
 
 
@@ -147,14 +179,11 @@ def forward_joint(
     sub_to_main: torch.Tensor,
     device: torch.device,
     precision: str = "auto",
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """The forward pass behind ``forward_decide``: (B, n_sub) joint probabilities."""
-    if device.type == "cuda":  # copied from page-locked memory while the CPU goes on
-        batch = batch.pin_memory().to(device, non_blocking=True)
-    x = normalize(batch.to(device), mean, std, channels_last=True)
-    with autocast(device, precision):
-        main_logits, sub_logits = net(x)
-    return joint_probabilities(main_logits, sub_logits, sub_to_main)
+    main_logits, sub_logits = forward_logits(net, batch, mean, std, device, precision)
+    return joint_probabilities(main_logits, sub_logits, sub_to_main, temperature)
 
 
 def build_network(checkpoint: Checkpoint) -> DualHeadNet:
@@ -188,10 +217,38 @@ class Classifier:
         else:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.sub_to_main = torch.tensor(self.taxonomy.sub_to_main, device=self.device)
+        self.temperature = checkpoint.temperature
 
     @classmethod
     def from_path(cls, path: Path, device: str = "auto", precision: str = "auto") -> "Classifier":
         return cls(load_checkpoint(path), device, precision)
+
+    def review_threshold(self, setting: float | None = None) -> float:
+        """The sub confidence below which a prediction needs review: ``setting`` (the
+        REFUND_SORTER_REVIEW_THRESHOLD setting) when given, else the threshold chosen for this
+        model when it was trained. Workers, local mode and ``classify`` all ask here."""
+        return self.checkpoint.review_threshold if setting is None else setting
+
+    def logits(
+        self, images: torch.Tensor, batch_size: int = 64
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads' logits for uint8 images prepared by ``self.preset``, in batches of
+        ``batch_size``, on the CPU."""
+        main, sub = [], []
+        for start in range(0, len(images), batch_size):
+            m, s = forward_logits(
+                self.net,
+                images[start : start + batch_size],
+                self.checkpoint.mean,
+                self.checkpoint.std,
+                self.device,
+                self.precision,
+            )
+            main.append(m.cpu())
+            sub.append(s.cpu())
+        if not main:
+            return torch.empty(0, len(self.taxonomy.main)), torch.empty(0, len(self.taxonomy.sub))
+        return torch.cat(main), torch.cat(sub)
 
     def predict_tensors(self, batch: torch.Tensor | list[torch.Tensor]) -> list[Classification]:
         """Classify uint8 images already prepared by ``self.preset`` (a batch or a list)."""
@@ -205,6 +262,7 @@ class Classifier:
             self.sub_to_main,
             self.device,
             self.precision,
+            self.temperature,
         )
         sub_idx, sub_conf, main_idx, main_conf = decide(
             joint, self.sub_to_main, len(self.taxonomy.main)

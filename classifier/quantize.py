@@ -107,9 +107,12 @@ def calibrate(
     echo: Callable[[str], None] = print,
 ) -> dict:
     """Calibrate int8 on ``photos`` of ``files`` and measure its agreement with fp32 on up
-    to ``check`` others; returns the checkpoint's ``int8`` entry."""
+    to ``check`` others (half and half when there are fewer); returns the checkpoint's
+    ``int8`` entry."""
     files = list(files)
     random.Random(seed).shuffle(files)
+    if len(files) < photos + check:  # a small folder: half to calibrate, half to check
+        photos = len(files) // 2
     calib, held = files[:photos], files[photos : photos + check]
     if not calib or not held:
         raise ValueError(

@@ -3,9 +3,14 @@
 Run it as ``refund-sorter train DATA_DIR --out MODEL``. Images are decoded once into
 memory at a little above the training size, then augmented on the fly, which on a
 small CPU is several times faster than decoding JPEGs every epoch.
+
+After the last epoch the saved (best) checkpoint is calibrated on photos held out of
+training: the ``--calibration-split`` of DATA_DIR, or the held-out fold with ``--folds K
+--fold I``. Its temperature and the review threshold that reaches ``--review-target`` are
+stored in it. A fold's figures also go to a JSON file beside the model, for
+``refund-sorter cv-summary`` (``classifier.crossval``).
 """
 
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,14 +20,32 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from classifier.checkpoint import Checkpoint, save_checkpoint
+from classifier.calibration import (
+    TEMPERATURE_BOUNDS,
+    calibration_report,
+    choose_review_threshold,
+    coverage_table,
+    fit_temperature,
+    outcomes,
+)
+from classifier.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from classifier.crossval import write_fold_result
 from classifier.data import LoadedImages, load_images
 from classifier.network import ARCH, IMAGENET_MEAN, IMAGENET_STD, DualHeadNet, load_backbone_weights
-from classifier.predict import autocast, forward_decide, resolve_device
-from classifier.presets import EvalPreset, TrainPreset, cache_size, normalize, to_square
+from classifier.predict import Classifier, autocast, forward_decide, resolve_device
+from classifier.presets import (
+    EvalPreset,
+    MixupCutmix,
+    TrainPreset,
+    cache_size,
+    normalize,
+    to_square,
+)
 from classifier.recipe import TrainConfig
+from classifier.splits import LabelledFiles, fold_split, split_validation
 from classifier.taxonomy import Taxonomy, read_layout, relabel
 from refund_sorter.errors import UserError
 
@@ -38,64 +61,93 @@ class TrainSummary:
     seconds: float
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    calibration: dict = field(default_factory=dict)  # as stored in the checkpoint's meta
+    warnings: list[str] = field(default_factory=list)
+    fold_result: Path | None = None  # with --folds: the fold's figures, for cv-summary
 
 
-def split_validation(files, fraction: float, seed: int):
-    """Stratified split: each sub category gives ``fraction`` of its files (at least one)."""
-    rng = random.Random(seed)
-    by_label: dict[int, list] = {}
-    for item in files:
-        by_label.setdefault(item[1], []).append(item)
-    train, val = [], []
-    for items in by_label.values():
-        items = items[:]
-        rng.shuffle(items)
-        n_val = max(1, round(len(items) * fraction)) if len(items) > 1 else 0
-        val += items[:n_val]
-        train += items[n_val:]
-    return train, val
+@dataclass
+class FileSplit:
+    """Which (file, sub index) pairs train, validate and calibrate, and notes on what was
+    left out."""
+
+    taxonomy: Taxonomy
+    train: LabelledFiles
+    val: LabelledFiles
+    calibration: LabelledFiles  # for a cross-validation fold: the held-out fold, as val
+    notes: list[str]
 
 
-def select_files(data_dir: Path, cfg: TrainConfig):
-    """Return the training data's taxonomy, the training and validation (file, sub index)
-    pairs, and notes on what was left out."""
+def select_files(data_dir: Path, cfg: TrainConfig) -> FileSplit:
+    """Split the data folder: a cross-validation fold, or a validation set (``--val`` or a
+    split) and a calibration split held out of training."""
     layout = read_layout(data_dir, cfg.mapping)
     notes = [f"empty folder left out: {p}" for p in layout.empty_folders]
     notes += [f"file outside <main>/<sub>/ ignored: {p}" for p in layout.stray_files]
+    if cfg.folds:
+        train_files, held_out = fold_split(layout.files, cfg.folds, cfg.fold, cfg.seed)
+        return FileSplit(layout.taxonomy, train_files, held_out, held_out, notes)
     if cfg.val_dir is None:
-        train_files, val_files = split_validation(layout.files, cfg.val_fraction, cfg.seed)
-        return layout.taxonomy, train_files, val_files, notes
-    val_layout = read_layout(cfg.val_dir, cfg.mapping, min_subs=1)
-    val_files, unknown = relabel(val_layout, layout.taxonomy)
-    notes += [
-        f"validation folder {folder} is not in the training data: {n} image(s) not used"
-        for folder, n in unknown.items()
-    ]
-    return layout.taxonomy, layout.files, val_files, notes
+        files, val_files = split_validation(layout.files, cfg.val_fraction, cfg.seed)
+    else:
+        val_layout = read_layout(cfg.val_dir, cfg.mapping, min_subs=1)
+        val_files, unknown = relabel(val_layout, layout.taxonomy)
+        notes += [
+            f"validation folder {folder} is not in the training data: {n} image(s) not used"
+            for folder, n in unknown.items()
+        ]
+        files = layout.files
+    train_files, calibration_files = files, []
+    if cfg.calibration_split > 0:
+        train_files, calibration_files = split_validation(files, cfg.calibration_split, cfg.seed)
+    return FileSplit(layout.taxonomy, train_files, val_files, calibration_files, notes)
+
+
+@dataclass
+class TrainingData:
+    taxonomy: Taxonomy
+    train: LoadedImages  # uint8 squares a little above the training size, for augmenting
+    val: LoadedImages  # prepared by EvalPreset, as the workers prepare photos
+    calibration: LoadedImages  # likewise; for a cross-validation fold, the same object as val
+    notes: list[str]
+
+    @property
+    def skipped(self) -> list[tuple[Path, str]]:
+        sets = [self.train, self.val] + ([] if self.calibration is self.val else [self.calibration])
+        return [item for data in sets for item in data.skipped]
 
 
 def load_data(
     data_dir: Path, cfg: TrainConfig, device: torch.device, echo: Callable[[str], None]
-) -> tuple[Taxonomy, LoadedImages, LoadedImages, list[str]]:
-    """Pick the training and validation images and decode each once; say what was left out.
-
-    Returns the taxonomy, both sets and the notes. Raises UserError when too few images
-    can be read.
-    """
-    taxonomy, train_files, val_files, notes = select_files(data_dir, cfg)
-    for note in notes:
+) -> TrainingData:
+    """Pick the training, validation and calibration images and decode each once; say what
+    was left out. Raises UserError when too few images can be read."""
+    split = select_files(data_dir, cfg)
+    taxonomy = split.taxonomy
+    for note in split.notes:
         echo(f"note: {note}")
+    if cfg.folds:
+        held_out = f"fold {cfg.fold} of {cfg.folds}, also the calibration data"
+    else:
+        held_out = f"{len(split.calibration)} held out for calibration"
     echo(
         f"taxonomy: {len(taxonomy.main)} main, {len(taxonomy.sub)} sub categories; "
-        f"{len(train_files)} training and {len(val_files)} validation files; device {device}"
+        f"{len(split.train)} training and {len(split.val)} validation files ({held_out}); "
+        f"device {device}"
     )
     size = cache_size(cfg.image_size)
     square = partial(to_square, size=size)
-    train_data = load_images(train_files, square, size, "decoding training images")
-    # Validation images go through exactly what evaluation and the workers use.
+    train_data = load_images(split.train, square, size, "decoding training images")
+    # Validation and calibration images go through exactly what evaluation and the workers use.
     eval_preset = EvalPreset(cfg.image_size)
-    val_data = load_images(val_files, eval_preset, cfg.image_size, "decoding validation images")
-    skipped = train_data.skipped + val_data.skipped
+    val_data = load_images(split.val, eval_preset, cfg.image_size, "decoding validation images")
+    calibration = val_data
+    if split.calibration is not split.val:
+        calibration = load_images(
+            split.calibration, eval_preset, cfg.image_size, "decoding calibration images"
+        )
+    data = TrainingData(taxonomy, train_data, val_data, calibration, split.notes)
+    skipped = data.skipped
     for path, reason in skipped[:20]:
         echo(f"skipped {path}: {reason}")
     if len(skipped) > 20:
@@ -104,7 +156,7 @@ def load_data(
         raise UserError(f"no readable training images in {data_dir}")
     if len(val_data.labels) == 0:
         raise UserError("no readable validation images: pass --val DIR or a larger --val-fraction")
-    return taxonomy, train_data, val_data, notes
+    return data
 
 
 @dataclass
@@ -116,14 +168,25 @@ class Batches:
     batch_size: int
     augment: TrainPreset
     sub_to_main: torch.Tensor
+    # Draw images with replacement, each sub category equally often, instead of each image
+    # once per pass.
+    balanced: bool = False
 
     def __len__(self) -> int:
         # The ragged last batch is dropped: a batch of one breaks BatchNorm.
         return len(self.data.labels) // self.batch_size
 
+    def order(self) -> torch.Tensor:
+        """The images of one pass, by index."""
+        labels = self.data.labels
+        if not self.balanced:
+            return torch.randperm(len(labels))
+        weights = 1.0 / torch.bincount(labels).double()[labels]
+        return torch.multinomial(weights, len(labels), replacement=True)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yield (uint8 images, main labels, sub labels)."""
-        order = torch.randperm(len(self.data.labels))
+        order = self.order()
         for step in range(len(self)):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             images = torch.stack([self.augment(self.data.images[i]) for i in idx])
@@ -139,21 +202,33 @@ def train_one_epoch(
     batches: Batches,
     device: torch.device,
     desc: str,
+    mix: MixupCutmix | None = None,
+    ema: AveragedModel | None = None,
 ) -> float:
-    """One pass over ``batches``, both heads learning; returns the mean training loss."""
+    """One pass over ``batches``, both heads learning; returns the mean training loss.
+
+    ``mix`` mixes each batch's images and both heads' targets; ``ema`` is updated after
+    every step. The accuracy shown is against the unmixed labels."""
     net.train()
     loss_sum = correct = seen = 0
     bar = tqdm(batches, desc=desc, unit="batch", leave=False)
     for images, main_y, sub_y in bar:
         x = normalize(images.to(device), IMAGENET_MEAN, IMAGENET_STD, channels_last=True)
         main_y, sub_y = main_y.to(device), sub_y.to(device)
+        main_target, sub_target = main_y, sub_y
+        if mix is not None:
+            x, main_target, sub_target = mix(x, main_y, sub_y)
         with autocast(device):
             main_logits, sub_logits = net(x)
-            loss = criterion(main_logits.float(), main_y) + criterion(sub_logits.float(), sub_y)
+            loss = criterion(main_logits.float(), main_target) + criterion(
+                sub_logits.float(), sub_target
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(net)
         loss_sum += float(loss.detach()) * len(sub_y)
         correct += int((sub_logits.argmax(1) == sub_y).sum())
         seen += len(sub_y)
@@ -185,47 +260,63 @@ def train(
     data_dir: Path, out: Path, cfg: TrainConfig, echo: Callable[[str], None] = print
 ) -> TrainSummary:
     """Train on ``data_dir`` and save to ``out`` each epoch that beats the best so far on
-    validation (main plus sub accuracy)."""
+    validation (main plus sub accuracy); then calibrate the saved model."""
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    taxonomy, train_data, val_data, notes = load_data(data_dir, cfg, device, echo)
-    n_train, n_val = len(train_data.labels), len(val_data.labels)
+    data = load_data(data_dir, cfg, device, echo)
+    taxonomy = data.taxonomy
+    n_train, n_val = len(data.train.labels), len(data.val.labels)
 
     net = DualHeadNet(len(taxonomy.main), len(taxonomy.sub))
     source = load_backbone_weights(net, cfg.pretrained)
     run = _Run(data_dir=data_dir, cfg=cfg, pretrained_source=source, n_train=n_train, n_val=n_val)
     net = net.to(device, memory_format=torch.channels_last)
+    ema = None
+    if cfg.model_ema:
+        # As torchvision's references: the average covers BatchNorm's statistics too.
+        ema_fn = get_ema_multi_avg_fn(cfg.model_ema_decay)
+        ema = AveragedModel(net, multi_avg_fn=ema_fn, use_buffers=True)
+    kept = net if ema is None else ema.module  # the weights validated and saved
     sub_to_main = torch.tensor(taxonomy.sub_to_main)
     batch_size = min(cfg.batch_size, n_train)
-    batches = Batches(train_data, batch_size, TrainPreset(cfg.image_size), sub_to_main)
+    augment = TrainPreset(cfg.image_size, cfg.auto_augment, cfg.random_erase)
+    batches = Batches(data.train, batch_size, augment, sub_to_main, cfg.balanced_sampling)
+    mix = None
+    if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
+        mix = MixupCutmix(cfg.mixup_alpha, cfg.cutmix_alpha, len(taxonomy.main), len(taxonomy.sub))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # OneCycleLR divides by zero below 5 steps, which only a test-sized run has.
+    steps = max(5, cfg.epochs * len(batches))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * len(batches), pct_start=0.25
+        optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.25
     )
 
-    best_score, best_epoch, best_metrics, version, history = -1.0, 0, {}, "", []
+    best_score, best_epoch, best_metrics, history = -1.0, 0, {}, []
     for epoch in range(1, cfg.epochs + 1):
         desc = f"epoch {epoch}/{cfg.epochs}"
-        train_loss = train_one_epoch(net, criterion, optimizer, scheduler, batches, device, desc)
-        metrics = {**evaluate_loaded(net, val_data, taxonomy, device), "train_loss": train_loss}
+        train_loss = train_one_epoch(
+            net, criterion, optimizer, scheduler, batches, device, desc, mix, ema
+        )
+        metrics = {**evaluate_loaded(kept, data.val, taxonomy, device), "train_loss": train_loss}
         history.append({"epoch": epoch, **metrics})
         score = metrics["main_accuracy"] + metrics["sub_accuracy"]
         marker = ""
         if score > best_score:
             best_score, best_epoch, best_metrics = score, epoch, metrics
             checkpoint = _checkpoint(
-                net=net, taxonomy=taxonomy, run=run, epoch=epoch, metrics=metrics, history=history
+                net=kept, taxonomy=taxonomy, run=run, epoch=epoch, metrics=metrics, history=history
             )
-            version = save_checkpoint(checkpoint, out)
+            save_checkpoint(checkpoint, out)
             marker = "  (best, saved)"
         echo(
             f"epoch {epoch:>3}/{cfg.epochs}: loss {train_loss:.3f}  "
             f"val main {metrics['main_accuracy']:.3f}  sub {metrics['sub_accuracy']:.3f}{marker}"
         )
 
-    return TrainSummary(
+    version, calibration, warnings = calibrate(out, data.calibration, cfg, echo)
+    summary = TrainSummary(
         out,
         version,
         best_epoch,
@@ -233,9 +324,110 @@ def train(
         n_train,
         n_val,
         time.perf_counter() - started,
-        train_data.skipped + val_data.skipped,
-        notes,
+        data.skipped,
+        data.notes,
+        calibration,
+        warnings,
     )
+    if cfg.folds:
+        summary.fold_result = write_fold_result(
+            out,
+            {
+                "data_dir": str(Path(data_dir).resolve()),
+                "folds": cfg.folds,
+                "fold": cfg.fold,
+                "seed": cfg.seed,
+                "recipe": _recipe_args(cfg),
+                "model": str(out),
+                "model_version": version,
+                "n_train": n_train,
+                "n_val": n_val,
+                "epochs": cfg.epochs,
+                "best_epoch": best_epoch,
+                "best": {k: best_metrics[k] for k in ("main_accuracy", "sub_accuracy")},
+                "last": {k: metrics[k] for k in ("main_accuracy", "sub_accuracy")},
+                "calibration": calibration,
+                "seconds": summary.seconds,
+            },
+        )
+    return summary
+
+
+def calibrate(
+    path: Path, images: LoadedImages, cfg: TrainConfig, echo: Callable[[str], None]
+) -> tuple[str, dict, list[str]]:
+    """Fit the temperature and choose the review threshold of the model saved at ``path`` on
+    ``images`` (held out of training), as the workers will run it; store both in the
+    checkpoint. Returns its new version, what was found and any warning."""
+    checkpoint = load_checkpoint(path)
+    n = len(images.labels)
+    if n == 0:
+        checkpoint.meta["calibration"] = {"images": 0}
+        echo(
+            "note: no calibration images: the model keeps temperature 1 and review threshold "
+            f"{checkpoint.review_threshold}"
+        )
+        return save_checkpoint(checkpoint, path), checkpoint.meta["calibration"], []
+    clf = Classifier(checkpoint, cfg.device)
+    main_logits, sub_logits = clf.logits(images.images)
+    temperature = fit_temperature(main_logits, sub_logits, images.labels, clf.sub_to_main)
+    args = (main_logits, sub_logits, images.labels, clf.sub_to_main, len(clf.taxonomy.main))
+    scaled = outcomes(*args, temperature)
+    ece = calibration_report(outcomes(*args), scaled)
+    table = coverage_table(scaled)
+    chosen = choose_review_threshold(table, cfg.review_target)
+    warnings = []
+    if chosen is None:
+        chosen = next(row for row in table if row["threshold"] == 1.0)
+        warnings.append(
+            f"no review threshold leaves photos that are {cfg.review_target:.0%} right on both "
+            f"levels on the {n} calibration images: stored 1.0, so every photo is flagged for "
+            "review. Improve the model, lower --review-target, or set "
+            "REFUND_SORTER_REVIEW_THRESHOLD for the workers."
+        )
+    found = {
+        "images": n,
+        "held_out": f"fold {cfg.fold} of {cfg.folds}"
+        if cfg.folds
+        else f"calibration split {cfg.calibration_split} of the training data",
+        "temperature": temperature,
+        "ece": {
+            level: {when: ece[level][f"ece_{when}"] for when in ("before", "after")}
+            for level in ("main", "sub")
+        },
+        "review_target": cfg.review_target,
+        "target_reached": not warnings,
+        "review_threshold": chosen["threshold"],
+        "flagged": chosen["flagged"],
+        "kept_main_accuracy": chosen["main_accuracy"],
+        "kept_sub_accuracy": chosen["sub_accuracy"],
+    }
+    if temperature in TEMPERATURE_BOUNDS:
+        echo(
+            f"note: the temperature stopped at its bound {temperature}: the {n} calibration "
+            "images do not show how sure the model should be (all right, say); more would"
+        )
+    checkpoint.temperature = temperature
+    checkpoint.review_threshold = chosen["threshold"]
+    checkpoint.meta["calibration"] = found
+    echo(
+        f"calibration on {n} held-out images: temperature {temperature:.3f}; expected "
+        f"calibration error sub {found['ece']['sub']['before']:.3f} -> "
+        f"{found['ece']['sub']['after']:.3f}, main {found['ece']['main']['before']:.3f} -> "
+        f"{found['ece']['main']['after']:.3f}"
+    )
+    echo(
+        f"review threshold {chosen['threshold']:.3f}: {chosen['flagged']:.1%} of photos flagged"
+        + (
+            f", the rest {chosen['sub_accuracy']:.1%} right (sub), "
+            f"{chosen['main_accuracy']:.1%} (main)"
+            if chosen["kept"]
+            else ""
+        )
+    )
+    for warning in warnings:
+        echo(f"WARNING: {warning}")
+    return save_checkpoint(checkpoint, path), found, warnings
 
 
 @dataclass(frozen=True)
@@ -268,7 +460,7 @@ def _checkpoint(
         std=IMAGENET_STD,
         meta={
             "dataset": str(Path(run.data_dir).resolve()),
-            "validation": str(cfg.val_dir) if cfg.val_dir else f"fraction {cfg.val_fraction}",
+            "validation": _validation(cfg),
             "epochs": cfg.epochs,
             "best_epoch": epoch,
             "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -277,6 +469,16 @@ def _checkpoint(
             "n_train": run.n_train,
             "n_val": run.n_val,
             "pretrained": run.pretrained_source,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items()},
+            "args": _recipe_args(cfg),
         },
     )
+
+
+def _validation(cfg: TrainConfig) -> str:
+    if cfg.folds:
+        return f"fold {cfg.fold} of {cfg.folds}"
+    return str(cfg.val_dir) if cfg.val_dir else f"fraction {cfg.val_fraction}"
+
+
+def _recipe_args(cfg: TrainConfig) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items()}

@@ -1,7 +1,7 @@
 """The ``refund-sorter`` command line, by audience: ``cli.model`` for whoever trains and
-checks the model (train, evaluate, quantize, classify), ``cli.operations`` for the operators
-(sweep, runs, export, db upgrade, flower), ``cli.review_desk`` for the review desk
-(review-server, export-training-set).
+checks the model (train, cv-summary, evaluate, quantize, classify), ``cli.operations`` for
+the operators (sweep, runs, export, db upgrade, flower), ``cli.review_desk`` for the review
+desk (review-server, export-training-set).
 
 It sits above the roles it drives (producer, worker, classifier), so the shared core in
 ``refund_sorter/`` imports none of them. Heavy imports (PyTorch, Celery) happen inside the
@@ -21,6 +21,7 @@ def main() -> None:
 
 for command in (
     model.train,
+    model.cv_summary,
     model.evaluate,
     model.quantize,
     model.classify,

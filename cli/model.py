@@ -1,4 +1,5 @@
-"""Model commands: train, evaluate and classify, for whoever trains and checks the model."""
+"""Model commands: train, cv-summary, evaluate and classify, for whoever trains and checks
+the model."""
 
 import json
 import sys
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from classifier.recipe import TrainConfig
+from classifier.recipe import AUTO_AUGMENTS, TrainConfig
 from cli.common import device_option, friendly, mapping_option, precision_option
 from refund_sorter.errors import UserError
 
@@ -20,6 +21,9 @@ def recipe_option(flag: str, help: str, **kwargs):
     return click.option(flag, default=default, show_default=True, help=help, **kwargs)
 
 
+SHARE = click.FloatRange(0, 1, max_open=True)
+
+
 @click.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=OUTPUT_FILE, required=True, help="Where to write the best checkpoint.")
@@ -27,11 +31,46 @@ def recipe_option(flag: str, help: str, **kwargs):
 @recipe_option("--image-size", "Side of the square input.", type=click.IntRange(min=16))
 @recipe_option("--batch-size", "Images per training step.", type=click.IntRange(min=2))
 @recipe_option("--lr", "Peak learning rate (one-cycle).")
+@recipe_option("--label-smoothing", "Label smoothing of both heads' loss.", type=SHARE)
+@recipe_option(
+    "--auto-augment",
+    "Automatic augmentation after crop and flip, instead of the mild colour jitter: "
+    "'ta_wide' (TrivialAugmentWide) or 'ra' (RandAugment).",
+    type=click.Choice(AUTO_AUGMENTS),
+)
+@recipe_option(
+    "--random-erase",
+    "Probability of erasing a random rectangle of each image.",
+    type=click.FloatRange(0, 1),
+)
+@recipe_option(
+    "--mixup-alpha", "MixUp's Beta(alpha, alpha); 0 = off.", type=click.FloatRange(min=0)
+)
+@recipe_option(
+    "--cutmix-alpha",
+    "CutMix's Beta(alpha, alpha); 0 = off. With MixUp too, one of them per batch.",
+    type=click.FloatRange(min=0),
+)
+@recipe_option(
+    "--model-ema",
+    "Keep an exponential moving average of the weights; validate and save it.",
+    is_flag=True,
+)
+@recipe_option(
+    "--model-ema-decay",
+    "Decay of that average per step (it spans about 1 / (1 - decay) steps).",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+)
+@recipe_option(
+    "--balanced-sampling",
+    "Draw training images so that every sub category is seen equally often.",
+    is_flag=True,
+)
 @device_option
 @recipe_option(
     "--pretrained", "Backbone start: 'imagenet' (torchvision weights), 'none', or a weights file."
 )
-@recipe_option("--seed", "Random seed.")
+@recipe_option("--seed", "Random seed (training, and the splits and folds of the data).")
 @click.option(
     "--val",
     "val_dir",
@@ -41,45 +80,117 @@ def recipe_option(flag: str, help: str, **kwargs):
 @recipe_option(
     "--val-fraction", "Share of DATA_DIR held out for validation when --val is not given."
 )
+@recipe_option(
+    "--folds",
+    "Cross-validation: deal DATA_DIR into this many stratified folds (0 = no cross-validation).",
+    type=click.IntRange(min=0),
+)
+@recipe_option(
+    "--fold",
+    "With --folds: the fold (1..folds) held out for validation and calibration; its figures "
+    "go to a .cv.json file beside --out, for cv-summary.",
+    type=click.IntRange(min=0),
+)
+@recipe_option(
+    "--calibration-split",
+    "Share of the training files held out to fit the temperature and choose the review "
+    "threshold; 0 = neither (ignored with --folds: the fold is used).",
+    type=SHARE,
+)
+@recipe_option(
+    "--review-target",
+    "Accuracy, on both levels, that the photos not flagged for review must reach on the "
+    "calibration images; the smallest threshold that reaches it is stored in the model.",
+    type=click.FloatRange(0, 1, min_open=True),
+)
+@click.option(
+    "--int8/--no-int8",
+    default=True,
+    show_default=True,
+    help="Calibrate the saved model for int8 on DATA_DIR's photos, as `quantize` does "
+    "(not for a cross-validation fold).",
+)
 @mapping_option
 @friendly
-def train(
-    data_dir,
-    out,
-    epochs,
-    image_size,
-    batch_size,
-    lr,
-    device,
-    pretrained,
-    seed,
-    val_dir,
-    val_fraction,
-    mapping,
-) -> None:
-    """Train the dual-head classifier on DATA_DIR laid out <main>/<sub>/<image>."""
+def train(data_dir, out, int8, **recipe) -> None:
+    """Train the dual-head classifier on DATA_DIR laid out <main>/<sub>/<image>, then
+    calibrate it on held-out images and store its review threshold."""
     from classifier.train import train as run_training
 
-    cfg = TrainConfig(
-        epochs=epochs,
-        image_size=image_size,
-        batch_size=batch_size,
-        lr=lr,
-        device=device,
-        pretrained=pretrained,
-        seed=seed,
-        val_dir=val_dir,
-        val_fraction=val_fraction,
-        mapping=mapping,
-    )
+    cfg = TrainConfig(**recipe)
     summary = run_training(data_dir, out, cfg, echo=click.echo)
+    if int8 and not cfg.folds:
+        summary.version = add_int8(out, data_dir, out, mapping=cfg.mapping, seed=cfg.seed)
     m = summary.metrics
     click.echo(
         f"\nsaved {summary.model_path} (version {summary.version}, epoch {summary.best_epoch})\n"
         f"validation accuracy: main {m['main_accuracy']:.3f}, sub {m['sub_accuracy']:.3f}\n"
         f"images: {summary.n_train} train, {summary.n_val} validation, "
-        f"{len(summary.skipped)} unreadable skipped\n"
+        f"{summary.calibration['images']} calibration, {len(summary.skipped)} unreadable skipped\n"
         f"time: {summary.seconds / 60:.1f} min"
+    )
+    if summary.calibration["images"]:
+        cal = summary.calibration
+        click.echo(
+            f"temperature {cal['temperature']:.3f}, review threshold {cal['review_threshold']:.3f} "
+            f"({cal['flagged']:.1%} of the calibration images flagged)"
+        )
+    if summary.fold_result:
+        click.echo(f"fold result: {summary.fold_result}")
+    for warning in summary.warnings:
+        click.secho(f"WARNING: {warning}", fg="red", err=True)
+
+
+@click.command("cv-summary")
+@click.argument("results", type=click.Path(path_type=Path), nargs=-1, required=True)
+@click.option("--out", type=OUTPUT_FILE, help="Also write the summary as JSON here.")
+@friendly
+def cv_summary(results, out) -> None:
+    """Summarise a cross-validation: RESULTS are the .cv.json files that train --folds K
+    --fold I wrote, or folders holding them. Prints each fold's figures and their mean."""
+    from classifier.crossval import read_fold_results, summarise
+
+    summary = summarise(read_fold_results(list(results)))
+    done = len(summary["per_fold"])
+    click.echo(
+        f"cross-validation: {done} of {summary['folds']} folds, seed {summary['seed']}, "
+        f"data {', '.join(summary['data_dirs'])}"
+    )
+    header = ("fold", "n_val", "main", "sub", "best main", "best sub", "epoch", "T", "ECE sub")
+    click.echo("".join(f"{h:>10}" for h in header) + f"{'threshold':>11}{'flagged':>9}")
+    for row in [*summary["per_fold"], {**summary["mean"], "fold": "mean"}]:
+        click.echo(_cv_line(row))
+    if done > 1:
+        click.echo(_cv_line({**summary["std"], "fold": "std"}))
+    click.echo(
+        "main and sub: the last epoch's accuracy on the held-out fold (the best epoch is "
+        "picked on that same fold, so its figures lean high)"
+    )
+    if summary["missing_folds"]:
+        click.echo(f"not run yet: fold {', '.join(map(str, summary['missing_folds']))}")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(summary, indent=2))
+        click.echo(f"summary: {out}")
+
+
+def _cv_line(row: dict) -> str:
+    def cell(key: str, fmt: str, width: int = 10) -> str:
+        value = row.get(key)
+        return f"{'-' if value is None else format(value, fmt):>{width}}"
+
+    return (
+        f"{row['fold']:>10}"
+        + cell("n_val", ".0f")
+        + "".join(
+            cell(key, ".3f")
+            for key in ("main_accuracy", "sub_accuracy", "best_main_accuracy", "best_sub_accuracy")
+        )
+        + cell("best_epoch", ".0f")
+        + cell("temperature", ".2f")
+        + cell("sub_ece_after", ".3f")
+        + cell("review_threshold", ".3f", 11)
+        + cell("flagged", ".1%", 9)
     )
 
 
@@ -90,7 +201,8 @@ def train(
     "--report",
     type=OUTPUT_FILE,
     required=True,
-    help="JSON report to write; a PNG of the confusion matrices goes beside it.",
+    help="JSON report to write; PNGs of the confusion matrices, the reliability diagram and "
+    "the coverage against accuracy go beside it.",
 )
 @click.option(
     "--batch-size",
@@ -104,8 +216,10 @@ def train(
 @mapping_option
 @friendly
 def evaluate(model, data_dir, report, batch_size, device, precision, mapping) -> None:
-    """Measure MODEL's accuracy on DATA_DIR laid out <main>/<sub>/<image>."""
+    """Measure MODEL's accuracy and calibration on DATA_DIR laid out <main>/<sub>/<image>,
+    and what each review threshold would flag."""
     from classifier.evaluate import evaluate as run_evaluation
+    from classifier.evaluate import plot_paths
 
     result = run_evaluation(
         model,
@@ -132,7 +246,23 @@ def evaluate(model, data_dir, report, batch_size, device, precision, mapping) ->
         click.echo(f"skipped {item['path']}: {item['reason']}")
     if len(result["skipped"]) > 20:
         click.echo(f"... and {len(result['skipped']) - 20} more unreadable files")
-    click.echo(f"report: {report} and {Path(report).with_suffix('.png')}")
+    cal = result["calibration"]
+    click.echo(
+        f"expected calibration error ({cal['bins']} bins), before -> after temperature "
+        f"{cal['temperature']:.3f}: sub {cal['sub']['ece_before']:.3f} -> "
+        f"{cal['sub']['ece_after']:.3f}, main {cal['main']['ece_before']:.3f} -> "
+        f"{cal['main']['ece_after']:.3f}"
+    )
+    at = result["review"]["at_threshold"]
+    kept = (
+        f"; the rest {at['sub_accuracy']:.1%} right (sub), {at['main_accuracy']:.1%} (main)"
+        if at["kept"]
+        else ""
+    )
+    click.echo(
+        f"the model's review threshold {at['threshold']:.3f} flags {at['flagged']:.1%}{kept}"
+    )
+    click.echo(f"report: {report}, {', '.join(map(str, plot_paths(report).values()))}")
 
 
 @click.command()
@@ -161,22 +291,28 @@ def quantize(model, data_dir, out, photos, check, mapping) -> None:
     int8 becomes the CPU's automatic precision when it gives the same main and sub
     category as fp32 on at least 99% of the checked photos.
     """
+    add_int8(model, data_dir, out, photos=photos, check=check, mapping=mapping)
+
+
+def add_int8(model: Path, data_dir: Path, out: Path, **kwargs) -> str:
+    """Calibrate ``model`` for int8 on photos of ``data_dir``, save it to ``out`` and return
+    its version."""
     from classifier.checkpoint import load_checkpoint, save_checkpoint
     from classifier.predict import build_network
     from classifier.quantize import calibrate, passes
     from classifier.taxonomy import read_layout
 
+    mapping = kwargs.pop("mapping", None)
     ckpt = load_checkpoint(model)
     files = [path for path, _ in read_layout(data_dir, mapping, min_subs=1).files]
     try:
-        ckpt.int8 = calibrate(
-            ckpt, build_network(ckpt), files, photos=photos, check=check, echo=click.echo
-        )
+        ckpt.int8 = calibrate(ckpt, build_network(ckpt), files, echo=click.echo, **kwargs)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     version = save_checkpoint(ckpt, out)
     verdict = "picks int8" if passes(ckpt.int8) else "keeps fp32 or bf16 (below 99%)"
     click.echo(f"saved {out} (version {version}); automatic precision on a CPU {verdict}")
+    return version
 
 
 @click.command()
@@ -187,11 +323,15 @@ def quantize(model, data_dir, out, photos, check, mapping) -> None:
 @precision_option
 @friendly
 def classify(model, images, as_json, device, precision) -> None:
-    """Classify a few IMAGES with MODEL and print the predictions."""
+    """Classify a few IMAGES with MODEL and print the predictions; those below the review
+    threshold the workers would use (REFUND_SORTER_REVIEW_THRESHOLD, else the model's) are
+    marked for review."""
     from classifier.predict import Classifier
+    from refund_sorter.config import get_settings
     from refund_sorter.images import UnreadableImage, open_rgb
 
     clf = Classifier.from_path(model, device, precision)
+    threshold = clf.review_threshold(get_settings().review_threshold)
     rows, loaded = [], []
     for path in images:
         try:
@@ -199,12 +339,18 @@ def classify(model, images, as_json, device, precision) -> None:
         except UnreadableImage as exc:
             rows.append({"file": str(path), "status": "failed", "error": str(exc)})
     for (path, _), pred in zip(loaded, clf.predict_images([img for _, img in loaded]), strict=True):
-        rows.append({"file": str(path), "status": "ok", **vars(pred)})
+        review = pred.sub_confidence < threshold
+        rows.append({"file": str(path), "status": "ok", **vars(pred), "needs_review": review})
     rows.sort(key=lambda r: images.index(Path(r["file"])))
     if as_json:
         click.echo(
             json.dumps(
-                {"model_version": clf.version, "precision": clf.precision, "predictions": rows},
+                {
+                    "model_version": clf.version,
+                    "precision": clf.precision,
+                    "review_threshold": threshold,
+                    "predictions": rows,
+                },
                 indent=2,
             )
         )
@@ -215,6 +361,7 @@ def classify(model, images, as_json, device, precision) -> None:
                 click.echo(
                     f"{r['file']:<{width}}  {r['main']:>12} {r['main_confidence']:.2f}  "
                     f"{r['sub']:>12} {r['sub_confidence']:.2f}"
+                    + ("  review" if r["needs_review"] else "")
                 )
             else:
                 click.echo(f"{r['file']:<{width}}  failed: {r['error']}")

@@ -34,7 +34,13 @@ class Settings(BaseSettings):
     timezone: str = "UTC"
     batch_size: int = Field(32, ge=1)
     batch_max_wait: float = Field(2.0, gt=0, description="Seconds a worker waits to fill a batch.")
-    review_threshold: float = Field(0.6, ge=0, le=1)
+    review_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Below this sub confidence a prediction needs review; unset (or empty): "
+        "the threshold stored in the model, chosen on held-out photos when it was trained.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
         "auto",
@@ -67,6 +73,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds before Redis hands an unacknowledged message to another worker.",
     )
+
+    @field_validator("review_threshold", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value):
+        # compose passes an unset variable on as an empty one.
+        return None if value == "" else value
 
     @field_validator("visibility_timeout")
     @classmethod

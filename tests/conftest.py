@@ -75,7 +75,7 @@ def write_dataset(root: Path, counts: dict[str, int], seed: int = 0, suffix: str
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_dataset() -> Callable[..., Path]:
     """Write a ``<main>/<sub>/<image>`` folder: ``make_dataset(root, {"tops/shirt": 5})``.
 

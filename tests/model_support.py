@@ -11,8 +11,10 @@ def save_random_model(
     seed: int = 0,
     image_size: int = 32,
     note: str = "random weights for tests",
+    **calibration,
 ) -> str:
-    """Write a checkpoint with random weights for ``taxonomy``; return its model version."""
+    """Write a checkpoint with random weights for ``taxonomy``; return its model version.
+    ``calibration``: ``temperature`` and ``review_threshold`` to store, else the defaults."""
     import torch
 
     from classifier.checkpoint import Checkpoint, save_checkpoint
@@ -28,5 +30,22 @@ def save_random_model(
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         meta={"note": note},
+        **calibration,
     )
+    return save_checkpoint(checkpoint, path)
+
+
+def save_scaled_model(source: Path, path: Path, factor: float, **calibration) -> str:
+    """Copy the checkpoint ``source`` to ``path`` with every logit ``factor`` times as large
+    (both heads are linear) and ``calibration`` (``temperature``, ``review_threshold``) set;
+    return the copy's model version."""
+    from classifier.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(source)
+    for head in ("main_head", "sub_head"):
+        for part in ("weight", "bias"):
+            key = f"{head}.{part}"
+            checkpoint.state_dict[key] = checkpoint.state_dict[key].float() * factor
+    for name, value in calibration.items():
+        setattr(checkpoint, name, value)
     return save_checkpoint(checkpoint, path)

@@ -6,12 +6,14 @@ cannot be read are named and skipped, not fatal.
 
 import json
 import os
+import re
 import shlex
 from urllib.error import URLError
 
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from model_support import save_scaled_model
 
 from classifier.checkpoint import load_checkpoint
 from cli import main
@@ -128,9 +130,10 @@ def test_classify_prints_a_row_per_file_and_fails_when_one_is_broken(
     assert rows[0].startswith(str(junk)) and "failed: not an image" in rows[0]
     assert rows[1].startswith(str(good))
     tax = load_checkpoint(random_checkpoint).taxonomy
-    _, main, main_conf, sub, sub_conf = rows[1].split()
+    _, main, main_conf, sub, sub_conf, *review = rows[1].split()
     assert tax.index_of(main, sub) is not None
     assert 0 < float(sub_conf) <= float(main_conf) <= 1
+    assert review == (["review"] if float(sub_conf) < 0.6 else [])
 
 
 def test_classify_json_lists_failures_with_their_error(random_checkpoint, photo_and_junk):
@@ -236,10 +239,16 @@ def test_evaluate_prints_a_summary_and_writes_the_report(
     assert "not in the model's taxonomy: shoes/boots (2 images, not scored)" in result.output
     for path in broken.values():
         assert f"skipped {path}: " in result.output
-    assert f"report: {report} and {report.with_suffix('.png')}" in result.output
+    pngs = [report.with_suffix(".png"), tmp_path / "out" / "eval-reliability.png"]
+    pngs.append(tmp_path / "out" / "eval-coverage.png")
+    assert f"report: {report}, {', '.join(map(str, pngs))}" in result.output
+    assert "expected calibration error (15 bins), before -> after temperature 1.000" in (
+        result.output
+    )
+    assert "the model's review threshold 0.600 flags " in result.output
     assert json.loads(report.read_text())["n_images"] == 4
     assert json.loads(report.read_text())["precision"] in ("fp32", "bf16")
-    assert report.with_suffix(".png").is_file()
+    assert all(png.is_file() for png in pngs)
 
 
 # --- numbers and paths that cannot work are refused before any work is done ------------------
@@ -262,3 +271,239 @@ def test_train_refuses_a_folder_as_the_model_file(tmp_path, make_dataset):
     result = run("train", data, "--out", tmp_path / "models", "--val-fraction", "0.3", *FAST)
 
     assert result.exit_code == 2, repr(result.exception)
+
+
+# --- the recipe's knobs, cross-validation -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_with_every_knob_on_records_them_in_the_model(tmp_path, make_dataset):
+    data = make_dataset(tmp_path / "data", {"tops/shirt": 8, "bottoms/jeans": 8})
+    out = tmp_path / "model.pt"
+    knobs = [
+        *["--auto-augment", "ta_wide", "--random-erase", "0.25", "--label-smoothing", "0.05"],
+        *["--mixup-alpha", "0.2", "--cutmix-alpha", "1.0", "--model-ema"],
+        *["--model-ema-decay", "0.9", "--balanced-sampling", "--review-target", "0.9"],
+    ]
+
+    result = run("train", data, "--out", out, "--val-fraction", "0.25", *FAST, *knobs)
+
+    assert result.exit_code == 0, result.output
+    args = load_checkpoint(out).meta["args"]
+    assert {k: args[k] for k in ("auto_augment", "random_erase", "label_smoothing")} == {
+        "auto_augment": "ta_wide",
+        "random_erase": 0.25,
+        "label_smoothing": 0.05,
+    }
+    assert (args["mixup_alpha"], args["cutmix_alpha"]) == (0.2, 1.0)
+    assert (args["model_ema"], args["model_ema_decay"], args["balanced_sampling"]) == (
+        True,
+        0.9,
+        True,
+    )
+    assert args["review_target"] == 0.9
+    assert "images: 10 train, 4 validation, 2 calibration, 0 unreadable skipped" in result.output
+    assert re.search(r"temperature \d+\.\d{3}, review threshold \d\.\d{3} \(", result.output)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--auto-augment", "autoaugment"],
+        ["--mixup-alpha", "-1"],
+        ["--random-erase", "1.5"],
+        ["--model-ema-decay", "1"],
+        ["--review-target", "0"],
+        ["--calibration-split", "1"],
+        ["--label-smoothing", "1"],
+        ["--folds", "-2"],
+    ],
+)
+def test_train_refuses_knobs_out_of_range_up_front(tmp_path, make_dataset, option):
+    data = make_dataset(tmp_path / "data", {"tops/shirt": 3, "bottoms/jeans": 3})
+
+    result = run("train", data, "--out", tmp_path / "m.pt", *FAST, *option)
+
+    assert result.exit_code == 2, repr(result.exception)
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--fold", "1"], "error: --fold needs --folds K with K at least 2"),
+        (["--folds", "3", "--fold", "4"], "error: --fold must be one of 1..3 (the held-out fold)"),
+        (["--folds", "3"], "error: --fold must be one of 1..3 (the held-out fold)"),
+    ],
+)
+def test_train_refuses_folds_that_do_not_fit(tmp_path, make_dataset, options, message):
+    data = make_dataset(tmp_path / "data", {"tops/shirt": 3, "bottoms/jeans": 3})
+
+    result = run("train", data, "--out", tmp_path / "m.pt", *FAST, *options)
+
+    assert_clean_failure(result)
+    assert message in result.output
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_refuses_a_validation_folder_with_folds(tmp_path, make_dataset):
+    data = make_dataset(tmp_path / "data", {"tops/shirt": 3, "bottoms/jeans": 3})
+    val = make_dataset(tmp_path / "val", {"tops/shirt": 1, "bottoms/jeans": 1})
+
+    result = run(
+        "train",
+        data,
+        "--out",
+        tmp_path / "m.pt",
+        *FAST,
+        "--folds",
+        "3",
+        "--fold",
+        "1",
+        "--val",
+        val,
+    )
+
+    assert_clean_failure(result)
+    assert "--val cannot be combined with --folds" in result.output
+
+
+@pytest.fixture(scope="module")
+def two_folds(tmp_path_factory, make_dataset):
+    """Folds 1 and 2 of a 3-fold cross-validation, trained one at a time as an operator
+    would; fold 3 not run."""
+    root = tmp_path_factory.mktemp("cv")
+    data = make_dataset(root / "data", {"tops/shirt": 6, "bottoms/jeans": 6})
+    outputs = []
+    for fold in (2, 1):
+        out = root / "runs" / f"fold-{fold}.pt"
+        args = ["train", data, "--out", out, *FAST, "--batch-size", "4"]
+        outputs.append(run(*args, "--folds", "3", "--fold", str(fold)))
+        assert outputs[-1].exit_code == 0, outputs[-1].output
+    return root, data, outputs
+
+
+@pytest.mark.slow
+def test_folds_run_one_at_a_time_then_summarise(two_folds):
+    root, _, outputs = two_folds
+    runs = root / "runs"
+    assert f"fold result: {runs / 'fold-2.cv.json'}" in outputs[0].output
+    assert "8 training and 4 validation files (fold 1 of 3, also the calibration data)" in (
+        outputs[1].output
+    )
+
+    result = run("cv-summary", runs, "--out", root / "summary.json")
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"cross-validation: 2 of 3 folds, seed 0, data {(root / 'data').resolve()}"
+    per_fold = {line.split()[0]: line.split() for line in lines[2:6]}
+    assert sorted(per_fold) == ["1", "2", "mean", "std"]
+    assert "not run yet: fold 3" in result.output
+    summary = json.loads((root / "summary.json").read_text())
+    folds = [json.loads((runs / f"fold-{i}.cv.json").read_text()) for i in (1, 2)]
+    assert [row["fold"] for row in summary["per_fold"]] == [1, 2]
+    assert summary["missing_folds"] == [3]
+    for key, level in (("main_accuracy", "main_accuracy"), ("sub_accuracy", "sub_accuracy")):
+        values = [fold["last"][level] for fold in folds]
+        assert summary["mean"][key] == pytest.approx(sum(values) / 2)
+        assert per_fold["mean"][header_index(lines[1], "sub" if "sub" in key else "main")] == (
+            f"{sum(values) / 2:.3f}"
+        )
+    assert summary["mean"]["temperature"] == pytest.approx(
+        sum(fold["calibration"]["temperature"] for fold in folds) / 2
+    )
+    assert summary["recipe"]["epochs"] == 1 and "fold" not in summary["recipe"]
+
+
+def header_index(header: str, name: str) -> int:
+    return header.split().index(name)
+
+
+@pytest.mark.slow
+def test_cv_summary_refuses_folds_of_different_recipes(two_folds, tmp_path):
+    root, _, _ = two_folds
+    other = json.loads((root / "runs" / "fold-1.cv.json").read_text())
+    other["recipe"]["lr"] = 0.01
+    other["fold"] = 3
+    (tmp_path / "fold-3.cv.json").write_text(json.dumps(other))
+
+    result = run("cv-summary", root / "runs", tmp_path / "fold-3.cv.json")
+
+    assert_clean_failure(result)
+    assert "were trained with other settings: lr 0.01 vs 0.002" in result.output
+
+
+@pytest.mark.slow
+def test_cv_summary_refuses_a_fold_twice(two_folds):
+    root, _, _ = two_folds
+    fold = root / "runs" / "fold-1.cv.json"
+
+    result = run("cv-summary", fold, fold)
+
+    assert_clean_failure(result)
+    assert "fold 1 appears twice" in result.output
+
+
+def test_cv_summary_of_nothing_is_a_plain_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.cv.json").write_text("not json")
+    (tmp_path / "other.cv.json").write_text(json.dumps({"kind": "something else"}))
+
+    for args, message in (
+        ([tmp_path / "empty"], "no fold results (*.cv.json) in"),
+        ([tmp_path / "missing"], f"not found: {tmp_path / 'missing'}"),
+        ([tmp_path / "notes.cv.json"], "cannot read"),
+        ([tmp_path / "other.cv.json"], "is not a fold result of refund-sorter train --folds"),
+    ):
+        result = run("cv-summary", *args)
+        assert_clean_failure(result)
+        assert message in result.output
+
+
+# --- the review threshold classify marks ---------------------------------------------------------
+
+
+def get_settings_cache_clear() -> None:
+    from refund_sorter.config import get_settings
+
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def fresh_settings(monkeypatch):
+    """``get_settings()`` re-read from the environment, without REFUND_SORTER_* variables."""
+    for key in [k for k in os.environ if k.startswith("REFUND_SORTER_")]:
+        monkeypatch.delenv(key)
+    get_settings_cache_clear()
+    yield monkeypatch
+    get_settings_cache_clear()
+
+
+def test_classify_marks_for_review_by_the_models_threshold_unless_set(
+    random_checkpoint, tmp_path, make_image, fresh_settings
+):
+    images = [make_image(tmp_path / f"{i}.png", colour=(i * 60, 90, 30)) for i in range(3)]
+    lenient, strict = tmp_path / "lenient.pt", tmp_path / "strict.pt"
+    save_scaled_model(random_checkpoint, lenient, 1.0, review_threshold=0.0)
+    save_scaled_model(random_checkpoint, strict, 1.0, review_threshold=1.0)
+
+    def flagged(model):
+        result = run("classify", model, *images, "--json", "--device", "cpu")
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        return report["review_threshold"], [p["needs_review"] for p in report["predictions"]]
+
+    assert flagged(lenient) == (0.0, [False] * 3)
+    assert flagged(strict) == (1.0, [True] * 3)
+
+    fresh_settings.setenv("REFUND_SORTER_REVIEW_THRESHOLD", "0")
+    get_settings_cache_clear()
+    assert flagged(strict) == (0.0, [False] * 3)
+
+    table = run("classify", strict, images[0], "--device", "cpu")
+    assert not table.stdout.rstrip().endswith("review")
+    fresh_settings.delenv("REFUND_SORTER_REVIEW_THRESHOLD")
+    get_settings_cache_clear()
+    table = run("classify", strict, images[0], "--device", "cpu")
+    assert table.stdout.rstrip().endswith("  review")

@@ -77,3 +77,15 @@ def test_pytorch_threads_share_the_cores_out_among_pool_processes(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     assert [torch_threads(Settings(), n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
     assert torch_threads(Settings(torch_threads=3), 2) == 3  # a set value wins
+
+
+def test_the_review_threshold_is_unset_unless_given(monkeypatch):
+    for key in [k for k in __import__("os").environ if k.startswith("REFUND_SORTER_")]:
+        monkeypatch.delenv(key)
+    assert Settings().review_threshold is None  # each model's own threshold
+    monkeypatch.setenv("REFUND_SORTER_REVIEW_THRESHOLD", "")  # compose's unset variable
+    assert Settings().review_threshold is None
+    monkeypatch.setenv("REFUND_SORTER_REVIEW_THRESHOLD", "0.75")
+    assert Settings().review_threshold == 0.75
+    monkeypatch.setenv("REFUND_SORTER_REVIEW_THRESHOLD", "0")
+    assert Settings().review_threshold == 0.0

@@ -183,7 +183,7 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
                     p.main_confidence,
                     p.sub,
                     p.sub_confidence,
-                    needs_review=p.sub_confidence < settings.review_threshold,
+                    needs_review=p.sub_confidence < clf.review_threshold(settings.review_threshold),
                     top_subs=p.top_subs,
                 )
             )

@@ -81,11 +81,12 @@ class ClassifierTask(Batches):
                     f"cannot load the model {self.app.settings.model_path}: {exc}"
                 ) from exc
             log.info(
-                "loaded model %s on %s in %s with %d PyTorch threads",
+                "loaded model %s on %s in %s with %d PyTorch threads, review threshold %s",
                 self._classifier.version,
                 self._classifier.device,
                 self._classifier.precision,
                 torch_threads(self.app.settings, _worker.get("processes", 1)),
+                self._classifier.review_threshold(self.app.settings.review_threshold),
             )
         return self._classifier
 

@@ -9,13 +9,20 @@ import os
 import re
 import shlex
 import zipfile
+from pathlib import Path
 from urllib.error import URLError
 
 import pytest
 import torch
 import torchvision
 
-from classifier.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from classifier.checkpoint import (
+    DEFAULT_REVIEW_THRESHOLD,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from classifier.network import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -113,6 +120,85 @@ def test_weights_are_stored_as_float16_and_give_nearly_the_same_outputs(net, tmp
             assert after.dtype == torch.float32
             scale = float(before.abs().max())
             torch.testing.assert_close(after, before, rtol=0, atol=0.01 * scale + 1e-4)
+
+
+# --- calibration: the temperature and the review threshold -------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_round_trip_keeps_the_temperature_and_the_review_threshold(net, tmp_path):
+    checkpoint = make_checkpoint(net)
+    checkpoint.temperature, checkpoint.review_threshold = 1.7, 0.43
+    path = tmp_path / "calibrated.pt"
+
+    save_checkpoint(checkpoint, path)
+    loaded = load_checkpoint(path)
+
+    assert (loaded.temperature, loaded.review_threshold) == (1.7, 0.43)
+    assert torch.load(path, weights_only=True)["format"] == "refund-sorter-checkpoint/2"
+
+
+def test_a_new_checkpoint_without_calibration_has_the_defaults(net, tmp_path):
+    save_checkpoint(make_checkpoint(net), tmp_path / "m.pt")
+
+    loaded = load_checkpoint(tmp_path / "m.pt")
+
+    assert (loaded.temperature, loaded.review_threshold) == (1.0, DEFAULT_REVIEW_THRESHOLD)
+
+
+def test_a_format_1_checkpoint_loads_with_temperature_1_and_the_old_threshold(net, tmp_path):
+    # What save_checkpoint wrote before checkpoints carried a calibration.
+    payload = make_checkpoint(net).to_payload()
+    payload["format"] = "refund-sorter-checkpoint/1"
+    del payload["calibration"]
+    path = tmp_path / "old.pt"
+    torch.save(payload, path)
+
+    loaded = load_checkpoint(path)
+
+    assert (loaded.temperature, loaded.review_threshold) == (1.0, 0.6)
+    assert loaded.taxonomy == TAXONOMY
+
+
+def test_the_shipped_model_predates_calibration_and_loads_with_the_defaults():
+    loaded = load_checkpoint(ROOT / "assets" / "model" / "refund-sorter-resnet18.pt")
+
+    assert (loaded.temperature, loaded.review_threshold) == (1.0, 0.6)
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_with_a_reason(net, tmp_path):
+    payload = make_checkpoint(net).to_payload()
+    payload["format"] = "refund-sorter-checkpoint/3"
+    path = tmp_path / "future.pt"
+    torch.save(payload, path)
+
+    with pytest.raises(
+        CheckpointError, match="refund-sorter-checkpoint/3 file, written by a newer"
+    ):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "calibration",
+    [
+        {"temperature": 0.0},
+        {"temperature": -1.0},
+        {"temperature": float("inf")},
+        {"temperature": "hot"},
+        {"review_threshold": 1.5},
+        {"review_threshold": None},
+        "calibrated",
+    ],
+)
+def test_an_unusable_calibration_is_refused(net, tmp_path, calibration):
+    payload = make_checkpoint(net).to_payload()
+    payload["calibration"] = calibration
+    path = tmp_path / "odd.pt"
+    torch.save(payload, path)
+
+    with pytest.raises(CheckpointError, match=r"odd\.pt holds an unusable"):
+        load_checkpoint(path)
 
 
 def test_an_unknown_architecture_is_refused(net):

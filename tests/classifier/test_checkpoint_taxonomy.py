@@ -18,6 +18,7 @@ SHIPPED = Path(__file__).resolve().parents[2] / "assets/model/refund-sorter-resn
 
 def test_the_format_tags_agree():
     assert checkpoint_taxonomy.FORMAT == checkpoint.FORMAT
+    assert checkpoint.FORMAT in checkpoint.READABLE_FORMATS
 
 
 @pytest.mark.parametrize("which", ["random", "shipped"])

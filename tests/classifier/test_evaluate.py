@@ -4,9 +4,11 @@ import json
 import shutil
 
 import pytest
+from model_support import save_scaled_model
 from PIL import Image
 
-from classifier.evaluate import confusion, evaluate, per_class
+from classifier.checkpoint import load_checkpoint
+from classifier.evaluate import confusion, evaluate, per_class, plot_paths
 
 
 @pytest.fixture
@@ -61,10 +63,35 @@ def test_evaluation_report_of_a_trained_model(trained_model, held_out_copy, tmp_
             assert stats["support"] == sum(matrix[i])
     assert [sum(row) for row in report["confusion"]["sub"]["matrix"]] == [8, 8, 8, 8]
 
-    png = report_path.with_suffix(".png")
-    with Image.open(png) as img:
-        assert img.format == "PNG"
-        assert img.size[0] > 500
+    for png in plot_paths(report_path).values():
+        with Image.open(png) as img:
+            assert img.format == "PNG"
+            assert img.size[0] > 500
+
+    checkpoint = load_checkpoint(summary.model_path)
+    cal = report["calibration"]
+    assert cal["temperature"] == checkpoint.temperature
+    assert cal["bins"] == 15
+    for level in ("main", "sub"):
+        for when in ("before", "after"):
+            bins = cal[level][f"reliability_{when}"]
+            assert sum(b["count"] for b in bins) == 32
+            assert 0.0 <= cal[level][f"ece_{when}"] <= 1.0
+    review = report["review"]
+    assert review["threshold"] == checkpoint.review_threshold
+    assert review["target"] == 0.97
+    at = review["at_threshold"]
+    assert at["threshold"] == checkpoint.review_threshold
+    assert at in review["table"]
+    table = review["table"]
+    assert [r["threshold"] for r in table] == sorted(r["threshold"] for r in table)
+    assert table[0] == {
+        "threshold": 0.0,
+        "flagged": 0.0,
+        "kept": 32,
+        "main_accuracy": report["main_accuracy"],
+        "sub_accuracy": report["sub_accuracy"],
+    }
 
 
 def test_evaluating_only_unknown_folders_scores_nothing(random_checkpoint, make_dataset, tmp_path):
@@ -77,7 +104,29 @@ def test_evaluating_only_unknown_folders_scores_nothing(random_checkpoint, make_
     assert report["main_accuracy"] == report["sub_accuracy"] == 0.0
     assert report["unknown_folders"] == {"shoes/boots": 2, "tops/vest": 1}
     assert sum(map(sum, report["confusion"]["sub"]["matrix"])) == 0
-    assert report_path.with_suffix(".png").is_file()
+    assert report["calibration"]["sub"]["ece_after"] == 0.0
+    assert report["review"]["at_threshold"]["kept"] == 0
+    assert all(png.is_file() for png in plot_paths(report_path).values())
+
+
+def test_ece_after_is_measured_at_the_models_temperature(random_checkpoint, make_dataset, tmp_path):
+    data = make_dataset(tmp_path / "data", {"tops/shirt": 6, "bottoms/jeans": 6, "tops/sweater": 6})
+    # The same model with every logit 3 times as large and a temperature of 3 stored.
+    save_scaled_model(random_checkpoint, tmp_path / "hot.pt", 3.0, temperature=3.0)
+
+    plain = evaluate(
+        random_checkpoint, data, tmp_path / "plain.json", device="cpu", precision="fp32"
+    )
+    hot = evaluate(tmp_path / "hot.pt", data, tmp_path / "hot.json", device="cpu", precision="fp32")
+
+    assert plain["calibration"]["temperature"] == 1.0
+    assert hot["calibration"]["temperature"] == 3.0
+    for level in ("main", "sub"):
+        plain_ece, hot_ece = plain["calibration"][level], hot["calibration"][level]
+        assert plain_ece["ece_after"] == plain_ece["ece_before"]
+        assert hot_ece["ece_after"] == pytest.approx(plain_ece["ece_before"], abs=2e-3)
+        assert hot_ece["ece_before"] != pytest.approx(hot_ece["ece_after"], abs=2e-3)
+    assert hot["sub_accuracy"] == plain["sub_accuracy"]
 
 
 def test_confusion_counts_truth_by_row_and_prediction_by_column():

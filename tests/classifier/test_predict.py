@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from model_support import save_scaled_model
 from PIL import Image
 
 from classifier import predict
@@ -174,3 +175,76 @@ def test_each_cpu_precision_classifies_and_agrees_with_fp32(random_checkpoint):
         by_precision[precision] = clf.predict_images(images)
     for fp32, bf16 in zip(by_precision["fp32"], by_precision["bf16"], strict=True):
         assert abs(fp32.sub_confidence - bf16.sub_confidence) < 0.05
+
+
+# --- calibration at inference ------------------------------------------------------------------
+
+
+def test_the_stored_temperature_undoes_scaled_logits(random_checkpoint, tmp_path):
+    save_scaled_model(random_checkpoint, tmp_path / "hot.pt", 4.0)
+    save_scaled_model(random_checkpoint, tmp_path / "calibrated.pt", 4.0, temperature=4.0)
+    images = photos()
+
+    plain = Classifier.from_path(random_checkpoint, device="cpu", precision="fp32")
+    hot = Classifier.from_path(tmp_path / "hot.pt", device="cpu", precision="fp32")
+    calibrated = Classifier.from_path(tmp_path / "calibrated.pt", device="cpu", precision="fp32")
+
+    assert (plain.temperature, hot.temperature, calibrated.temperature) == (1.0, 1.0, 4.0)
+    for p, h, c in zip(
+        plain.predict_images(images),
+        hot.predict_images(images),
+        calibrated.predict_images(images),
+        strict=True,
+    ):
+        assert (p.main, p.sub) == (h.main, h.sub) == (c.main, c.sub)
+        assert h.sub_confidence > p.sub_confidence + 0.05  # overconfident
+        assert c.sub_confidence == pytest.approx(p.sub_confidence, abs=2e-3)
+        assert c.main_confidence == pytest.approx(p.main_confidence, abs=2e-3)
+
+
+def test_a_temperature_never_changes_the_decision():
+    rng = np.random.default_rng(9)
+    sub_to_main = torch.tensor([0, 0, 1, 1, 1, 2])
+    main_logits = torch.from_numpy(rng.normal(0, 3, (200, 3))).float()
+    sub_logits = torch.from_numpy(rng.normal(0, 3, (200, 6))).float()
+
+    decisions = [
+        decide(joint_probabilities(main_logits, sub_logits, sub_to_main, t), sub_to_main, 3)
+        for t in (0.3, 1.0, 2.5, 10.0)
+    ]
+
+    for sub_idx, _, main_idx, _ in decisions[1:]:
+        assert torch.equal(sub_idx, decisions[0][0])
+        assert torch.equal(main_idx, decisions[0][2])
+    confidences = [float(d[1].mean()) for d in decisions]
+    assert confidences == sorted(confidences, reverse=True)  # hotter is less sure
+
+
+def test_the_review_threshold_is_the_setting_when_given_else_the_models(
+    random_checkpoint, tmp_path
+):
+    save_scaled_model(random_checkpoint, tmp_path / "chosen.pt", 1.0, review_threshold=0.42)
+
+    default = Classifier.from_path(random_checkpoint, device="cpu")
+    chosen = Classifier.from_path(tmp_path / "chosen.pt", device="cpu")
+
+    assert default.review_threshold() == 0.6  # a model that chose none
+    assert chosen.review_threshold() == chosen.review_threshold(None) == 0.42
+    assert chosen.review_threshold(0.9) == 0.9
+    assert chosen.review_threshold(0.0) == 0.0  # zero is a setting too, not "unset"
+
+
+def test_logits_come_in_batches_and_match_the_decisions(random_checkpoint):
+    clf = Classifier.from_path(random_checkpoint, device="cpu", precision="fp32")
+    images = torch.stack([clf.preset(img) for img in photos()])
+
+    main_logits, sub_logits = clf.logits(images, batch_size=3)
+
+    assert main_logits.shape == (4, 2) and sub_logits.shape == (4, 4)
+    joint = joint_probabilities(main_logits, sub_logits, clf.sub_to_main)
+    sub_idx, sub_conf, _, _ = decide(joint, clf.sub_to_main, 2)
+    predictions = clf.predict_tensors(images)
+    assert [clf.taxonomy.sub[i] for i in sub_idx.tolist()] == [p.sub for p in predictions]
+    assert sub_conf.tolist() == pytest.approx([p.sub_confidence for p in predictions], abs=1e-5)
+    empty_main, empty_sub = clf.logits(images[:0])
+    assert empty_main.shape == (0, 2) and empty_sub.shape == (0, 4)

@@ -11,7 +11,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
-    "module", ["classifier.recipe", "classifier.taxonomy", "classifier.version"]
+    "module",
+    [
+        "classifier.recipe",
+        "classifier.taxonomy",
+        "classifier.version",
+        "classifier.splits",
+        "classifier.crossval",
+    ],
 )
 def test_torch_free_modules_do_not_import_torch(module):
     code = (

@@ -1,14 +1,17 @@
 """classifier/train.py: a short training run learns what it is shown."""
 
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from classifier.checkpoint import load_checkpoint, model_version
 from classifier.recipe import TrainConfig
 from classifier.taxonomy import read_layout
-from classifier.train import split_validation, train
+from classifier.train import calibrate, split_validation, train
 from refund_sorter.errors import UserError
 
 
@@ -19,8 +22,9 @@ def test_training_beats_chance_on_held_out_images(trained_model):
     # 4 sub categories (chance 0.25) in 2 main categories (chance 0.5)
     assert summary.metrics["sub_accuracy"] > 0.6
     assert summary.metrics["main_accuracy"] > 0.8
-    assert summary.n_train == 96
+    assert summary.n_train == 88, "2 of each category's 24 are held out for calibration"
     assert summary.n_val == 32, "tops/vest is not in the training data and is not scored"
+    assert summary.calibration["images"] == 8
     assert summary.skipped == []
     assert 1 <= summary.best_epoch <= 2
 
@@ -39,7 +43,7 @@ def test_training_saves_the_best_epoch_with_everything_inference_needs(trained_m
     meta = checkpoint.meta
     assert meta["best_epoch"] == summary.best_epoch
     assert meta["metrics"]["sub_accuracy"] == pytest.approx(summary.metrics["sub_accuracy"])
-    assert (meta["n_train"], meta["n_val"]) == (96, 32)
+    assert (meta["n_train"], meta["n_val"]) == (88, 32)
     assert meta["pretrained"] == "none"
     assert meta["dataset"] == str(train_dir.resolve())
     assert meta["validation"] == str(held_out)
@@ -51,7 +55,10 @@ def test_training_tells_what_it_does(trained_model):
     summary, _, lines = trained_model
 
     assert any(
-        line.startswith("taxonomy: 2 main, 4 sub categories; 96 training and 32 validation")
+        line.startswith(
+            "taxonomy: 2 main, 4 sub categories; 88 training and 32 validation files "
+            "(8 held out for calibration)"
+        )
         for line in lines
     )
     note = "note: validation folder tops/vest is not in the training data: 3 image(s) not used"
@@ -118,3 +125,153 @@ def test_a_missing_validation_folder_is_a_user_error(tmp_path, make_dataset):
 
     with pytest.raises(UserError, match=re.escape(f"data folder not found: {cfg.val_dir}")):
         train(data, tmp_path / "m.pt", cfg, echo=lambda _: None)
+
+
+# --- calibration after training ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_saved_model_carries_the_calibration_fitted_on_held_out_images(trained_model):
+    summary, _, lines = trained_model
+
+    checkpoint = load_checkpoint(summary.model_path)
+    cal = summary.calibration
+
+    assert checkpoint.meta["calibration"] == cal
+    assert checkpoint.temperature == cal["temperature"] > 0
+    assert checkpoint.review_threshold == cal["review_threshold"]
+    assert cal["images"] == 8
+    assert cal["held_out"] == "calibration split 0.1 of the training data"
+    assert cal["review_target"] == 0.97
+    assert cal["target_reached"] is True
+    assert min(cal["kept_main_accuracy"], cal["kept_sub_accuracy"]) >= 0.97
+    assert 0.0 <= cal["flagged"] < 1.0
+    for level in ("main", "sub"):
+        assert 0.0 <= cal["ece"][level]["after"] <= 1.0
+    assert any(line.startswith("calibration on 8 held-out images: temperature ") for line in lines)
+    assert any(
+        line.startswith(f"review threshold {cal['review_threshold']:.3f}: ") for line in lines
+    )
+
+
+def images_the_model_gets_wrong(model_path, n: int = 6):
+    """Random images labelled with a sub category under another main than the model's pick."""
+    from classifier.data import LoadedImages
+    from classifier.predict import Classifier
+
+    clf = Classifier.from_path(model_path, device="cpu")
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    labels = []
+    for p in clf.predict_tensors(images):
+        other_main = next(m for m in clf.taxonomy.main if m != p.main)
+        main_index = clf.taxonomy.main.index(other_main)
+        labels.append(clf.taxonomy.sub_to_main.index(main_index))
+    return LoadedImages(images, torch.tensor(labels))
+
+
+def test_a_target_no_threshold_reaches_flags_everything_and_says_so(random_checkpoint, tmp_path):
+    path = tmp_path / "model.pt"
+    shutil.copy(random_checkpoint, path)
+    lines: list[str] = []
+
+    version, found, warnings = calibrate(
+        path, images_the_model_gets_wrong(path), TrainConfig(device="cpu"), lines.append
+    )
+
+    checkpoint = load_checkpoint(path)
+    assert version == checkpoint.version
+    assert checkpoint.review_threshold == found["review_threshold"] == 1.0
+    assert found["target_reached"] is False
+    assert found["flagged"] == 1.0
+    assert len(warnings) == 1 and "every photo is flagged for review" in warnings[0]
+    assert f"WARNING: {warnings[0]}" in lines
+    assert checkpoint.meta["calibration"] == found
+
+
+def test_without_calibration_images_the_model_keeps_the_defaults(random_checkpoint, tmp_path):
+    from classifier.data import LoadedImages
+
+    path = tmp_path / "model.pt"
+    shutil.copy(random_checkpoint, path)
+    lines: list[str] = []
+    none = LoadedImages(torch.empty(0, 3, 32, 32, dtype=torch.uint8), torch.empty(0).long())
+
+    _, found, warnings = calibrate(path, none, TrainConfig(device="cpu"), lines.append)
+
+    checkpoint = load_checkpoint(path)
+    assert (checkpoint.temperature, checkpoint.review_threshold) == (1.0, 0.6)
+    assert found == {"images": 0} and warnings == []
+    assert any(line.startswith("note: no calibration images") for line in lines)
+
+
+# --- the recipe's knobs ---------------------------------------------------------------------------
+
+
+def float_weights(path) -> dict:
+    state = load_checkpoint(path).state_dict
+    return {k: v.float() for k, v in state.items() if v.is_floating_point()}
+
+
+@pytest.mark.slow
+def test_model_ema_validates_and_saves_the_averaged_weights(tmp_path, make_dataset):
+    data = make_dataset(tmp_path / "data", dict.fromkeys(["tops/shirt", "bottoms/jeans"], 10))
+    fast = dict(epochs=2, image_size=32, batch_size=8, device="cpu", calibration_split=0.0)
+
+    def run(name: str, **knobs):
+        train(data, tmp_path / name, TrainConfig(**fast, **knobs), echo=lambda _: None)
+        return float_weights(tmp_path / name)
+
+    plain = run("plain.pt")
+    following = run("following.pt", model_ema=True, model_ema_decay=1e-6)
+    sluggish = run("sluggish.pt", model_ema=True, model_ema_decay=1 - 1e-9)
+
+    # The same seed trains the same network; the average only decides what is saved.
+    for key, value in plain.items():
+        torch.testing.assert_close(
+            following[key], value, rtol=0, atol=2e-3 * (1 + value.abs().max())
+        )
+    head = "sub_head.weight"
+    assert not torch.allclose(sluggish[head], plain[head], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_fold_training_validates_and_calibrates_on_the_held_out_fold(tmp_path, make_dataset):
+    data = make_dataset(tmp_path / "data", dict.fromkeys(["tops/shirt", "bottoms/jeans"], 9))
+    cfg = TrainConfig(
+        epochs=1, image_size=32, batch_size=4, device="cpu", folds=3, fold=2, calibration_split=0.5
+    )
+    lines: list[str] = []
+
+    summary = train(data, tmp_path / "fold-2.pt", cfg, echo=lines.append)
+
+    assert (summary.n_train, summary.n_val) == (12, 6)
+    assert summary.calibration["images"] == 6, "the fold, not a calibration split"
+    assert summary.calibration["held_out"] == "fold 2 of 3"
+    meta = load_checkpoint(summary.model_path).meta
+    assert meta["validation"] == "fold 2 of 3"
+    assert summary.fold_result == tmp_path / "fold-2.cv.json"
+    result = json.loads(summary.fold_result.read_text())
+    assert result["kind"] == "refund-sorter-cv-fold/1"
+    assert (result["folds"], result["fold"], result["seed"]) == (3, 2, 0)
+    assert (result["n_train"], result["n_val"]) == (12, 6)
+    assert result["model_version"] == summary.version
+    assert result["best"] == {k: summary.metrics[k] for k in ("main_accuracy", "sub_accuracy")}
+    assert result["calibration"] == summary.calibration
+    assert result["recipe"]["fold"] == 2
+    assert any("(fold 2 of 3, also the calibration data)" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"fold": 1}, "--fold needs --folds K with K at least 2"),
+        ({"folds": 1, "fold": 1}, "--fold needs --folds K with K at least 2"),
+        ({"folds": 3, "fold": 4}, "--fold must be one of 1..3"),
+        ({"folds": 3}, "--fold must be one of 1..3"),
+        ({"folds": 3, "fold": 1, "val_dir": Path("val")}, "--val cannot be combined with --folds"),
+        ({"auto_augment": "autoaugment"}, "unknown --auto-augment 'autoaugment'"),
+    ],
+)
+def test_settings_that_cannot_work_together_are_a_user_error(knobs, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        TrainConfig(**knobs)

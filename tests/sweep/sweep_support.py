@@ -168,7 +168,9 @@ class TinyModel:
     review_threshold: float  # the median sub confidence: about half the images need review
 
 
-def save_random_model(path: Path, seed: int = 0, note: str = "random weights for tests"):
+def save_random_model(
+    path: Path, seed: int = 0, note: str = "random weights for tests", **calibration
+):
     from model_support import save_random_model as save
 
     from classifier.taxonomy import Taxonomy
@@ -178,7 +180,7 @@ def save_random_model(path: Path, seed: int = 0, note: str = "random weights for
         sub=("jeans", "skirt", "shirt", "sweater", "t-shirt"),
         sub_to_main=(0, 0, 1, 1, 1),
     )
-    return save(path, taxonomy, seed=seed, note=note), taxonomy
+    return save(path, taxonomy, seed=seed, note=note, **calibration), taxonomy
 
 
 def build_settings(
@@ -344,7 +346,7 @@ def check_finished_sweep(
         sub_index = taxonomy.index_of(p.main_category, p.sub_category)
         assert sub_index is not None, f"{p.sub_category} is not under {p.main_category}"
         assert 0 < p.sub_confidence <= p.main_confidence <= 1 + 1e-6
-        assert p.needs_review == (p.sub_confidence < settings.review_threshold)
+        assert p.needs_review == (p.sub_confidence < review_threshold(settings))
         # The next best sub categories the review desk offers, the decision first.
         assert len(p.top_subs) == 3, p.top_subs
         assert (p.top_subs[0]["main"], p.top_subs[0]["sub"]) == (p.main_category, p.sub_category)
@@ -367,6 +369,15 @@ def check_finished_sweep(
 
     check_csv_matches(sweep_csv(settings, run), rows)
     return rows
+
+
+def review_threshold(settings: Settings) -> float:
+    """The threshold the workers must apply: the setting when given, else the model's own."""
+    if settings.review_threshold is not None:
+        return settings.review_threshold
+    from classifier.checkpoint import load_checkpoint
+
+    return load_checkpoint(settings.model_path).review_threshold
 
 
 def sweep_csv(settings: Settings, run: SweepRun) -> Path:
@@ -422,7 +433,6 @@ def service_env(settings: Settings) -> dict[str, str]:
         REFUND_SORTER_MODEL_PATH=str(settings.model_path),
         REFUND_SORTER_BATCH_SIZE=str(settings.batch_size),
         REFUND_SORTER_BATCH_MAX_WAIT=str(settings.batch_max_wait),
-        REFUND_SORTER_REVIEW_THRESHOLD=str(settings.review_threshold),
         REFUND_SORTER_DEVICE=settings.device,
         REFUND_SORTER_TORCH_THREADS=str(settings.torch_threads),
         REFUND_SORTER_SWEEP_STALL_SECONDS=str(settings.sweep_stall_seconds),
@@ -436,6 +446,8 @@ def service_env(settings: Settings) -> dict[str, str]:
     for name in ("reviewers", "review_secret_key"):
         if (secret := getattr(settings, name)) is not None:
             env[f"REFUND_SORTER_{name.upper()}"] = secret.get_secret_value()
+    if settings.review_threshold is not None:  # unset: the model's own threshold
+        env["REFUND_SORTER_REVIEW_THRESHOLD"] = str(settings.review_threshold)
     return env
 
 
