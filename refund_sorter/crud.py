@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Subquery, case, func, insert, select, update
+from sqlalchemy import Subquery, bindparam, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -333,6 +333,35 @@ def record_failures(
     )
 
 
+_predictions = Prediction.__table__
+_STORE_RESULT = (
+    _predictions.update()
+    .where(
+        _predictions.c.content_hash == bindparam("b_hash"),
+        _predictions.c.model_version == bindparam("b_version"),
+        _predictions.c.status == ItemStatus.QUEUED,
+    )
+    .values(
+        {
+            column: bindparam(f"v_{column}")
+            for column in (
+                "status",
+                "final_path",
+                "main_category",
+                "main_confidence",
+                "sub_category",
+                "sub_confidence",
+                "needs_review",
+                "top_subs",
+                "error",
+                "classified_at",
+            )
+        }
+    )
+    .returning(_predictions.c.sweep_run_id)
+)
+
+
 def record_results(session: Session, results: list[ItemResult]) -> tuple[set[str], list[int]]:
     """Store a batch of results and advance their sweeps' counters, in the caller's transaction.
 
@@ -343,31 +372,28 @@ def record_results(session: Session, results: list[ItemResult]) -> tuple[set[str
     now = utcnow()
     stored: set[str] = set()
     per_sweep: dict[int, list[int]] = {}
+    # One Core statement for every row (compiled once and cached): the ORM's bulk-update
+    # machinery cost more than the update itself, once per image.
+    connection = session.connection()
     for r in results:
-        sweep_id = session.scalar(
-            update(Prediction)
-            .where(
-                Prediction.content_hash == r.content_hash,
-                Prediction.model_version == r.model_version,
-                Prediction.status == ItemStatus.QUEUED,
-            )
-            .values(
-                status=r.status,
-                final_path=r.final_path,
-                main_category=r.main_category,
-                main_confidence=r.main_confidence,
-                sub_category=r.sub_category,
-                sub_confidence=r.sub_confidence,
-                needs_review=r.needs_review,
-                top_subs=[{"main": m, "sub": s, "p": round(p, 4)} for m, s, p in r.top_subs]
+        sweep_id = connection.execute(
+            _STORE_RESULT,
+            {
+                "b_hash": r.content_hash,
+                "b_version": r.model_version,
+                "v_status": r.status,
+                "v_final_path": r.final_path,
+                "v_main_category": r.main_category,
+                "v_main_confidence": r.main_confidence,
+                "v_sub_category": r.sub_category,
+                "v_sub_confidence": r.sub_confidence,
+                "v_needs_review": r.needs_review,
+                "v_top_subs": [{"main": m, "sub": s, "p": round(p, 4)} for m, s, p in r.top_subs]
                 or None,
-                error=r.error,
-                classified_at=now,
-            )
-            .returning(Prediction.sweep_run_id)
-            # Nothing in this session holds these rows: skip the ORM's search for them.
-            .execution_options(synchronize_session=False)
-        )
+                "v_error": r.error,
+                "v_classified_at": now,
+            },
+        ).scalar()
         if sweep_id is None:
             continue
         stored.add(r.content_hash)
