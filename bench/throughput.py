@@ -19,6 +19,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,8 +126,11 @@ def pipeline_limit(clf, files: list[Path], batch: int) -> float:
 class Home:
     """A scratch REFUND_SORTER_HOME with the photos in incoming/ and a migrated SQLite."""
 
-    def __init__(self, data: Path, limit: int, model: Path, broker: str, batch: int, device):
+    def __init__(
+        self, data: Path, limit: int, model: Path, broker: str, batch: int, device, postgres=""
+    ):
         self.path = Path(tempfile.mkdtemp(prefix="refund-sorter-bench-"))
+        self.postgres = postgres
         self.incoming = self.path / "incoming"
         self.n = len(copy_photos(data, limit, self.incoming))
         self.env = {
@@ -139,7 +143,25 @@ class Home:
         }
         from refund_sorter.db import upgrade
 
-        upgrade(f"sqlite:///{self.path / 'refund-sorter.db'}")
+        url = f"sqlite:///{self.path / 'refund-sorter.db'}"
+        if postgres:  # a database of its own on that server, dropped by remove()
+            self.database = f"rs_bench_{self.path.name.rsplit('-', 1)[-1].lower()}"
+            self.env.pop("REFUND_SORTER_DATABASE_URL", None)
+            self._admin(f'CREATE DATABASE "{self.database}"')
+            url = f"{postgres.rsplit('/', 1)[0]}/{self.database}"
+        self.env["REFUND_SORTER_DATABASE_URL"] = url
+        upgrade(url)
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        from refund_sorter.db import dispose
+
+        if "REFUND_SORTER_DATABASE_URL" in self.env:
+            dispose(self.env["REFUND_SORTER_DATABASE_URL"])
+        admin = self.postgres.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql)
 
     def settings(self):
         from refund_sorter.config import Settings
@@ -158,6 +180,8 @@ class Home:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        if self.postgres:
+            self._admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
 
 def local_sweep(home: Home) -> float:
@@ -290,8 +314,16 @@ def cli() -> None:
 @click.option("--pool", default="", help="Celery pool (-P); default: the worker's (prefork).")
 @click.option("--skip", default="", help="Rows to leave out, comma-separated: local, celery.")
 @click.option("--broker", default="redis://127.0.0.1:6379/14", show_default=True)
+@click.option(
+    "--postgres",
+    default="",
+    help="A PostgreSQL URL to an existing database (e.g. postgresql+psycopg://postgres@"
+    "127.0.0.1/postgres): each sweep gets a scratch database on that server. Default: SQLite.",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the table.")
-def table(model, data, limit, batch_size, device, processes, pool, skip, broker, json_path) -> None:
+def table(
+    model, data, limit, batch_size, device, processes, pool, skip, broker, postgres, json_path
+) -> None:
     """The whole throughput table, from one run on the same photos and model."""
     import torch
 
@@ -299,7 +331,7 @@ def table(model, data, limit, batch_size, device, processes, pool, skip, broker,
 
     os.environ["REFUND_SORTER_BROKER_URL"] = broker
     torch.set_num_threads(os.cpu_count())
-    home = Home(data, limit, model, broker, batch_size, device)
+    home = Home(data, limit, model, broker, batch_size, device, postgres)
     rows: list[dict] = []
     try:
         clf = Classifier.from_path(model, device)
@@ -314,8 +346,8 @@ def table(model, data, limit, batch_size, device, processes, pool, skip, broker,
             print(f"  {what:<48} {ips:8.1f} images/s", flush=True)
 
         pipeline_limit(clf, files[: batch_size * 2], batch_size)  # warm-up
-        limit_ips = pipeline_limit(clf, files, batch_size)
-        row("in-process pipeline limit", limit_ips)
+        limit_ips = statistics.median(pipeline_limit(clf, files, batch_size) for _ in range(3))
+        row("in-process pipeline limit (median of 3)", limit_ips)
         row("model alone, ready tensors", model_alone(clf, batch_size))
         row("one image at a time (batch 1)", batch_one(clf, files[:200]))
         ms = decode_core_ms(clf, files[:300])
@@ -326,7 +358,7 @@ def table(model, data, limit, batch_size, device, processes, pool, skip, broker,
             row("refund-sorter sweep --local", local_sweep(home))
         for n in [int(p) for p in processes.split(",")] if "celery" not in skip else []:
             shutil.rmtree(home.path)
-            home = Home(data, limit, model, broker, batch_size, device)
+            home = Home(data, limit, model, broker, batch_size, device, postgres)
             result = celery_sweep(home, n, pool)
             label = " ".join([f"-c {n}"] * bool(n) + [f"-P {pool}"] * bool(pool)) or "no flags"
             row(f"celery -A worker worker ({label})", result.pop("images_per_second"), **result)
