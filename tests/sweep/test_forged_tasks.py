@@ -132,11 +132,14 @@ def test_a_malformed_task_is_refused_without_failing_its_batch(enqueued, classif
     monkeypatch.setattr(tasks.ClassifierTask, "_classifier", classifier)
     republished = []
     monkeypatch.setattr(tasks, "publish", lambda *a, **kw: republished.append(a))
-    events = []
+    events, flushes = [], []
 
     @contextlib.contextmanager
     def dispatcher(hostname):
-        yield SimpleNamespace(send=lambda kind, **fields: events.append((kind, fields)))
+        yield SimpleNamespace(
+            send=lambda kind, **fields: events.append((kind, fields)),
+            flush=lambda: flushes.append(len(events)),
+        )
 
     monkeypatch.setattr(tasks.app.events, "default_dispatcher", dispatcher)
     args = [it.as_args() for it in items] + [
@@ -153,6 +156,7 @@ def test_a_malformed_task_is_refused_without_failing_its_batch(enqueued, classif
     assert republished == []
     assert {p.status for p in all_predictions(settings)} == {"ok"}
     assert get_run(settings, run.id).status == "finished"
+    assert flushes == [len(events)]  # the batch's events go out together, once
     results = {f["uuid"]: f["result"] for kind, f in events if kind == "task-succeeded"}
     assert results == {
         **{f"task-{i}": "'ok'" for i in range(4)},
