@@ -14,8 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from refund_sorter.passwords import check_hash
 
 # Seconds a worker may spend on the batches it holds besides any retry countdown: filling
-# its batch, classifying the batch ahead of it and its own, committing (slow with a database
-# under load). Part of the visibility timeout's lower bound.
+# its batch, classifying the batches ahead of it and its own, committing (slow with a
+# database under load). Part of the visibility timeout's lower bound.
 BATCH_ALLOWANCE = 300
 
 
