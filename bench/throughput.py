@@ -357,7 +357,7 @@ def table(
         if "local" not in skip:
             row("refund-sorter sweep --local", local_sweep(home))
         for n in [int(p) for p in processes.split(",")] if "celery" not in skip else []:
-            shutil.rmtree(home.path)
+            home.remove()  # a fresh folder and database for each sweep
             home = Home(data, limit, model, broker, batch_size, device, postgres)
             result = celery_sweep(home, n, pool)
             label = " ".join([f"-c {n}"] * bool(n) + [f"-P {pool}"] * bool(pool)) or "no flags"
