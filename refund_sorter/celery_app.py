@@ -17,10 +17,12 @@ from refund_sorter.errors import UserError
 from refund_sorter.messages import (
     CLASSIFY_QUEUE,
     CLASSIFY_TASK,
+    IMAGES_PER_TASK,
     RESUME_TASK,
     SWEEP_QUEUE,
     SWEEP_TASK,
     WorkItem,
+    task_args,
 )
 from refund_sorter.redact import redact
 
@@ -66,10 +68,10 @@ class SorterCelery(Celery):
             task_acks_late=True,
             task_reject_on_worker_lost=True,
             # Batching needs the messages in hand: a worker may hold two full batches per
-            # process (prefetch = 2 x batch size x processes) instead of Celery's default of
-            # four messages, so that the next batch is ready when a process finishes one
-            # rather than fetched message by message while that process waits.
-            worker_prefetch_multiplier=2 * settings.batch_size,
+            # process (prefetch = 2 x tasks per batch x processes) instead of Celery's default
+            # of four messages, so that the next batch is ready when a process finishes one
+            # rather than fetched while that process waits.
+            worker_prefetch_multiplier=2 * settings.tasks_per_batch,
             # Redis re-delivers a message left unacked this long, taking its worker for lost. So
             # it must outlast the longest a live worker holds one: the wait to fill a batch, the
             # batches ahead and its own (prefetch = two batches per process)
@@ -110,14 +112,15 @@ app = SorterCelery(get_settings(), include=["worker.tasks", "producer.tasks"])
 
 
 def publish(items: list[WorkItem], countdown: float | None = None) -> None:
-    """Publish one classify task per item (``countdown``: seconds before it may run)."""
+    """Publish ``items`` as classify tasks of up to IMAGES_PER_TASK images each, in order
+    (``countdown``: seconds before they may run)."""
     try:
-        # One producer (one connection and channel) for the whole fan-out: 10,000 tasks
-        # are published in seconds instead of opening a connection per task.
+        # One producer (one connection and channel) for the whole fan-out.
         with app.producer_or_acquire() as producer:
-            for item in items:
+            for start in range(0, len(items), IMAGES_PER_TASK):
+                chunk = items[start : start + IMAGES_PER_TASK]
                 app.send_task(
-                    CLASSIFY_TASK, args=item.as_args(), countdown=countdown, producer=producer
+                    CLASSIFY_TASK, args=task_args(chunk), countdown=countdown, producer=producer
                 )
     except OperationalError as exc:
         message = f"cannot reach the broker at {app.conf.broker_url}: {exc}"

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from refund_sorter.messages import IMAGES_PER_TASK
 from refund_sorter.passwords import check_hash
 
 # Seconds a worker may spend on the batches it holds besides any retry countdown: filling
@@ -32,7 +33,12 @@ class Settings(BaseSettings):
     export_dir: Path | None = None
     sweep_cron: str = "0 2 * * *"
     timezone: str = "UTC"
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(
+        32,
+        ge=1,
+        description="Images a worker classifies together, at least: it gathers whole "
+        f"tasks of up to {IMAGES_PER_TASK} images until it has as many.",
+    )
     batch_max_wait: float = Field(2.0, gt=0, description="Seconds a worker waits to fill a batch.")
     review_threshold: float | None = Field(
         None,
@@ -161,6 +167,11 @@ class Settings(BaseSettings):
         if self.export_dir is None:
             self.export_dir = self.home / "exports"
         return self
+
+    @property
+    def tasks_per_batch(self) -> int:
+        """Classify tasks a worker gathers into one batch: enough to hold batch_size images."""
+        return -(-self.batch_size // IMAGES_PER_TASK)
 
     def retry_countdown(self, attempt: int) -> float:
         """Seconds before a batch that failed on its ``attempt`` (0 = the first try) is

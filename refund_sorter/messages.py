@@ -1,8 +1,8 @@
 """The message contract between the producer and the workers (torch-free).
 
-The producer publishes one ``classify`` task per image, Celery beat one ``sweep`` task per
-night and a stall check every minute; both sides import the names and the payload from
-here, so neither imports the other.
+The producer publishes ``classify`` tasks of up to ``IMAGES_PER_TASK`` images each, Celery
+beat one ``sweep`` task per night and a stall check every minute; both sides import the names
+and the payload from here, so neither imports the other.
 """
 
 from collections.abc import Callable
@@ -14,6 +14,10 @@ RESUME_TASK = "refund_sorter.resume_stalled_sweep"
 CLASSIFY_TASK = "refund_sorter.classify"
 CLASSIFY_QUEUE = "classify"
 SWEEP_QUEUE = "sweep"
+# Images one classify task carries. A worker pays for every message it takes (a Redis round
+# trip to fetch it, two to track and acknowledge it, its events): per image, that cost more
+# than decoding and classifying the image (docs/performance.md). Per 32 images it is noise.
+IMAGES_PER_TASK = 32
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,26 @@ class WorkItem:
         if not valid:
             raise ValueError(f"not a classify task's arguments: {args!r:.200}")
         return cls(*args)
+
+
+def task_args(items: list["WorkItem"]) -> list:
+    """A classify task's arguments: one, the list of its items' arguments."""
+    return [[it.as_args() for it in items]]
+
+
+def read_task(args) -> tuple[list[WorkItem], list[str]]:
+    """The items a classify task's arguments carry, and why each entry that is not an item
+    was refused (a message this project did not send, or published before tasks carried
+    several images: the stall check publishes those images again)."""
+    if not (isinstance(args, list | tuple) and len(args) == 1 and isinstance(args[0], list)):
+        return [], [f"not a classify task's arguments: {args!r:.200}"]
+    items, refused = [], []
+    for entry in args[0]:
+        try:
+            items.append(WorkItem.from_args(entry))
+        except ValueError as exc:
+            refused.append(str(exc))
+    return items, refused
 
 
 # Hands a sweep's work items to whoever classifies them: the broker, or this process.

@@ -79,6 +79,11 @@ def test_pytorch_threads_share_the_cores_out_among_pool_processes(monkeypatch):
     assert torch_threads(Settings(torch_threads=3), 2) == 3  # a set value wins
 
 
+def test_a_batch_gathers_whole_tasks_of_up_to_32_images():
+    # A CPU worker's default batch is one task; a GPU worker's 256 images are eight.
+    assert [Settings(batch_size=n).tasks_per_batch for n in (1, 32, 33, 256)] == [1, 1, 2, 8]
+
+
 def test_the_review_threshold_is_unset_unless_given(monkeypatch):
     for key in [k for k in __import__("os").environ if k.startswith("REFUND_SORTER_")]:
         monkeypatch.delenv(key)

@@ -1,6 +1,7 @@
-"""The workers' task: per-image classify messages, buffered into batches.
+"""The workers' task: classify messages of up to 32 images each, buffered into batches.
 
-The task translates a batch of messages into one ``process_batch`` call. Each pool process
+The task translates a batch of messages (enough for REFUND_SORTER_BATCH_SIZE images) into
+one ``process_batch`` call. Each pool process
 of a worker that takes images loads the model when it starts, so the first batch does not
 wait for it and a model that cannot be loaded is known before any image is taken: the worker
 then logs why and stops consuming the classify queue. A worker that only sweeps (``-Q
@@ -15,6 +16,7 @@ sweep.
 import logging
 import threading
 import time
+from collections import Counter
 from datetime import timedelta
 from itertools import groupby
 from operator import attrgetter
@@ -29,7 +31,7 @@ from refund_sorter.celery_app import app, publish
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.files import settle
-from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK, WorkItem
+from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK, WorkItem, read_task
 from worker.pipeline import IGNORED, REFUSED, load_classifier, process_batch, torch_threads
 
 log = logging.getLogger(__name__)
@@ -40,13 +42,13 @@ class ModelUnavailable(Exception):
 
 
 class ClassifierTask(Batches):
-    """Buffers per-image tasks into batches; holds the model, loaded once per process."""
+    """Buffers classify tasks into batches; holds the model, loaded once per process."""
 
     _classifier = None
 
     @property
     def flush_every(self) -> int:
-        return self.app.settings.batch_size
+        return self.app.settings.tasks_per_batch
 
     @property
     def flush_interval(self) -> float:
@@ -111,12 +113,15 @@ def _version_on_disk(settings: Settings) -> str | None:
 
 @app.task(base=ClassifierTask, name=CLASSIFY_TASK, bind=True)
 def classify(self, requests) -> None:
-    items = []
+    items, refused = [], 0
     for request in requests:
-        try:
-            items.append(WorkItem.from_args(request.args))
-        except ValueError as exc:
-            log.warning("refused task %s: %s", request.id, exc)
+        carried, reasons = read_task(request.args)
+        items += carried
+        refused += len(reasons)
+        for reason in reasons:
+            log.warning("refused in task %s: %s", request.id, reason)
+    # A task the stall check published again may meet the one it stands in for.
+    items = list(dict.fromkeys(items))
     settings = self.app.settings
     started = time.monotonic()
     try:
@@ -135,12 +140,12 @@ def classify(self, requests) -> None:
         retry_or_give_up(items, exc, settings)
         return
     log.info(
-        "batch of %d: %d ok, %d failed, %d ignored, %d refused",
-        len(requests),
+        "batch of %d images: %d ok, %d failed, %d ignored, %d refused",
+        len(items) + refused,
         outcome.ok,
         outcome.failed,
         outcome.ignored,
-        outcome.refused + len(requests) - len(items),
+        outcome.refused + refused,
     )
     report_to_flower(self.name, requests, outcome, time.monotonic() - started)
 
@@ -268,10 +273,10 @@ def _cancel_classify_consumer() -> None:
 
 
 def report_to_flower(name: str, requests, outcome, runtime: float) -> None:
-    """Send each image's task events: batched tasks skip Celery's own per-task events, and
-    without them Flower would list the workers but none of their tasks. A batch's events go
-    out as one message (a list, which Celery's event receivers accept), not three per image.
-    """
+    """Send each task's events: batched tasks skip Celery's own per-task events, and without
+    them Flower would list the workers but none of their tasks. A batch's events go out as
+    one message (a list, which Celery's event receivers accept). A task's result counts its
+    images by outcome: ``{'ok': 31, 'failed': 1}``."""
     if not app.conf.worker_send_task_events or not requests:
         return
     status_of = {item: status for item, status in outcome.statuses}
@@ -279,10 +284,9 @@ def report_to_flower(name: str, requests, outcome, runtime: float) -> None:
         events.buffer_group = frozenset({"task"})
         events.buffer_limit = 3 * len(requests) + 1  # flushed below, once
         for request in requests:
-            try:
-                status = status_of.get(WorkItem.from_args(request.args), IGNORED)
-            except ValueError:
-                status = REFUSED
+            items, reasons = read_task(request.args)
+            counts = Counter(status_of.get(it, IGNORED) for it in items)
+            counts.update({REFUSED: len(reasons)} if reasons else {})
             fields = {"uuid": request.id}
             events.send(
                 "task-received",
@@ -294,5 +298,5 @@ def report_to_flower(name: str, requests, outcome, runtime: float) -> None:
                 **fields,
             )
             events.send("task-started", **fields)
-            events.send("task-succeeded", result=repr(status), runtime=runtime, **fields)
+            events.send("task-succeeded", result=repr(dict(counts)), runtime=runtime, **fields)
         events.flush()

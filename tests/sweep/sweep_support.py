@@ -4,10 +4,12 @@ and real Celery worker processes.
 Plain functions (not fixtures) so a test can call them more than once with other seeds.
 """
 
+import base64
 import contextlib
 import csv
 import hashlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -34,6 +36,7 @@ from models import ItemStatus, Prediction, SweepRun, SweepStatus
 from refund_sorter.config import Settings, get_settings
 from refund_sorter.crud import as_utc
 from refund_sorter.db import dispose, session_factory, upgrade
+from refund_sorter.messages import CLASSIFY_QUEUE, WorkItem, read_task
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NESTED = Path("dock-3") / "2024-03-01"  # incoming/ holds subfolders as well as files
@@ -676,3 +679,27 @@ def wait_for_progress(settings: Settings, run_id: int, done: int, timeout: float
         if time.monotonic() > deadline:
             raise AssertionError(f"sweep {run_id} settled only {run.succeeded} in {timeout} s")
         time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------- the broker
+
+
+def queued_messages(redis_client) -> list[dict]:
+    """The classify queue's messages, decoded as a worker would see them."""
+    messages = []
+    for raw in redis_client.lrange(CLASSIFY_QUEUE, 0, -1):
+        envelope = json.loads(raw)
+        args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+        messages.append({"task": envelope["headers"]["task"], "args": args, "kwargs": kwargs})
+    return messages
+
+
+def queued_items(redis_client) -> list[WorkItem]:
+    """The work items the classify queue's messages carry, in the order they were published
+    (Redis hands out the list's far end first)."""
+    items = []
+    for message in reversed(queued_messages(redis_client)):
+        carried, refused = read_task(message["args"])
+        assert refused == []
+        items += carried
+    return items

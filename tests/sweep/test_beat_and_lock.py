@@ -1,14 +1,13 @@
 """The nightly trigger and the lock that keeps sweeps from overlapping.
 
 Beat: the schedule follows REFUND_SORTER_SWEEP_CRON and REFUND_SORTER_TIMEZONE, names a task
-that exists, and that task records a ``beat`` sweep and puts one message per image on the
-``classify`` queue in Redis.
+that exists, and that task records a ``beat`` sweep and puts its images on the ``classify``
+queue in Redis, up to 32 per message.
 
 Lock: a running sweep makes the next one a recorded no-op; one that made no progress for
 ``sweep_stale_hours`` is abandoned and its leftovers go to the next sweep, never twice.
 """
 
-import base64
 import json
 import os
 import subprocess
@@ -29,6 +28,8 @@ from sweep_support import (
     check_csv_matches,
     files_under,
     get_run,
+    queued_items,
+    queued_messages,
     sweep_csv,
 )
 
@@ -38,7 +39,13 @@ from refund_sorter.celery_app import nightly_schedule, publish
 from refund_sorter.crud import begin_sweep
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
-from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK, SWEEP_TASK, WorkItem
+from refund_sorter.messages import (
+    CLASSIFY_QUEUE,
+    CLASSIFY_TASK,
+    IMAGES_PER_TASK,
+    SWEEP_TASK,
+    WorkItem,
+)
 from worker.local import local_dispatch
 from worker.pipeline import process_batch
 
@@ -121,18 +128,21 @@ def test_a_bad_cron_expression_is_a_plain_error():
     assert "REFUND_SORTER_SWEEP_CRON '0 25 * * *' is not valid" in proc.stderr
 
 
-def queued_messages(redis_client) -> list[dict]:
-    """The classify queue's messages, decoded as a worker would see them."""
-    messages = []
-    for raw in redis_client.lrange(CLASSIFY_QUEUE, 0, -1):
-        envelope = json.loads(raw)
-        args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
-        messages.append({"task": envelope["headers"]["task"], "args": args, "kwargs": kwargs})
-    return messages
+@pytest.mark.services
+def test_publish_packs_up_to_32_images_per_message_in_order(producer_app, redis_client):
+    items = [WorkItem(f"/incoming/{i:03d}.jpg", f"{i:064x}", "v1") for i in range(70)]
+    items[40] = items[40].next_attempt()
+
+    publish(items)
+
+    messages = queued_messages(redis_client)
+    assert IMAGES_PER_TASK == 32
+    assert sorted(len(m["args"][0]) for m in messages) == [6, 32, 32]
+    assert queued_items(redis_client) == items
 
 
 @pytest.mark.services
-def test_the_beat_task_records_a_beat_sweep_and_queues_one_message_per_image(
+def test_the_beat_task_records_a_beat_sweep_and_queues_its_images(
     fresh_pg_url, make_settings, producer_app, redis_client, monkeypatch, tiny_model
 ):
     import producer.tasks
@@ -162,10 +172,13 @@ def test_the_beat_task_records_a_beat_sweep_and_queues_one_message_per_image(
         for rel, content_hash in {**images, truncated: unreadable[truncated][0]}.items()
     }
     messages = queued_messages(redis_client)
-    assert len(messages) == 13
-    # A message names the file and its hash, never the image bytes.
+    assert len(messages) == 1  # 13 images: one message
+    # A message names the files and their hashes, never the image bytes.
     assert {m["task"] for m in messages} == {CLASSIFY_TASK}
-    assert {tuple(m["args"]) for m in messages} == expected
+    items = queued_items(redis_client)
+    assert len(items) == 13
+    assert {(it.path, it.content_hash, it.model_version) for it in items} == expected
+    assert {it.attempt for it in items} == {0}
     assert all(m["kwargs"] == {} for m in messages)
     # Until a worker is done with them, the images stay where they are.
     assert set(files_under(settings.incoming_dir)) == set(images) | {truncated}
@@ -219,8 +232,8 @@ def test_a_stale_sweep_is_abandoned_and_its_queued_images_go_to_the_next(
     # The night's sweep publishes, and no worker is up to take the messages.
     first = run_sweep(settings, dispatch=publish, trigger="beat").run
     assert (first.status, first.enqueued) == ("running", 7)
-    stale_messages = queued_messages(redis_client)
-    assert len(stale_messages) == 7
+    stale_items = queued_items(redis_client)
+    assert len(stale_items) == 7
 
     # A sweep that is merely slow keeps the lock.
     assert run_sweep(settings, dispatch=publish, trigger="manual").run.status == "skipped"
@@ -260,8 +273,7 @@ def test_a_stale_sweep_is_abandoned_and_its_queued_images_go_to_the_next(
     # The first sweep's messages are still in Redis; a worker that takes them changes nothing.
     before = [(p.id, p.status, p.sweep_run_id, p.final_path, p.classified_at) for p in rows]
     processed = files_under(settings.processed_dir)
-    items = [WorkItem(*m["args"]) for m in stale_messages]
-    outcome = process_batch(items, classifier, settings)
+    outcome = process_batch(stale_items, classifier, settings)
     assert (outcome.ok, outcome.failed, outcome.ignored) == (0, 0, 7)
     after = [
         (p.id, p.status, p.sweep_run_id, p.final_path, p.classified_at)

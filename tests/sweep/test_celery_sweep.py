@@ -36,11 +36,12 @@ from sweep_support import (
 
 from producer.sweep import run_sweep
 from refund_sorter.celery_app import publish
+from refund_sorter.messages import IMAGES_PER_TASK
 
 pytestmark = pytest.mark.services
 
 BATCH_SIZE = 4
-BATCH_LINE = re.compile(r"batch of (\d+): (\d+) ok, (\d+) failed, (\d+) ignored")
+BATCH_LINE = re.compile(r"batch of (\d+) images: (\d+) ok, (\d+) failed, (\d+) ignored")
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +123,14 @@ def test_two_workers_share_the_queue_and_classify_each_image_once(
     offsets = {w.name: len(w.log()) for w in live_workers}
     n_rows = count_predictions(settings)
     incoming = Incoming(settings.incoming_dir)
-    add_images(incoming, 60, seed=31)
+    add_images(incoming, 5 * IMAGES_PER_TASK, seed=31)  # five tasks
 
     report = run_sweep(settings, dispatch=publish, trigger="manual")
     run = wait_for_run(settings, report.run.id, timeout=120, logs=live_workers)
 
     check_finished_sweep(settings, run.id, incoming, tiny_model.taxonomy)
     rows = all_predictions(settings)
-    assert len(rows) == n_rows + 60
+    assert len(rows) == n_rows + 5 * IMAGES_PER_TASK
     assert len({(p.content_hash, p.model_version) for p in rows}) == len(rows)
 
     # The log line follows the commit that finished the sweep: give it a moment.
@@ -137,16 +138,16 @@ def test_two_workers_share_the_queue_and_classify_each_image_once(
     while True:
         batches = batches_since(live_workers, offsets)
         done = sum(b[1] for per_worker in batches.values() for b in per_worker)
-        if done >= 60 or time.monotonic() > deadline:
+        if done >= 5 * IMAGES_PER_TASK or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert set(batches) == {w.name for w in live_workers}, f"only {set(batches)} took work"
     every = [b for per_worker in batches.values() for b in per_worker]
-    # Each message was handled exactly once, in batches no larger than configured.
-    assert sum(size for size, *_ in every) == 60
-    assert sum(ok for _, ok, _, _ in every) == 60
+    # Each message was handled exactly once, a whole task per batch: the batch size (4) is
+    # less than a task holds.
+    assert [size for size, *_ in every] == [IMAGES_PER_TASK] * 5
+    assert sum(ok for _, ok, _, _ in every) == 5 * IMAGES_PER_TASK
     assert all(failed == ignored == 0 for _, _, failed, ignored in every)
-    assert max(size for size, *_ in every) <= BATCH_SIZE
 
 
 def _get(url: str, auth: str | None = None):

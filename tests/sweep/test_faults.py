@@ -34,6 +34,7 @@ from sweep_support import (
     check_finished_sweep,
     files_under,
     get_run,
+    queued_items,
     read_csv,
     service_env,
     settled_after,
@@ -343,6 +344,9 @@ def test_a_batch_that_fails_every_time_is_retried_with_growing_delays_then_marke
     incoming = Incoming(settings.incoming_dir)
     add_images(incoming, 8, seed=75)
     worker = stack.worker("w1")
+    # Beat's stall checks start once the model is loaded: a sweep published while the only
+    # worker is still loading it makes no progress, and would be published again.
+    worker.wait_for_log("loaded model")
     stack.beat()
     stack.ready(worker)
 
@@ -421,14 +425,15 @@ def test_a_worker_whose_model_cannot_be_loaded_takes_no_images(make_stack, redis
     # Whatever it took before it stopped consuming, it put back: all 12 wait in the queue.
     redis = redis_server.client()
     deadline = time.monotonic() + 10
-    while redis.llen(CLASSIFY_QUEUE) != 12 and time.monotonic() < deadline:
+    while len(queued_items(redis)) != 12 and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(2 * settings.batch_max_wait)
+    waiting = queued_items(redis)
     print(
-        f"FAULT model file cannot be loaded: 12 photos, {redis.llen(CLASSIFY_QUEUE)} still in "
-        f"the queue, {sum(p.status != 'queued' for p in all_predictions(settings))} rows touched"
+        f"FAULT model file cannot be loaded: 12 photos, {len(waiting)} still in the queue, "
+        f"{sum(p.status != 'queued' for p in all_predictions(settings))} rows touched"
     )
-    assert redis.llen(CLASSIFY_QUEUE) == 12
+    assert len({it.content_hash for it in waiting}) == len(waiting) == 12
     assert {p.status for p in all_predictions(settings)} == {"queued"}
     assert get_run(settings, run.id).pending == 12
     assert files_under(settings.incoming_dir) == incoming.images

@@ -12,7 +12,7 @@ import pytest
 from sweep_support import Incoming, add_images, all_predictions, files_under, get_run
 
 from producer.sweep import run_sweep
-from refund_sorter.messages import WorkItem
+from refund_sorter.messages import WorkItem, task_args
 from worker.pipeline import process_batch
 
 pytestmark = pytest.mark.services
@@ -142,9 +142,11 @@ def test_a_malformed_task_is_refused_without_failing_its_batch(enqueued, classif
         )
 
     monkeypatch.setattr(tasks.app.events, "default_dispatcher", dispatcher)
-    args = [it.as_args() for it in items] + [
-        items[0].as_args()[:2],  # a missing argument
-        [1, 2, 3],  # not strings
+    good = task_args(items)[0]
+    args = [
+        # the genuine items, with a forged entry missing an argument and one of numbers
+        [[*good[:2], items[0].as_args()[:2], *good[2:], [1, 2, 3]]],
+        items[0].as_args(),  # one image's arguments, not a list of them
         "not a list",
     ]
     requests = [
@@ -159,6 +161,7 @@ def test_a_malformed_task_is_refused_without_failing_its_batch(enqueued, classif
     assert flushes == [len(events)]  # the batch's events go out together, once
     results = {f["uuid"]: f["result"] for kind, f in events if kind == "task-succeeded"}
     assert results == {
-        **{f"task-{i}": "'ok'" for i in range(4)},
-        **{f"task-{i}": "'refused'" for i in range(4, 7)},
+        "task-0": "{'ok': 4, 'refused': 2}",
+        "task-1": "{'refused': 1}",
+        "task-2": "{'refused': 1}",
     }

@@ -21,7 +21,7 @@ from sweep_support import (
 
 from producer.sweep import run_sweep
 from refund_sorter.db import upgrade
-from refund_sorter.messages import WorkItem
+from refund_sorter.messages import WorkItem, task_args
 from worker.pipeline import process_batch
 
 
@@ -111,9 +111,10 @@ def test_a_batch_that_fails_is_put_back_on_the_queue_with_a_growing_countdown(
     monkeypatch.setattr(tasks.ClassifierTask, "_classifier", classifier)
 
     def requests_for(batch: list[WorkItem]):
+        # Two tasks, as two messages of one batch
         return [
-            SimpleNamespace(id=f"task-{i}", args=it.as_args(), hostname="w1@test")
-            for i, it in enumerate(batch)
+            SimpleNamespace(id=f"task-{i}", args=task_args(part), hostname="w1@test")
+            for i, part in enumerate((batch[:2], batch[2:]))
         ]
 
     tasks.classify.run(requests_for(items))
@@ -155,8 +156,9 @@ def test_a_batch_that_used_up_its_retries_is_marked_failed_and_its_files_stay(
         tasks, "process_batch", Mock(side_effect=OSError("No space left on device"))
     )
     requests = [
-        SimpleNamespace(id=f"task-{i}", args=replace(it, attempt=2).as_args(), hostname="w")
-        for i, it in enumerate(items)
+        SimpleNamespace(
+            id="task-0", args=task_args([replace(it, attempt=2) for it in items]), hostname="w"
+        )
     ]
 
     tasks.classify.run(requests)
