@@ -7,7 +7,9 @@ on ready tensors, the in-process pipeline limit (read, decode, resize and forwar
 cores, the next batch decoding while the current one is in the forward pass), ``sweep
 --local``, and a sweep through Redis and a real ``celery -A worker worker`` with 1 pool
 process and with the worker's default; each as images/s and as a share of the limit, with
-each worker process's peak memory and the time to publish 10,000 tasks.
+each worker process's peak memory and the time to publish 10,000 images' tasks. Each Celery
+row is the median of ``--repeat`` sweeps, and the limit the median of its passes, one of
+them just before each sweep.
 
     python bench/throughput.py scale --count 10000 --count 100000
 
@@ -323,9 +325,27 @@ def cli() -> None:
     help="A PostgreSQL URL to an existing database (e.g. postgresql+psycopg://postgres@"
     "127.0.0.1/postgres): each sweep gets a scratch database on that server. Default: SQLite.",
 )
+@click.option(
+    "--repeat",
+    default=3,
+    show_default=True,
+    help="Celery sweeps per row: the row reports their median, and one more pass of the "
+    "limit before each sweep joins the limit's median.",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the table.")
 def table(
-    model, data, limit, batch_size, device, processes, pool, skip, broker, postgres, json_path
+    model,
+    data,
+    limit,
+    batch_size,
+    device,
+    processes,
+    pool,
+    skip,
+    broker,
+    postgres,
+    repeat,
+    json_path,
 ) -> None:
     """The whole throughput table, from one run on the same photos and model."""
     import torch
@@ -335,10 +355,12 @@ def table(
     os.environ["REFUND_SORTER_BROKER_URL"] = broker
     torch.set_num_threads(os.cpu_count())
     home = Home(data, limit, model, broker, batch_size, device, postgres)
+    limit_dir = Path(tempfile.mkdtemp(prefix="refund-sorter-bench-limit-"))
     rows: list[dict] = []
     try:
         clf = Classifier.from_path(model, device)
-        files = sorted(home.incoming.iterdir())
+        # The limit reads a copy of its own: sweeps move the photos out of incoming/.
+        files = copy_photos(data, limit, limit_dir)
         print(
             f"{machine(clf.device)}; {home.n} photos; model {clf.version} at "
             f"{clf.checkpoint.image_size} px in {clf.precision}; batch {batch_size}"
@@ -349,26 +371,48 @@ def table(
             print(f"  {what:<48} {ips:8.1f} images/s", flush=True)
 
         pipeline_limit(clf, files[: batch_size * 2], batch_size)  # warm-up
-        limit_ips = statistics.median(pipeline_limit(clf, files, batch_size) for _ in range(3))
-        row("in-process pipeline limit (median of 3)", limit_ips)
+        passes = [pipeline_limit(clf, files, batch_size) for _ in range(3)]
+        print(f"  in-process pipeline limit, passes: {', '.join(f'{x:.1f}' for x in passes)}")
         row("model alone, ready tensors", model_alone(clf, batch_size))
         row("one image at a time (batch 1)", batch_one(clf, files[:200]))
         ms = decode_core_ms(clf, files[:300])
         print(f"  read + decode + resize: {ms:.2f} core-ms per photo")
         in_process_mib = peak_rss_mib()
-        del clf
         if "local" not in skip:
             row("refund-sorter sweep --local", local_sweep(home))
         for n in [int(p) for p in processes.split(",")] if "celery" not in skip else []:
-            home.remove()  # a fresh folder and database for each sweep
-            home = Home(data, limit, model, broker, batch_size, device, postgres)
-            result = celery_sweep(home, n, pool)
             label = " ".join([f"-c {n}"] * bool(n) + [f"-P {pool}"] * bool(pool)) or "no flags"
-            row(f"celery -A worker worker ({label})", result.pop("images_per_second"), **result)
+            runs = []
+            for _ in range(repeat):
+                # The limit again, just before the sweep: the machine's pace drifts.
+                passes.append(pipeline_limit(clf, files, batch_size))
+                home.remove()  # a fresh folder and database for each sweep
+                home = Home(data, limit, model, broker, batch_size, device, postgres)
+                runs.append(celery_sweep(home, n, pool))
+                print(
+                    f"    {label}: {runs[-1]['images_per_second']:.1f} images/s, limit pass "
+                    f"before it {passes[-1]:.1f}",
+                    flush=True,
+                )
+            runs.sort(key=lambda r: r["images_per_second"])
+            median = dict(runs[len(runs) // 2])
+            median["runs_images_per_second"] = [round(r["images_per_second"], 1) for r in runs]
+            row(f"celery -A worker worker ({label})", median.pop("images_per_second"), **median)
+        del clf
+        limit_ips = statistics.median(passes)
+        rows.insert(
+            0,
+            {
+                "what": f"in-process pipeline limit (median of {len(passes)} passes)",
+                "images_per_second": limit_ips,
+                "passes": [round(x, 1) for x in passes],
+            },
+        )
         publish_s = publish_time(broker, 10_000)
         print(f"  publish 10,000 images' tasks: {publish_s:.2f} s")
     finally:
         home.remove()
+        shutil.rmtree(limit_dir, ignore_errors=True)
     for r in rows:
         r["share_of_limit"] = r["images_per_second"] / limit_ips
     print("\n| what | images/s | share of the limit | peak MiB per worker process |")
@@ -382,7 +426,8 @@ def table(
     for r in rows:
         if "worker_ready_seconds" in r:
             print(
-                f"{r['what']}: ready {r['worker_ready_seconds']:.1f} s after start, "
+                f"{r['what']}: sweeps at {r['runs_images_per_second']} images/s (median in the "
+                f"table); ready {r['worker_ready_seconds']:.1f} s after start, "
                 f"{r['cores_busy']:.2f} cores busy while sweeping, main process "
                 f"{r['main_process_core_ms_per_image']:.2f} core-ms per image"
             )
