@@ -12,6 +12,7 @@ model=${1:?usage: bash bench/gpu.sh MODEL PHOTOS_DIR [LIMIT] [BATCH]}
 photos=${2:?usage: bash bench/gpu.sh MODEL PHOTOS_DIR [LIMIT] [BATCH]}
 limit=${3:-20000}
 batch=${4:-256}
+repeat=3
 python=${PYTHON:-python}
 
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
@@ -28,12 +29,13 @@ else
   echo "no NVIDIA GPU here: running on the CPU as a smoke test"
   limit=${3:-200}
   batch=${4:-32}
+  repeat=1
 fi
 
 # One Celery process per GPU (CUDA does not survive fork): --processes 1 with the solo pool.
 "$python" bench/throughput.py table --model "$model" --data "$photos" --limit "$limit" \
   --batch-size "$batch" --device "$device" --processes 1 --pool solo --skip local \
-  --json "${OUT:-.}/bench-gpu.json"
+  --repeat "$repeat" --json "${OUT:-.}/bench-gpu.json"
 
 if [ "$device" = cuda ]; then
   kill $smi 2>/dev/null || true
