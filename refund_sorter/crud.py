@@ -8,6 +8,7 @@ and keyword arguments; the producer, the workers and local mode call them.
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain, islice
 from pathlib import Path
 
 from sqlalchemy import Subquery, bindparam, case, func, insert, select, update
@@ -212,45 +213,36 @@ def record_scan(
     its files are moved.
     """
     now = utcnow()
-    # New rows go in as plain dicts, many per statement: ORM objects for a night of 100,000
-    # photos would sit in the session's identity map until the commit.
-    rows = [
-        {
+
+    def new_row(f, status: str) -> dict:
+        failed = status == ItemStatus.FAILED
+        return {
             "content_hash": f.content_hash,
             "model_version": model_version,
             "sweep_run_id": sweep_id,
-            "status": ItemStatus.FAILED,
+            "status": status,
             "file_name": f.path.name,
             "original_path": str(f.path),
-            "final_path": str(f.final_path) if f.final_path else None,
-            "error": f.error,
+            "final_path": str(f.final_path) if failed and f.final_path else None,
+            "error": f.error if failed else None,
             "created_at": now,
-            "classified_at": now,
+            "classified_at": now if failed else None,
         }
-        for f in unreadable
-    ]
+
+    # New rows go in as plain dicts, a thousand per statement: ORM objects for a night of
+    # 100,000 photos would sit in the session's identity map until the commit, and one
+    # statement for them all would hold all their parameters at once.
+    rows = chain(
+        (new_row(f, ItemStatus.FAILED) for f in unreadable),
+        # a new image, or a retry of one that failed
+        (new_row(f, ItemStatus.QUEUED) for f in queue if f.content_hash not in live),
+    )
+    while chunk := list(islice(rows, 1000)):
+        session.execute(insert(Prediction), chunk)
     for f in queue:
-        row = live.get(f.content_hash)
-        if row is None:  # a new image, or a retry of one that failed
-            rows.append(
-                {
-                    "content_hash": f.content_hash,
-                    "model_version": model_version,
-                    "sweep_run_id": sweep_id,
-                    "status": ItemStatus.QUEUED,
-                    "file_name": f.path.name,
-                    "original_path": str(f.path),
-                    "final_path": None,
-                    "error": None,
-                    "created_at": now,
-                    "classified_at": None,
-                }
-            )
-        else:  # left queued by an abandoned sweep: taken over
+        if (row := live.get(f.content_hash)) is not None:  # left by an abandoned sweep
             row.sweep_run_id, row.created_at = sweep_id, now
             row.file_name, row.original_path = f.path.name, str(f.path)
-    if rows:
-        session.execute(insert(Prediction), rows)
     run = session.get(SweepRun, sweep_id)
     run.found, run.enqueued, run.failed, run.skipped = found, len(queue), len(unreadable), skipped
     run.pending = len(queue)
