@@ -62,8 +62,16 @@ def task_args(items: list["WorkItem"]) -> list:
 def read_task(args) -> tuple[list[WorkItem], list[str]]:
     """The items a classify task's arguments carry, and why each entry that is not an item
     was refused (a message this project did not send, or published before tasks carried
-    several images: the stall check publishes those images again)."""
-    if not (isinstance(args, list | tuple) and len(args) == 1 and isinstance(args[0], list)):
+    several images: the stall check publishes those images again). A task of more than
+    IMAGES_PER_TASK entries is refused whole: none was published, and it could hold any
+    number."""
+    valid = (
+        isinstance(args, list | tuple)
+        and len(args) == 1
+        and isinstance(args[0], list)
+        and len(args[0]) <= IMAGES_PER_TASK
+    )
+    if not valid:
         return [], [f"not a classify task's arguments: {args!r:.200}"]
     items, refused = [], []
     for entry in args[0]:

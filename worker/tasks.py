@@ -1,10 +1,10 @@
 """The workers' task: classify messages of up to 32 images each, buffered into batches.
 
 The task translates a batch of messages (enough for REFUND_SORTER_BATCH_SIZE images) into
-one ``process_batch`` call. Each pool process
-of a worker that takes images loads the model when it starts, so the first batch does not
-wait for it and a model that cannot be loaded is known before any image is taken: the worker
-then logs why and stops consuming the classify queue. A worker that only sweeps (``-Q
+one ``process_batch`` call. Each pool process of a worker that takes images loads the model
+when it starts, so the first batch does not wait for it and a model that cannot be loaded is
+known before any image is taken: the worker then logs why and stops consuming the classify
+queue. A worker that only sweeps (``-Q
 sweep``) never loads PyTorch.
 
 A batch that fails as a whole (database or disk trouble) is published again with a growing

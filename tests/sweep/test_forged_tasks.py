@@ -148,6 +148,7 @@ def test_a_malformed_task_is_refused_without_failing_its_batch(enqueued, classif
         [[*good[:2], items[0].as_args()[:2], *good[2:], [1, 2, 3]]],
         items[0].as_args(),  # one image's arguments, not a list of them
         "not a list",
+        [good * 9],  # 36 entries: more than a task holds
     ]
     requests = [
         SimpleNamespace(id=f"task-{i}", args=a, hostname="w1@test") for i, a in enumerate(args)
@@ -164,4 +165,5 @@ def test_a_malformed_task_is_refused_without_failing_its_batch(enqueued, classif
         "task-0": "{'ok': 4, 'refused': 2}",
         "task-1": "{'refused': 1}",
         "task-2": "{'refused': 1}",
+        "task-3": "{'refused': 1}",
     }
