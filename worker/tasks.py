@@ -113,15 +113,13 @@ def _version_on_disk(settings: Settings) -> str | None:
 
 @app.task(base=ClassifierTask, name=CLASSIFY_TASK, bind=True)
 def classify(self, requests) -> None:
-    items, refused = [], 0
-    for request in requests:
-        carried, reasons = read_task(request.args)
-        items += carried
-        refused += len(reasons)
+    tasks = [(request, *read_task(request.args)) for request in requests]
+    for request, _, reasons in tasks:
         for reason in reasons:
             log.warning("refused in task %s: %s", request.id, reason)
     # A task the stall check published again may meet the one it stands in for.
-    items = list(dict.fromkeys(items))
+    items = list(dict.fromkeys(it for _, carried, _ in tasks for it in carried))
+    refused = sum(len(reasons) for _, _, reasons in tasks)
     settings = self.app.settings
     started = time.monotonic()
     try:
@@ -147,7 +145,7 @@ def classify(self, requests) -> None:
         outcome.ignored,
         outcome.refused + refused,
     )
-    report_to_flower(self.name, requests, outcome, time.monotonic() - started)
+    report_to_flower(self.name, tasks, outcome, time.monotonic() - started)
 
 
 def retry_or_give_up(items: list[WorkItem], exc: Exception, settings: Settings) -> None:
@@ -272,19 +270,19 @@ def _cancel_classify_consumer() -> None:
     log.error("could not stop consuming the %s queue: %s did not answer", CLASSIFY_QUEUE, node)
 
 
-def report_to_flower(name: str, requests, outcome, runtime: float) -> None:
+def report_to_flower(name: str, tasks, outcome, runtime: float) -> None:
     """Send each task's events: batched tasks skip Celery's own per-task events, and without
     them Flower would list the workers but none of their tasks. A batch's events go out as
-    one message (a list, which Celery's event receivers accept). A task's result counts its
-    images by outcome: ``{'ok': 31, 'failed': 1}``."""
-    if not app.conf.worker_send_task_events or not requests:
+    one message (a list, which Celery's event receivers accept). ``tasks``: each request
+    with the items it carried and the reasons its other entries were refused. A task's
+    result counts its images by outcome: ``{'ok': 31, 'failed': 1}``."""
+    if not app.conf.worker_send_task_events or not tasks:
         return
     status_of = {item: status for item, status in outcome.statuses}
-    with app.events.default_dispatcher(hostname=requests[0].hostname) as events:
+    with app.events.default_dispatcher(hostname=tasks[0][0].hostname) as events:
         events.buffer_group = frozenset({"task"})
-        events.buffer_limit = 3 * len(requests) + 1  # flushed below, once
-        for request in requests:
-            items, reasons = read_task(request.args)
+        events.buffer_limit = 3 * len(tasks) + 1  # flushed below, once
+        for request, items, reasons in tasks:
             counts = Counter(status_of.get(it, IGNORED) for it in items)
             counts.update({REFUSED: len(reasons)} if reasons else {})
             fields = {"uuid": request.id}
