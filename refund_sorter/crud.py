@@ -214,13 +214,13 @@ def record_scan(
     """
     now = utcnow()
 
-    def new_row(f, status: str) -> dict:
-        failed = status == ItemStatus.FAILED
+    def new_row(f: ScannedFile) -> dict:
+        failed = isinstance(f, Unreadable)
         return {
             "content_hash": f.content_hash,
             "model_version": model_version,
             "sweep_run_id": sweep_id,
-            "status": status,
+            "status": ItemStatus.FAILED if failed else ItemStatus.QUEUED,
             "file_name": f.path.name,
             "original_path": str(f.path),
             "final_path": str(f.final_path) if failed and f.final_path else None,
@@ -232,10 +232,10 @@ def record_scan(
     # New rows go in as plain dicts, a thousand per statement: ORM objects for a night of
     # 100,000 photos would sit in the session's identity map until the commit, and one
     # statement for them all would hold all their parameters at once.
-    rows = chain(
-        (new_row(f, ItemStatus.FAILED) for f in unreadable),
-        # a new image, or a retry of one that failed
-        (new_row(f, ItemStatus.QUEUED) for f in queue if f.content_hash not in live),
+    rows = map(
+        new_row,
+        # every unreadable file; a new image, or a retry of one that failed
+        chain(unreadable, (f for f in queue if f.content_hash not in live)),
     )
     while chunk := list(islice(rows, 1000)):
         session.execute(insert(Prediction), chunk)
