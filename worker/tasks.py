@@ -4,8 +4,7 @@ The task translates a batch of messages (enough for REFUND_SORTER_BATCH_SIZE ima
 one ``process_batch`` call. Each pool process of a worker that takes images loads the model
 when it starts, so the first batch does not wait for it and a model that cannot be loaded is
 known before any image is taken: the worker then logs why and stops consuming the classify
-queue. A worker that only sweeps (``-Q
-sweep``) never loads PyTorch.
+queue. A worker that only sweeps (``-Q sweep``) never loads PyTorch.
 
 A batch that fails as a whole (database or disk trouble) is published again with a growing
 countdown (REFUND_SORTER_RETRY_DELAY, doubled each time) up to REFUND_SORTER_RETRY_LIMIT
