@@ -383,9 +383,15 @@ def review_threshold(settings: Settings) -> float:
     return load_checkpoint(settings.model_path).review_threshold
 
 
-def sweep_csv(settings: Settings, run: SweepRun) -> Path:
+def sweep_csv(settings: Settings, run: SweepRun, timeout: float = 30.0) -> Path:
+    """The sweep's CSV. The worker writes it just after the commit that finishes the sweep,
+    so a test that saw the sweep finish may have to wait a moment for it."""
     path = settings.export_dir / f"sweep-{utc(run.started_at).date()}-{run.id:05d}.csv"
-    assert path.is_file(), f"no CSV for sweep {run.id}: {sorted(settings.export_dir.glob('*'))}"
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        found = sorted(settings.export_dir.glob("*"))
+        assert time.monotonic() < deadline, f"no CSV for sweep {run.id}: {found}"
+        time.sleep(0.1)
     return path
 
 
