@@ -157,8 +157,8 @@ def test_docker_compose_refuses_the_file_without_a_secret(missing):
     assert f"set {missing}" in result.stderr
 
 
-def test_the_readme_broker_url_between_machines_verifies_the_certificate():
-    (url,) = re.findall(r"'(rediss://\S+)'", (ROOT / "README.md").read_text())
+def test_the_documented_broker_url_between_machines_verifies_the_certificate():
+    (url,) = re.findall(r"'(rediss://\S+)'", (ROOT / "docs" / "deployment.md").read_text())
     app = SorterCelery(Settings(broker_url=url), set_as_current=False)
     with app.connection() as conn:
         assert conn.transport_cls == "rediss"

@@ -1,4 +1,4 @@
-"""The SQL queries the README gives operators, run against PostgreSQL on known rows."""
+"""The SQL queries docs/operating.md gives operators, run against PostgreSQL on known rows."""
 
 import re
 import uuid
@@ -12,18 +12,18 @@ from sqlalchemy import text
 from models import Prediction, Review, SweepRun
 from refund_sorter.db import dispose, get_engine, session_factory, upgrade
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+OPERATING = Path(__file__).resolve().parent.parent / "docs" / "operating.md"
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 pytestmark = pytest.mark.services
 
 
-def readme_queries() -> dict[str, str]:
-    blocks = re.findall(r"```sql\n(.*?)```", README.read_text(), flags=re.S)
+def operator_queries() -> dict[str, str]:
+    blocks = re.findall(r"```sql\n(.*?)```", OPERATING.read_text(), flags=re.S)
     queries = {}
     for block in blocks:
         name = re.match(r"-- name: (\w+)\n", block)
-        assert name, f"every README SQL block starts with '-- name:': {block[:60]}"
+        assert name, f"every SQL block of docs/operating.md starts with '-- name:': {block[:60]}"
         queries[name[1]] = block[name.end() :].strip().rstrip(";")
     return queries
 
@@ -170,8 +170,8 @@ def run(url, sql):
         return [tuple(r) for r in conn.execute(text(sql))]
 
 
-def test_readme_lists_the_queries_operators_need():
-    assert set(readme_queries()) >= {
+def test_the_operating_guide_lists_the_queries_operators_need():
+    assert set(operator_queries()) >= {
         "counts_per_category_per_night",
         "to_review_by_hand",
         "below_a_chosen_confidence",
@@ -184,7 +184,7 @@ def test_readme_lists_the_queries_operators_need():
 
 
 def test_counts_per_category_per_night(seeded):
-    rows = run(seeded, readme_queries()["counts_per_category_per_night"])
+    rows = run(seeded, operator_queries()["counts_per_category_per_night"])
     assert [(str(r[0]), r[1], r[2], r[3], r[4]) for r in rows] == [
         ("2026-11-21", 1, "bottomwear", "pants", 1),
         ("2026-11-21", 1, "bottomwear", "skirt", 1),
@@ -194,13 +194,13 @@ def test_counts_per_category_per_night(seeded):
 
 
 def test_review_queries(seeded):
-    assert [r[0] for r in run(seeded, readme_queries()["to_review_by_hand"])] == ["b.jpg"]
-    below = run(seeded, readme_queries()["below_a_chosen_confidence"])
+    assert [r[0] for r in run(seeded, operator_queries()["to_review_by_hand"])] == ["b.jpg"]
+    below = run(seeded, operator_queries()["below_a_chosen_confidence"])
     assert [r[0] for r in below] == ["b.jpg", "c.jpg"]
 
 
 def test_reviewed_latest_answers(seeded):
-    rows = run(seeded, readme_queries()["reviewed_latest_answers"])
+    rows = run(seeded, operator_queries()["reviewed_latest_answers"])
     assert [r[:6] for r in rows] == [
         ("b.jpg", "bottomwear", "pants", "bottomwear", "shorts", "ben"),
         ("c.jpg", "bottomwear", "skirt", "bottomwear", "skirt", "anna"),
@@ -208,17 +208,17 @@ def test_reviewed_latest_answers(seeded):
 
 
 def test_corrections_per_predicted_category(seeded):
-    rows = run(seeded, readme_queries()["corrections_per_predicted_category"])
+    rows = run(seeded, operator_queries()["corrections_per_predicted_category"])
     assert rows == [("bottomwear", "pants", 1, 1), ("bottomwear", "skirt", 1, 0)]
 
 
 def test_one_image_history(seeded):
-    rows = run(seeded, readme_queries()["one_image_history"])
+    rows = run(seeded, operator_queries()["one_image_history"])
     assert [(r[0], r[1], r[2]) for r in rows] == [(1, "v1", "ok"), (2, "v2", "ok")]
 
 
 def test_failures_of_last_night_ignore_skipped_runs(seeded):
-    rows = run(seeded, readme_queries()["failures_of_last_night"])
+    rows = run(seeded, operator_queries()["failures_of_last_night"])
     assert [(r[0], r[1]) for r in rows] == [
         ("broken.jpg", "corrupt or truncated image"),
         ("notes.txt", "not an image"),
@@ -226,7 +226,7 @@ def test_failures_of_last_night_ignore_skipped_runs(seeded):
 
 
 def test_last_sweeps(seeded):
-    rows = run(seeded, readme_queries()["last_sweeps"])
+    rows = run(seeded, operator_queries()["last_sweeps"])
     assert [(r[0], r[3]) for r in rows] == [(3, "skipped"), (2, "finished"), (1, "finished")]
 
 
