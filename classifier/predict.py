@@ -22,6 +22,7 @@ from classifier.checkpoint import Checkpoint, load_checkpoint
 from classifier.network import ARCH, DualHeadNet
 from classifier.presets import EvalPreset, normalize
 from classifier.taxonomy import Taxonomy
+from refund_sorter.config import PRECISIONS
 from refund_sorter.errors import UserError
 
 
@@ -76,9 +77,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU here")
     return torch.device(device)
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def native_bf16() -> bool:
