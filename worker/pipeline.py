@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from classifier.version import is_for_model
 from models import ItemStatus
 from refund_sorter.config import Settings
 from refund_sorter.crud import ItemResult, queued_paths, record_results
@@ -111,7 +112,7 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
         queued = queued_paths(session, clf.version, (it.content_hash for it in items))
     mine: list[tuple[WorkItem, Path]] = []  # each item with its resolved path
     for it in items:
-        if it.model_version != clf.version:
+        if not is_for_model(it.model_version, clf.version):
             # Left queued, file untouched: writing it under another model's version would
             # break "one result per image and model". The next sweep after the stale delay
             # re-enqueues it.

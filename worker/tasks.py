@@ -23,7 +23,7 @@ from operator import attrgetter
 from celery import signals
 from celery_batches import Batches
 
-from classifier.version import model_version
+from classifier.version import is_for_model, is_for_served_model
 from models import utcnow
 from refund_sorter import crud
 from refund_sorter.celery_app import app, publish
@@ -95,19 +95,16 @@ class ClassifierTask(Batches):
         """The loaded model, reloaded first if the model file was replaced since it was
         loaded and these tasks were enqueued for the new one."""
         clf = self.classifier
-        wanted = {it.model_version for it in items} - {clf.version}
-        if wanted and _version_on_disk(self.app.settings) in wanted:
+        wanted = {
+            it.model_version for it in items if not is_for_model(it.model_version, clf.version)
+        }
+        # A model file removed or unreadable serves no model: the one in hand stays, and
+        # tasks for another model are left queued.
+        if any(is_for_served_model(version, self.app.settings) for version in wanted):
             log.info("model file changed (now %s): reloading", ", ".join(sorted(wanted)))
             type(self)._classifier = None
             clf = self.classifier
         return clf
-
-
-def _version_on_disk(settings: Settings) -> str | None:
-    try:
-        return model_version(settings.model_path)
-    except OSError:  # removed: keep the model in hand; tasks for another one are left queued
-        return None
 
 
 @app.task(base=ClassifierTask, name=CLASSIFY_TASK, bind=True)
