@@ -34,6 +34,7 @@ class Classification:
     main_confidence: float
     sub: str
     sub_confidence: float
+    needs_review: bool  # sub confidence below the classifier's review threshold
     # The best sub categories by joint probability, best first: (main, sub, probability).
     # The first is the decision itself; the others are what a reviewer is offered next.
     top_subs: tuple[tuple[str, str, float], ...] = ()
@@ -199,7 +200,11 @@ class Classifier:
     """A loaded model, ready for batches. Build it once per process."""
 
     def __init__(
-        self, checkpoint: Checkpoint, device: str = "auto", precision: str = "auto"
+        self,
+        checkpoint: Checkpoint,
+        device: str = "auto",
+        precision: str = "auto",
+        review_threshold: float | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.taxonomy: Taxonomy = checkpoint.taxonomy
@@ -216,16 +221,22 @@ class Classifier:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.sub_to_main = torch.tensor(self.taxonomy.sub_to_main, device=self.device)
         self.temperature = checkpoint.temperature
+        # The sub confidence below which a prediction needs review: ``review_threshold`` (the
+        # REFUND_SORTER_REVIEW_THRESHOLD setting) when given, else the threshold chosen for
+        # this model when it was trained. Each Classification says whether it is below.
+        self.review_threshold: float = (
+            checkpoint.review_threshold if review_threshold is None else review_threshold
+        )
 
     @classmethod
-    def from_path(cls, path: Path, device: str = "auto", precision: str = "auto") -> "Classifier":
-        return cls(load_checkpoint(path), device, precision)
-
-    def review_threshold(self, setting: float | None = None) -> float:
-        """The sub confidence below which a prediction needs review: ``setting`` (the
-        REFUND_SORTER_REVIEW_THRESHOLD setting) when given, else the threshold chosen for this
-        model when it was trained. Workers, local mode and ``classify`` all ask here."""
-        return self.checkpoint.review_threshold if setting is None else setting
+    def from_path(
+        cls,
+        path: Path,
+        device: str = "auto",
+        precision: str = "auto",
+        review_threshold: float | None = None,
+    ) -> "Classifier":
+        return cls(load_checkpoint(path), device, precision, review_threshold)
 
     def logits(
         self, images: torch.Tensor, batch_size: int = 64
@@ -272,6 +283,7 @@ class Classifier:
                 float(mc),
                 self.taxonomy.sub[s],
                 float(sc),
+                sc < self.review_threshold,
                 tuple(self._named(i, p) for i, p in zip(ti, tp, strict=True)),
             )
             for s, sc, m, mc, ti, tp in zip(

@@ -330,8 +330,7 @@ def classify(model, images, as_json, device, precision) -> None:
     from refund_sorter.config import get_settings
     from refund_sorter.images import UnreadableImage, open_rgb
 
-    clf = Classifier.from_path(model, device, precision)
-    threshold = clf.review_threshold(get_settings().review_threshold)
+    clf = Classifier.from_path(model, device, precision, get_settings().review_threshold)
     rows, loaded = [], []
     for path in images:
         try:
@@ -339,8 +338,7 @@ def classify(model, images, as_json, device, precision) -> None:
         except UnreadableImage as exc:
             rows.append({"file": str(path), "status": "failed", "error": str(exc)})
     for (path, _), pred in zip(loaded, clf.predict_images([img for _, img in loaded]), strict=True):
-        review = pred.sub_confidence < threshold
-        rows.append({"file": str(path), "status": "ok", **vars(pred), "needs_review": review})
+        rows.append({"file": str(path), "status": "ok", **vars(pred)})
     rows.sort(key=lambda r: images.index(Path(r["file"])))
     if as_json:
         click.echo(
@@ -348,7 +346,7 @@ def classify(model, images, as_json, device, precision) -> None:
                 {
                     "model_version": clf.version,
                     "precision": clf.precision,
-                    "review_threshold": threshold,
+                    "review_threshold": clf.review_threshold,
                     "predictions": rows,
                 },
                 indent=2,

@@ -72,7 +72,9 @@ def load_classifier(settings: Settings, processes: int = 1):
     global _decoders
     _decoders = ThreadPoolExecutor(max(2, (os.cpu_count() or 1) // max(1, processes)))
     torch.set_num_threads(torch_threads(settings, processes))
-    return Classifier.from_path(settings.model_path, settings.device, settings.precision)
+    return Classifier.from_path(
+        settings.model_path, settings.device, settings.precision, settings.review_threshold
+    )
 
 
 class Unusable(NamedTuple):
@@ -184,7 +186,7 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
                     p.main_confidence,
                     p.sub,
                     p.sub_confidence,
-                    needs_review=p.sub_confidence < clf.review_threshold(settings.review_threshold),
+                    needs_review=p.needs_review,
                     top_subs=p.top_subs,
                 )
             )

@@ -87,7 +87,7 @@ class ClassifierTask(Batches):
                 self._classifier.device,
                 self._classifier.precision,
                 torch_threads(self.app.settings, _worker.get("processes", 1)),
-                self._classifier.review_threshold(self.app.settings.review_threshold),
+                self._classifier.review_threshold,
             )
         return self._classifier
 
