@@ -327,6 +327,7 @@ def classify(model, images, as_json, device, precision) -> None:
     threshold the workers would use (REFUND_SORTER_REVIEW_THRESHOLD, else the model's) are
     marked for review."""
     from classifier.predict import Classifier
+    from models import ItemStatus
     from refund_sorter.config import get_settings
     from refund_sorter.images import UnreadableImage, open_rgb
 
@@ -336,9 +337,9 @@ def classify(model, images, as_json, device, precision) -> None:
         try:
             loaded.append((path, open_rgb(path, min_size=clf.checkpoint.image_size)))
         except UnreadableImage as exc:
-            rows.append({"file": str(path), "status": "failed", "error": str(exc)})
+            rows.append({"file": str(path), "status": ItemStatus.FAILED, "error": str(exc)})
     for (path, _), pred in zip(loaded, clf.predict_images([img for _, img in loaded]), strict=True):
-        rows.append({"file": str(path), "status": "ok", **vars(pred)})
+        rows.append({"file": str(path), "status": ItemStatus.OK, **vars(pred)})
     rows.sort(key=lambda r: images.index(Path(r["file"])))
     if as_json:
         click.echo(
@@ -355,7 +356,7 @@ def classify(model, images, as_json, device, precision) -> None:
     else:
         width = max(len(r["file"]) for r in rows)
         for r in rows:
-            if r["status"] == "ok":
+            if r["status"] == ItemStatus.OK:
                 click.echo(
                     f"{r['file']:<{width}}  {r['main']:>12} {r['main_confidence']:.2f}  "
                     f"{r['sub']:>12} {r['sub_confidence']:.2f}"
@@ -363,5 +364,5 @@ def classify(model, images, as_json, device, precision) -> None:
                 )
             else:
                 click.echo(f"{r['file']:<{width}}  failed: {r['error']}")
-    if any(r["status"] == "failed" for r in rows):
+    if any(r["status"] == ItemStatus.FAILED for r in rows):
         sys.exit(1)
