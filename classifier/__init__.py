@@ -15,6 +15,9 @@
 - ``predict``: the one forward pass and joint decision (``forward_decide``), and
   ``Classifier``, a loaded model with the review threshold in force that returns a
   ``Classification`` per image, saying whether it needs review.
+- ``int8``: running a model in int8 on a CPU from its checkpoint's calibration
+  (``int8_network``), and whether ``auto`` precision may pick it (``passes``).
+- ``quantize``: making that calibration (``calibrate``).
 - ``train``: the training loop (``train``, ``train_one_epoch``), validation, and the
   calibration of the saved model (``calibrate``).
 - ``calibration``: temperature scaling, the expected calibration error, and the review

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from classifier.checkpoint import Checkpoint, load_checkpoint
+from classifier.int8 import int8_network, passes
 from classifier.network import ARCH, DualHeadNet
 from classifier.presets import EvalPreset, normalize
 from classifier.taxonomy import Taxonomy
@@ -94,8 +95,6 @@ def resolve_precision(precision: str, device: torch.device, int8: dict | None = 
     """``auto``: fp16 on CUDA; on CPU int8 when the model's int8 calibration (``int8``)
     passed the agreement rule, else bf16 where it is native (about 2x fp32 with
     channels_last there), else fp32."""
-    from classifier.quantize import passes
-
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
@@ -214,8 +213,6 @@ class Classifier:
         self.preset = EvalPreset(checkpoint.image_size)
         self.net = build_network(checkpoint).eval().to(self.device)
         if self.precision == "int8":
-            from classifier.quantize import int8_network
-
             self.net = int8_network(self.net, checkpoint.int8["ranges"], checkpoint.image_size)
         else:
             self.net = self.net.to(memory_format=torch.channels_last)

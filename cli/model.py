@@ -298,8 +298,9 @@ def add_int8(model: Path, data_dir: Path, out: Path, **kwargs) -> str:
     """Calibrate ``model`` for int8 on photos of ``data_dir``, save it to ``out`` and return
     its version."""
     from classifier.checkpoint import load_checkpoint, save_checkpoint
+    from classifier.int8 import passes
     from classifier.predict import build_network
-    from classifier.quantize import calibrate, passes
+    from classifier.quantize import calibrate
     from classifier.taxonomy import read_layout
 
     mapping = kwargs.pop("mapping", None)
