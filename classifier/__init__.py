@@ -17,7 +17,8 @@
   ``Classification`` per image, saying whether it needs review.
 - ``int8``: running a model in int8 on a CPU from its checkpoint's calibration
   (``int8_network``), and whether ``auto`` precision may pick it (``passes``).
-- ``quantize``: making that calibration (``calibrate``).
+- ``quantize``: making that calibration (``calibrate``) and a model file that carries it
+  (``add_int8``, behind ``refund-sorter quantize`` and ``train --int8``).
 - ``train``: the training loop (``train``, ``train_one_epoch``), validation, and the
   calibration of the saved model (``calibrate``).
 - ``calibration``: temperature scaling, the expected calibration error, and the review

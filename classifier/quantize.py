@@ -16,11 +16,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from classifier.checkpoint import Checkpoint
+from classifier.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from classifier.data import load_images
-from classifier.int8 import int8_network, with_observers
-from classifier.predict import forward_decide
+from classifier.int8 import int8_network, passes, with_observers
+from classifier.predict import build_network, forward_decide
 from classifier.presets import EvalPreset
+from classifier.taxonomy import read_layout
+from refund_sorter.errors import UserError
 
 
 def _ranges(observed: nn.Module) -> dict[str, torch.Tensor]:
@@ -104,3 +106,27 @@ def calibrate(
         "agreement": agreement,
         "photos": {"calibration": len(calib), "agreement": len(images)},
     }
+
+
+def add_int8(
+    model: Path,
+    data_dir: Path,
+    out: Path,
+    mapping: Path | None = None,
+    photos: int = 512,
+    check: int = 512,
+    seed: int = 0,
+    echo: Callable[[str], None] = print,
+) -> str:
+    """Calibrate the model file ``model`` for int8 on photos of ``data_dir`` (``mapping``:
+    the flat layout's JSON), save it with its calibration to ``out`` and return its version."""
+    ckpt = load_checkpoint(model)
+    files = [path for path, _ in read_layout(data_dir, mapping, min_subs=1).files]
+    try:
+        ckpt.int8 = calibrate(ckpt, build_network(ckpt), files, photos, check, seed, echo)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    version = save_checkpoint(ckpt, out)
+    verdict = "picks int8" if passes(ckpt.int8) else "keeps fp32 or bf16 (below 99%)"
+    echo(f"saved {out} (version {version}); automatic precision on a CPU {verdict}")
+    return version

@@ -9,7 +9,6 @@ import click
 
 from classifier.recipe import AUTO_AUGMENTS, TrainConfig
 from cli.common import device_option, friendly, mapping_option, precision_option
-from refund_sorter.errors import UserError
 
 DEFAULTS = TrainConfig()
 OUTPUT_FILE = click.Path(path_type=Path, dir_okay=False)
@@ -115,12 +114,13 @@ SHARE = click.FloatRange(0, 1, max_open=True)
 def train(data_dir, out, int8, **recipe) -> None:
     """Train the dual-head classifier on DATA_DIR laid out <main>/<sub>/<image>, then
     calibrate it on held-out images and store its review threshold."""
+    from classifier.quantize import add_int8
     from classifier.train import train as run_training
 
     cfg = TrainConfig(**recipe)
     summary = run_training(data_dir, out, cfg, echo=click.echo)
     if int8 and not cfg.folds:
-        summary.version = add_int8(out, data_dir, out, mapping=cfg.mapping, seed=cfg.seed)
+        summary.version = add_int8(out, data_dir, out, cfg.mapping, seed=cfg.seed, echo=click.echo)
     m = summary.metrics
     click.echo(
         f"\nsaved {summary.model_path} (version {summary.version}, epoch {summary.best_epoch})\n"
@@ -291,29 +291,9 @@ def quantize(model, data_dir, out, photos, check, mapping) -> None:
     int8 becomes the CPU's automatic precision when it gives the same main and sub
     category as fp32 on at least 99% of the checked photos.
     """
-    add_int8(model, data_dir, out, photos=photos, check=check, mapping=mapping)
+    from classifier.quantize import add_int8
 
-
-def add_int8(model: Path, data_dir: Path, out: Path, **kwargs) -> str:
-    """Calibrate ``model`` for int8 on photos of ``data_dir``, save it to ``out`` and return
-    its version."""
-    from classifier.checkpoint import load_checkpoint, save_checkpoint
-    from classifier.int8 import passes
-    from classifier.predict import build_network
-    from classifier.quantize import calibrate
-    from classifier.taxonomy import read_layout
-
-    mapping = kwargs.pop("mapping", None)
-    ckpt = load_checkpoint(model)
-    files = [path for path, _ in read_layout(data_dir, mapping, min_subs=1).files]
-    try:
-        ckpt.int8 = calibrate(ckpt, build_network(ckpt), files, echo=click.echo, **kwargs)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    version = save_checkpoint(ckpt, out)
-    verdict = "picks int8" if passes(ckpt.int8) else "keeps fp32 or bf16 (below 99%)"
-    click.echo(f"saved {out} (version {version}); automatic precision on a CPU {verdict}")
-    return version
+    add_int8(model, data_dir, out, mapping, photos, check, echo=click.echo)
 
 
 @click.command()
