@@ -512,6 +512,7 @@ def scale_one(count, database_url, broker) -> None:
         if database_url:
             env["REFUND_SORTER_DATABASE_URL"] = database_url
         os.environ.update(env)
+        from models import ItemStatus
         from producer.sweep import run_sweep
         from refund_sorter.celery_app import publish
         from refund_sorter.config import get_settings
@@ -531,10 +532,10 @@ def scale_one(count, database_url, broker) -> None:
         with session_factory(settings.database_url).begin() as session:
             session.execute(
                 text(
-                    "UPDATE predictions SET status = 'ok', main_category = 'footwear', "
+                    "UPDATE predictions SET status = :ok, main_category = 'footwear', "
                     "main_confidence = 0.9, sub_category = 'shoes', sub_confidence = 0.8, "
                     "final_path = original_path, classified_at = CURRENT_TIMESTAMP"
-                )
+                ).bindparams(ok=ItemStatus.OK)
             )
         csv_path = home / "all.csv"
         # Linux counts a child's peak memory from the fork, so a child of this (by now large)

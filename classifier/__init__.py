@@ -13,8 +13,12 @@
   the batch mixing (MixUp, CutMix) training may add.
 - ``data``: decoding labelled images into memory, skipping unreadable files.
 - ``predict``: the one forward pass and joint decision (``forward_decide``), and
-  ``Classifier``, a loaded model that returns a ``Classification`` per image and says
-  which review threshold applies (``review_threshold``).
+  ``Classifier``, a loaded model with the review threshold in force that returns a
+  ``Classification`` per image, saying whether it needs review.
+- ``int8``: running a model in int8 on a CPU from its checkpoint's calibration
+  (``int8_network``), and whether ``auto`` precision may pick it (``passes``).
+- ``quantize``: making that calibration (``calibrate``) and a model file that carries it
+  (``add_int8``, behind ``refund-sorter quantize`` and ``train --int8``).
 - ``train``: the training loop (``train``, ``train_one_epoch``), validation, and the
   calibration of the saved model (``calibrate``).
 - ``calibration``: temperature scaling, the expected calibration error, and the review

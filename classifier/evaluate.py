@@ -163,7 +163,7 @@ def compare_modes(
 def review_report(clf: Classifier, seen: Outcomes) -> dict:
     """What the model's review threshold flags on these photos, and what every other
     threshold would: the share flagged and the accuracy of the photos kept."""
-    threshold = clf.review_threshold()
+    threshold = clf.review_threshold
     target = clf.checkpoint.meta.get("calibration", {}).get("review_target", DEFAULT_TARGET)
     table = coverage_table(seen)
     reaching = choose_review_threshold(table, target)

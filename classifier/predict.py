@@ -19,9 +19,11 @@ import torch
 from PIL import Image
 
 from classifier.checkpoint import Checkpoint, load_checkpoint
+from classifier.int8 import int8_network, passes
 from classifier.network import ARCH, DualHeadNet
 from classifier.presets import EvalPreset, normalize
 from classifier.taxonomy import Taxonomy
+from refund_sorter.config import PRECISIONS
 from refund_sorter.errors import UserError
 
 
@@ -33,6 +35,7 @@ class Classification:
     main_confidence: float
     sub: str
     sub_confidence: float
+    needs_review: bool  # sub confidence below the classifier's review threshold
     # The best sub categories by joint probability, best first: (main, sub, probability).
     # The first is the decision itself; the others are what a reviewer is offered next.
     top_subs: tuple[tuple[str, str, float], ...] = ()
@@ -78,9 +81,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-
-
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, through oneDNN).
     Without it bf16 is emulated: on an AVX2-only AMD EPYC the forward pass ran 6 times
@@ -95,8 +95,6 @@ def resolve_precision(precision: str, device: torch.device, int8: dict | None = 
     """``auto``: fp16 on CUDA; on CPU int8 when the model's int8 calibration (``int8``)
     passed the agreement rule, else bf16 where it is native (about 2x fp32 with
     channels_last there), else fp32."""
-    from classifier.quantize import passes
-
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
@@ -201,7 +199,11 @@ class Classifier:
     """A loaded model, ready for batches. Build it once per process."""
 
     def __init__(
-        self, checkpoint: Checkpoint, device: str = "auto", precision: str = "auto"
+        self,
+        checkpoint: Checkpoint,
+        device: str = "auto",
+        precision: str = "auto",
+        review_threshold: float | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.taxonomy: Taxonomy = checkpoint.taxonomy
@@ -211,23 +213,27 @@ class Classifier:
         self.preset = EvalPreset(checkpoint.image_size)
         self.net = build_network(checkpoint).eval().to(self.device)
         if self.precision == "int8":
-            from classifier.quantize import int8_network
-
             self.net = int8_network(self.net, checkpoint.int8["ranges"], checkpoint.image_size)
         else:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.sub_to_main = torch.tensor(self.taxonomy.sub_to_main, device=self.device)
         self.temperature = checkpoint.temperature
+        # The sub confidence below which a prediction needs review: ``review_threshold`` (the
+        # REFUND_SORTER_REVIEW_THRESHOLD setting) when given, else the threshold chosen for
+        # this model when it was trained. Each Classification says whether it is below.
+        self.review_threshold: float = (
+            checkpoint.review_threshold if review_threshold is None else review_threshold
+        )
 
     @classmethod
-    def from_path(cls, path: Path, device: str = "auto", precision: str = "auto") -> "Classifier":
-        return cls(load_checkpoint(path), device, precision)
-
-    def review_threshold(self, setting: float | None = None) -> float:
-        """The sub confidence below which a prediction needs review: ``setting`` (the
-        REFUND_SORTER_REVIEW_THRESHOLD setting) when given, else the threshold chosen for this
-        model when it was trained. Workers, local mode and ``classify`` all ask here."""
-        return self.checkpoint.review_threshold if setting is None else setting
+    def from_path(
+        cls,
+        path: Path,
+        device: str = "auto",
+        precision: str = "auto",
+        review_threshold: float | None = None,
+    ) -> "Classifier":
+        return cls(load_checkpoint(path), device, precision, review_threshold)
 
     def logits(
         self, images: torch.Tensor, batch_size: int = 64
@@ -274,6 +280,7 @@ class Classifier:
                 float(mc),
                 self.taxonomy.sub[s],
                 float(sc),
+                sc < self.review_threshold,
                 tuple(self._named(i, p) for i, p in zip(ti, tp, strict=True)),
             )
             for s, sc, m, mc, ti, tp in zip(

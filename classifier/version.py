@@ -1,9 +1,65 @@
-"""A model's version, derived from its file's bytes. Torch-free: the producer needs it."""
+"""Which model a piece of work is for. Torch-free: the producer needs it.
 
+A model's version is derived from its file's bytes (``model_version``). This module owns the
+two questions everything else asks about it: which model this deployment serves
+(``serving_version``: the producer enqueues work for it, a worker reloads to it) and whether
+a task is work for a given model (``is_for_model``: the producer's stall check, a worker's
+reload and its batch all ask here). Today the model served is the file at
+REFUND_SORTER_MODEL_PATH; a model registry would answer in ``serving_version``.
+"""
+
+import os
 from pathlib import Path
 
+from refund_sorter.config import Settings
+from refund_sorter.errors import UserError
 from refund_sorter.images import sha256_file
+
+# Per model file (its absolute path): the file's identity when it was last hashed, and the
+# version it had then. Hashing the 22 MB file takes a tenth of a second, and the producer and
+# every batch of a worker ask for the version.
+_versions: dict[str, tuple[tuple[int, ...], str]] = {}
 
 
 def model_version(path: Path) -> str:
-    return sha256_file(path)[:12]
+    """The first 12 hex digits of the SHA-256 of the model file at ``path``. Hashed again
+    only when the file's identity (device, inode, size, modification and change times)
+    differs from the last time this path was asked: a replaced or rewritten file gets a new
+    inode or new times, and so its new version."""
+    key = os.path.abspath(path)
+    with open(path, "rb") as fh:  # stat and hash the same file, even if replaced meanwhile
+        st = os.fstat(fh.fileno())
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        known = _versions.get(key)
+        if known is not None and known[0] == identity:
+            return known[1]
+        version = sha256_file(fh)[:12]
+    _versions[key] = (identity, version)
+    return version
+
+
+def serving_version(settings: Settings) -> str:
+    """The version of the model this deployment serves; UserError when there is none."""
+    path = Path(settings.model_path)
+    if not path.is_file():
+        raise UserError(f"model file not found: {path} (set REFUND_SORTER_MODEL_PATH)")
+    try:
+        return model_version(path)
+    except OSError as exc:
+        raise UserError(f"cannot read the model file {path}: {exc}") from None
+
+
+def is_for_model(task_version: str, version: str | None) -> bool:
+    """Whether a task enqueued for model ``task_version`` is work for the model of version
+    ``version`` (None: no model at all). Only then may its result be stored under that
+    version: one result per image and model."""
+    return version is not None and task_version == version
+
+
+def is_for_served_model(task_version: str, settings: Settings) -> bool:
+    """Whether a task enqueued for model ``task_version`` is work for the model this
+    deployment serves now (not when no model can be read)."""
+    try:
+        return is_for_model(task_version, serving_version(settings))
+    except UserError:
+        return False

@@ -7,18 +7,19 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
+from refund_sorter.config import DEVICES, PRECISIONS
 from refund_sorter.errors import UserError
 
 device_option = click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
+    type=click.Choice(DEVICES),
     default="auto",
     show_default=True,
     help="auto picks CUDA when present.",
 )
 precision_option = click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+    type=click.Choice(PRECISIONS),
     default="auto",
     show_default=True,
     help="auto: fp16 on CUDA; on a CPU int8 when the model's int8 calibration agrees with "

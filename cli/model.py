@@ -9,7 +9,6 @@ import click
 
 from classifier.recipe import AUTO_AUGMENTS, TrainConfig
 from cli.common import device_option, friendly, mapping_option, precision_option
-from refund_sorter.errors import UserError
 
 DEFAULTS = TrainConfig()
 OUTPUT_FILE = click.Path(path_type=Path, dir_okay=False)
@@ -115,12 +114,13 @@ SHARE = click.FloatRange(0, 1, max_open=True)
 def train(data_dir, out, int8, **recipe) -> None:
     """Train the dual-head classifier on DATA_DIR laid out <main>/<sub>/<image>, then
     calibrate it on held-out images and store its review threshold."""
+    from classifier.quantize import add_int8
     from classifier.train import train as run_training
 
     cfg = TrainConfig(**recipe)
     summary = run_training(data_dir, out, cfg, echo=click.echo)
     if int8 and not cfg.folds:
-        summary.version = add_int8(out, data_dir, out, mapping=cfg.mapping, seed=cfg.seed)
+        summary.version = add_int8(out, data_dir, out, cfg.mapping, seed=cfg.seed, echo=click.echo)
     m = summary.metrics
     click.echo(
         f"\nsaved {summary.model_path} (version {summary.version}, epoch {summary.best_epoch})\n"
@@ -291,28 +291,9 @@ def quantize(model, data_dir, out, photos, check, mapping) -> None:
     int8 becomes the CPU's automatic precision when it gives the same main and sub
     category as fp32 on at least 99% of the checked photos.
     """
-    add_int8(model, data_dir, out, photos=photos, check=check, mapping=mapping)
+    from classifier.quantize import add_int8
 
-
-def add_int8(model: Path, data_dir: Path, out: Path, **kwargs) -> str:
-    """Calibrate ``model`` for int8 on photos of ``data_dir``, save it to ``out`` and return
-    its version."""
-    from classifier.checkpoint import load_checkpoint, save_checkpoint
-    from classifier.predict import build_network
-    from classifier.quantize import calibrate, passes
-    from classifier.taxonomy import read_layout
-
-    mapping = kwargs.pop("mapping", None)
-    ckpt = load_checkpoint(model)
-    files = [path for path, _ in read_layout(data_dir, mapping, min_subs=1).files]
-    try:
-        ckpt.int8 = calibrate(ckpt, build_network(ckpt), files, echo=click.echo, **kwargs)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    version = save_checkpoint(ckpt, out)
-    verdict = "picks int8" if passes(ckpt.int8) else "keeps fp32 or bf16 (below 99%)"
-    click.echo(f"saved {out} (version {version}); automatic precision on a CPU {verdict}")
-    return version
+    add_int8(model, data_dir, out, mapping, photos, check, echo=click.echo)
 
 
 @click.command()
@@ -327,20 +308,19 @@ def classify(model, images, as_json, device, precision) -> None:
     threshold the workers would use (REFUND_SORTER_REVIEW_THRESHOLD, else the model's) are
     marked for review."""
     from classifier.predict import Classifier
+    from models import ItemStatus
     from refund_sorter.config import get_settings
     from refund_sorter.images import UnreadableImage, open_rgb
 
-    clf = Classifier.from_path(model, device, precision)
-    threshold = clf.review_threshold(get_settings().review_threshold)
+    clf = Classifier.from_path(model, device, precision, get_settings().review_threshold)
     rows, loaded = [], []
     for path in images:
         try:
             loaded.append((path, open_rgb(path, min_size=clf.checkpoint.image_size)))
         except UnreadableImage as exc:
-            rows.append({"file": str(path), "status": "failed", "error": str(exc)})
+            rows.append({"file": str(path), "status": ItemStatus.FAILED, "error": str(exc)})
     for (path, _), pred in zip(loaded, clf.predict_images([img for _, img in loaded]), strict=True):
-        review = pred.sub_confidence < threshold
-        rows.append({"file": str(path), "status": "ok", **vars(pred), "needs_review": review})
+        rows.append({"file": str(path), "status": ItemStatus.OK, **vars(pred)})
     rows.sort(key=lambda r: images.index(Path(r["file"])))
     if as_json:
         click.echo(
@@ -348,7 +328,7 @@ def classify(model, images, as_json, device, precision) -> None:
                 {
                     "model_version": clf.version,
                     "precision": clf.precision,
-                    "review_threshold": threshold,
+                    "review_threshold": clf.review_threshold,
                     "predictions": rows,
                 },
                 indent=2,
@@ -357,7 +337,7 @@ def classify(model, images, as_json, device, precision) -> None:
     else:
         width = max(len(r["file"]) for r in rows)
         for r in rows:
-            if r["status"] == "ok":
+            if r["status"] == ItemStatus.OK:
                 click.echo(
                     f"{r['file']:<{width}}  {r['main']:>12} {r['main_confidence']:.2f}  "
                     f"{r['sub']:>12} {r['sub_confidence']:.2f}"
@@ -365,5 +345,5 @@ def classify(model, images, as_json, device, precision) -> None:
                 )
             else:
                 click.echo(f"{r['file']:<{width}}  failed: {r['error']}")
-    if any(r["status"] == "failed" for r in rows):
+    if any(r["status"] == ItemStatus.FAILED for r in rows):
         sys.exit(1)

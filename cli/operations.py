@@ -13,6 +13,7 @@ import click
 from tqdm import tqdm
 
 from cli.common import friendly, listen_options
+from models import ItemStatus, SweepStatus
 from refund_sorter import crud
 from refund_sorter.config import Settings, get_settings
 from refund_sorter.db import check_schema, session_factory
@@ -50,7 +51,7 @@ def sweep(local, wait, timeout) -> None:
         dispatch, trigger = publish, "manual"
     report = run_sweep(settings, dispatch=dispatch, trigger=trigger, progress=True)
     run = report.run
-    if run.status == "skipped":
+    if run.status == SweepStatus.SKIPPED:
         click.echo(f"sweep {run.id} skipped: {run.message}")
         with session_factory(settings.database_url)() as session:
             other = crud.running_sweep(session)
@@ -88,7 +89,7 @@ def _follow(settings: Settings, run_id: int, total: int, timeout: float) -> None
                 run = crud.get_sweep(session, run_id)
                 bar.total = run.enqueued  # a sweep followed from the start is still scanning
                 bar.update(run.enqueued - run.pending - bar.n)
-                if run.status != "running":
+                if run.status != SweepStatus.RUNNING:
                     return
             try:
                 if resume_stalled_sweep(settings, publish, classify_queue_depth):
@@ -112,7 +113,7 @@ def _print_run(settings: Settings, run_id: int) -> None:
             f"status {run.status}: {run.succeeded} classified, {run.failed} failed, "
             f"{run.skipped} skipped, {run.pending} still queued"
         )
-        if run.status in ("finished", "abandoned"):
+        if run.status in (SweepStatus.FINISHED, SweepStatus.ABANDONED):
             click.echo(f"CSV: {sweep_csv_path(run, settings.export_dir)}")
 
 
@@ -126,7 +127,9 @@ def _print_run(settings: Settings, run_id: int) -> None:
 @click.option("--sweep-run", type=int, help="Only this sweep run.")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Classified on or after (UTC).")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Classified on or before (UTC).")
-@click.option("--status", type=click.Choice(["ok", "failed"]), help="Only this status.")
+@click.option(
+    "--status", type=click.Choice([ItemStatus.OK, ItemStatus.FAILED]), help="Only this status."
+)
 @friendly
 def export(out, sweep_run, since, until, status) -> None:
     """Export predictions from the SQL table to CSV (streamed, constant memory)."""

@@ -7,13 +7,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from classifier.version import model_version
+from classifier.version import is_for_served_model, serving_version
 from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
 from producer.scan import Found, scan
 from refund_sorter import crud
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
-from refund_sorter.errors import UserError
 from refund_sorter.files import destination, processed_destination, settle
 from refund_sorter.messages import Dispatch, WorkItem
 
@@ -25,13 +24,6 @@ class SweepReport:
     run: SweepRun
     enqueued: list[WorkItem] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
-
-
-def current_model_version(settings: Settings) -> str:
-    path = Path(settings.model_path)
-    if not path.is_file():
-        raise UserError(f"model file not found: {path} (set REFUND_SORTER_MODEL_PATH)")
-    return model_version(path)
 
 
 def run_sweep(
@@ -48,7 +40,7 @@ def run_sweep(
     finished only after its moves, since finishing releases the lock.
     """
     sessions = session_factory(settings.database_url)
-    version = current_model_version(settings)
+    version = serving_version(settings)
     with sessions.begin() as session:
         stale = crud.abandon_sweeps(
             session,
@@ -125,13 +117,6 @@ def _export_abandoned(settings: Settings, sweep_ids: list[int]) -> None:
         log.exception("could not write the CSV of abandoned sweeps %s", sweep_ids)
 
 
-def _version_or_none(settings: Settings) -> str | None:
-    try:
-        return current_model_version(settings)
-    except UserError:
-        return None
-
-
 def resume_stalled_sweep(
     settings: Settings, dispatch: Dispatch, queue_depth: Callable[[], int]
 ) -> int | None:
@@ -150,7 +135,7 @@ def resume_stalled_sweep(
         run = crud.running_sweep(session)
     if run is None or crud.as_utc(run.updated_at) >= quiet_before:
         return None
-    if run.model_version != _version_or_none(settings):
+    if not is_for_served_model(run.model_version, settings):
         # Workers ignore tasks for a model no longer on disk: publishing them again would
         # only repeat that. They wait for the sweep to be abandoned as stale.
         log.warning(

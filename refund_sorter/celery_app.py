@@ -81,7 +81,7 @@ class SorterCelery(Celery):
             # the stall check publishes a stalled sweep's queued images again within minutes.
             broker_transport_options={"visibility_timeout": settings.visibility_timeout},
             broker_connection_retry_on_startup=True,
-            # Each pool process loads the model when it starts (worker.tasks), which takes
+            # Each pool process loads the model when it starts (worker.lifecycle), which takes
             # seconds; Celery's default of 4 s to report up would kill it and fork again.
             worker_proc_alive_timeout=120,
             # Events feed Flower's live view of workers and tasks. (No "sent" events: they would

@@ -6,7 +6,7 @@ a Redis broker on localhost, the model shipped in ``assets/``.
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +18,13 @@ from refund_sorter.passwords import check_hash
 # its batch, classifying the batches ahead of it and its own, committing (slow with a
 # database under load). Part of the visibility timeout's lower bound.
 BATCH_ALLOWANCE = 300
+
+# Where the model runs and in what arithmetic; the settings, the commands' options and the
+# classifier all take their choices from here.
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[str, ...] = get_args(Device)
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 class Settings(BaseSettings):
@@ -47,8 +54,8 @@ class Settings(BaseSettings):
         description="Below this sub confidence a prediction needs review; unset (or empty): "
         "the threshold stored in the model, chosen on held-out photos when it was trained.",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+    device: Device = "auto"
+    precision: Precision = Field(
         "auto",
         description="auto: fp16 on CUDA; on a CPU int8 when the model's int8 calibration "
         "agrees with fp32 on 99% of photos, else bf16 where native, else fp32.",

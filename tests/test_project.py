@@ -1,6 +1,6 @@
 """Project-level promises: the README's test command is what CI runs, the producer, beat,
-migrations and the review desk start without PyTorch, and the packages import each other
-only downwards."""
+migrations and the review desk start without PyTorch, the packages import each other only
+downwards, and no two modules import each other."""
 
 import ast
 import re
@@ -99,3 +99,82 @@ def test_the_import_check_sees_lazy_imports(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from worker.pipeline import process_batch\n")
     assert imported_packages(module) == {"worker"}
+
+
+def module_imports(root: Path, packages: list[str]) -> dict[str, set[str]]:
+    """Each module of ``packages`` under ``root`` (``pkg.mod``; a package is its
+    ``__init__``) and the modules of those packages it imports, lazily inside a function or
+    not."""
+    modules = {}
+    for package in packages:
+        for path in (root / package).rglob("*.py"):
+            parts = path.relative_to(root).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def module_of(name: str) -> str | None:  # a name imported from a module is that module
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in modules.items():
+        names = []
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names += [f"{node.module}.{alias.name}" for alias in node.names]
+        graph[name] = {m for n in names if (m := module_of(n)) not in (None, name)}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or round a longer cycle (the
+    strongly connected components of more than one module, Tarjan's algorithm)."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(module: str) -> None:
+        order[module] = low[module] = len(order)
+        stack.append(module)
+        for target in sorted(graph.get(module, ())):
+            if target not in order:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], order[target])
+        if low[module] == order[module]:
+            group = []
+            while not group or group[-1] != module:
+                group.append(stack.pop())
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in order:
+            visit(module)
+    return cycles
+
+
+def test_no_two_modules_import_each_other():
+    packages = sorted({*FORBIDDEN_IMPORTS, "cli"})
+    graph = module_imports(ROOT, packages)
+    assert "classifier.predict" in graph["classifier.quantize"]  # the graph holds the project
+    assert import_cycles(graph) == []
+
+
+def test_the_cycle_check_sees_a_cycle_through_a_lazy_import(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg.b import g\n")
+    (package / "b.py").write_text("import pkg.c\n\ndef g():\n    pass\n")
+    (package / "c.py").write_text("def h():\n    from pkg import a\n")
+    (package / "d.py").write_text("from pkg.a import f\n")  # imports the cycle, not in it
+
+    graph = module_imports(tmp_path, ["pkg"])
+
+    assert graph["pkg.c"] == {"pkg.a"}
+    assert import_cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from classifier.version import is_for_model
 from models import ItemStatus
 from refund_sorter.config import Settings
 from refund_sorter.crud import ItemResult, queued_paths, record_results
@@ -71,7 +72,9 @@ def load_classifier(settings: Settings, processes: int = 1):
     global _decoders
     _decoders = ThreadPoolExecutor(max(2, (os.cpu_count() or 1) // max(1, processes)))
     torch.set_num_threads(torch_threads(settings, processes))
-    return Classifier.from_path(settings.model_path, settings.device, settings.precision)
+    return Classifier.from_path(
+        settings.model_path, settings.device, settings.precision, settings.review_threshold
+    )
 
 
 class Unusable(NamedTuple):
@@ -111,7 +114,7 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
         queued = queued_paths(session, clf.version, (it.content_hash for it in items))
     mine: list[tuple[WorkItem, Path]] = []  # each item with its resolved path
     for it in items:
-        if it.model_version != clf.version:
+        if not is_for_model(it.model_version, clf.version):
             # Left queued, file untouched: writing it under another model's version would
             # break "one result per image and model". The next sweep after the stale delay
             # re-enqueues it.
@@ -183,7 +186,7 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
                     p.main_confidence,
                     p.sub,
                     p.sub_confidence,
-                    needs_review=p.sub_confidence < clf.review_threshold(settings.review_threshold),
+                    needs_review=p.needs_review,
                     top_subs=p.top_subs,
                 )
             )

@@ -225,13 +225,28 @@ def test_the_review_threshold_is_the_setting_when_given_else_the_models(
 ):
     save_scaled_model(random_checkpoint, tmp_path / "chosen.pt", 1.0, review_threshold=0.42)
 
-    default = Classifier.from_path(random_checkpoint, device="cpu")
-    chosen = Classifier.from_path(tmp_path / "chosen.pt", device="cpu")
+    def threshold(path, setting=None) -> float:
+        return Classifier.from_path(path, "cpu", review_threshold=setting).review_threshold
 
-    assert default.review_threshold() == 0.6  # a model that chose none
-    assert chosen.review_threshold() == chosen.review_threshold(None) == 0.42
-    assert chosen.review_threshold(0.9) == 0.9
-    assert chosen.review_threshold(0.0) == 0.0  # zero is a setting too, not "unset"
+    assert threshold(random_checkpoint) == 0.6  # a model that chose none
+    assert threshold(tmp_path / "chosen.pt") == threshold(tmp_path / "chosen.pt", None) == 0.42
+    assert threshold(tmp_path / "chosen.pt", 0.9) == 0.9
+    assert threshold(tmp_path / "chosen.pt", 0.0) == 0.0  # zero is a setting too, not "unset"
+
+
+def test_a_prediction_needs_review_below_the_threshold_in_force(random_checkpoint):
+    def predictions(setting=None):
+        clf = Classifier.from_path(random_checkpoint, "cpu", review_threshold=setting)
+        return clf.predict_images(photos())
+
+    unset = predictions()
+    assert [p.needs_review for p in unset] == [p.sub_confidence < 0.6 for p in unset]
+    confidences = sorted(p.sub_confidence for p in unset)
+    middle = (confidences[0] + confidences[-1]) / 2
+    for setting, flagged in ((0.0, {False}), (middle, {False, True}), (1.0, {True})):
+        got = predictions(setting)
+        assert [p.needs_review for p in got] == [p.sub_confidence < setting for p in got]
+        assert {p.needs_review for p in got} == flagged
 
 
 def test_logits_come_in_batches_and_match_the_decisions(random_checkpoint):

@@ -1,4 +1,5 @@
-"""classifier/quantize.py and ``refund-sorter quantize``: int8 that keeps the answers."""
+"""classifier/quantize.py, classifier/int8.py and ``refund-sorter quantize``: int8 that keeps
+the answers."""
 
 import json
 
@@ -8,8 +9,8 @@ from click.testing import CliRunner
 
 from classifier import predict
 from classifier.checkpoint import load_checkpoint
+from classifier.int8 import AGREEMENT_RULE, int8_network, passes
 from classifier.predict import Classifier, build_network, resolve_precision
-from classifier.quantize import AGREEMENT_RULE, int8_network, passes
 from cli import main
 from refund_sorter.errors import UserError
 from refund_sorter.images import open_rgb

@@ -55,17 +55,18 @@ def accounts() -> str:
     return ",".join(f"{name}:{hash_password(pw)}" for name, pw in PASSWORDS.items())
 
 
-def night(settings: Settings, classifier, n: int, seed: int, threshold: float) -> int:
+def night(settings: Settings, model: TinyModel, n: int, seed: int, threshold: float) -> int:
+    from classifier.predict import Classifier
+
     add_images(Incoming(settings.incoming_dir), n, seed=seed, prefix=f"night{seed}")
     settings.review_threshold = threshold
-    return local_sweep(settings, classifier).id
+    return local_sweep(settings, Classifier.from_path(model.path, "cpu", "auto", threshold)).id
 
 
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory, review_model, accounts) -> Iterator[Nights]:
     from sqlalchemy import select
 
-    from classifier.predict import Classifier
     from models import Prediction
     from refund_sorter.db import session_factory
 
@@ -77,10 +78,9 @@ def nights(tmp_path_factory, review_model, accounts) -> Iterator[Nights]:
             reviewers=SecretStr(accounts),
             review_secret_key=SecretStr(SECRET_KEY),
         )
-        clf = Classifier.from_path(review_model.path, "cpu")
-        first = night(settings, clf, 6, seed=11, threshold=1.0)
-        quiet = night(settings, clf, 3, seed=12, threshold=0.0)
-        last = night(settings, clf, 6, seed=13, threshold=1.0)
+        first = night(settings, review_model, 6, seed=11, threshold=1.0)
+        quiet = night(settings, review_model, 3, seed=12, threshold=0.0)
+        last = night(settings, review_model, 6, seed=13, threshold=1.0)
         with session_factory(url)() as session:
             rows = session.execute(
                 select(Prediction.sweep_run_id, Prediction.id)

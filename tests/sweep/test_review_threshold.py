@@ -61,7 +61,7 @@ def test_the_setting_overrides_the_models_threshold(
     upgrade(settings.database_url)
     add_images(Incoming(settings.incoming_dir), 12, seed=42)
 
-    local_sweep(settings, classifier_for(chosen))
+    local_sweep(settings, classifier_for(chosen, setting))
 
     assert [p.needs_review for p in ok_rows(settings)] == [flagged] * 12
 
@@ -84,9 +84,10 @@ def classifier_for():
 
     loaded = {}
 
-    def load(model: TinyModel):
-        if model.path not in loaded:
-            loaded[model.path] = Classifier.from_path(model.path, "cpu")
-        return loaded[model.path]
+    def load(model: TinyModel, setting: float | None = None):
+        """The model, loaded with REFUND_SORTER_REVIEW_THRESHOLD=``setting`` (None: unset)."""
+        if (model.path, setting) not in loaded:
+            loaded[model.path, setting] = Classifier.from_path(model.path, "cpu", "auto", setting)
+        return loaded[model.path, setting]
 
     return load

@@ -1,0 +1,86 @@
+"""classifier/version.py: a model's version, hashed once per model file, and which work is
+for which model."""
+
+import hashlib
+import os
+
+import pytest
+
+import classifier.version
+from classifier.version import (
+    is_for_model,
+    is_for_served_model,
+    model_version,
+    serving_version,
+)
+from refund_sorter.config import Settings
+from refund_sorter.errors import UserError
+
+
+@pytest.fixture
+def hashes(monkeypatch) -> list[str]:
+    """The files hashed from now on (the real hash still runs)."""
+    hashed = []
+    real = classifier.version.sha256_file
+
+    def counting(source):
+        hashed.append(source.name)
+        return real(source)
+
+    monkeypatch.setattr(classifier.version, "sha256_file", counting)
+    return hashed
+
+
+def sha12(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def test_the_same_file_is_hashed_once(tmp_path, hashes):
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights one")
+
+    assert model_version(model) == model_version(model) == sha12(b"weights one")
+    assert model_version(tmp_path / ".." / tmp_path.name / "model.pt") == sha12(b"weights one")
+
+    assert len(hashes) == 1
+
+
+def test_a_replaced_or_rewritten_file_gets_its_new_version(tmp_path, hashes):
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights one")
+    assert model_version(model) == sha12(b"weights one")
+
+    new = tmp_path / "new.pt"
+    new.write_bytes(b"weights two")  # same size, another file: how a model is deployed
+    os.replace(new, model)
+    assert model_version(model) == sha12(b"weights two")
+
+    model.write_bytes(b"weights three, written in place")
+    assert model_version(model) == sha12(b"weights three, written in place")
+
+    same = os.stat(model)
+    os.utime(model, ns=(same.st_atime_ns, same.st_mtime_ns + 1))  # touched, same bytes
+    assert model_version(model) == sha12(b"weights three, written in place")
+
+    assert len(hashes) == 4
+    assert model_version(model) == sha12(b"weights three, written in place")
+    assert len(hashes) == 4
+
+
+def test_work_is_for_the_model_it_was_enqueued_for(tmp_path):
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights one")
+    settings = Settings(home=tmp_path, model_path=model)
+    version = serving_version(settings)
+
+    assert version == sha12(b"weights one")
+    assert is_for_model(version, version)
+    assert not is_for_model(version, "0123456789ab")
+    assert not is_for_model(version, None)
+    assert is_for_served_model(version, settings)
+    assert not is_for_served_model("0123456789ab", settings)
+
+    model.unlink()
+    with pytest.raises(UserError, match="model file not found"):
+        serving_version(settings)
+    assert not is_for_served_model(version, settings)  # no model serves: no work is for it
