@@ -1,10 +1,11 @@
 """The review desk in a real browser, end to end: ``refund-sorter review-server`` started as
 an operator starts it, against PostgreSQL holding a real night (the shipped model on the
 sample photos); headless Chromium logs in, confirms one photo with a click, corrects the
-next with a key press, and the table and the CSV say so.
+next with a key press, and the table and the CSV say so; then a second reviewer enlarges a
+photo, decides it, undoes that with its key and opens the progress page.
 
-``SCREENSHOT_TO=docs/review-desk.png pytest tests/review/test_browser.py`` also saves the
-page as the README shows it.
+``SCREENSHOT_TO=docs/review-desk.png SCREENSHOT_PROGRESS_TO=docs/review-progress.png pytest
+tests/review/test_browser.py`` also saves the pages as docs/review-desk.md shows them.
 """
 
 import csv
