@@ -1,5 +1,6 @@
 """SQL tables: one row per sweep run, one row per image content and model version, one row
-per review of a prediction.
+per review of a prediction; the review desk's claims on photos and its count of failed
+logins.
 
 Tables are created and changed only by the Alembic migrations in ``migrations/``.
 """
@@ -128,7 +129,7 @@ class Prediction(Base):
 
 class Review(Base):
     """A person's decision on one prediction's category. A photo reviewed again gets another
-    row: the newest (highest id) is the answer, the others are its history."""
+    row: the newest (highest id) not undone is the answer, the others are its history."""
 
     __tablename__ = "reviews"
     __table_args__ = (
@@ -142,3 +143,33 @@ class Review(Base):
     main_category: Mapped[str] = mapped_column(String(128))
     sub_category: Mapped[str] = mapped_column(String(128))
     reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # When its reviewer took it back (the desk's undo): the row stays as history, and no
+    # longer counts anywhere (queue, CSV, training set).
+    undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewClaim(Base):
+    """A photo the review desk is showing one reviewer: nobody else is shown it, or may
+    decide it, until ``expires_at``. One row per photo at most (the primary key), so taking
+    a claim is one conditional insert-or-update that two desk processes cannot both win."""
+
+    __tablename__ = "review_claims"
+
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id"), primary_key=True)
+    reviewer: Mapped[str] = mapped_column(String(128))
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LoginFailures(Base):
+    """Failed logins to the review desk, per account name (known or not) and per client
+    address: kept in the database so that every desk process counts the same. A row whose
+    quiet period has passed means no more than no row, and is deleted."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_last_failure_at", "last_failure_at"),)
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)  # account:NAME, address:IP
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

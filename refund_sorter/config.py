@@ -7,6 +7,7 @@ a Redis broker on localhost, the model shipped in ``assets/``.
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,7 +40,11 @@ class Settings(BaseSettings):
     failed_dir: Path | None = None
     export_dir: Path | None = None
     sweep_cron: str = "0 2 * * *"
-    timezone: str = "UTC"
+    timezone: str = Field(
+        "UTC",
+        description="IANA time zone of the sweep's cron expression and of the review desk's "
+        "days (its progress page).",
+    )
     batch_size: int = Field(
         32,
         ge=1,
@@ -86,6 +91,18 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds before Redis hands an unacknowledged message to another worker.",
     )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_time_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not a time zone this machine knows: use an IANA name such as "
+                "UTC or Europe/Berlin"
+            ) from None
+        return value
 
     @field_validator("review_threshold", mode="before")
     @classmethod
@@ -151,6 +168,18 @@ class Settings(BaseSettings):
         False,
         description="The review desk is reached over HTTPS (a TLS proxy): its session cookie "
         "is then never sent over plain HTTP.",
+    )
+
+    review_claim_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="How long the review desk holds a photo it shows a reviewer: nobody else "
+        "is shown it, or may decide it, meanwhile.",
+    )
+    review_trust_proxy: bool = Field(
+        False,
+        description="The review desk is reached only through a proxy that appends the client's "
+        "address to X-Forwarded-For: the login limit then counts that address, not the proxy's.",
     )
 
     @field_validator("reviewers")

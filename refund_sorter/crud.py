@@ -7,15 +7,37 @@ and keyword arguments; the producer, the workers and local mode call them.
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import chain, islice
 from pathlib import Path
 
-from sqlalchemy import Subquery, bindparam, case, func, insert, select, update
+from sqlalchemy import (
+    Insert,
+    Subquery,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import ItemStatus, Prediction, Review, SweepRun, SweepStatus, utcnow
+from models import (
+    ItemStatus,
+    LoginFailures,
+    Prediction,
+    Review,
+    ReviewClaim,
+    SweepRun,
+    SweepStatus,
+    utcnow,
+)
 from refund_sorter.messages import WorkItem
 from refund_sorter.redact import redact
 
@@ -436,8 +458,111 @@ def record_review(
     return review
 
 
+def undo_last_review(session: Session, *, reviewer: str) -> Review | None:
+    """Take back ``reviewer``'s newest decision not yet undone, in the caller's transaction:
+    the row stays, marked ``undone_at``, and no longer counts. None when there is none (or a
+    concurrent undo took the same one: a double press undoes one decision, not two)."""
+    newest = (
+        select(func.max(Review.id))
+        .where(Review.reviewer == reviewer, Review.undone_at.is_(None))
+        .scalar_subquery()
+    )
+    undone = session.scalar(
+        update(Review)
+        .where(Review.id == newest, Review.undone_at.is_(None))
+        .values(undone_at=utcnow())
+        .returning(Review.id)
+    )
+    return None if undone is None else session.get(Review, undone)
+
+
 def latest_reviews() -> Subquery:
-    """The newest review of each reviewed prediction (the answer that counts), to join on
-    ``prediction_id``. Newest by id, which only grows, rather than by a clock."""
-    newest = select(func.max(Review.id)).group_by(Review.prediction_id)
+    """The newest review not undone of each reviewed prediction (the answer that counts), to
+    join on ``prediction_id``. Newest by id, which only grows, rather than by a clock."""
+    newest = (
+        select(func.max(Review.id)).where(Review.undone_at.is_(None)).group_by(Review.prediction_id)
+    )
     return select(Review).where(Review.id.in_(newest)).subquery("latest_review")
+
+
+def _upsert(session: Session, table: Table) -> Insert:
+    """An INSERT that takes ``on_conflict_do_update``, in the session's SQL dialect."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def claim_photo(
+    session: Session, *, prediction_id: int, reviewer: str, seconds: float
+) -> ReviewClaim | None:
+    """Hold a photo for ``reviewer`` for ``seconds`` from now, in the caller's transaction:
+    the claim, or None when another reviewer's claim on it still lives.
+
+    One statement, an insert that on conflict updates only an expired claim or the
+    reviewer's own: of two desk processes claiming the same photo at once, PostgreSQL makes
+    the second wait for the first and then finds the claim live, so only one wins (SQLite
+    runs one writer at a time)."""
+    now = utcnow()
+    claims = ReviewClaim.__table__
+    statement = _upsert(session, claims).values(
+        prediction_id=prediction_id,
+        reviewer=reviewer,
+        claimed_at=now,
+        expires_at=now + timedelta(seconds=seconds),
+    )
+    taken = session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[claims.c.prediction_id],
+            set_={
+                "reviewer": statement.excluded.reviewer,
+                "claimed_at": statement.excluded.claimed_at,
+                "expires_at": statement.excluded.expires_at,
+            },
+            where=or_(claims.c.expires_at <= now, claims.c.reviewer == reviewer),
+        ).returning(claims.c.prediction_id)
+    ).scalar()
+    if taken is None:
+        return None
+    return session.get(ReviewClaim, prediction_id, populate_existing=True)
+
+
+def release_claims(session: Session, *, reviewer: str, keep: int | None = None) -> None:
+    """Let go of ``reviewer``'s claims (but the one on ``keep``): a reviewer holds the photo
+    the desk shows them, and no other."""
+    query = delete(ReviewClaim).where(ReviewClaim.reviewer == reviewer)
+    if keep is not None:
+        query = query.where(ReviewClaim.prediction_id != keep)
+    session.execute(query)
+
+
+def count_login_failure(session: Session, *, key: str, quiet_before: datetime) -> int:
+    """Count one failed login for ``key`` (``account:NAME`` or ``address:IP``), in the
+    caller's transaction, and return its failures in a row. Rows quiet since before
+    ``quiet_before`` (no failure and no lock since) are forgotten first, this one included:
+    its count starts again at 1."""
+    session.execute(
+        delete(LoginFailures).where(
+            LoginFailures.last_failure_at < quiet_before,
+            or_(LoginFailures.locked_until.is_(None), LoginFailures.locked_until < quiet_before),
+        )
+    )
+    now = utcnow()
+    failures = LoginFailures.__table__
+    statement = _upsert(session, failures).values(key=key, failures=1, last_failure_at=now)
+    return session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[failures.c.key],
+            set_={"failures": failures.c.failures + 1, "last_failure_at": now},
+        ).returning(failures.c.failures)
+    ).scalar_one()
+
+
+def lock_login(session: Session, *, key: str, until: datetime) -> None:
+    """Refuse logins for ``key`` until ``until`` (the row ``count_login_failure`` made)."""
+    session.execute(
+        update(LoginFailures).where(LoginFailures.key == key).values(locked_until=until)
+    )
+
+
+def forget_login_failures(session: Session, *, key: str) -> None:
+    """A successful login: ``key``'s failures no longer count."""
+    session.execute(delete(LoginFailures).where(LoginFailures.key == key))

@@ -3,8 +3,11 @@ unsure of (``needs_review``), and the way their answers go back into training.
 
 - ``app``: the FastAPI application: login, the queue of photos, decisions, the photos
   themselves (``create_app``). Started by ``refund-sorter review-server``.
-- ``auth``: who may log in, the key that signs session cookies, CSRF tokens.
-- ``queue``: what the page reads: the next photo to review, the filters, a photo's history.
+- ``auth``: who may log in, the key that signs session cookies, CSRF tokens, the limit on
+  failed logins.
+- ``queue``: what the page reads: the next photo to review (leaving out those another
+  reviewer holds), the filters, a photo's history, the reviewer's last decision.
+- ``progress``: each reviewer's day and what is left, for the progress page.
 - ``training_set``: copying reviewed photos into a ``<main>/<sub>/`` folder for ``train``.
 
 Every row is written by ``refund_sorter.crud``. Never imports PyTorch: the model's

@@ -2,17 +2,23 @@
 ``refund-sorter review-server`` serves it (on 127.0.0.1 unless told otherwise).
 
 Pages: ``/login``; ``/review``, the next photo of a selection (night, predicted category);
-``/review/{id}``, one photo with its history, to decide again; ``/photos/{id}``, the photo
+``/review/{id}``, one photo with its history, to decide again; ``/undo``, which takes back
+the reviewer's last decision; ``/progress``, the team's day; ``/photos/{id}``, the photo
 file itself, served only from inside the processed, incoming and failed folders. Everything
 but the login page and ``/healthz`` needs a logged-in reviewer, and every form carries the
 session's CSRF token.
+
+A photo shown to a reviewer is claimed for them (REFUND_SORTER_REVIEW_CLAIM_SECONDS): no
+other reviewer is shown it or may decide it until the claim ends.
 """
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,18 +33,19 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from classifier.checkpoint_taxonomy import read_taxonomy
 from classifier.taxonomy import Taxonomy
-from models import ItemStatus, Prediction, SweepRun
+from models import ItemStatus, Prediction, SweepRun, utcnow
 from refund_sorter import crud
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.files import inside
 from refund_sorter.images import UnreadableImage, sniff
-from review import queue
+from review import auth, progress, queue
 from review.auth import authenticate, csrf_token, csrf_valid, reviewers, session_secret
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 SESSION_SECONDS = 12 * 3600  # a working day; then the reviewer logs in again
+CLAIM_TRIES = 20  # photos tried in turn when other reviewers claim them at the same moment
 SECURITY_HEADERS = {
     # Scripts, styles and images from the desk itself only: no inline script can run.
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; script-src 'self'; "
@@ -68,6 +75,14 @@ class Desk:
     taxonomy: Taxonomy
     accounts: dict[str, str]  # reviewer -> password hash
     templates: Jinja2Templates
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.settings.timezone)
+
+    def local(self, moment: datetime) -> datetime:
+        """A time from the database, in REFUND_SORTER_TIMEZONE."""
+        return crud.as_utc(moment).astimezone(self.zone)
 
     @property
     def categories(self) -> list[tuple[str, str]]:
@@ -130,6 +145,9 @@ def create_app(settings: Settings) -> FastAPI:
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
+    desk.templates.env.filters["local"] = lambda moment: desk.local(moment).strftime(
+        "%Y-%m-%d %H:%M"
+    )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)
     app.add_exception_handler(LoginRequired, _to_login)
@@ -234,8 +252,35 @@ def login(
 ) -> Response:
     name, password = str(form.get("name", "")), str(form.get("password", ""))
     target = _safe_next(str(form.get("next", "")))
-    if not authenticate(desk.accounts, name, password):
-        log.warning("failed login to the review desk as %r", name)
+    address = auth.client_address(request, desk.settings.review_trust_proxy)
+    with desk.sessions() as session:
+        wait = auth.login_wait(session, name, address, utcnow())
+    if wait:
+        # Refused before the password is looked at: a locked account tells nothing, not even
+        # whether this password was the right one.
+        log.warning(
+            "refused a login to the review desk as %r from %s: too many failed logins, "
+            "locked for %d s more",
+            name,
+            address,
+            wait,
+        )
+        minutes = -(-wait // 60)
+        error = (
+            "Too many failed logins for this name or from this address. "
+            f"Try again in {minutes} minute{'s' if minutes > 1 else ''}."
+        )
+        response = render(request, "login.html", {"next": target, "error": error}, 429)
+        response.headers["Retry-After"] = str(wait)
+        return response
+    ok = authenticate(desk.accounts, name, password)
+    with desk.sessions.begin() as session:
+        if ok:
+            auth.forget_failed_logins(session, name)
+        else:
+            auth.count_failed_login(session, name, address)
+    if not ok:
+        log.warning("failed login to the review desk as %r from %s", name, address)
         context = {"next": target, "error": "Wrong name or password."}
         return render(request, "login.html", context, 401)
     request.session.clear()  # a fresh session (and CSRF token) for the reviewer
@@ -244,7 +289,10 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request, _form: CheckedForm) -> RedirectResponse:
+def logout(request: Request, _form: CheckedForm, desk: DeskDep) -> RedirectResponse:
+    if reviewer := request.session.get("reviewer"):
+        with desk.sessions.begin() as session:
+            crud.release_claims(session, reviewer=reviewer)  # back to the others at once
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
 
@@ -254,6 +302,27 @@ def _selection(desk: Desk, sweep: int | None, category: str) -> queue.Selection:
     return queue.Selection(sweep=sweep, main=main, sub=sub)
 
 
+def _held_elsewhere(desk: Desk, session: Session, photo: Prediction) -> PageError:
+    claim = queue.claim_on(session, photo.id)
+    until = f"{desk.local(claim.expires_at):%H:%M} ({desk.settings.timezone})" if claim else "now"
+    who = claim.reviewer if claim else "another reviewer"
+    return PageError(
+        409,
+        f"{who} is deciding {photo.file_name} right now: the desk holds it for them until "
+        f"{until}, and shows it to nobody else meanwhile. Nothing was saved; go on with the "
+        "next photo.",
+    )
+
+
+def _claim(desk: Desk, session: Session, photo: Prediction, reviewer: str) -> bool:
+    """Hold ``photo`` for ``reviewer`` and let go of the one they held before."""
+    seconds = desk.settings.review_claim_seconds
+    if crud.claim_photo(session, prediction_id=photo.id, reviewer=reviewer, seconds=seconds):
+        crud.release_claims(session, reviewer=reviewer, keep=photo.id)
+        return True
+    return False
+
+
 def _page(
     request: Request,
     desk: Desk,
@@ -261,6 +330,7 @@ def _page(
     photo: Prediction | None,
     selection: queue.Selection,
     category: str,
+    reviewer: str,
 ) -> Response:
     context = {
         "photo": photo,
@@ -274,6 +344,8 @@ def _page(
         "recent": queue.recent_reviews(session),
         "alternatives": _alternatives(photo),
         "night_of": session.get(SweepRun, photo.sweep_run_id) if photo else None,
+        "undoable": queue.last_decision(session, reviewer),
+        "claim_minutes": round(desk.settings.review_claim_seconds / 60),
     }
     return render(request, "review.html", context)
 
@@ -297,10 +369,15 @@ def review_queue(
     after: int | None = None,
 ) -> Response:
     selection = _selection(desk, sweep, category)
-    with desk.sessions() as session:
+    with desk.sessions.begin() as session:
         skipped = session.get(Prediction, after) if after is not None else None
-        photo = queue.next_photo(session, selection, after=skipped)
-        return _page(request, desk, session, photo, selection, category)
+        for _ in range(CLAIM_TRIES):
+            now = utcnow()
+            photo = queue.next_photo(session, selection, reviewer=reviewer, now=now, after=skipped)
+            # Claimed by someone else since the query? The next query leaves it out.
+            if photo is None or _claim(desk, session, photo, reviewer):
+                return _page(request, desk, session, photo, selection, category, reviewer)
+    raise PageError(503, "Other reviewers took every photo offered meanwhile: reload the page.")
 
 
 @router.get("/review/{prediction_id}")
@@ -313,11 +390,13 @@ def review_one(
     category: str = "",
 ) -> Response:
     selection = _selection(desk, sweep, category)
-    with desk.sessions() as session:
+    with desk.sessions.begin() as session:
         photo = session.get(Prediction, prediction_id)
         if photo is None or photo.status != ItemStatus.OK:
             raise PageError(404, f"No classified photo has the number {prediction_id}.")
-        return _page(request, desk, session, photo, selection, category)
+        if not _claim(desk, session, photo, reviewer):
+            raise _held_elsewhere(desk, session, photo)
+        return _page(request, desk, session, photo, selection, category, reviewer)
 
 
 @router.post("/review/{prediction_id}")
@@ -332,19 +411,67 @@ def decide(
     category = str(form.get("category", ""))
     sweep = str(form.get("sweep", ""))
     with desk.sessions.begin() as session:
-        saved = crud.record_review(
+        photo = session.get(Prediction, prediction_id)
+        if photo is None or photo.status != ItemStatus.OK:
+            raise PageError(404, f"No classified photo has the number {prediction_id}.")
+        # The claim, taken again in the decision's own transaction: a claim that ran out
+        # unclaimed is this reviewer's again, one another reviewer holds refuses the decision.
+        if not _claim(desk, session, photo, reviewer):
+            raise _held_elsewhere(desk, session, photo)
+        crud.record_review(
             session,
             prediction_id=prediction_id,
             reviewer=reviewer,
             main_category=main,
             sub_category=sub,
         )
-        if saved is None:
-            raise PageError(404, f"No classified photo has the number {prediction_id}.")
-        name = session.get(Prediction, prediction_id).file_name
+        crud.release_claims(session, reviewer=reviewer)
+        name = photo.file_name
     request.session["flash"] = f"Saved {main} / {sub} for {name}."
-    filters = {k: v for k, v in (("sweep", sweep), ("category", category)) if v}
-    return RedirectResponse(f"/review?{urlencode(filters)}", status_code=303)
+    return RedirectResponse(f"/review?{_filters(sweep, category)}", status_code=303)
+
+
+def _filters(sweep: str, category: str) -> str:
+    return urlencode({k: v for k, v in (("sweep", sweep), ("category", category)) if v})
+
+
+@router.post("/undo")
+def undo(form: CheckedForm, request: Request, reviewer: Reviewer, desk: DeskDep) -> Response:
+    """Take back the reviewer's last decision and show its photo again, to decide anew."""
+    with desk.sessions.begin() as session:
+        undone = crud.undo_last_review(session, reviewer=reviewer)
+        photo = session.get(Prediction, undone.prediction_id) if undone else None
+    filters = _filters(str(form.get("sweep", "")), str(form.get("category", "")))
+    if photo is None:
+        request.session["flash"] = "You have no decision left to undo."
+        return RedirectResponse(f"/review?{filters}", status_code=303)
+    request.session["flash"] = (
+        f"Undone: {undone.main_category} / {undone.sub_category} for {photo.file_name}. "
+        "Decide it again."
+    )
+    return RedirectResponse(f"/review/{photo.id}?{filters}", status_code=303)
+
+
+@router.get("/progress")
+def progress_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Response:
+    """Each reviewer's day so far, and what is left for the team."""
+    now = utcnow()
+    start, end = progress.day_bounds(desk.zone, now)
+    with desk.sessions() as session:
+        oldest = queue.oldest_undecided(session)
+        context = {
+            "day": desk.local(now).date(),
+            "zone": desk.settings.timezone,
+            "reviewers": progress.reviewers_on(session, start, end),
+            "nights": [n for n in queue.nights(session) if n.left],
+            "oldest": oldest,
+            "oldest_age": progress.how_long(
+                (now - crud.as_utc(oldest.classified_at)).total_seconds()
+            )
+            if oldest
+            else None,
+        }
+        return render(request, "progress.html", context)
 
 
 @router.get("/photos/{prediction_id}")

@@ -1,5 +1,6 @@
 """What the review desk reads: the photos flagged for review that nobody has decided yet,
-newest night first, with the filters the page offers. Read-only; ``crud`` writes."""
+newest night first, with the filters the page offers; who holds a photo. Read-only;
+``crud`` writes (and takes the claims)."""
 
 from dataclasses import dataclass
 from datetime import datetime
@@ -7,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from models import ItemStatus, Prediction, Review, SweepRun
+from models import ItemStatus, Prediction, Review, ReviewClaim, SweepRun
 
 
 @dataclass(frozen=True)
@@ -27,12 +28,20 @@ class Night:
     left: int  # of which nobody has decided yet
 
 
-_unreviewed = ~exists().where(Review.prediction_id == Prediction.id)
+_reviewed = exists().where(Review.prediction_id == Prediction.id, Review.undone_at.is_(None))
 _flagged = and_(Prediction.needs_review, Prediction.status == ItemStatus.OK)
 
 
+def _held_by_another(reviewer: str, now: datetime):
+    return exists().where(
+        ReviewClaim.prediction_id == Prediction.id,
+        ReviewClaim.reviewer != reviewer,
+        ReviewClaim.expires_at > now,
+    )
+
+
 def _to_review(selection: Selection) -> Select:
-    query = select(Prediction).where(_flagged, _unreviewed)
+    query = select(Prediction).where(_flagged, ~_reviewed)
     if selection.sweep is not None:
         query = query.where(Prediction.sweep_run_id == selection.sweep)
     if selection.main is not None:
@@ -43,11 +52,21 @@ def _to_review(selection: Selection) -> Select:
 
 
 def next_photo(
-    session: Session, selection: Selection, after: Prediction | None = None
+    session: Session,
+    selection: Selection,
+    *,
+    reviewer: str,
+    now: datetime,
+    after: Prediction | None = None,
 ) -> Prediction | None:
-    """The next photo to decide: newest night first, in the order the night found them. With
-    ``after`` (a photo skipped), the one behind it, or the first again at the end."""
-    query = _to_review(selection).order_by(Prediction.sweep_run_id.desc(), Prediction.id)
+    """The next photo for ``reviewer`` to decide: newest night first, in the order the night
+    found them, leaving out those another reviewer's claim holds at ``now``. With ``after``
+    (a photo skipped), the one behind it, or the first again at the end."""
+    query = (
+        _to_review(selection)
+        .where(~_held_by_another(reviewer, now))
+        .order_by(Prediction.sweep_run_id.desc(), Prediction.id)
+    )
     if after is not None:
         behind = or_(
             Prediction.sweep_run_id < after.sweep_run_id,
@@ -65,13 +84,12 @@ def count_left(session: Session, selection: Selection) -> int:
 
 def nights(session: Session, last: int = 60) -> list[Night]:
     """The last nights that flagged photos, newest first, with how many are left."""
-    reviewed = exists().where(Review.prediction_id == Prediction.id)
     rows = session.execute(
         select(
             SweepRun.id,
             SweepRun.started_at,
             func.count(Prediction.id),
-            func.count(Prediction.id).filter(~reviewed),
+            func.count(Prediction.id).filter(~_reviewed),
         )
         .join(Prediction, Prediction.sweep_run_id == SweepRun.id)
         .where(_flagged)
@@ -82,8 +100,30 @@ def nights(session: Session, last: int = 60) -> list[Night]:
     return [Night(*row) for row in rows]
 
 
+def oldest_undecided(session: Session) -> Prediction | None:
+    """The photo flagged for review longest ago that nobody has decided yet."""
+    query = _to_review(Selection()).order_by(Prediction.classified_at, Prediction.id)
+    return session.scalar(query.limit(1))
+
+
+def claim_on(session: Session, prediction_id: int) -> ReviewClaim | None:
+    return session.get(ReviewClaim, prediction_id, populate_existing=True)
+
+
+def last_decision(session: Session, reviewer: str) -> tuple[Review, Prediction] | None:
+    """The reviewer's newest decision not undone, and its photo: what the undo takes back."""
+    row = session.execute(
+        select(Review, Prediction)
+        .join(Prediction, Prediction.id == Review.prediction_id)
+        .where(Review.reviewer == reviewer, Review.undone_at.is_(None))
+        .order_by(Review.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
 def history(session: Session, prediction_id: int) -> list[Review]:
-    """Every decision on one photo, newest (the one that counts) first."""
+    """Every decision on one photo, newest first (the newest not undone counts)."""
     return list(
         session.scalars(
             select(Review).where(Review.prediction_id == prediction_id).order_by(Review.id.desc())

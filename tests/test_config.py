@@ -53,6 +53,28 @@ def test_a_bad_setting_is_a_plain_error(monkeypatch):
     assert "Traceback" not in result.output
 
 
+def test_the_time_zone_must_be_one_zoneinfo_knows(monkeypatch):
+    assert Settings(timezone="Europe/Berlin").timezone == "Europe/Berlin"
+    for wrong in ("Mars/Olympus_Mons", "CEST", "../etc/passwd"):
+        monkeypatch.setenv("REFUND_SORTER_TIMEZONE", wrong)
+        result = runs_with_fresh_settings()
+        assert result.exit_code == 1, wrong
+        assert "REFUND_SORTER_TIMEZONE" in result.output
+        assert "is not a time zone this machine knows: use an IANA name such as" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_the_review_desks_claims_and_proxy_settings(monkeypatch):
+    for key in [k for k in __import__("os").environ if k.startswith("REFUND_SORTER_")]:
+        monkeypatch.delenv(key)
+    s = Settings()
+    assert (s.review_claim_seconds, s.review_trust_proxy) == (300, False)
+    monkeypatch.setenv("REFUND_SORTER_REVIEW_CLAIM_SECONDS", "0")
+    result = runs_with_fresh_settings()
+    assert result.exit_code == 1
+    assert "REFUND_SORTER_REVIEW_CLAIM_SECONDS" in result.output
+
+
 def test_retries_double_and_the_visibility_timeout_must_outlast_the_longest(monkeypatch):
     for key in [k for k in __import__("os").environ if k.startswith("REFUND_SORTER_")]:
         monkeypatch.delenv(key)

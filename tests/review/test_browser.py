@@ -1,10 +1,11 @@
 """The review desk in a real browser, end to end: ``refund-sorter review-server`` started as
 an operator starts it, against PostgreSQL holding a real night (the shipped model on the
 sample photos); headless Chromium logs in, confirms one photo with a click, corrects the
-next with a key press, and the table and the CSV say so.
+next with a key press, and the table and the CSV say so; then a second reviewer enlarges a
+photo, decides it, undoes that with its key and opens the progress page.
 
-``SCREENSHOT_TO=docs/review-desk.png pytest tests/review/test_browser.py`` also saves the
-page as the README shows it.
+``SCREENSHOT_TO=docs/review-desk.png SCREENSHOT_PROGRESS_TO=docs/review-progress.png pytest
+tests/review/test_browser.py`` also saves the pages as docs/review-desk.md shows them.
 """
 
 import csv
@@ -176,3 +177,54 @@ def test_a_reviewer_confirms_one_photo_and_corrects_another(
     assert sha256_bytes(Path(prediction(night, first).final_path).read_bytes()) == (
         prediction(night, first).content_hash
     )
+
+
+def test_a_decision_undone_with_its_key_the_zoom_and_the_progress_page(night, server, browser):
+    b = browser
+    b.open(f"{server}/login")
+    b.type("input[name=name]", "ben")
+    b.type("input[name=password]", PASSWORDS["ben"])
+    with b.next_page():
+        b.click("form.login button[type=submit]")
+    photo = photo_on_page(b)
+
+    zoomed = "document.querySelector('.photo').classList.contains('zoomed')"
+    b.press("z")  # enlarges, and shrinks again
+    assert b.wait_for(zoomed)
+    b.press("z")
+    assert not b.js(zoomed)
+    b.press("z")
+    assert b.wait_for(zoomed)
+    escape = {"key": "Escape", "code": "Escape", "windowsVirtualKeyCode": 27}
+    b.send("Input.dispatchKeyEvent", type="keyDown", **escape)  # so does Escape
+    b.send("Input.dispatchKeyEvent", type="keyUp", **escape)
+    assert not b.js(zoomed)
+    b.click(".photo img")  # the mouse enlarges it too
+    assert b.wait_for(zoomed)
+    b.click(".photo img")
+    assert not b.js(zoomed)
+
+    with b.next_page():
+        b.press("Enter")  # confirms
+    assert photo_on_page(b) != photo
+    (decided,) = reviews_of(night, photo)
+    assert decided.reviewer == "ben" and decided.undone_at is None
+    with b.next_page():
+        b.press("u")  # takes it back: the photo is shown again, to decide anew
+    assert photo_on_page(b) == photo
+    assert "Undone:" in b.text() and b.url().startswith(f"{server}/review/{photo}")
+    (undone,) = reviews_of(night, photo)
+    assert undone.undone_at is not None
+
+    with b.next_page():
+        b.click("a[href='/progress']")
+    assert b.url() == f"{server}/progress"
+    table = b.wait_for(
+        "document.querySelector('#reviewers') && document.querySelector('#reviewers').innerText"
+    )
+    lines = {line.split("\t")[0]: line.split("\t")[1:] for line in table.splitlines()[1:]}
+    assert lines["anna"][:2] == ["2", "50% (1)"]  # the first test confirmed one, corrected one
+    assert "ben" not in lines  # his only decision was undone
+    assert "Oldest undecided photo" in b.text()
+    if target := os.environ.get("SCREENSHOT_PROGRESS_TO"):
+        b.screenshot(REPO_ROOT / target)
