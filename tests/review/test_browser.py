@@ -60,7 +60,8 @@ def night(tmp_path_factory, accounts):
         for sample in sorted(SAMPLES.glob("*.jpg")):
             if sample.name != "damaged-upload.jpg":
                 (incoming.root / sample.name).write_bytes(sample.read_bytes())
-        run = local_sweep(settings, Classifier.from_path(SHIPPED_MODEL, "cpu"))
+        clf = Classifier.from_path(SHIPPED_MODEL, "cpu", "auto", settings.review_threshold)
+        run = local_sweep(settings, clf)
         assert run.succeeded == 20
         yield settings
 
