@@ -29,7 +29,7 @@ from refund_sorter import crud
 from refund_sorter.celery_app import app, publish
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
-from refund_sorter.files import settle
+from refund_sorter.export import export_sweeps
 from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK, WorkItem, read_task
 from worker.pipeline import IGNORED, REFUSED, load_classifier, process_batch, torch_threads
 
@@ -198,7 +198,7 @@ def _give_up(items: list[WorkItem], error: str, settings: Settings) -> None:
         # check publishes them again once the database is back and the sweep looks stalled.
         log.error("could not mark %d images failed (%s); they stay queued", len(items), exc)
         return
-    settle([], finished, sessions=sessions, export_dir=settings.export_dir)
+    export_sweeps(sessions, finished, settings.export_dir)
 
 
 # ------------------------------------------------------------------- model at process start
