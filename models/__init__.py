@@ -45,6 +45,12 @@ class ItemStatus:
     QUEUED = "queued"
     OK = "ok"
     FAILED = "failed"
+    # Could not be decoded while it was still being written (refund_sorter.arrival): left in
+    # incoming/ untouched, for a later sweep to take once it is complete.
+    DEFERRED = "deferred"
+
+
+_NOT_FAILED_NOR_DEFERRED = f"status NOT IN ('{ItemStatus.FAILED}', '{ItemStatus.DEFERRED}')"
 
 
 class SweepRun(Base):
@@ -75,6 +81,8 @@ class SweepRun(Base):
     failed: Mapped[int] = mapped_column(Integer, default=0)
     skipped: Mapped[int] = mapped_column(Integer, default=0)
     pending: Mapped[int] = mapped_column(Integer, default=0)  # enqueued, not yet done
+    # Left for later: still being written when read. Added to a table that held sweeps.
+    deferred: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     message: Mapped[str | None] = mapped_column(Text)
 
 
@@ -84,15 +92,16 @@ class Prediction(Base):
     __tablename__ = "predictions"
     __table_args__ = (
         # The same image content is classified once per model version, never twice. Failed
-        # rows are history (every unreadable upload keeps its own row), so they are exempt,
-        # and a retried file gets a fresh row.
+        # and deferred rows are history (every unreadable upload keeps its own row, and so
+        # does each sweep that found a file still being written), so they are exempt, and a
+        # retried file gets a fresh row.
         Index(
             "uq_predictions_hash_model",
             "content_hash",
             "model_version",
             unique=True,
-            postgresql_where=text(f"status <> '{ItemStatus.FAILED}'"),
-            sqlite_where=text(f"status <> '{ItemStatus.FAILED}'"),
+            postgresql_where=text(_NOT_FAILED_NOR_DEFERRED),
+            sqlite_where=text(_NOT_FAILED_NOR_DEFERRED),
         ),
         Index("ix_predictions_sweep_status", "sweep_run_id", "status"),
         Index("ix_predictions_classified_at", "classified_at"),

@@ -3,11 +3,13 @@
 One file never stops the scan. Each entry below ``incoming/`` ends up as one of:
 
 - ``Found`` with no error: an image, hashed, to classify (or to file as already classified);
-- ``Found`` with an error: a file to record as failed. Either it is not an image (it goes to
-  ``failed/``), or its bytes cannot be read at all (permission denied, I/O error): such a
-  file is recorded but never moved (``readable`` is False), since what cannot be read cannot
-  be copied across file systems either, and an uploader may still be finishing it; once the
-  service user can read it, the next sweep classifies it;
+- ``Found`` with an error: a file that is not an image as it is now. If it is still being
+  written (``refund_sorter.arrival``, from ``modified`` and ``changed``), the sweep leaves it
+  for later; otherwise it is recorded as failed and goes to ``failed/``. Or its bytes cannot
+  be read at all (permission denied, I/O error): such a file is recorded as failed but never
+  moved (``readable`` is False), since what cannot be read cannot be copied across file
+  systems either, and an uploader may still be finishing it; once the service user can read
+  it, the next sweep classifies it;
 - ``LeftAlone``: nothing to record, only a reason to log. Symbolic links are never followed
   (one could point anywhere outside ``incoming/``), nor are pipes, sockets and devices
   read; a folder that cannot be listed is skipped whole; a file that vanished, or became a
@@ -39,6 +41,8 @@ class Found:
     content_hash: str  # for an unreadable file: UNREADABLE_PREFIX + fingerprint
     error: str | None  # why the file cannot be classified, or None
     readable: bool = True  # False: its bytes could not be read; it stays where it is
+    modified: float = 0.0  # its modification time once read (seconds since the epoch)
+    changed: bool = False  # its size or modification time changed while it was read
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,9 @@ def inspect(path: Path) -> Found | LeftAlone:
             error = None
         except UnreadableImage as exc:
             error = str(exc)
-    return Found(path, content_hash, error)
+        read = os.fstat(fh.fileno())
+    changed = (opened.st_size, opened.st_mtime_ns) != (read.st_size, read.st_mtime_ns)
+    return Found(path, content_hash, error, modified=read.st_mtime, changed=changed)
 
 
 def _not_a_file(mode: int) -> str | None:

@@ -2,6 +2,7 @@
 the stall check that hands a stalled sweep's images to the workers again."""
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -11,9 +12,12 @@ from classifier.version import is_for_served_model, serving_version
 from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
 from producer.scan import Found, scan
 from refund_sorter import crud
+from refund_sorter.arrival import still_being_written
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
-from refund_sorter.files import destination, processed_destination, settle
+from refund_sorter.export import export_sweeps
+from refund_sorter.files import destination, move_files, processed_destination
+from refund_sorter.images import sha256_file
 from refund_sorter.messages import Dispatch, WorkItem
 
 log = logging.getLogger(__name__)
@@ -24,6 +28,7 @@ class SweepReport:
     run: SweepRun
     enqueued: list[WorkItem] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    deferred: list[tuple[Path, str]] = field(default_factory=list)  # left for later, and why
 
 
 def run_sweep(
@@ -31,13 +36,17 @@ def run_sweep(
 ) -> SweepReport:
     """Scan ``incoming/``, record every file, and dispatch one work item per new image.
 
-    Files that are not images are recorded as failed and moved to ``failed/``; images this
-    model already classified are counted as skipped and moved to ``processed/``. Each move
-    happens only after the row saying so is committed. A file whose bytes cannot be read is
-    recorded as failed and left where it is, as is one that cannot be moved; later sweeps
-    count such a file as skipped rather than record it again. What ``producer.scan`` leaves
-    alone (links, vanished files, ...) is only logged. A sweep with nothing to classify is
-    finished only after its moves, since finishing releases the lock.
+    Files that are not images are recorded as failed and moved to ``failed/``, unless they
+    are still being written (``refund_sorter.arrival``): those are recorded as deferred and
+    left for a later sweep. Images this model already classified are counted as skipped and
+    moved to ``processed/``; a classified row whose file was left in ``incoming/`` (its move
+    failed) is corrected to name where it goes now. Each move happens only after the row
+    saying so is committed, and a move that fails leaves its row with no final path and the
+    reason. A file whose bytes cannot be read is recorded as failed and left where it is, as
+    is one that cannot be moved; later sweeps count such a file as skipped rather than
+    record it again. What ``producer.scan`` leaves alone (links, vanished files, ...) is only
+    logged. A sweep with nothing to classify is finished only after its moves, since
+    finishing releases the lock.
     """
     sessions = session_factory(settings.database_url)
     version = serving_version(settings)
@@ -62,7 +71,7 @@ def run_sweep(
             recorded = crud.failures_left_in_place(
                 session, (f.path for f in found if f.error is not None)
             )
-            plan = _plan(found, live, recorded, settings)
+            plan = _plan(found, live, recorded, settings, run.id)
             run = crud.record_scan(
                 session,
                 sweep_id=run.id,
@@ -72,20 +81,24 @@ def run_sweep(
                 queue=plan.queue,
                 live=live,
                 skipped=plan.skipped,
+                refiled=plan.refiled,
             )
-        _log_failures(plan)
-        stayed = settle(plan.moves, [], sessions=sessions, export_dir=settings.export_dir)
-        recorded_here = {f.path for f in plan.unreadable}
-        stayed = [(path, reason) for path, reason in stayed if path in recorded_here]
-        if stayed or not plan.queue:
+        _log_plan(plan)
+        outcomes = move_files([(m.src, m.dest) for m in plan.moves])
+        unmoved = [
+            crud.Unmoved(*m.row, str(m.dest), why)
+            for m, why in zip(plan.moves, outcomes, strict=True)
+            if why is not None and m.row is not None
+        ]
+        if unmoved or not plan.queue:
             with sessions.begin() as session:
-                crud.leave_in_place(session, sweep_id=run.id, stayed=stayed)
+                crud.record_unmoved(session, unmoved)
                 if not plan.queue:
                     # Only now, with every file where its row says, may the next sweep list
                     # incoming/: finishing before the moves let it hash files being moved.
                     run = crud.finish_sweep(session, sweep_id=run.id)
         if run.status == SweepStatus.FINISHED:
-            settle((), [run.id], sessions=sessions, export_dir=settings.export_dir)
+            export_sweeps(sessions, [run.id], settings.export_dir)
         enqueued = [WorkItem(str(f.path), f.content_hash, version) for f in plan.queue]
         if enqueued:
             dispatch(enqueued)
@@ -97,7 +110,12 @@ def run_sweep(
             )
         _export_abandoned(settings, stopped)
         raise
-    return SweepReport(run, enqueued, [(f.path, f.error) for f in plan.unreadable])
+    return SweepReport(
+        run,
+        enqueued,
+        failed=[(f.path, f.error) for f in plan.unreadable if f.status == ItemStatus.FAILED],
+        deferred=[(f.path, f.error) for f in plan.unreadable if f.status == ItemStatus.DEFERRED],
+    )
 
 
 def _export_abandoned(settings: Settings, sweep_ids: list[int]) -> None:
@@ -107,12 +125,7 @@ def _export_abandoned(settings: Settings, sweep_ids: list[int]) -> None:
     for sweep_id in sweep_ids:
         log.warning("sweep %s abandoned; its queued images go to the next sweep", sweep_id)
     try:
-        settle(
-            [],
-            sweep_ids,
-            sessions=session_factory(settings.database_url),
-            export_dir=settings.export_dir,
-        )
+        export_sweeps(session_factory(settings.database_url), sweep_ids, settings.export_dir)
     except Exception:
         log.exception("could not write the CSV of abandoned sweeps %s", sweep_ids)
 
@@ -170,11 +183,21 @@ def resume_stalled_sweep(
     return len(items)
 
 
+@dataclass(frozen=True)
+class _Move:
+    src: Path
+    dest: Path
+    # The (sweep, original path) of the row that will name ``dest``, corrected if the move
+    # fails; None for a copy of a classified photo whose row names its first copy.
+    row: tuple[int, str] | None
+
+
 @dataclass
 class _Plan:
     unreadable: list[crud.Unreadable] = field(default_factory=list)
     queue: list[crud.ScannedFile] = field(default_factory=list)
-    moves: list[tuple[Path, Path]] = field(default_factory=list)
+    moves: list[_Move] = field(default_factory=list)
+    refiled: list[tuple[Prediction, Path]] = field(default_factory=list)
     skipped: int = 0
     failed_before: int = 0  # of skipped: failed in an earlier sweep and still left here
 
@@ -184,6 +207,7 @@ def _plan(
     live: dict[str, Prediction],
     recorded: set[tuple[str, str]],
     settings: Settings,
+    sweep_id: int,
 ) -> _Plan:
     """Decide each file's fate from what the table already holds (no SQL, no moves).
 
@@ -191,18 +215,29 @@ def _plan(
     """
     plan = _Plan()
     seen: set[str] = set()
+    now = time.time()
     for f in found:
+        why = None  # why it is taken for a file still being written
+        if f.error is not None and f.readable:  # not an image now; perhaps not yet
+            why = still_being_written(
+                f.modified, settings.settle_seconds, changed=f.changed, now=now
+            )
         if f.error is not None and (str(f.path), f.content_hash) in recorded:
             # Recorded as failed by an earlier sweep and still here: one row is enough.
             plan.skipped += 1
             plan.failed_before += 1
+        elif why:  # left where it is, untouched, for a later sweep
+            error = f"{f.error}; {why}"
+            plan.unreadable.append(
+                crud.Unreadable(f.path, f.content_hash, error, None, ItemStatus.DEFERRED)
+            )
         elif f.error is not None:  # every such upload keeps its own row
             dest = None
             if f.readable:  # not an image: to failed/; an unreadable file stays put
                 dest = destination(
                     f.path, settings.incoming_dir, settings.failed_dir, f.content_hash
                 )
-                plan.moves.append((f.path, dest))
+                plan.moves.append(_Move(f.path, dest, (sweep_id, str(f.path))))
             plan.unreadable.append(crud.Unreadable(f.path, f.content_hash, f.error, dest))
         elif f.content_hash in seen:  # same bytes twice tonight: the copy waits a night
             plan.skipped += 1
@@ -211,16 +246,32 @@ def _plan(
             dest = processed_destination(
                 f.path, f.content_hash, settings, row.main_category, row.sub_category
             )
-            plan.moves.append((f.path, dest))
+            names = None
+            if not _holds(row.final_path, row.content_hash):
+                # Its earlier move failed: the row names where the file goes now.
+                plan.refiled.append((row, dest))
+                names = (row.sweep_run_id, row.original_path)
+            plan.moves.append(_Move(f.path, dest, names))
         else:  # new, failed before, or still queued by an abandoned sweep
             plan.queue.append(crud.ScannedFile(f.path, f.content_hash))
         seen.add(f.content_hash)
     return plan
 
 
-def _log_failures(plan: _Plan) -> None:
+def _holds(path: str | None, content_hash: str) -> bool:
+    """Whether ``path`` is a file with exactly this content: a classified row's final path
+    must name its photo, not a file that took the name since."""
+    try:
+        return path is not None and sha256_file(path) == content_hash
+    except OSError:
+        return False
+
+
+def _log_plan(plan: _Plan) -> None:
     for f in plan.unreadable:
-        if f.final_path is None:
+        if f.status == ItemStatus.DEFERRED:
+            log.info("left %s in incoming/ for later: %s", f.path, f.error)
+        elif f.final_path is None:
             log.warning("recorded %s as failed: %s", f.path, f.error)
     if plan.failed_before:
         log.info(

@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     sweep_stall_check_seconds: float = Field(
         60.0, gt=0, description="How often beat asks whether the running sweep stalled."
     )
+    settle_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="A file that cannot be decoded and was modified less than this long ago "
+        "is taken for one still being written: left in incoming/ for a later sweep, not "
+        "filed in failed/.",
+    )
     retry_delay: float = Field(
         60.0, gt=0, description="Seconds before a failed batch's first retry; doubles each time."
     )

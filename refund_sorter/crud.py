@@ -5,6 +5,7 @@ Functions take a session (or a session factory where they need transactions of t
 and keyword arguments; the producer, the workers and local mode call them.
 """
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -169,18 +170,31 @@ def recent_sweeps(session: Session, *, last: int) -> list[SweepRun]:
     return list(session.scalars(select(SweepRun).order_by(SweepRun.id.desc()).limit(last)))
 
 
+def deferred_files(session: Session, sweep_id: int, *, limit: int) -> list[tuple[str, str]]:
+    """The first ``limit`` files this sweep left for later (still being written), each with
+    why: (original path, error)."""
+    rows = session.execute(
+        select(Prediction.original_path, Prediction.error)
+        .where(Prediction.sweep_run_id == sweep_id, Prediction.status == ItemStatus.DEFERRED)
+        .order_by(Prediction.id)
+        .limit(limit)
+    )
+    return [(path, error) for path, error in rows]
+
+
 def live_predictions(
     session: Session, hashes: Iterable[str], model_version: str, chunk: int = 500
 ) -> dict[str, Prediction]:
-    """The queued or classified row of each content hash for this model (failed rows are
-    history and never block a retry)."""
+    """The queued or classified row of each content hash for this model (failed and deferred
+    rows are history and never block a retry)."""
     hashes = list(hashes)
     found: dict[str, Prediction] = {}
     for start in range(0, len(hashes), chunk):
         rows = session.scalars(
             select(Prediction).where(
                 Prediction.model_version == model_version,
-                Prediction.status != ItemStatus.FAILED,
+                # As the unique index's predicate, so the index serves the query.
+                Prediction.status.not_in((ItemStatus.FAILED, ItemStatus.DEFERRED)),
                 Prediction.content_hash.in_(hashes[start : start + chunk]),
             )
         )
@@ -212,8 +226,12 @@ class ScannedFile:
 
 @dataclass(frozen=True)
 class Unreadable(ScannedFile):
+    """A file the scan found that no worker gets: not an image (``failed``), or one still
+    being written (``deferred``, left where it is for a later sweep)."""
+
     error: str
     final_path: Path | None  # None: it stays where it is
+    status: str = ItemStatus.FAILED  # or ItemStatus.DEFERRED
 
 
 def record_scan(
@@ -226,29 +244,32 @@ def record_scan(
     queue: list[ScannedFile],
     live: dict[str, Prediction],
     skipped: int,
+    refiled: list[tuple[Prediction, Path]],
 ) -> SweepRun:
     """Write what a sweep's scan decided, in the caller's transaction, and its counters.
 
-    Each unreadable file gets a ``failed`` row of its own; each image to classify gets a
-    ``queued`` row, new or (``live``) left queued by an abandoned sweep and taken over. The
-    sweep stays ``running`` even with nothing to classify: ``finish_sweep`` ends it once
-    its files are moved.
+    Each unreadable file gets a ``failed`` or ``deferred`` row of its own; each image to
+    classify gets a ``queued`` row, new or (``live``) left queued by an abandoned sweep and
+    taken over. ``refiled``: classified rows whose file was found still in ``incoming/`` and
+    is about to be moved where their row will now say (their earlier move failed). The sweep
+    stays ``running`` even with nothing to classify: ``finish_sweep`` ends it once its files
+    are moved.
     """
     now = utcnow()
 
     def new_row(f: ScannedFile) -> dict:
-        failed = isinstance(f, Unreadable)
+        settled = isinstance(f, Unreadable)
         return {
             "content_hash": f.content_hash,
             "model_version": model_version,
             "sweep_run_id": sweep_id,
-            "status": ItemStatus.FAILED if failed else ItemStatus.QUEUED,
+            "status": f.status if settled else ItemStatus.QUEUED,
             "file_name": f.path.name,
             "original_path": str(f.path),
-            "final_path": str(f.final_path) if failed and f.final_path else None,
-            "error": f.error if failed else None,
+            "final_path": str(f.final_path) if settled and f.final_path else None,
+            "error": f.error if settled else None,
             "created_at": now,
-            "classified_at": now if failed else None,
+            "classified_at": now if settled else None,
         }
 
     # New rows go in as plain dicts, a thousand per statement: ORM objects for a night of
@@ -265,8 +286,12 @@ def record_scan(
         if (row := live.get(f.content_hash)) is not None:  # left by an abandoned sweep
             row.sweep_run_id, row.created_at = sweep_id, now
             row.file_name, row.original_path = f.path.name, str(f.path)
+    for row, dest in refiled:  # an error it holds said why it was left in incoming/
+        row.final_path, row.error = str(dest), None
     run = session.get(SweepRun, sweep_id)
-    run.found, run.enqueued, run.failed, run.skipped = found, len(queue), len(unreadable), skipped
+    statuses = Counter(f.status for f in unreadable)
+    run.found, run.enqueued, run.skipped = found, len(queue), skipped
+    run.failed, run.deferred = statuses[ItemStatus.FAILED], statuses[ItemStatus.DEFERRED]
     run.pending = len(queue)
     run.updated_at = now
     return run
@@ -293,18 +318,37 @@ def failures_left_in_place(
     return found
 
 
-def leave_in_place(session: Session, *, sweep_id: int, stayed: list[tuple[Path, str]]) -> None:
-    """Correct this sweep's failed rows whose file could not be moved: no final path, and
-    why it is still there."""
-    for path, reason in stayed:
+@dataclass(frozen=True)
+class Unmoved:
+    """A file still where it was, although the committed row (of sweep ``sweep_id`` for the
+    file found at ``original_path``) says it went to ``final_path``."""
+
+    sweep_id: int
+    original_path: str
+    final_path: str
+    reason: str
+
+
+def record_unmoved(session: Session, unmoved: Iterable[Unmoved]) -> None:
+    """Correct the rows of files whose move failed after the commit, ``ok`` and ``failed``
+    alike: no final path, and why the file is still where it was (in ``error``, after the
+    reason a failed row has). A row that no longer names that destination is left alone: a
+    later sweep has filed the file meanwhile."""
+    for u in unmoved:
+        note = f"left where it is: {u.reason}"
         session.execute(
             update(Prediction)
             .where(
-                Prediction.sweep_run_id == sweep_id,
-                Prediction.status == ItemStatus.FAILED,
-                Prediction.original_path == str(path),
+                Prediction.sweep_run_id == u.sweep_id,
+                Prediction.original_path == u.original_path,
+                Prediction.final_path == u.final_path,
             )
-            .values(final_path=None, error=Prediction.error + f"; left where it is: {reason}")
+            .values(
+                final_path=None,
+                error=case(
+                    (Prediction.error.is_(None), note), else_=Prediction.error + f"; {note}"
+                ),
+            )
         )
 
 
@@ -322,7 +366,7 @@ def finish_sweep(session: Session, *, sweep_id: int) -> SweepRun:
 class ItemResult:
     content_hash: str
     model_version: str
-    status: str  # ItemStatus.OK or ItemStatus.FAILED
+    status: str  # ItemStatus.OK, ItemStatus.FAILED or ItemStatus.DEFERRED
     final_path: str | None
     main_category: str | None = None
     main_confidence: float | None = None
@@ -335,7 +379,7 @@ class ItemResult:
 
 def record_failures(
     session: Session, items: list[WorkItem], error: str
-) -> tuple[set[str], list[int]]:
+) -> tuple[dict[str, int], list[int]]:
     """Mark the queued rows of ``items`` ``failed`` with ``error``, their files left where they
     are (no final path), so the next sweep tries them again; like ``record_results``."""
     return record_results(
@@ -376,16 +420,16 @@ _STORE_RESULT = (
 )
 
 
-def record_results(session: Session, results: list[ItemResult]) -> tuple[set[str], list[int]]:
+def record_results(session: Session, results: list[ItemResult]) -> tuple[dict[str, int], list[int]]:
     """Store a batch of results and advance their sweeps' counters, in the caller's transaction.
 
     Only rows still ``queued`` are updated, so a task delivered twice cannot overwrite or
-    double-count a result. Returns the hashes actually stored and the sweeps this batch
-    finished.
+    double-count a result. Returns the hashes actually stored, each with its row's sweep, and
+    the sweeps this batch finished.
     """
     now = utcnow()
-    stored: set[str] = set()
-    per_sweep: dict[int, list[int]] = {}
+    stored: dict[str, int] = {}
+    per_sweep: dict[int, Counter] = {}
     # One Core statement for every row (compiled once and cached): the ORM's bulk-update
     # machinery cost more than the update itself, once per image.
     connection = session.connection()
@@ -410,20 +454,22 @@ def record_results(session: Session, results: list[ItemResult]) -> tuple[set[str
         ).scalar()
         if sweep_id is None:
             continue
-        stored.add(r.content_hash)
-        counts = per_sweep.setdefault(sweep_id, [0, 0])
-        counts[0 if r.status == ItemStatus.OK else 1] += 1
+        stored[r.content_hash] = sweep_id
+        per_sweep.setdefault(sweep_id, Counter())[r.status] += 1
 
     finished = []
-    for sweep_id, (ok, failed) in sorted(per_sweep.items()):
+    for sweep_id, counts in sorted(per_sweep.items()):
+        ok, failed = counts[ItemStatus.OK], counts[ItemStatus.FAILED]
+        deferred = counts[ItemStatus.DEFERRED]
         # Increments, not recomputed totals: concurrent workers serialise on this row.
-        left = SweepRun.pending - ok - failed
+        left = SweepRun.pending - ok - failed - deferred
         status = session.scalar(
             update(SweepRun)
             .where(SweepRun.id == sweep_id)
             .values(
                 succeeded=SweepRun.succeeded + ok,
                 failed=SweepRun.failed + failed,
+                deferred=SweepRun.deferred + deferred,
                 pending=left,
                 updated_at=now,
                 status=case((left <= 0, SweepStatus.FINISHED), else_=SweepRun.status),

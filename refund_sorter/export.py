@@ -1,21 +1,26 @@
 """CSV export of the predictions table, streamed so a million rows use constant memory.
 
 ``write_csv`` is the one CSV writer: the per-sweep CSV and ``refund-sorter export`` both
-go through it, so both are safe to open in a spreadsheet.
+go through it, so both are safe to open in a spreadsheet. ``export_sweeps`` is the one
+trigger of the night's CSV: the producer and the workers call it once a sweep has ended and
+its rows tell where its files are.
 """
 
 import csv
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import TextIO
 
 from sqlalchemy import Select, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from models import ItemStatus, Prediction, SweepRun
 from refund_sorter.crud import as_utc, latest_reviews
+
+log = logging.getLogger(__name__)
 
 COLUMNS = [
     "file_name",
@@ -45,7 +50,7 @@ class ExportFilter:
     sweep_run: int | None = None
     since: date | None = None  # classified on or after this day (UTC)
     until: date | None = None  # classified on or before this day (UTC)
-    status: str | None = None  # ok or failed; queued rows are never exported
+    status: str | None = None  # ok, failed or deferred; queued rows are never exported
 
 
 def build_query(flt: ExportFilter) -> Select:
@@ -141,3 +146,18 @@ def export_sweep(session: Session, sweep_id: int, export_dir: Path) -> Path:
         write_csv(session, ExportFilter(sweep_run=sweep_id), fh)
     tmp.replace(path)
     return path
+
+
+def export_sweeps(
+    sessions: sessionmaker[Session], sweep_ids: Iterable[int], export_dir: Path
+) -> None:
+    """Write the CSV of each sweep that has just ended (finished or abandoned). Called after
+    the moves that followed its last commit, and after the corrections of the rows whose file
+    could not be moved, so the CSV says where each file is."""
+    sweep_ids = list(sweep_ids)
+    if not sweep_ids:
+        return
+    with sessions() as session:
+        for sweep_id in sweep_ids:
+            path = export_sweep(session, sweep_id, export_dir)
+            log.info("sweep %s ended; CSV %s", sweep_id, path)

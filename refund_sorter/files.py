@@ -1,5 +1,5 @@
-"""Where files go once their row is committed (``processed/`` or ``failed/``), and the one
-step that follows every commit: move the files, then write the CSV of each finished sweep.
+"""Where files go once their row is committed (``processed/`` or ``failed/``), and moving
+them there.
 
 The relative path under ``incoming/`` is kept, so operators find a file where they expect
 it (or, with REFUND_SORTER_FILE_BY_CATEGORY, a classified photo goes to
@@ -15,10 +15,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from refund_sorter.config import Settings
-from refund_sorter.export import export_sweep
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +65,10 @@ def move(path: Path, dest: Path) -> None:
         raise OSError(f"{path} is no longer a regular file")
     if os.path.lexists(dest):  # taken since its name was chosen: never overwrite
         raise FileExistsError(f"{dest} already exists")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where the folder should be: say so, not "file exists"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), dest.parent) from None
     try:
         os.rename(path, dest)
     except OSError as exc:
@@ -82,29 +82,20 @@ def move(path: Path, dest: Path) -> None:
             raise
 
 
-def settle(
-    moves: Iterable[tuple[Path, Path]],
-    finished_sweeps: Iterable[int],
-    *,
-    sessions: sessionmaker[Session],
-    export_dir: Path,
-) -> list[tuple[Path, str]]:
-    """After a commit: move each file where its row says, then export each finished sweep.
+def move_files(moves: Iterable[tuple[Path, Path]]) -> list[str | None]:
+    """After a commit: move each file where its row says; for each move, None once done, else
+    why the file is still where it was.
 
-    A move that fails is logged, not raised: the row is committed, and one file must not
-    stop the others. Returns the files left where they were, each with the reason.
+    A move that fails is logged, not raised: the row is committed, and one file must not stop
+    the others. The caller corrects the rows of the files that stayed (``crud.record_unmoved``).
     """
-    stayed = []
+    outcomes: list[str | None] = []
     for src, dest in moves:
         try:
             move(src, dest)
+            outcomes.append(None)
         except OSError as exc:
             log.error("could not move %s to %s: %s", src, dest, exc)
             why = exc.strerror.lower() if exc.strerror else str(exc)
-            stayed.append((src, f"could not move it to {dest}: {why}"))
-    with sessions() as session:
-        for sweep_id in finished_sweeps:
-            log.info(
-                "sweep %s finished; CSV %s", sweep_id, export_sweep(session, sweep_id, export_dir)
-            )
-    return stayed
+            outcomes.append(f"could not move it to {dest}: {why}")
+    return outcomes

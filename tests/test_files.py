@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from refund_sorter.files import destination, inside
+from refund_sorter.files import destination, inside, move_files
 
 HASH = "ab" * 32
 
@@ -48,3 +48,29 @@ def test_inside_follows_symlinks(folders):
     assert inside(incoming / "in.jpg", incoming) == (incoming / "dock-3" / "b.jpg").resolve()
     assert inside(incoming, incoming) is None
     assert inside(f"{incoming}/a\x00.jpg", incoming) is None
+
+
+def test_a_move_that_fails_says_why_and_the_others_go_on(folders):
+    _, incoming, processed = folders
+    first, second, third = (incoming / "dock-3" / f"{n}.jpg" for n in "abc")
+    for path in (first, second, third):
+        path.write_bytes(path.name.encode())
+    (processed / "blocked").write_text("a file, where a folder should be\n")
+
+    outcomes = move_files(
+        [
+            (first, processed / "dock-3" / "a.jpg"),
+            (second, processed / "blocked" / "b.jpg"),
+            (third, processed / "c.jpg"),
+        ]
+    )
+
+    assert outcomes == [
+        None,
+        f"could not move it to {processed / 'blocked' / 'b.jpg'}: not a directory",
+        None,
+    ]
+    assert (processed / "dock-3" / "a.jpg").read_bytes() == b"a.jpg"
+    assert second.read_bytes() == b"b.jpg"  # still where it was
+    assert (processed / "c.jpg").read_bytes() == b"c.jpg"
+    assert not first.exists() and not third.exists()

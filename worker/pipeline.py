@@ -1,4 +1,10 @@
-"""Classifying a batch and persisting it: the one code path behind workers and local mode."""
+"""Classifying a batch and persisting it: the one code path behind workers and local mode.
+
+``process_batch`` takes a batch through five steps, one function each: ``admit`` (only what
+the producer queued), ``prepare`` (read, verify, decode), ``predict`` (one forward pass),
+``record`` (one transaction) and ``move`` (each file where its row says, and the rows of the
+files that could not be moved corrected); then the CSV of each sweep the batch finished.
+"""
 
 import logging
 import os
@@ -7,12 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from classifier.version import is_for_model
 from models import ItemStatus
+from refund_sorter.arrival import still_being_written
 from refund_sorter.config import Settings
-from refund_sorter.crud import ItemResult, queued_paths, record_results
+from refund_sorter.crud import ItemResult, Unmoved, queued_paths, record_results, record_unmoved
 from refund_sorter.db import session_factory
-from refund_sorter.files import destination, inside, processed_destination, settle
+from refund_sorter.export import export_sweeps
+from refund_sorter.files import destination, inside, move_files, processed_destination
 from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
 from refund_sorter.messages import WorkItem
 
@@ -27,7 +37,7 @@ REFUSED = "refused"
 
 @dataclass
 class BatchOutcome:
-    # ItemStatus.OK, ItemStatus.FAILED, IGNORED or REFUSED, for each item of the batch
+    # ItemStatus.OK, FAILED or DEFERRED, IGNORED or REFUSED, for each item of the batch
     statuses: list[tuple[WorkItem, str]] = field(default_factory=list)
     finished_sweeps: tuple[int, ...] = ()
 
@@ -41,6 +51,10 @@ class BatchOutcome:
     @property
     def failed(self) -> int:
         return self._count(ItemStatus.FAILED)
+
+    @property
+    def deferred(self) -> int:
+        return self._count(ItemStatus.DEFERRED)
 
     @property
     def ignored(self) -> int:
@@ -78,26 +92,15 @@ def load_classifier(settings: Settings, processes: int = 1):
 
 
 class Unusable(NamedTuple):
+    """Why an admitted item cannot be classified, and what becomes of its file."""
+
     error: str
-    leave_in_place: bool = False  # gone, or holding new content for the next sweep
+    status: str = ItemStatus.FAILED  # or ItemStatus.DEFERRED: still being written
+    to_failed: bool = True  # False: left where it is (gone, or left for a later sweep)
 
 
-def _prepare(item: WorkItem, src: Path, clf):
-    """Read, verify and decode one image: its input tensor, or why it cannot be used."""
-    try:
-        data = src.read_bytes()
-    except FileNotFoundError:
-        return Unusable("file not found (moved or deleted after it was enqueued)", True)
-    except OSError as exc:
-        return Unusable(f"cannot read file: {exc}")
-    if sha256_bytes(data) != item.content_hash:
-        return Unusable(
-            "file changed after it was enqueued; the next sweep takes the new content", True
-        )
-    try:
-        return clf.preset(open_rgb(data, min_size=clf.checkpoint.image_size))
-    except UnreadableImage as exc:
-        return Unusable(str(exc))
+# Each item the batch acts on, with its path resolved inside incoming/.
+Admitted = tuple[WorkItem, Path]
 
 
 def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcome:
@@ -108,11 +111,28 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
     path, content hash and model. Anything else is refused and logged, and its row is left
     as it is, so the genuine task still finds its image queued.
     """
-    outcome = BatchOutcome()
     sessions = session_factory(settings.database_url)
+    admitted, others = admit(items, clf, sessions, settings)
+    classified = predict(prepare(admitted, clf, settings), clf)
+    results, stored, finished = record(admitted, classified, settings, sessions)
+    move(admitted, results, stored, sessions)
+    export_sweeps(sessions, finished, settings.export_dir)
+    statuses = [
+        (it, r.status if r.content_hash in stored else IGNORED)
+        for (it, _), r in zip(admitted, results, strict=True)
+    ]
+    return BatchOutcome(others + statuses, tuple(finished))
+
+
+def admit(
+    items: list[WorkItem], clf, sessions: sessionmaker[Session], settings: Settings
+) -> tuple[list[Admitted], list[tuple[WorkItem, str]]]:
+    """The items this worker acts on, each with its resolved path; and the others, each
+    ``IGNORED`` (another model's, or nothing queued) or ``REFUSED`` (not what was queued)."""
     with sessions() as session:
         queued = queued_paths(session, clf.version, (it.content_hash for it in items))
-    mine: list[tuple[WorkItem, Path]] = []  # each item with its resolved path
+    admitted: list[Admitted] = []
+    others: list[tuple[WorkItem, str]] = []
     for it in items:
         if not is_for_model(it.model_version, clf.version):
             # Left queued, file untouched: writing it under another model's version would
@@ -124,19 +144,19 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
                 it.path,
                 it.model_version,
             )
-            outcome.statuses.append((it, IGNORED))
+            others.append((it, IGNORED))
         elif (src := inside(it.path, settings.incoming_dir)) is None:
             log.warning(
                 "refused %r (%r): not inside %s", it.path, it.content_hash, settings.incoming_dir
             )
-            outcome.statuses.append((it, REFUSED))
+            others.append((it, REFUSED))
         elif it.content_hash not in queued:
             log.info(
                 "nothing queued for %r (%r): already stored, or never enqueued",
                 it.path,
                 it.content_hash,
             )
-            outcome.statuses.append((it, IGNORED))
+            others.append((it, IGNORED))
         elif queued[it.content_hash] != it.path:
             log.warning(
                 "refused %r (%r): this image is queued as %s",
@@ -144,66 +164,115 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
                 it.content_hash,
                 queued[it.content_hash],
             )
-            outcome.statuses.append((it, REFUSED))
+            others.append((it, REFUSED))
         else:
-            mine.append((it, src))
+            admitted.append((it, src))
+    return admitted, others
 
-    # Pillow releases the GIL while decoding.
-    prepared = list(_decoders.map(lambda pair: _prepare(*pair, clf), mine))
-    good = [
-        (it, x) for (it, _), x in zip(mine, prepared, strict=True) if not isinstance(x, Unusable)
-    ]
-    predictions = clf.predict_tensors([x for _, x in good]) if good else []
-    by_hash = {it.content_hash: p for (it, _), p in zip(good, predictions, strict=True)}
 
-    results, moves = [], {}
-    for (it, src), x in zip(mine, prepared, strict=True):
+def prepare(admitted: list[Admitted], clf, settings: Settings) -> list:
+    """Each item's input tensor, or why it cannot be used (``Unusable``). Decoded on the
+    process's decoding threads: Pillow releases the GIL while decoding."""
+    return list(_decoders.map(lambda pair: _prepare_one(*pair, clf, settings), admitted))
+
+
+def _prepare_one(item: WorkItem, src: Path, clf, settings: Settings):
+    """Read, verify and decode one image: its input tensor, or why it cannot be used."""
+    try:
+        with open(src, "rb") as fh:
+            data = fh.read()
+            modified = os.fstat(fh.fileno()).st_mtime
+    except FileNotFoundError:
+        return Unusable("file not found (moved or deleted after it was enqueued)", to_failed=False)
+    except OSError as exc:
+        return Unusable(f"cannot read file: {exc}")
+    if sha256_bytes(data) != item.content_hash:
+        # Not the bytes the scan read: the next sweep takes what the file holds by then.
+        why = still_being_written(modified, settings.settle_seconds, changed=True)
+        return Unusable(why, ItemStatus.DEFERRED, to_failed=False)
+    try:
+        return clf.preset(open_rgb(data, min_size=clf.checkpoint.image_size))
+    except UnreadableImage as exc:
+        if why := still_being_written(modified, settings.settle_seconds):
+            return Unusable(f"{exc}; {why}", ItemStatus.DEFERRED, to_failed=False)
+        return Unusable(str(exc))
+
+
+def predict(prepared: list, clf) -> list:
+    """Each item's classification from one forward pass over the usable ones, or its
+    ``Unusable``."""
+    usable = [x for x in prepared if not isinstance(x, Unusable)]
+    predictions = iter(clf.predict_tensors(usable) if usable else [])
+    return [x if isinstance(x, Unusable) else next(predictions) for x in prepared]
+
+
+def record(
+    admitted: list[Admitted],
+    classified: list,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+) -> tuple[list[ItemResult], dict[str, int], list[int]]:
+    """Store the batch's results in one transaction, each naming where its file goes. Returns
+    them, the hashes stored (each with its row's sweep) and the sweeps the batch finished."""
+    results = []
+    for (it, src), x in zip(admitted, classified, strict=True):
         if isinstance(x, Unusable):
-            dest = (
-                None
-                if x.leave_in_place
-                else destination(src, settings.incoming_dir, settings.failed_dir, it.content_hash)
-            )
+            dest = None
+            if x.to_failed:
+                dest = destination(src, settings.incoming_dir, settings.failed_dir, it.content_hash)
             results.append(
                 ItemResult(
                     it.content_hash,
                     it.model_version,
-                    ItemStatus.FAILED,
+                    x.status,
                     str(dest) if dest else None,
                     error=x.error,
                 )
             )
         else:
-            p = by_hash[it.content_hash]
-            dest = processed_destination(src, it.content_hash, settings, p.main, p.sub)
+            dest = processed_destination(src, it.content_hash, settings, x.main, x.sub)
             results.append(
                 ItemResult(
                     it.content_hash,
                     it.model_version,
                     ItemStatus.OK,
                     str(dest),
-                    p.main,
-                    p.main_confidence,
-                    p.sub,
-                    p.sub_confidence,
-                    needs_review=p.needs_review,
-                    top_subs=p.top_subs,
+                    x.main,
+                    x.main_confidence,
+                    x.sub,
+                    x.sub_confidence,
+                    needs_review=x.needs_review,
+                    top_subs=x.top_subs,
                 )
             )
-        if dest is not None:
-            moves[it.content_hash] = (src, dest)
-
     with sessions.begin() as session:
         stored, finished = record_results(session, results)
-    settle(
-        [moves[h] for h in stored if h in moves],
-        finished,
-        sessions=sessions,
-        export_dir=settings.export_dir,
-    )
-    outcome.statuses += [
-        (it, r.status if r.content_hash in stored else IGNORED)
-        for (it, _), r in zip(mine, results, strict=True)
+    for (it, _), r in zip(admitted, results, strict=True):
+        if r.status == ItemStatus.DEFERRED and r.content_hash in stored:
+            log.info("left %s in incoming/ for later: %s", it.path, r.error)
+    return results, stored, finished
+
+
+def move(
+    admitted: list[Admitted],
+    results: list[ItemResult],
+    stored: dict[str, int],
+    sessions: sessionmaker[Session],
+) -> None:
+    """Move each stored result's file where its row says, then correct the rows of the files
+    that could not be moved: no final path, and why (the next sweep files a classified photo
+    it finds still in incoming/)."""
+    moves = [
+        (it, src, r)
+        for (it, src), r in zip(admitted, results, strict=True)
+        if r.final_path is not None and r.content_hash in stored
     ]
-    outcome.finished_sweeps = tuple(finished)
-    return outcome
+    outcomes = move_files([(src, Path(r.final_path)) for _, src, r in moves])
+    unmoved = [
+        Unmoved(stored[r.content_hash], it.path, r.final_path, why)
+        for (it, _, r), why in zip(moves, outcomes, strict=True)
+        if why is not None
+    ]
+    if unmoved:
+        with sessions.begin() as session:
+            record_unmoved(session, unmoved)

@@ -24,7 +24,7 @@ from refund_sorter import crud
 from refund_sorter.celery_app import app, publish
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
-from refund_sorter.files import settle
+from refund_sorter.export import export_sweeps
 from refund_sorter.messages import CLASSIFY_TASK, WorkItem, read_task
 from worker.events import report_to_flower
 from worker.lifecycle import ModelUnavailable, classifying_processes, stop_taking_images
@@ -188,4 +188,4 @@ def _give_up(items: list[WorkItem], error: str, settings: Settings) -> None:
         # check publishes them again once the database is back and the sweep looks stalled.
         log.error("could not mark %d images failed (%s); they stay queued", len(items), exc)
         return
-    settle([], finished, sessions=sessions, export_dir=settings.export_dir)
+    export_sweeps(sessions, finished, settings.export_dir)

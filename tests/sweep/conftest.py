@@ -24,11 +24,14 @@ from sweep_support import (  # noqa: E402
     Incoming,
     RedisServer,
     TinyModel,
+    WorkerProcess,
     add_images,
     build_settings,
     postgres_database,
     save_random_model,
+    service_env,
     use_in_this_process,
+    wait_for_workers,
 )
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -142,6 +145,27 @@ def own_producer_app(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch)
     """``producer_app`` for the test's own Redis."""
     with publishing_to(redis_server.url, monkeypatch) as app:
         yield app
+
+
+@pytest.fixture
+def start_worker(producer_app, tmp_path, outcome_failed):
+    """``start_worker(settings)``: a real ``celery -A worker worker`` for these settings (on
+    the test broker), answering pings; stopped at the end, its log printed if the test
+    failed."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings) -> WorkerProcess:
+        name = f"w{len(started)}@sweep-test"
+        worker = WorkerProcess(name, service_env(settings), tmp_path / f"w{len(started)}.log")
+        started.append(worker)
+        wait_for_workers(producer_app, [worker])
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+        if outcome_failed():
+            print(worker.describe(tail=20000))
 
 
 # -------------------------------------------------------------------------------- the model

@@ -113,11 +113,25 @@ def add_images(incoming: Incoming, n: int, seed: int, prefix: str = "img") -> di
     return written
 
 
+# Older than REFUND_SORTER_SETTLE_SECONDS (120): a bad file this old is damaged, not one
+# still being written.
+DAMAGED_AGE = 3600.0
+
+
+def backdate(path: Path, seconds: float = DAMAGED_AGE) -> Path:
+    """Set the modification time of ``path`` ``seconds`` back: a bad file that has sat in
+    incoming/ long enough to be taken as damaged rather than as still arriving."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+    return path
+
+
 def add_unreadable(
     incoming: Incoming, seed: int, empty: bool = True
 ) -> dict[Path, tuple[str, str]]:
     """A text file named .jpg and an empty file (both caught by the producer's sniff), and a
-    truncated JPEG in the nested folder (its header is fine: only the worker finds out).
+    truncated JPEG in the nested folder (its header is fine: only the worker finds out), all
+    backdated: damaged files, not files still being written.
 
     Every empty file has the same content hash; ``empty=False`` leaves it out where a test
     keys files by hash.
@@ -143,6 +157,7 @@ def add_unreadable(
             path = incoming.root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
+            backdate(path)
             written[rel] = (sha256(data), error)
     incoming.unreadable.update(written)
     return written
@@ -314,14 +329,15 @@ def check_finished_sweep(
     run = get_run(settings, run_id)
     n_img, n_bad = len(incoming.images), len(incoming.unreadable)
     assert run.status == SweepStatus.FINISHED, run.message
-    assert (run.found, run.succeeded, run.failed, run.skipped, run.pending) == (
+    assert (run.found, run.succeeded, run.failed, run.skipped, run.deferred, run.pending) == (
         n_img + n_bad,
         n_img,
         n_bad,
         0,
         0,
+        0,
     )
-    assert run.found == run.succeeded + run.failed + run.skipped
+    assert run.found == run.succeeded + run.failed + run.skipped + run.deferred
     # The producer catches the text file and the empty one; the truncated JPEG is enqueued.
     n_producer_failures = sum(
         1 for _, err in incoming.unreadable.values() if err in ("not an image", "empty file")
@@ -446,6 +462,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         REFUND_SORTER_TORCH_THREADS=str(settings.torch_threads),
         REFUND_SORTER_SWEEP_STALL_SECONDS=str(settings.sweep_stall_seconds),
         REFUND_SORTER_SWEEP_STALL_CHECK_SECONDS=str(settings.sweep_stall_check_seconds),
+        REFUND_SORTER_SETTLE_SECONDS=str(settings.settle_seconds),
         REFUND_SORTER_RETRY_DELAY=str(settings.retry_delay),
         REFUND_SORTER_RETRY_LIMIT=str(settings.retry_limit),
         REFUND_SORTER_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),

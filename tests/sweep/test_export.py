@@ -14,6 +14,7 @@ from sweep_support import (
     add_images,
     add_unreadable,
     all_predictions,
+    backdate,
     build_settings,
     check_csv_matches,
     get_run,
@@ -202,6 +203,7 @@ def test_no_csv_cell_starts_a_formula(fresh_pg_url, make_settings, use_settings,
     for name in FORMULA_IMAGES:
         (settings.incoming_dir / name).write_bytes(image_bytes(rng, ".jpg"))
     (settings.incoming_dir / FORMULA_TEXT).write_text("=1+1\n")
+    backdate(settings.incoming_dir / FORMULA_TEXT)  # damaged, not still being written
     run = get_run(settings, run_sweep(settings, local_dispatch(settings), "local").run.id)
     assert (run.status, run.succeeded, run.failed) == ("finished", len(FORMULA_IMAGES), 1)
     assert {p.file_name for p in all_predictions(settings)} == {*FORMULA_IMAGES, FORMULA_TEXT}

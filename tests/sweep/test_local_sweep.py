@@ -54,7 +54,10 @@ def test_local_sweep_files_classifies_and_exports_everything(settings, tiny_mode
     (run,) = all_runs(settings)
     assert run.trigger == "local"
     assert f"sweep {run.id}: found 53 files" in out
-    assert "status finished: 50 classified, 3 failed, 0 skipped, 0 still queued" in out
+    assert (
+        "status finished: 50 classified, 3 failed, 0 skipped, 0 left for later, 0 still queued"
+        in out
+    )
     assert f"CSV: {sweep_csv(settings, run)}" in out
     rows = check_finished_sweep(settings, run.id, incoming, tiny_model.taxonomy)
     # The threshold sits mid-way through the model's confidences: both outcomes occur.

@@ -11,6 +11,7 @@ from sweep_support import (
     Incoming,
     add_images,
     all_predictions,
+    backdate,
     files_under,
     get_run,
     local_sweep,
@@ -28,10 +29,12 @@ from worker.pipeline import process_batch
 def test_every_unreadable_upload_keeps_its_own_row(make_settings, classifier):
     settings = make_settings()
     upgrade(settings.database_url)
-    (settings.incoming_dir / "a.jpg").write_bytes(b"")
-    (settings.incoming_dir / "b.jpg").write_bytes(b"")
+    for name in ("a.jpg", "b.jpg"):  # empty for an hour: damaged, not still being written
+        (settings.incoming_dir / name).write_bytes(b"")
+        backdate(settings.incoming_dir / name)
     first = local_sweep(settings, classifier)
     (settings.incoming_dir / "c.jpg").write_bytes(b"")
+    backdate(settings.incoming_dir / "c.jpg")
     second = local_sweep(settings, classifier)
 
     rows = sorted(all_predictions(settings), key=lambda p: p.file_name)
