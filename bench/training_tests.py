@@ -9,6 +9,9 @@ validation accuracy (tests/classifier/test_train.py), the evaluation report's ac
 same precision (tests/classifier/test_evaluate.py), whether calibration reached its target,
 and int8's agreement with fp32 (tests/classifier/test_quantize.py). The last line gives the
 worst of each column: every bound a test asserts sits at least 0.1 beyond it.
+
+On a CPU with AVX-512, ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` in front of the
+command computes as an AVX2-only CPU does (there bf16 is emulated, and auto means fp32).
 """
 
 import json

@@ -41,9 +41,10 @@ def test_quantize_stores_ranges_and_the_measured_agreement(int8_model, trained_m
     assert ckpt.int8["photos"] == {"calibration": 64, "agreement": 32}
     agreement = ckpt.int8["agreement"]
     assert f"main {agreement['main']:.4f}, sub {agreement['sub']:.4f}" in output
-    # A model whose classes differ plainly keeps most of its answers in int8: over seeds 0-9
-    # of the session's model in fp32 and bf16 the worst was 1.0 (bench/training_tests.py).
-    assert min(agreement.values()) >= 0.9
+    # A model whose classes differ plainly keeps most of its answers in int8. Over seeds of
+    # the session's model in fp32 and bf16, on AVX-512 and held to AVX2, the worst was
+    # 0.9375 (bench/training_tests.py).
+    assert min(agreement.values()) >= 0.8
     verdict = "picks int8" if min(agreement.values()) >= AGREEMENT_RULE else "keeps fp32 or bf16"
     assert f"automatic precision on a CPU {verdict}" in output
     # The weights are the trained model's: only the calibration was added.
@@ -64,8 +65,8 @@ def test_int8_classifies_like_fp32(int8_model):
     tensors = [int8.preset(open_rgb(p)) for p in images]
     a, b = fp32.predict_tensors(tensors), int8.predict_tensors(tensors)
     same = sum((x.main, x.sub) == (y.main, y.sub) for x, y in zip(a, b, strict=True))
-    # Over seeds 0-9 in fp32 and bf16 (bench/training_tests.py): at worst 30 of these 32
-    # images alike (0.9375), and a mean gap of 0.015.
+    # Over seeds in fp32 and bf16, on AVX-512 and held to AVX2 (bench/training_tests.py): at
+    # worst 30 of these 32 images alike (0.9375), and a mean gap of 0.015.
     assert same / len(images) >= 0.8
     gaps = [abs(x.sub_confidence - y.sub_confidence) for x, y in zip(a, b, strict=True)]
     assert sum(gaps) / len(gaps) < 0.15, gaps
