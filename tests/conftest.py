@@ -1,17 +1,117 @@
-"""Shared fixtures: tiny generated images, data folders, broken files and small models.
+"""Shared fixtures: tiny generated images, data folders, broken files and small models; and
+the guard that holds every test to the markers it carries.
 
 Everything is written under pytest's tmp_path, which pytest removes itself (it keeps only
 the last few runs), so no fixture leaves files in the repository.
+
+A test that opens PostgreSQL or Redis, or starts chromium or docker-compose, says so with a
+marker (``services``, ``browser``, ``compose``; see pyproject.toml), so that
+``pytest -m "not services and not browser and not compose and not slow"`` runs without any
+of them. The guard fails a test that lacks the marker for what it uses: one that asks for a
+fixture of the servers, connects to port 5432 or 6379 (through Python's sockets, or through
+``psycopg.connect`` for libpq's), or launches one of those programs. Processes a test starts
+get their servers from those fixtures, so the guard sees them there.
 """
 
 import hashlib
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 from PIL import Image
+
+# ------------------------------------------------------------------- markers, and the guard
+
+SERVER_PORTS = {5432: "PostgreSQL", 6379: "Redis"}
+PROGRAMS = {
+    "chromium": "browser",
+    "chromium-browser": "browser",
+    "docker-compose": "compose",
+    "redis-server": "services",  # a Redis of the test's own (tests/sweep: RedisServer)
+}
+# The sweep tests' fixtures that hand out a database or a Redis (tests/sweep/conftest.py).
+SERVER_FIXTURES = {"pg_url", "fresh_pg_url", "make_pg_database", "broker_url", "redis_server"}
+
+_running: dict = {"item": None, "used": {}}  # the test in setup or call, what it used unmarked
+
+
+def _uses(marker: str, what: str) -> None:
+    item = _running["item"]
+    if item is not None and item.get_closest_marker(marker) is None:
+        _running["used"].setdefault(marker, what)
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "socket.connect":
+        address = args[1]
+        if isinstance(address, tuple) and len(address) >= 2 and address[1] in SERVER_PORTS:
+            _uses("services", f"{SERVER_PORTS[address[1]]} (port {address[1]})")
+    elif event == "subprocess.Popen":
+        executable, argv = args[0], args[1]
+        name = Path(os.fsdecode(executable or argv[0])).name
+        if name in PROGRAMS:
+            _uses(PROGRAMS[name], name)
+
+
+_psycopg_connect = psycopg.connect
+
+
+def _connect_postgresql(conninfo: str = "", **kwargs):
+    port = psycopg.conninfo.conninfo_to_dict(conninfo, **kwargs).get("port")
+    ports = str(port or os.environ.get("PGPORT", 5432)).split(",")  # a port per host
+    if "5432" in ports:
+        _uses("services", "PostgreSQL")
+    return _psycopg_connect(conninfo, **kwargs)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sys.addaudithook(_audit)  # for good: an audit hook cannot be removed
+    psycopg.connect = _connect_postgresql  # SQLAlchemy's psycopg dialect connects through it
+
+
+def _check(item: pytest.Item) -> None:
+    """After a test's setup or call: fail it when it used what it has no marker for."""
+    used = _running["used"]
+    _running.update(item=None, used={})
+    if used:
+        pytest.fail(
+            "; ".join(f"{item.nodeid} {_missing(marker, what)}" for marker, what in used.items()),
+            pytrace=False,
+        )
+
+
+def _missing(marker: str, what: str) -> str:
+    return (
+        f"uses {what} but is not marked {marker!r} (add @pytest.mark.{marker}, or "
+        f"pytestmark = pytest.mark.{marker} to its module)"
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    fixtures = sorted(SERVER_FIXTURES & set(item.fixturenames))
+    if fixtures and item.get_closest_marker("services") is None:
+        what = f"the fixture {fixtures[0]}"
+        pytest.fail(f"{item.nodeid} {_missing('services', what)}", pytrace=False)
+    _running.update(item=item, used={})
+    try:
+        return (yield)
+    finally:
+        _check(item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    _running.update(item=item, used={})
+    try:
+        return (yield)
+    finally:
+        _check(item)
+
 
 IMAGE_SIDE = 40
 
