@@ -14,6 +14,10 @@ from refund_sorter.errors import UserError
 
 # "ta_wide": TrivialAugmentWide; "ra": RandAugment (2 operations, magnitude 9).
 AUTO_AUGMENTS = ("none", "ta_wide", "ra")
+# The arithmetic training runs in. "auto": fp16 on CUDA, bf16 on a CPU that computes it
+# natively, else fp32. int8 is not among them: it is an inference precision, calibrated on
+# the trained model afterwards (``refund-sorter train --int8``, ``refund-sorter quantize``).
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -34,6 +38,7 @@ class TrainConfig:
     model_ema_decay: float = 0.998
     balanced_sampling: bool = False  # draw each sub category equally often
     device: str = "auto"
+    precision: str = "auto"  # one of TRAIN_PRECISIONS; also that of validation and calibration
     pretrained: str = "none"  # "none", "imagenet" or a path to a weights file
     seed: int = 0
     val_dir: Path | None = None  # a separate validation folder; else a split of the data
@@ -53,6 +58,16 @@ class TrainConfig:
             raise UserError(
                 f"unknown --auto-augment {self.auto_augment!r}; "
                 f"choose one of {', '.join(AUTO_AUGMENTS)}"
+            )
+        if self.precision == "int8":
+            raise UserError(
+                "precision int8 is for inference only and cannot train: train in auto, fp32, "
+                "bf16 or fp16; the saved model gets its int8 calibration afterwards"
+            )
+        if self.precision not in TRAIN_PRECISIONS:
+            raise UserError(
+                f"unknown training precision {self.precision!r}; "
+                f"choose one of {', '.join(TRAIN_PRECISIONS)}"
             )
         if self.folds == 0 and self.fold == 0:
             return

@@ -35,7 +35,13 @@ from classifier.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from classifier.crossval import write_fold_result
 from classifier.data import LoadedImages, load_images
 from classifier.network import ARCH, IMAGENET_MEAN, IMAGENET_STD, DualHeadNet, load_backbone_weights
-from classifier.predict import Classifier, autocast, forward_decide, resolve_device
+from classifier.predict import (
+    Classifier,
+    autocast,
+    forward_decide,
+    resolve_device,
+    resolve_precision,
+)
 from classifier.presets import (
     EvalPreset,
     MixupCutmix,
@@ -118,7 +124,11 @@ class TrainingData:
 
 
 def load_data(
-    data_dir: Path, cfg: TrainConfig, device: torch.device, echo: Callable[[str], None]
+    data_dir: Path,
+    cfg: TrainConfig,
+    device: torch.device,
+    precision: str,
+    echo: Callable[[str], None],
 ) -> TrainingData:
     """Pick the training, validation and calibration images and decode each once; say what
     was left out. Raises UserError when too few images can be read."""
@@ -133,7 +143,7 @@ def load_data(
     echo(
         f"taxonomy: {len(taxonomy.main)} main, {len(taxonomy.sub)} sub categories; "
         f"{len(split.train)} training and {len(split.val)} validation files ({held_out}); "
-        f"device {device}"
+        f"device {device}, precision {precision}"
     )
     size = cache_size(cfg.image_size)
     square = partial(to_square, size=size)
@@ -201,14 +211,16 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     batches: Batches,
     device: torch.device,
+    precision: str,
     desc: str,
     mix: MixupCutmix | None = None,
     ema: AveragedModel | None = None,
 ) -> float:
     """One pass over ``batches``, both heads learning; returns the mean training loss.
 
-    ``mix`` mixes each batch's images and both heads' targets; ``ema`` is updated after
-    every step. The accuracy shown is against the unmixed labels."""
+    ``precision`` (fp32, bf16 or fp16, as ``resolve_precision`` gives it) is the forward
+    pass's arithmetic; ``mix`` mixes each batch's images and both heads' targets; ``ema`` is
+    updated after every step. The accuracy shown is against the unmixed labels."""
     net.train()
     loss_sum = correct = seen = 0
     bar = tqdm(batches, desc=desc, unit="batch", leave=False)
@@ -218,7 +230,7 @@ def train_one_epoch(
         main_target, sub_target = main_y, sub_y
         if mix is not None:
             x, main_target, sub_target = mix(x, main_y, sub_y)
-        with autocast(device):
+        with autocast(device, precision):
             main_logits, sub_logits = net(x)
             loss = criterion(main_logits.float(), main_target) + criterion(
                 sub_logits.float(), sub_target
@@ -237,7 +249,12 @@ def train_one_epoch(
 
 
 def evaluate_loaded(
-    net, data: LoadedImages, taxonomy: Taxonomy, device: torch.device, batch_size: int = 128
+    net,
+    data: LoadedImages,
+    taxonomy: Taxonomy,
+    device: torch.device,
+    precision: str,
+    batch_size: int = 128,
 ) -> dict:
     """Accuracy per level on images prepared by ``EvalPreset`` (the workers' preprocessing),
     with the same joint decision as inference."""
@@ -247,7 +264,14 @@ def evaluate_loaded(
     for start in range(0, len(data.labels), batch_size):
         batch = data.images[start : start + batch_size]
         sub_idx, _, main_idx, _ = forward_decide(
-            net, batch, IMAGENET_MEAN, IMAGENET_STD, sub_to_main, len(taxonomy.main), device
+            net,
+            batch,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            sub_to_main,
+            len(taxonomy.main),
+            device,
+            precision,
         )
         labels = data.labels[start : start + batch_size].to(device)
         sub_ok += int((sub_idx == labels).sum())
@@ -264,7 +288,8 @@ def train(
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    data = load_data(data_dir, cfg, device, echo)
+    precision = resolve_precision(cfg.precision, device)
+    data = load_data(data_dir, cfg, device, precision, echo)
     taxonomy = data.taxonomy
     n_train, n_val = len(data.train.labels), len(data.val.labels)
 
@@ -297,9 +322,12 @@ def train(
     for epoch in range(1, cfg.epochs + 1):
         desc = f"epoch {epoch}/{cfg.epochs}"
         train_loss = train_one_epoch(
-            net, criterion, optimizer, scheduler, batches, device, desc, mix, ema
+            net, criterion, optimizer, scheduler, batches, device, precision, desc, mix, ema
         )
-        metrics = {**evaluate_loaded(kept, data.val, taxonomy, device), "train_loss": train_loss}
+        metrics = {
+            **evaluate_loaded(kept, data.val, taxonomy, device, precision),
+            "train_loss": train_loss,
+        }
         history.append({"epoch": epoch, **metrics})
         score = metrics["main_accuracy"] + metrics["sub_accuracy"]
         marker = ""
@@ -368,7 +396,7 @@ def calibrate(
             f"{checkpoint.review_threshold}"
         )
         return save_checkpoint(checkpoint, path), checkpoint.meta["calibration"], []
-    clf = Classifier(checkpoint, cfg.device)
+    clf = Classifier(checkpoint, cfg.device, cfg.precision)
     main_logits, sub_logits = clf.logits(images.images)
     temperature = fit_temperature(main_logits, sub_logits, images.labels, clf.sub_to_main)
     args = (main_logits, sub_logits, images.labels, clf.sub_to_main, len(clf.taxonomy.main))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from classifier.recipe import AUTO_AUGMENTS, TrainConfig
+from classifier.recipe import AUTO_AUGMENTS, TRAIN_PRECISIONS, TrainConfig
 from cli.common import device_option, friendly, mapping_option, precision_option
 
 DEFAULTS = TrainConfig()
@@ -66,6 +66,12 @@ SHARE = click.FloatRange(0, 1, max_open=True)
     is_flag=True,
 )
 @device_option
+@recipe_option(
+    "--precision",
+    "Arithmetic of training, validation and calibration. auto: fp16 on CUDA, bf16 where the "
+    "CPU computes it natively, else fp32. int8 is for inference only (see --int8).",
+    type=click.Choice(TRAIN_PRECISIONS),
+)
 @recipe_option(
     "--pretrained", "Backbone start: 'imagenet' (torchvision weights), 'none', or a weights file."
 )

@@ -36,6 +36,7 @@ def assert_clean_failure(result: Result) -> None:
 # --- train --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_skips_unreadable_files_names_them_and_counts_them(
     tmp_path, make_dataset, make_broken_files
 ):
@@ -53,6 +54,7 @@ def test_train_skips_unreadable_files_names_them_and_counts_them(
     assert "validation accuracy: main " in result.output
 
 
+@pytest.mark.slow
 def test_train_notes_empty_folders_and_stray_files(tmp_path, make_dataset):
     data = make_dataset(tmp_path / "data", {"tops/shirt": 4, "bottoms/jeans": 4})
     (data / "tops" / "sweater").mkdir()
@@ -317,6 +319,7 @@ def test_train_with_every_knob_on_records_them_in_the_model(tmp_path, make_datas
         ["--calibration-split", "1"],
         ["--label-smoothing", "1"],
         ["--folds", "-2"],
+        ["--precision", "int8"],  # an inference precision: the model gets it after training
     ],
 )
 def test_train_refuses_knobs_out_of_range_up_front(tmp_path, make_dataset, option):

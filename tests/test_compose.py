@@ -118,8 +118,7 @@ def docker_compose_config(env: dict[str, str]) -> subprocess.CompletedProcess:
     exe = shutil.which("docker-compose")
     if exe is None:
         pytest.fail(
-            "docker-compose is not installed (.ci/run installs it: "
-            "apt-get install -y --no-install-recommends docker-compose)",
+            "docker-compose is not installed (bash tests/setup-machine.sh installs it)",
             pytrace=False,
         )
     return subprocess.run(
@@ -131,6 +130,7 @@ def docker_compose_config(env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.compose
 def test_docker_compose_accepts_the_file_with_its_secrets_set():
     result = docker_compose_config(SECRETS)
 
@@ -149,6 +149,7 @@ def test_docker_compose_accepts_the_file_with_its_secrets_set():
     assert Settings(**{k.removeprefix("REFUND_SORTER_").lower(): v for k, v in review.items()})
 
 
+@pytest.mark.compose
 @pytest.mark.parametrize("missing", SECRETS)
 def test_docker_compose_refuses_the_file_without_a_secret(missing):
     result = docker_compose_config({k: v for k, v in SECRETS.items() if k != missing})

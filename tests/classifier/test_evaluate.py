@@ -42,7 +42,9 @@ def test_evaluation_report_of_a_trained_model(trained_model, held_out_copy, tmp_
     assert skipped == ["notes.jpg", "truncated.jpg"]
     assert all(item["reason"] for item in report["skipped"])
 
-    assert report["sub_accuracy"] > 0.6  # chance is 0.25
+    # Chance is 0.25. Over seeds in fp32 and bf16, on AVX-512 and held to AVX2, the worst
+    # was 1.0 (bench/training_tests.py).
+    assert report["sub_accuracy"] >= 0.85
     assert report["main_accuracy"] >= report["sub_accuracy"] - 1e-9  # a right sub has a right main
     for level, labels in (
         ("main", ["bottoms", "tops"]),

@@ -19,14 +19,16 @@ from refund_sorter.errors import UserError
 def test_training_beats_chance_on_held_out_images(trained_model):
     summary, _, _ = trained_model
 
-    # 4 sub categories (chance 0.25) in 2 main categories (chance 0.5)
-    assert summary.metrics["sub_accuracy"] > 0.6
-    assert summary.metrics["main_accuracy"] > 0.8
+    # 4 sub categories (chance 0.25) in 2 main categories (chance 0.5). Over seeds in fp32
+    # and bf16, on AVX-512 and held to AVX2, the worst was 1.0 on both levels
+    # (bench/training_tests.py).
+    assert summary.metrics["sub_accuracy"] >= 0.85
+    assert summary.metrics["main_accuracy"] >= 0.9
     assert summary.n_train == 88, "2 of each category's 24 are held out for calibration"
     assert summary.n_val == 32, "tops/vest is not in the training data and is not scored"
     assert summary.calibration["images"] == 8
     assert summary.skipped == []
-    assert 1 <= summary.best_epoch <= 2
+    assert 1 <= summary.best_epoch <= 4
 
 
 @pytest.mark.slow
@@ -47,7 +49,7 @@ def test_training_saves_the_best_epoch_with_everything_inference_needs(trained_m
     assert meta["pretrained"] == "none"
     assert meta["dataset"] == str(train_dir.resolve())
     assert meta["validation"] == str(held_out)
-    assert meta["args"]["epochs"] == 2
+    assert meta["args"]["epochs"] == 4
 
 
 @pytest.mark.slow
@@ -57,7 +59,7 @@ def test_training_tells_what_it_does(trained_model):
     assert any(
         line.startswith(
             "taxonomy: 2 main, 4 sub categories; 88 training and 32 validation files "
-            "(8 held out for calibration)"
+            "(8 held out for calibration); device cpu, precision "
         )
         for line in lines
     )
@@ -65,7 +67,7 @@ def test_training_tells_what_it_does(trained_model):
     assert note in lines
     assert summary.notes == [note.removeprefix("note: ")]
     epochs = [line for line in lines if line.startswith("epoch ")]
-    assert len(epochs) == 2
+    assert len(epochs) == 4
     assert sum("(best, saved)" in line for line in epochs) >= 1
 
 
@@ -261,9 +263,35 @@ def test_fold_training_validates_and_calibrates_on_the_held_out_fold(tmp_path, m
     assert any("(fold 2 of 3, also the calibration data)" in line for line in lines)
 
 
+@pytest.mark.slow
+def test_training_runs_in_the_precision_asked_for(tmp_path, make_dataset, monkeypatch):
+    from classifier import predict
+
+    data = make_dataset(tmp_path / "data", dict.fromkeys(["tops/shirt", "bottoms/jeans"], 6))
+    fast = dict(epochs=1, image_size=32, batch_size=4, device="cpu", calibration_split=0.0)
+
+    def training_loss(precision: str, native_bf16: bool, runs_in: str) -> float:
+        monkeypatch.setattr(predict, "native_bf16", lambda: native_bf16)
+        lines: list[str] = []
+        cfg = TrainConfig(**fast, precision=precision)
+        summary = train(data, tmp_path / f"{precision}.pt", cfg, echo=lines.append)
+        assert any(line.endswith(f"device cpu, precision {runs_in}") for line in lines)
+        return summary.metrics["train_loss"]
+
+    fp32 = training_loss("fp32", native_bf16=True, runs_in="fp32")
+    bf16 = training_loss("bf16", native_bf16=False, runs_in="bf16")
+
+    # The same seed trains the same network: only the arithmetic tells the runs apart.
+    assert bf16 != pytest.approx(fp32, rel=1e-3)
+    assert training_loss("auto", native_bf16=False, runs_in="fp32") == pytest.approx(fp32, rel=1e-6)
+    assert training_loss("auto", native_bf16=True, runs_in="bf16") == pytest.approx(bf16, rel=1e-6)
+
+
 @pytest.mark.parametrize(
     ("knobs", "message"),
     [
+        ({"precision": "int8"}, "precision int8 is for inference only and cannot train"),
+        ({"precision": "fp64"}, "unknown training precision 'fp64'; choose one of auto, fp32"),
         ({"fold": 1}, "--fold needs --folds K with K at least 2"),
         ({"folds": 1, "fold": 1}, "--fold needs --folds K with K at least 2"),
         ({"folds": 3, "fold": 4}, "--fold must be one of 1..3"),

@@ -1,13 +1,16 @@
 """Headless Chromium driven over the Chrome DevTools Protocol: a real browser that loads
 pages, types, clicks and presses keys as a person does, and takes screenshots. Needs
-Debian's ``chromium`` (``.ci/run`` installs it) and ``websocket-client``; nothing else."""
+Debian's ``chromium`` (``tests/setup-services`` installs it) and ``websocket-client``; nothing
+else."""
 
 import base64
 import contextlib
 import itertools
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -27,7 +30,9 @@ class Browser:
     def __init__(self, width: int = 1280, height: int = 900) -> None:
         exe = chromium_path()
         if exe is None:
-            raise RuntimeError("chromium is not installed (apt-get install -y chromium)")
+            raise RuntimeError(
+                "chromium is not installed (bash tests/setup-machine.sh installs it)"
+            )
         self._profile = tempfile.TemporaryDirectory(prefix="chromium-")
         self.proc = subprocess.Popen(
             [
@@ -46,6 +51,9 @@ class Browser:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            # Its own process group, whose id is its pid: the renderer, GPU, network and
+            # crash-handler processes it starts stay in it, so close() can wait for them all.
+            start_new_session=True,
         )
         port = self._devtools_port()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
@@ -85,15 +93,27 @@ class Browser:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.ws.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        self._end_process_group()
         self.proc.stderr.close()
+        # Only now: Chromium's processes write into the profile until the last one exits.
         self._profile.cleanup()
+
+    def _end_process_group(self, timeout: float = 10.0) -> None:
+        """SIGTERM every process of Chromium's group, SIGKILL what is left after ``timeout``
+        seconds, and return once the group is empty."""
+        group = self.proc.pid
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                self.proc.poll()  # reaps Chromium itself; init reaps the processes it started
+                try:
+                    os.killpg(group, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.05)
+        raise RuntimeError(f"chromium's processes (group {group}) are still there after SIGKILL")
 
     # ------------------------------------------------------------------------- protocol
 

@@ -36,7 +36,7 @@ from sweep_support import (
 from cli import main
 from refund_sorter.images import sha256_bytes
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.browser]
 SHIPPED_MODEL = REPO_ROOT / "assets/model/refund-sorter-resnet18.pt"
 SAMPLES = REPO_ROOT / "assets/samples"
 
@@ -98,7 +98,7 @@ def server(night, tmp_path_factory):
 def browser():
     if chromium_path() is None:
         pytest.fail(
-            "chromium is not installed (.ci/run installs it: apt-get install -y chromium)",
+            "chromium is not installed (bash tests/setup-machine.sh installs it)",
             pytrace=False,
         )
     with Browser() as b:
