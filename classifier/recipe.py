@@ -10,6 +10,7 @@ one's default leaves the recipe as it was before the knob existed.
 from dataclasses import dataclass
 from pathlib import Path
 
+from refund_sorter.config import PRECISIONS
 from refund_sorter.errors import UserError
 
 # "ta_wide": TrivialAugmentWide; "ra": RandAugment (2 operations, magnitude 9).
@@ -17,7 +18,7 @@ AUTO_AUGMENTS = ("none", "ta_wide", "ra")
 # The arithmetic training runs in. "auto": fp16 on CUDA, bf16 on a CPU that computes it
 # natively, else fp32. int8 is not among them: it is an inference precision, calibrated on
 # the trained model afterwards (``refund-sorter train --int8``, ``refund-sorter quantize``).
-TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "int8")
 
 
 @dataclass
