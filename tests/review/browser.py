@@ -1,6 +1,6 @@
 """Headless Chromium driven over the Chrome DevTools Protocol: a real browser that loads
 pages, types, clicks and presses keys as a person does, and takes screenshots. Needs
-Debian's ``chromium`` (``tests/setup-services`` installs it) and ``websocket-client``; nothing
+Debian's ``chromium`` (``tests/setup-machine.sh`` installs it) and ``websocket-client``; nothing
 else."""
 
 import base64

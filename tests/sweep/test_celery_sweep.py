@@ -171,7 +171,7 @@ def test_flower_shows_the_workers_and_their_tasks_behind_basic_auth(
         port = s.getsockname()[1]
     env = {**service_env(settings), "REFUND_SORTER_FLOWER_BASIC_AUTH": "ops:s3cret"}
     log = open(tmp_path / "flower.log", "wb")  # noqa: SIM115 (closed below)
-    flower = subprocess.Popen(  # as the README starts it
+    flower = subprocess.Popen(  # as docs/deployment.md starts it
         [str(Path(sys.executable).parent / "refund-sorter"), "flower", "--port", str(port)],
         cwd=Path(__file__).resolve().parents[2],
         env=env,
