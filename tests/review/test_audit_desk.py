@@ -1,0 +1,155 @@
+"""The blind audit on the review desk: an audit photo is shown without the model's answer,
+anywhere, and takes its place among the flagged photos of the doubt-ordered queue."""
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from conftest import SECRET_KEY
+from desk_support import csrf_of, decide, logged_in, prediction, shown_photo
+from pydantic import SecretStr
+from sqlalchemy import select
+from sweep_support import Incoming, add_images, build_settings, local_sweep, postgres_database
+
+from models import Prediction
+from refund_sorter.config import Settings
+from refund_sorter.db import session_factory
+
+pytestmark = pytest.mark.services
+
+
+@dataclass
+class AuditNight:
+    settings: Settings
+    flagged: list[int]
+    audits: list[int]
+
+
+@pytest.fixture(scope="module")
+def audit_night(tmp_path_factory, review_model, accounts) -> Iterator[AuditNight]:
+    """One night at the median threshold (about half the photos flagged) that draws every
+    confident photo for the audit."""
+    with postgres_database() as url:
+        settings = build_settings(
+            tmp_path_factory.mktemp("audit") / "home",
+            url,
+            review_model,
+            reviewers=SecretStr(accounts),
+            review_secret_key=SecretStr(SECRET_KEY),
+            audit_rate=1.0,
+        )
+        _half_flagged_night(settings, review_model, 16)
+        with session_factory(url)() as session:
+            rows = session.scalars(select(Prediction).order_by(Prediction.id)).all()
+        flagged = [p.id for p in rows if p.needs_review]
+        audits = [p.id for p in rows if p.audited]
+        assert len(flagged) >= 3 and len(audits) >= 3
+        assert set(flagged) | set(audits) == {p.id for p in rows}
+        yield AuditNight(settings, flagged, audits)
+
+
+def _half_flagged_night(settings: Settings, model, n: int) -> None:
+    """A night whose threshold is the median sub confidence of its photos."""
+    from classifier.predict import Classifier
+    from refund_sorter.images import open_rgb
+
+    written = add_images(Incoming(settings.incoming_dir), n, seed=21, prefix="audit")
+    clf = Classifier.from_path(model.path, "cpu", "auto", 1.0)
+    tensors = [
+        clf.preset(open_rgb((settings.incoming_dir / rel).read_bytes(), min_size=1))
+        for rel in written
+    ]
+    confidences = sorted(x.sub_confidence for x in clf.predict_tensors(tensors))
+    clf.review_threshold = (confidences[n // 2 - 1] + confidences[n // 2]) / 2
+    local_sweep(settings, clf)
+
+
+def queue_of(client, **filters) -> list[int]:
+    seen: list[int] = []
+    photo = shown_photo(client.get("/review", params=filters).text)
+    while photo is not None and photo not in seen:
+        seen.append(photo)
+        photo = shown_photo(client.get("/review", params={**filters, "after": photo}).text)
+    return seen
+
+
+def blinded(html: str, photo: Prediction) -> str:
+    """The page with what may differ between two photos taken out: the photo's id, file
+    name and image, and the form token."""
+    html = html.replace(photo.file_name, "NAME")
+    html = re.sub(rf"(/review/|/photos/|photo-|data-photo=\"|after=){photo.id}\b", r"\1ID", html)
+    return html.replace(csrf_of(html), "TOKEN")
+
+
+def test_two_audit_photos_with_different_answers_render_the_same_page(audit_night):
+    settings = audit_night.settings
+    photos = [prediction(settings, p) for p in audit_night.audits]
+    answers = {(p.main_category, p.sub_category): p for p in photos}
+    assert len(answers) >= 2, "the audit photos need two different answers"
+    a, b = list(answers.values())[:2]
+    client = logged_in(settings, "ben")
+
+    page_a, page_b = client.get(f"/review/{a.id}").text, client.get(f"/review/{b.id}").text
+
+    assert blinded(page_a, a) == blinded(page_b, b)
+    assert "The model says" not in page_a and "Confirm" not in page_a
+    assert 'data-key="Enter"' not in page_a and "selected>" not in _decision_form(page_a)
+    # The full list, grouped by main category, to choose from.
+    options = re.findall(r'<option value="([^"]+)"', _decision_form(page_a))
+    assert sorted(options) == [
+        "bottoms/jeans",
+        "bottoms/skirt",
+        "tops/shirt",
+        "tops/sweater",
+        "tops/t-shirt",
+    ]
+    assert '<optgroup label="bottoms">' in page_a and '<optgroup label="tops">' in page_a
+
+
+def _decision_form(html: str) -> str:
+    form = html[html.index('class="other blind"') :]
+    return form[: form.index("</form>")]
+
+
+def test_a_decided_audit_stays_blind_in_the_latest_decisions(audit_night):
+    settings = audit_night.settings
+    client = logged_in(settings, "ben")
+    audit = prediction(settings, audit_night.audits[-1])
+    flagged = prediction(settings, audit_night.flagged[-1])
+    decide(client, audit.id, "tops/shirt")
+    decide(client, flagged.id, "tops/shirt")
+
+    page = client.get("/review").text
+    rows = re.findall(r"<tr>(.*?)</tr>", page[page.index("Latest decisions") :], re.S)
+    cells = {
+        tds[0]: tds[1] for tds in (re.findall(r"<td>(.*?)</td>", row, re.S) for row in rows) if tds
+    }
+    assert cells[audit.file_name] == "<em>audit: not shown</em>"
+    assert cells[flagged.file_name] == f"{flagged.main_category} / {flagged.sub_category}"
+    # Opened again from there to change it: still blind.
+    again = client.get(f"/review/{audit.id}").text
+    assert "The model says" not in again and "tops / shirt by ben" in again
+
+
+def test_audits_come_among_the_flagged_photos_and_only_without_a_category_filter(audit_night):
+    settings = audit_night.settings
+    client = logged_in(settings, "ben")
+
+    queue = queue_of(client)
+    audits = [p for p in queue if p in audit_night.audits]
+    flagged = [p for p in queue if p in audit_night.flagged]
+    assert audits and flagged and len(queue) == len(set(queue))
+    assert queue.index(audits[0]) < queue.index(flagged[-1])  # never all last
+    margins = [prediction(settings, p).sub_margin for p in flagged]
+    assert margins == sorted(margins)  # the flagged ones, most doubtful first
+    assert queue_of(client) == queue  # the same order every time
+
+    for category in ("tops", "bottoms", "tops/shirt"):
+        assert not set(queue_of(client, category=category)) & set(audit_night.audits)
+    page = client.get("/review").text
+    left = len(queue)
+    assert f"{left} left to review" in page
+    assert re.search(
+        rf": {left} of {len(audit_night.flagged) + len(audit_night.audits)} left", page
+    )
