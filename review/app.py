@@ -3,7 +3,8 @@
 
 Pages: ``/login``; ``/review``, the next photo of a selection (night, predicted category);
 ``/review/{id}``, one photo with its history, to decide again; ``/undo``, which takes back
-the reviewer's last decision; ``/progress``, the team's day; ``/photos/{id}``, the photo
+the reviewer's last decision; ``/progress``, the team's day; ``/accuracy``, the live
+accuracy the decisions measure; ``/photos/{id}``, the photo
 file itself, served only from inside the processed, incoming and failed folders. Everything
 but the login page and ``/healthz`` needs a logged-in reviewer, and every form carries the
 session's CSRF token.
@@ -39,7 +40,7 @@ from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.files import inside
 from refund_sorter.images import UnreadableImage, sniff
-from review import auth, progress, queue
+from review import accuracy, auth, progress, queue
 from review.auth import authenticate, csrf_token, csrf_valid, reviewers, session_secret
 
 log = logging.getLogger(__name__)
@@ -485,6 +486,14 @@ def progress_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Respon
             else None,
         }
         return render(request, "progress.html", context)
+
+
+@router.get("/accuracy")
+def accuracy_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Response:
+    """The live accuracy, per night and over the last nights, measured by the decisions."""
+    with desk.sessions() as session:
+        found = accuracy.report(session)
+    return render(request, "accuracy.html", {"report": found, "share": accuracy.share})
 
 
 @router.get("/photos/{prediction_id}")

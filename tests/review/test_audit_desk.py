@@ -1,17 +1,20 @@
 """The blind audit on the review desk: an audit photo is shown without the model's answer,
 anywhere, and takes its place among the flagged photos of the doubt-ordered queue."""
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from click.testing import CliRunner
 from conftest import SECRET_KEY
-from desk_support import csrf_of, decide, logged_in, prediction, shown_photo
+from desk_support import csrf_of, decide, logged_in, prediction, reviews_of, shown_photo
 from pydantic import SecretStr
 from sqlalchemy import select
 from sweep_support import Incoming, add_images, build_settings, local_sweep, postgres_database
 
+from cli import main
 from models import Prediction
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
@@ -153,3 +156,62 @@ def test_audits_come_among_the_flagged_photos_and_only_without_a_category_filter
     assert re.search(
         rf": {left} of {len(audit_night.flagged) + len(audit_night.audits)} left", page
     )
+
+
+def test_the_decided_audits_measure_the_night(audit_night, use_settings):
+    settings = audit_night.settings
+    use_settings(settings)
+    client = logged_in(settings, "anna")
+    before = _accuracy_json()
+    (night,) = before["nights"]
+    assert night["figures"]["provisional"]  # audits are left to decide
+
+    # Every audit decided: the model's answer for every other one, another sub else.
+    right = 0
+    for i, photo_id in enumerate(audit_night.audits):
+        p = prediction(settings, photo_id)
+        if reviews_of(settings, photo_id):
+            latest = reviews_of(settings, photo_id)[-1]
+            right += (latest.main_category, latest.sub_category) == (
+                p.main_category,
+                p.sub_category,
+            )
+            continue
+        other = next(s for m, s in CATEGORIES if m == p.main_category and s != p.sub_category)
+        answer = p.sub_category if i % 2 == 0 else other
+        decide(client, photo_id, f"{p.main_category}/{answer}")
+        right += answer == p.sub_category
+    after = _accuracy_json()
+    figures = after["nights"][0]["figures"]
+    assert not figures["provisional"]
+    counts = figures["counts"]
+    assert counts["audits"] == counts["audits_decided"] == len(audit_night.audits)
+    assert counts["flagged"] == len(audit_night.flagged)
+    assert counts["audits_right_sub"] == right
+    sub = figures["unflagged_sub"]
+    assert sub["value"] == pytest.approx(right / len(audit_night.audits))
+    assert sub["method"] == "clopper-pearson" and sub["n"] == len(audit_night.audits)
+    assert sub["low"] <= sub["value"] <= sub["high"]
+    assert figures["unflagged_main"]["value"] == 1.0  # every answer kept the main category
+    assert after["window"]["counts"] == counts
+
+    text = CliRunner().invoke(main, ["accuracy"], catch_exceptions=False).output
+    assert f"{len(audit_night.audits)} drawn for audit ({len(audit_night.audits)} decided)" in text
+    page = client.get("/accuracy")
+    assert page.status_code == 200
+    assert f"{100 * right / len(audit_night.audits):.1f}% [" in page.text
+
+
+CATEGORIES = [
+    ("bottoms", "jeans"),
+    ("bottoms", "skirt"),
+    ("tops", "shirt"),
+    ("tops", "sweater"),
+    ("tops", "t-shirt"),
+]
+
+
+def _accuracy_json() -> dict:
+    result = CliRunner().invoke(main, ["accuracy", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
