@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import Select, and_, case, func, select
 from sqlalchemy.orm import Session
 
 from models import ItemStatus, Prediction, SweepRun
@@ -237,6 +237,21 @@ def figures(nights: Sequence[tuple[Counts, dict[str, Counts]]]) -> Figures:
     )
 
 
+def window(*, since: date | None = None, last: int = WINDOW) -> Select:
+    """The ids of the nights (sweeps) with classified photos started on or after ``since``
+    (UTC), or else of the ``last`` ones, newest first."""
+    nights = (
+        select(SweepRun.id)
+        .join(Prediction, Prediction.sweep_run_id == SweepRun.id)
+        .where(Prediction.status == ItemStatus.OK)
+        .group_by(SweepRun.id)
+        .order_by(SweepRun.id.desc())
+    )
+    if since is not None:
+        return nights.where(SweepRun.started_at >= datetime.combine(since, time.min, tzinfo=UTC))
+    return nights.limit(last)
+
+
 def night_counts(
     session: Session, *, since: date | None = None, last: int = WINDOW
 ) -> list[tuple[int, datetime, Counts, dict[str, Counts]]]:
@@ -246,17 +261,7 @@ def night_counts(
     decided = review.c.prediction_id.is_not(None)
     right_main = and_(decided, review.c.main_category == Prediction.main_category)
     right_sub = and_(right_main, review.c.sub_category == Prediction.sub_category)
-    nights = (
-        select(SweepRun.id)
-        .join(Prediction, Prediction.sweep_run_id == SweepRun.id)
-        .where(Prediction.status == ItemStatus.OK)
-        .group_by(SweepRun.id)
-        .order_by(SweepRun.id.desc())
-    )
-    if since is not None:
-        nights = nights.where(SweepRun.started_at >= datetime.combine(since, time.min, tzinfo=UTC))
-    else:
-        nights = nights.limit(last)
+    nights = window(since=since, last=last)
     rows = session.execute(
         select(
             SweepRun.id,

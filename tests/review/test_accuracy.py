@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from review.accuracy import Counts, clopper_pearson, figures, proportion, wilson
+from review.threshold import Confidences, suggest
 
 NIGHTS = 600
 
@@ -101,3 +102,32 @@ def test_a_night_with_audits_left_is_provisional_and_the_window_pools_nights():
     assert f.counts.photos == sum(c.photos for c in nights)
     assert f.unflagged_sub.method == "stratified"
     assert f.unflagged_sub.low <= f.unflagged_sub.value <= f.unflagged_sub.high
+
+
+def test_the_suggested_threshold_reaches_the_target_on_simulated_nights():
+    # A staged model right with probability 0.5 + c/2 at sub confidence c; flagged below 0.6,
+    # every flagged photo reviewed, 10% of the confident ones audited.
+    rng = np.random.default_rng(5)
+    strata, every_c, every_right = [], [], []
+    for _ in range(30):
+        c = rng.beta(5, 2, 3000)
+        right = rng.random(3000) < 0.5 + c / 2
+        flagged = c < 0.6
+        audited = ~flagged & (rng.random(3000) < 0.1)
+        for part, labelled in ((flagged, flagged), (~flagged, audited)):
+            strata.append(Confidences(c[part], c[part & labelled], c[part & labelled & right]))
+        every_c.append(c)
+        every_right.append(right)
+    c, right = np.concatenate(every_c), np.concatenate(every_right)
+
+    found = suggest(strata, target=0.97)
+
+    point = found.suggested
+    assert point is not None and point.threshold > 0.6
+    truth = right[c >= point.threshold].mean()
+    assert point.accuracy.low <= truth <= point.accuracy.high
+    assert truth >= 0.97 - 0.01
+    assert point.flagged_share == pytest.approx((c < point.threshold).mean())
+    # One step lower no longer reaches the target.
+    below = next(p for p in found.curve if p.threshold == round(point.threshold - 0.01, 2))
+    assert below.accuracy.value < 0.97

@@ -201,6 +201,15 @@ def test_the_decided_audits_measure_the_night(audit_night, use_settings):
     assert page.status_code == 200
     assert f"{100 * right / len(audit_night.audits):.1f}% [" in page.text
 
+    # The threshold these decisions suggest: none reaches 99.9% with the model half wrong;
+    # 1% is reached from the lowest threshold on, which flags nothing.
+    high = CliRunner().invoke(main, ["threshold", "--target", "0.999"], catch_exceptions=False)
+    assert high.exit_code == 1 and "no threshold reaches 99.9%" in high.output
+    low = CliRunner().invoke(main, ["threshold", "--target", "0.01"], catch_exceptions=False)
+    assert low.exit_code == 0, low.output
+    assert "suggested threshold 0.00: flags 0.0% of the photos" in low.output
+    assert "threshold stored in the model (chosen offline)" in low.output
+
 
 CATEGORIES = [
     ("bottoms", "jeans"),
