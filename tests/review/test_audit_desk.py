@@ -8,8 +8,15 @@ from dataclasses import dataclass
 
 import pytest
 from click.testing import CliRunner
-from conftest import SECRET_KEY
-from desk_support import csrf_of, decide, logged_in, prediction, reviews_of, shown_photo
+from desk_support import (
+    SECRET_KEY,
+    csrf_of,
+    decide,
+    logged_in,
+    prediction,
+    queue_of,
+    reviews_of,
+)
 from pydantic import SecretStr
 from sqlalchemy import select
 from sweep_support import Incoming, add_images, build_settings, local_sweep, postgres_database
@@ -66,15 +73,6 @@ def _half_flagged_night(settings: Settings, model, n: int) -> None:
     confidences = sorted(x.sub_confidence for x in clf.predict_tensors(tensors))
     clf.review_threshold = (confidences[n // 2 - 1] + confidences[n // 2]) / 2
     local_sweep(settings, clf)
-
-
-def queue_of(client, **filters) -> list[int]:
-    seen: list[int] = []
-    photo = shown_photo(client.get("/review", params=filters).text)
-    while photo is not None and photo not in seen:
-        seen.append(photo)
-        photo = shown_photo(client.get("/review", params={**filters, "after": photo}).text)
-    return seen
 
 
 def blinded(html: str, photo: Prediction) -> str:

@@ -13,6 +13,7 @@ from desk_support import (
     decide,
     logged_in,
     prediction,
+    queue_of,
     reviews_of,
     shown_photo,
 )
@@ -23,16 +24,6 @@ from refund_sorter.crud import as_utc
 from refund_sorter.db import session_factory
 
 pytestmark = pytest.mark.services
-
-
-def queue_of(client, **filters) -> list[int]:
-    """Every photo a selection offers, in order, by skipping through it to the end."""
-    seen: list[int] = []
-    photo = shown_photo(client.get("/review", params=filters).text)
-    while photo is not None and photo not in seen:
-        seen.append(photo)
-        photo = shown_photo(client.get("/review", params={**filters, "after": photo}).text)
-    return seen
 
 
 def undecided(nights, sweep: int) -> list[int]:
