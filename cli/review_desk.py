@@ -1,10 +1,12 @@
 """Review commands: the review desk's server (and the password hashes its reviewers log in
-with), and the export of reviewed photos into a training folder.
+with), the export of reviewed photos into a training folder, the live accuracy that the
+reviews measure and the review threshold they suggest.
 
 FastAPI and uvicorn are imported inside ``review-server``, so the other commands start
-without them. Nothing here imports PyTorch.
+without them. Only ``threshold`` imports PyTorch (to read the model's offline threshold).
 """
 
+import sys
 from pathlib import Path
 
 import click
@@ -95,3 +97,113 @@ def export_training_set(out_dir: Path, since) -> None:
         click.echo(f"  missing {path}: {why}")
     if len(report.missing) > 20:
         click.echo(f"  ... and {len(report.missing) - 20} more")
+
+
+@click.command()
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="The nights started on or after this day (UTC); default: the last 28 nights.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@friendly
+def accuracy(since, as_json: bool) -> None:
+    """How accurate the sorting is on live photos: per night and over the nights together.
+
+    From the blind audits, the accuracy of the photos nobody reviews; from the reviews, the
+    share of flagged photos corrected; both together, the accuracy as filed after review.
+    Each with its 95% interval, its count and its coverage (decided of drawn). A night stays
+    provisional until all of its audits are decided.
+    """
+    import dataclasses
+    import json
+
+    from review.accuracy import report
+
+    settings = get_settings()
+    check_schema(settings.database_url)
+    with session_factory(settings.database_url)() as session:
+        found = report(session, since=since.date() if since else None)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(found), default=str, indent=2))
+        return
+    span = f"since {found.since}" if found.since else "the last nights"
+    click.echo(f"{len(found.nights)} nights ({span}), together:")
+    for line in figure_lines(found.window):
+        click.echo(f"  {line}")
+    for night in found.nights:
+        mark = " (provisional: audits left to decide)" if night.figures.provisional else ""
+        click.echo(f"night of {night.started_at:%Y-%m-%d} (sweep {night.sweep}){mark}:")
+        for line in figure_lines(night.figures):
+            click.echo(f"  {line}")
+
+
+def figure_lines(figures) -> list[str]:
+    """One night's (or the window's) figures, one line each."""
+    from review.accuracy import share
+
+    c = figures.counts
+    lines = [
+        f"{c.photos} photos: {c.flagged} flagged ({c.flagged_decided} decided), "
+        f"{c.audits} drawn for audit ({c.audits_decided} decided)",
+        f"unflagged accuracy   main {share(figures.unflagged_main)}   "
+        f"sub {share(figures.unflagged_sub)}",
+        f"flagged corrected    {share(figures.corrected)}",
+        f"as filed             main {share(figures.filed_main)}   sub {share(figures.filed_sub)}",
+        f"model, every photo   main {share(figures.model_main)}   sub {share(figures.model_sub)}",
+    ]
+    for main, (on_main, on_sub) in figures.by_main.items():
+        lines.append(f"  unflagged, predicted {main}: main {share(on_main)}   sub {share(on_sub)}")
+    return lines
+
+
+@click.command()
+@click.option(
+    "--target",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.97,
+    show_default=True,
+    help="The sub accuracy the unflagged photos should reach.",
+)
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="The nights started on or after this day (UTC); default: the last 28 nights.",
+)
+@friendly
+def threshold(target: float, since) -> None:
+    """Suggest the review threshold at which the unflagged photos reach TARGET accuracy.
+
+    Measured on the live labelled photos of the current model (the decided audits and
+    flagged photos, weighted by their strata), beside the threshold stored in the model
+    file. It only suggests: set REFUND_SORTER_REVIEW_THRESHOLD to apply it.
+    """
+    from classifier.checkpoint import load_checkpoint
+    from review.accuracy import share, window
+    from review.threshold import live_confidences, suggest
+
+    settings = get_settings()
+    check_schema(settings.database_url)
+    checkpoint = load_checkpoint(settings.model_path)
+    nights = window(since=since.date() if since else None)
+    with session_factory(settings.database_url)() as session:
+        strata = live_confidences(session, model_version=checkpoint.version, sweeps=nights)
+    if not strata:
+        raise UserError(f"no photo of model {checkpoint.version} in these nights to measure by")
+    found = suggest(strata, target)
+    in_force = settings.review_threshold
+    click.echo(
+        f"model {checkpoint.version}: threshold stored in the model (chosen offline) "
+        f"{checkpoint.review_threshold:.2f}; in force "
+        f"{checkpoint.review_threshold if in_force is None else in_force:.2f}"
+    )
+    point = found.suggested
+    if point is None:
+        click.echo(f"no threshold reaches {target:.1%} on these photos")
+        sys.exit(1)
+    click.echo(
+        f"suggested threshold {point.threshold:.2f}: flags {point.flagged_share:.1%} of the "
+        f"photos; unflagged sub accuracy {share(point.accuracy)}"
+    )
+    for p in found.curve[::10]:
+        click.echo(f"  {p.threshold:.2f}  flags {p.flagged_share:6.1%}  {share(p.accuracy)}")

@@ -113,6 +113,12 @@ class Prediction(Base):
             postgresql_where=text("needs_review"),
             sqlite_where=text("needs_review"),
         ),
+        Index(
+            "ix_predictions_audit",
+            "sweep_run_id",
+            postgresql_where=text("audited"),
+            sqlite_where=text("audited"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -131,6 +137,14 @@ class Prediction(Base):
     # The model's best sub categories, best first: [{"main": ..., "sub": ..., "p": ...}, ...]
     # (the first is the decision): what the review desk offers besides the decision.
     top_subs: Mapped[list[dict] | None] = mapped_column(JSON(none_as_null=True))
+    # The gap between the two best sub probabilities (top_subs): the review queue's order.
+    sub_margin: Mapped[float | None] = mapped_column(Float)
+    # Drawn for the blind audit (refund_sorter.audit); with the audit rate and the review
+    # threshold in force when it was classified (both can change between nights). Unset
+    # for rows classified before they were recorded, and for those never classified.
+    audited: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    audit_rate: Mapped[float | None] = mapped_column(Float)
+    review_threshold: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     classified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

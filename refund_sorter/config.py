@@ -59,6 +59,19 @@ class Settings(BaseSettings):
         description="Below this sub confidence a prediction needs review; unset (or empty): "
         "the threshold stored in the model, chosen on held-out photos when it was trained.",
     )
+    audit_rate: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Share of the confident (not flagged) photos drawn for a blind audit: the "
+        "review desk shows them without the model's answer, and their decisions measure the "
+        "accuracy of the photos nobody reviews. 0 draws none.",
+    )
+    audit_seed: str = Field(
+        "refund-sorter",
+        description="Seeds the audit draw (any text or number): the same seed, model and photo "
+        "always give the same draw; change it to draw a different sample.",
+    )
     device: Device = "auto"
     precision: Precision = Field(
         "auto",
@@ -110,6 +123,11 @@ class Settings(BaseSettings):
                 "UTC or Europe/Berlin"
             ) from None
         return value
+
+    @field_validator("audit_seed", mode="before")
+    @classmethod
+    def _seed_as_text(cls, value):
+        return str(value) if isinstance(value, int) else value
 
     @field_validator("review_threshold", mode="before")
     @classmethod

@@ -375,6 +375,10 @@ class ItemResult:
     needs_review: bool = False
     error: str | None = None
     top_subs: tuple[tuple[str, str, float], ...] = ()  # (main, sub, probability), best first
+    sub_margin: float | None = None  # the gap between the two best of top_subs
+    audited: bool = False  # drawn for the blind audit (refund_sorter.audit)
+    audit_rate: float | None = None  # in force when it was classified
+    review_threshold: float | None = None  # in force when it was classified
 
 
 def record_failures(
@@ -411,6 +415,10 @@ _STORE_RESULT = (
                 "sub_confidence",
                 "needs_review",
                 "top_subs",
+                "sub_margin",
+                "audited",
+                "audit_rate",
+                "review_threshold",
                 "error",
                 "classified_at",
             )
@@ -448,6 +456,10 @@ def record_results(session: Session, results: list[ItemResult]) -> tuple[dict[st
                 "v_needs_review": r.needs_review,
                 "v_top_subs": [{"main": m, "sub": s, "p": round(p, 4)} for m, s, p in r.top_subs]
                 or None,
+                "v_sub_margin": r.sub_margin,
+                "v_audited": r.audited,
+                "v_audit_rate": r.audit_rate,
+                "v_review_threshold": r.review_threshold,
                 "v_error": r.error,
                 "v_classified_at": now,
             },

@@ -31,6 +31,11 @@ COLUMNS = [
     "sub_category",
     "sub_confidence",
     "needs_review",
+    # Drawn for the blind audit, and the audit rate and review threshold in force when it
+    # was classified (empty for rows classified before they were recorded).
+    "audited",
+    "audit_rate",
+    "review_threshold",
     "model_version",
     "sweep_run",
     "error",
@@ -93,6 +98,9 @@ def _rows(session: Session, flt: ExportFilter) -> Iterator[list]:
             p.sub_category or "",
             "" if p.sub_confidence is None else f"{p.sub_confidence:.4f}",
             "true" if p.needs_review else "false",
+            "true" if p.audited else "false",
+            "" if p.audit_rate is None else f"{p.audit_rate:.4f}",
+            "" if p.review_threshold is None else f"{p.review_threshold:.4f}",
             p.model_version,
             p.sweep_run_id,
             p.error or "",

@@ -3,7 +3,8 @@
 
 Pages: ``/login``; ``/review``, the next photo of a selection (night, predicted category);
 ``/review/{id}``, one photo with its history, to decide again; ``/undo``, which takes back
-the reviewer's last decision; ``/progress``, the team's day; ``/photos/{id}``, the photo
+the reviewer's last decision; ``/progress``, the team's day; ``/accuracy``, the live
+accuracy the decisions measure; ``/photos/{id}``, the photo
 file itself, served only from inside the processed, incoming and failed folders. Everything
 but the login page and ``/healthz`` needs a logged-in reviewer, and every form carries the
 session's CSRF token.
@@ -39,7 +40,7 @@ from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.files import inside
 from refund_sorter.images import UnreadableImage, sniff
-from review import auth, progress, queue
+from review import accuracy, auth, progress, queue
 from review.auth import authenticate, csrf_token, csrf_valid, reviewers, session_secret
 
 log = logging.getLogger(__name__)
@@ -297,9 +298,13 @@ def logout(request: Request, _form: CheckedForm, desk: DeskDep) -> RedirectRespo
     return RedirectResponse("/login", status_code=303)
 
 
-def _selection(desk: Desk, sweep: int | None, category: str) -> queue.Selection:
+def _selection(desk: Desk, sweep: int | None, category: str, order: str) -> queue.Selection:
     main, sub = desk.category(category, main_alone=True) if category else (None, None)
-    return queue.Selection(sweep=sweep, main=main, sub=sub)
+    if order not in queue.ORDERS:
+        raise PageError(
+            400, f"{order!r} is not an order of the queue: {' or '.join(queue.ORDERS)}."
+        )
+    return queue.Selection(sweep=sweep, main=main, sub=sub, order=order)
 
 
 def _held_elsewhere(desk: Desk, session: Session, photo: Prediction) -> PageError:
@@ -343,6 +348,7 @@ def _page(
         "history": queue.history(session, photo.id) if photo else [],
         "recent": queue.recent_reviews(session),
         "alternatives": _alternatives(photo),
+        "orders": queue.ORDERS,
         "night_of": session.get(SweepRun, photo.sweep_run_id) if photo else None,
         "undoable": queue.last_decision(session, reviewer),
         "claim_minutes": round(desk.settings.review_claim_seconds / 60),
@@ -352,8 +358,8 @@ def _page(
 
 def _alternatives(photo: Prediction | None) -> list[dict]:
     """The next best sub categories after the decision (none for rows from before they were
-    stored)."""
-    if photo is None or not photo.top_subs:
+    stored, and none for an audit photo: the reviewer decides it blind)."""
+    if photo is None or photo.audited or not photo.top_subs:
         return []
     decided = (photo.main_category, photo.sub_category)
     return [t for t in photo.top_subs if (t["main"], t["sub"]) != decided]
@@ -366,9 +372,10 @@ def review_queue(
     desk: DeskDep,
     sweep: int | None = None,
     category: str = "",
+    order: str = queue.DOUBT,
     after: int | None = None,
 ) -> Response:
-    selection = _selection(desk, sweep, category)
+    selection = _selection(desk, sweep, category, order)
     with desk.sessions.begin() as session:
         skipped = session.get(Prediction, after) if after is not None else None
         for _ in range(CLAIM_TRIES):
@@ -388,8 +395,9 @@ def review_one(
     desk: DeskDep,
     sweep: int | None = None,
     category: str = "",
+    order: str = queue.DOUBT,
 ) -> Response:
-    selection = _selection(desk, sweep, category)
+    selection = _selection(desk, sweep, category, order)
     with desk.sessions.begin() as session:
         photo = session.get(Prediction, prediction_id)
         if photo is None or photo.status != ItemStatus.OK:
@@ -410,6 +418,7 @@ def decide(
     main, sub = desk.category(str(form.get("decision", "")))
     category = str(form.get("category", ""))
     sweep = str(form.get("sweep", ""))
+    order = str(form.get("order", ""))
     with desk.sessions.begin() as session:
         photo = session.get(Prediction, prediction_id)
         if photo is None or photo.status != ItemStatus.OK:
@@ -428,11 +437,14 @@ def decide(
         crud.release_claims(session, reviewer=reviewer)
         name = photo.file_name
     request.session["flash"] = f"Saved {main} / {sub} for {name}."
-    return RedirectResponse(f"/review?{_filters(sweep, category)}", status_code=303)
+    return RedirectResponse(f"/review?{_filters(sweep, category, order)}", status_code=303)
 
 
-def _filters(sweep: str, category: str) -> str:
-    return urlencode({k: v for k, v in (("sweep", sweep), ("category", category)) if v})
+def _filters(sweep: str, category: str, order: str) -> str:
+    if order == queue.DOUBT:
+        order = ""  # the default
+    pairs = (("sweep", sweep), ("category", category), ("order", order))
+    return urlencode({k: v for k, v in pairs if v})
 
 
 @router.post("/undo")
@@ -441,7 +453,9 @@ def undo(form: CheckedForm, request: Request, reviewer: Reviewer, desk: DeskDep)
     with desk.sessions.begin() as session:
         undone = crud.undo_last_review(session, reviewer=reviewer)
         photo = session.get(Prediction, undone.prediction_id) if undone else None
-    filters = _filters(str(form.get("sweep", "")), str(form.get("category", "")))
+    filters = _filters(
+        str(form.get("sweep", "")), str(form.get("category", "")), str(form.get("order", ""))
+    )
     if photo is None:
         request.session["flash"] = "You have no decision left to undo."
         return RedirectResponse(f"/review?{filters}", status_code=303)
@@ -472,6 +486,14 @@ def progress_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Respon
             else None,
         }
         return render(request, "progress.html", context)
+
+
+@router.get("/accuracy")
+def accuracy_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Response:
+    """The live accuracy, per night and over the last nights, measured by the decisions."""
+    with desk.sessions() as session:
+        found = accuracy.report(session)
+    return render(request, "accuracy.html", {"report": found, "share": accuracy.share})
 
 
 @router.get("/photos/{prediction_id}")

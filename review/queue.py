@@ -1,23 +1,31 @@
-"""What the review desk reads: the photos flagged for review that nobody has decided yet,
-newest night first, with the filters the page offers; who holds a photo. Read-only;
-``crud`` writes (and takes the claims)."""
+"""What the review desk reads: the photos to decide that nobody has decided yet (those
+flagged for review and those drawn for the blind audit), most doubtful first or newest night
+first, with the filters the page offers; who holds a photo. Read-only; ``crud`` writes (and
+takes the claims)."""
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, and_, exists, func, or_, select
+from sqlalchemy import Float, Select, and_, case, cast, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from models import ItemStatus, Prediction, Review, ReviewClaim, SweepRun
 
+DOUBT = "doubt"  # the smallest margin between the two best sub categories first
+NIGHT = "night"  # newest night first, in the order the night found them
+ORDERS = (DOUBT, NIGHT)
+
 
 @dataclass(frozen=True)
 class Selection:
-    """The page's filters: one night (sweep run) and one predicted main or main/sub."""
+    """The page's filters: one night (sweep run) and one predicted main or main/sub, and the
+    order. A filter by predicted category leaves the audit photos out: it would tell what the
+    model said of them."""
 
     sweep: int | None = None
     main: str | None = None
     sub: str | None = None
+    order: str = DOUBT
 
 
 @dataclass(frozen=True)
@@ -25,11 +33,27 @@ class Night:
     sweep: int
     started_at: datetime
     flagged: int  # photos flagged for review that night
-    left: int  # of which nobody has decided yet
+    audits: int  # confident photos drawn for the blind audit that night
+    left: int  # of both, those nobody has decided yet
 
 
 _reviewed = exists().where(Review.prediction_id == Prediction.id, Review.undone_at.is_(None))
-_flagged = and_(Prediction.needs_review, Prediction.status == ItemStatus.OK)
+_to_decide = and_(
+    Prediction.status == ItemStatus.OK, or_(Prediction.needs_review, Prediction.audited)
+)
+
+# An audit photo is confident: by its own margin it would come after every flagged one. The
+# flagged photos take their rank instead (0 the most doubtful, 1 the least), and each audit
+# photo a place in [0, 1) drawn from its id: audits come at pseudo-random places among the
+# doubtful photos, never all last, whatever the margins of the night.
+_audit_place = cast((Prediction.id * 2654435761) % 100003, Float) / 100003
+_doubt = case(
+    (Prediction.audited, _audit_place),
+    else_=func.percent_rank().over(
+        partition_by=Prediction.audited,
+        order_by=(func.coalesce(Prediction.sub_margin, 0.0), Prediction.id),
+    ),
+)
 
 
 def _held_by_another(reviewer: str, now: datetime):
@@ -41,11 +65,11 @@ def _held_by_another(reviewer: str, now: datetime):
 
 
 def _to_review(selection: Selection) -> Select:
-    query = select(Prediction).where(_flagged, ~_reviewed)
+    query = select(Prediction).where(_to_decide, ~_reviewed)
     if selection.sweep is not None:
         query = query.where(Prediction.sweep_run_id == selection.sweep)
     if selection.main is not None:
-        query = query.where(Prediction.main_category == selection.main)
+        query = query.where(Prediction.main_category == selection.main, ~Prediction.audited)
     if selection.sub is not None:
         query = query.where(Prediction.sub_category == selection.sub)
     return query
@@ -59,22 +83,28 @@ def next_photo(
     now: datetime,
     after: Prediction | None = None,
 ) -> Prediction | None:
-    """The next photo for ``reviewer`` to decide: newest night first, in the order the night
-    found them, leaving out those another reviewer's claim holds at ``now``. With ``after``
-    (a photo skipped), the one behind it, or the first again at the end."""
-    query = (
+    """The next photo for ``reviewer`` to decide, in the selection's order, leaving out those
+    another reviewer's claim holds at ``now``. With ``after`` (a photo skipped), the one
+    behind it, or the first again at the end."""
+    key = -Prediction.sweep_run_id if selection.order == NIGHT else _doubt
+    ranked = (
         _to_review(selection)
         .where(~_held_by_another(reviewer, now))
-        .order_by(Prediction.sweep_run_id.desc(), Prediction.id)
+        .with_only_columns(Prediction.id.label("id"), key.label("key"))
+        .subquery()
+    )
+    query = (
+        select(Prediction)
+        .join(ranked, ranked.c.id == Prediction.id)
+        .order_by(ranked.c.key, ranked.c.id)
     )
     if after is not None:
-        behind = or_(
-            Prediction.sweep_run_id < after.sweep_run_id,
-            and_(Prediction.sweep_run_id == after.sweep_run_id, Prediction.id > after.id),
-        )
-        found = session.scalar(query.where(behind).limit(1))
-        if found is not None:
-            return found
+        at = session.scalar(select(ranked.c.key).where(ranked.c.id == after.id))
+        if at is not None:
+            behind = or_(ranked.c.key > at, and_(ranked.c.key == at, ranked.c.id > after.id))
+            found = session.scalar(query.where(behind).limit(1))
+            if found is not None:
+                return found
     return session.scalar(query.limit(1))
 
 
@@ -83,16 +113,18 @@ def count_left(session: Session, selection: Selection) -> int:
 
 
 def nights(session: Session, last: int = 60) -> list[Night]:
-    """The last nights that flagged photos, newest first, with how many are left."""
+    """The last nights with photos to decide (flagged or drawn for audit), newest first, with
+    how many are left."""
     rows = session.execute(
         select(
             SweepRun.id,
             SweepRun.started_at,
-            func.count(Prediction.id),
+            func.count(Prediction.id).filter(Prediction.needs_review),
+            func.count(Prediction.id).filter(Prediction.audited),
             func.count(Prediction.id).filter(~_reviewed),
         )
         .join(Prediction, Prediction.sweep_run_id == SweepRun.id)
-        .where(_flagged)
+        .where(_to_decide)
         .group_by(SweepRun.id, SweepRun.started_at)
         .order_by(SweepRun.id.desc())
         .limit(last)
@@ -101,7 +133,8 @@ def nights(session: Session, last: int = 60) -> list[Night]:
 
 
 def oldest_undecided(session: Session) -> Prediction | None:
-    """The photo flagged for review longest ago that nobody has decided yet."""
+    """The photo to decide (flagged or drawn for audit) classified longest ago that nobody
+    has decided yet."""
     query = _to_review(Selection()).order_by(Prediction.classified_at, Prediction.id)
     return session.scalar(query.limit(1))
 

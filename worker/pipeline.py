@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from classifier.version import is_for_model
 from models import ItemStatus
 from refund_sorter.arrival import still_being_written
+from refund_sorter.audit import is_audited, sub_margin
 from refund_sorter.config import Settings
 from refund_sorter.crud import ItemResult, Unmoved, queued_paths, record_results, record_unmoved
 from refund_sorter.db import session_factory
@@ -114,7 +115,7 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
     sessions = session_factory(settings.database_url)
     admitted, others = admit(items, clf, sessions, settings)
     classified = predict(prepare(admitted, clf, settings), clf)
-    results, stored, finished = record(admitted, classified, settings, sessions)
+    results, stored, finished = record(admitted, classified, clf, settings, sessions)
     move(admitted, results, stored, sessions)
     export_sweeps(sessions, finished, settings.export_dir)
     statuses = [
@@ -209,10 +210,12 @@ def predict(prepared: list, clf) -> list:
 def record(
     admitted: list[Admitted],
     classified: list,
+    clf,
     settings: Settings,
     sessions: sessionmaker[Session],
 ) -> tuple[list[ItemResult], dict[str, int], list[int]]:
-    """Store the batch's results in one transaction, each naming where its file goes. Returns
+    """Store the batch's results in one transaction, each naming where its file goes, whether
+    it was drawn for the audit, and the audit rate and ``clf``'s review threshold. Returns
     them, the hashes stored (each with its row's sweep) and the sweeps the batch finished."""
     results = []
     for (it, src), x in zip(admitted, classified, strict=True):
@@ -243,6 +246,16 @@ def record(
                     x.sub_confidence,
                     needs_review=x.needs_review,
                     top_subs=x.top_subs,
+                    sub_margin=sub_margin(x.top_subs),
+                    audited=is_audited(
+                        it.content_hash,
+                        it.model_version,
+                        settings.audit_seed,
+                        settings.audit_rate,
+                        needs_review=x.needs_review,
+                    ),
+                    audit_rate=settings.audit_rate,
+                    review_threshold=clf.review_threshold,
                 )
             )
     with sessions.begin() as session:

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 # The sweep tests' helpers: incoming files, the tiny model, PostgreSQL databases.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sweep"))
 pytest.register_assert_rewrite("sweep_support")
-from desk_support import PASSWORDS  # noqa: E402
+from desk_support import PASSWORDS, SECRET_KEY  # noqa: E402
 from sweep_support import (  # noqa: E402
     Incoming,
     TinyModel,
@@ -26,8 +26,6 @@ from sweep_support import (  # noqa: E402
 
 from refund_sorter.config import Settings, get_settings  # noqa: E402
 from refund_sorter.passwords import hash_password  # noqa: E402
-
-SECRET_KEY = "a4f0c1e9d2b8476aa1e3c5d7f9b0e2c4"
 
 
 @dataclass

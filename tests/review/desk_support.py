@@ -11,6 +11,7 @@ from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from review.app import create_app
 
+SECRET_KEY = "a4f0c1e9d2b8476aa1e3c5d7f9b0e2c4"
 PASSWORDS = {"anna": "anna's long password", "ben": "ben's longer password"}
 
 
@@ -39,6 +40,16 @@ def shown_photo(html: str) -> int | None:
     """The id of the photo the page offers for a decision, if any."""
     found = re.search(r'data-photo="(\d+)"', html)
     return int(found[1]) if found else None
+
+
+def queue_of(client: TestClient, **filters) -> list[int]:
+    """Every photo a selection offers, in order, by skipping through it to the end."""
+    seen: list[int] = []
+    photo = shown_photo(client.get("/review", params=filters).text)
+    while photo is not None and photo not in seen:
+        seen.append(photo)
+        photo = shown_photo(client.get("/review", params={**filters, "after": photo}).text)
+    return seen
 
 
 def decide(client: TestClient, photo: int, decision: str, **filters) -> None:

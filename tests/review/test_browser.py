@@ -2,10 +2,12 @@
 an operator starts it, against PostgreSQL holding a real night (the shipped model on the
 sample photos); headless Chromium logs in, confirms one photo with a click, corrects the
 next with a key press, and the table and the CSV say so; then a second reviewer enlarges a
-photo, decides it, undoes that with its key and opens the progress page.
+photo, decides it, undoes that with its key and opens the progress page; last, a night
+drawn whole for the audit, and an audit photo decided blind.
 
-``SCREENSHOT_TO=docs/review-desk.png SCREENSHOT_PROGRESS_TO=docs/review-progress.png pytest
-tests/review/test_browser.py`` also saves the pages as docs/review-desk.md shows them.
+``SCREENSHOT_TO=docs/review-desk.png SCREENSHOT_PROGRESS_TO=docs/review-progress.png
+SCREENSHOT_AUDIT_TO=docs/review-audit.png pytest tests/review/test_browser.py`` also saves
+the pages as docs/review-desk.md shows them.
 """
 
 import csv
@@ -55,6 +57,7 @@ def night(tmp_path_factory, accounts):
             model,
             reviewers=SecretStr(accounts),
             review_secret_key=SecretStr("5e1d9c3b7a2f4e6d8c0b1a3f5e7d9c2b"),
+            audit_rate=0.0,  # the audit has a night of its own, below
         )
         incoming = Incoming(settings.incoming_dir)
         for sample in sorted(SAMPLES.glob("*.jpg")):
@@ -229,3 +232,50 @@ def test_a_decision_undone_with_its_key_the_zoom_and_the_progress_page(night, se
     assert "Oldest undecided photo" in b.text()
     if target := os.environ.get("SCREENSHOT_PROGRESS_TO"):
         b.screenshot(REPO_ROOT / target)
+
+
+def test_an_audit_photo_is_decided_blind(night, server, browser):
+    from PIL import Image
+
+    from classifier.predict import Classifier
+
+    # A second night, every photo confident and drawn for the audit: three samples mirrored,
+    # so that they are new photos to the model.
+    incoming = Incoming(night.incoming_dir)
+    samples = sorted(p for p in SAMPLES.glob("*.jpg") if p.name != "damaged-upload.jpg")
+    for sample in samples[:3]:
+        with Image.open(sample) as image:
+            image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
+                incoming.root / f"mirrored-{sample.name}"
+            )
+    audit_night = night.model_copy(update={"audit_rate": 1.0, "review_threshold": 0.0})
+    run = local_sweep(audit_night, Classifier.from_path(SHIPPED_MODEL, "cpu", "auto", 0.0))
+    assert run.succeeded == 3
+
+    b = browser
+    b.open(f"{server}/login")
+    b.type("input[name=name]", "anna")
+    b.type("input[name=password]", PASSWORDS["anna"])
+    with b.next_page():
+        b.click("form.login button[type=submit]")
+    b.open(f"{server}/review?sweep={run.id}")
+    photo = photo_on_page(b)
+    row = prediction(night, photo)
+    assert row.audited and not row.needs_review
+    text = b.text()
+    assert "drawn at random for the audit" in text
+    assert "The model says" not in text and "Confirm" not in text
+    html = b.js("document.documentElement.outerHTML")
+    assert f"{100 * row.sub_confidence:.0f}%" not in html
+    assert b.js("document.querySelector('form.blind select').value") == ""  # nothing chosen
+    if target := os.environ.get("SCREENSHOT_AUDIT_TO"):
+        b.screenshot(REPO_ROOT / target)
+
+    choice = b.js("document.querySelector('form.blind select').options[2].value")
+    b.js(f"document.querySelector('form.blind select').value = {choice!r}")
+    with b.next_page():
+        b.click("form.blind button[type=submit]")
+    (decided,) = reviews_of(night, photo)
+    main, sub = choice.split("/")
+    assert (decided.reviewer, decided.main_category, decided.sub_category) == ("anna", main, sub)
+    assert f"Saved {main} / {sub}" in b.text()

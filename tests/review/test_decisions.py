@@ -1,6 +1,6 @@
-"""The review desk as a reviewer uses it: the photos flagged for review, newest night first,
-with the model's decision and its next best guesses; confirm or correct, go on to the next;
-decide a photo again; and what the CSV then says."""
+"""The review desk as a reviewer uses it: the photos flagged for review, most doubtful first
+(or newest night first), with the model's decision and its next best guesses; confirm or
+correct, go on to the next; decide a photo again; and what the CSV then says."""
 
 import csv
 import io
@@ -13,6 +13,7 @@ from desk_support import (
     decide,
     logged_in,
     prediction,
+    queue_of,
     reviews_of,
     shown_photo,
 )
@@ -25,18 +26,13 @@ from refund_sorter.db import session_factory
 pytestmark = pytest.mark.services
 
 
-def queue_of(client, **filters) -> list[int]:
-    """Every photo a selection offers, in order, by skipping through it to the end."""
-    seen: list[int] = []
-    photo = shown_photo(client.get("/review", params=filters).text)
-    while photo is not None and photo not in seen:
-        seen.append(photo)
-        photo = shown_photo(client.get("/review", params={**filters, "after": photo}).text)
-    return seen
-
-
 def undecided(nights, sweep: int) -> list[int]:
     return [p for p in nights.flagged[sweep] if not reviews_of(nights.settings, p)]
+
+
+def by_doubt(nights, photos: list[int]) -> list[int]:
+    """``photos`` most doubtful first: the smallest margin between the two best subs."""
+    return sorted(photos, key=lambda p: (prediction(nights.settings, p).sub_margin, p))
 
 
 def test_the_page_shows_the_prediction_and_the_next_best_guesses(nights):
@@ -45,7 +41,9 @@ def test_the_page_shows_the_prediction_and_the_next_best_guesses(nights):
     page = client.get("/review").text
 
     photo = prediction(nights.settings, shown_photo(page))
-    assert photo.sweep_run_id == nights.last  # newest night first
+    flagged = undecided(nights, nights.last) + undecided(nights, nights.first)
+    assert photo.id == by_doubt(nights, flagged)[0]  # the most doubtful first
+    assert photo.sub_margin == min(prediction(nights.settings, p).sub_margin for p in flagged)
     assert f'src="/photos/{photo.id}"' in page and photo.file_name in page
     assert f"{photo.main_category} <small>{100 * photo.main_confidence:.0f}%</small>" in page
     assert f"{photo.sub_category} <small>{100 * photo.sub_confidence:.0f}%</small>" in page
@@ -75,7 +73,9 @@ def test_the_page_shows_the_prediction_and_the_next_best_guesses(nights):
 def test_confirm_then_correct_and_move_on(nights):
     client = logged_in(nights.settings)
     queue = queue_of(client)
-    assert queue == undecided(nights, nights.last) + undecided(nights, nights.first)
+    assert queue == by_doubt(
+        nights, undecided(nights, nights.last) + undecided(nights, nights.first)
+    )
     first, second = queue[0], queue[1]
     predicted = prediction(nights.settings, first)
 
@@ -162,7 +162,11 @@ def test_a_photo_decided_again_keeps_its_history_and_the_latest_answer_counts(
 def test_the_filters_select_a_night_and_a_predicted_category(nights):
     client = logged_in(nights.settings)
 
-    assert queue_of(client, sweep=nights.first) == undecided(nights, nights.first)
+    assert queue_of(client, sweep=nights.first) == by_doubt(nights, undecided(nights, nights.first))
+    # The old order is still there: newest night first, in the order the night found them.
+    newest_first = undecided(nights, nights.last) + undecided(nights, nights.first)
+    assert queue_of(client, order="night") == newest_first
+    assert queue_of(client, order="night", sweep=nights.first) == undecided(nights, nights.first)
     assert queue_of(client, sweep=nights.quiet) == []  # that night flagged nothing
     assert "Nothing left to review here" in client.get(f"/review?sweep={nights.quiet}").text
     for category in ("tops", "bottoms", "tops/shirt", "bottoms/jeans"):
@@ -174,7 +178,7 @@ def test_the_filters_select_a_night_and_a_predicted_category(nights):
             if prediction(nights.settings, p).main_category == main
             and (not sub or prediction(nights.settings, p).sub_category == sub)
         ]
-        assert shown == expected, category
+        assert shown == by_doubt(nights, expected), category
     night_and_tops = queue_of(client, sweep=nights.last, category="tops")
     assert set(night_and_tops) <= set(nights.flagged[nights.last])
 
@@ -182,6 +186,7 @@ def test_the_filters_select_a_night_and_a_predicted_category(nights):
     for query, message in (
         ("category=hats", "&#39;hats&#39; is not one of the model&#39;s categories"),
         ("sweep=last-night", "sweep: Input should be a valid integer"),
+        ("order=random", "&#39;random&#39; is not an order of the queue: doubt or night"),
     ):
         response = client.get(f"/review?{query}")
         assert response.status_code == 400

@@ -438,6 +438,10 @@ def check_csv_matches(path: Path, rows: list[Prediction]) -> None:
             else:
                 assert abs(float(line[column]) - value) <= 1e-4
         assert line["needs_review"] == ("true" if p.needs_review else "false")
+        assert line["audited"] == ("true" if p.audited else "false")
+        for column in ("audit_rate", "review_threshold"):
+            value = getattr(p, column)
+            assert line[column] == ("" if value is None else f"{value:.4f}")
         assert line["model_version"] == p.model_version
         assert int(line["sweep_run"]) == p.sweep_run_id
         assert line["error"] == (p.error or "")
@@ -468,6 +472,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         REFUND_SORTER_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
         REFUND_SORTER_FILE_BY_CATEGORY=str(settings.file_by_category).lower(),
         REFUND_SORTER_ENVIRONMENT=settings.environment,
+        REFUND_SORTER_AUDIT_RATE=str(settings.audit_rate),
+        REFUND_SORTER_AUDIT_SEED=settings.audit_seed,
     )
     for name in ("reviewers", "review_secret_key"):
         if (secret := getattr(settings, name)) is not None:

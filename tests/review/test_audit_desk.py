@@ -1,0 +1,224 @@
+"""The blind audit on the review desk: an audit photo is shown without the model's answer,
+anywhere, and takes its place among the flagged photos of the doubt-ordered queue."""
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from click.testing import CliRunner
+from desk_support import (
+    SECRET_KEY,
+    csrf_of,
+    decide,
+    logged_in,
+    prediction,
+    queue_of,
+    reviews_of,
+)
+from pydantic import SecretStr
+from sqlalchemy import select
+from sweep_support import Incoming, add_images, build_settings, local_sweep, postgres_database
+
+from cli import main
+from models import Prediction
+from refund_sorter.config import Settings
+from refund_sorter.db import session_factory
+
+pytestmark = pytest.mark.services
+
+
+@dataclass
+class AuditNight:
+    settings: Settings
+    flagged: list[int]
+    audits: list[int]
+
+
+@pytest.fixture(scope="module")
+def audit_night(tmp_path_factory, review_model, accounts) -> Iterator[AuditNight]:
+    """One night at the median threshold (about half the photos flagged) that draws every
+    confident photo for the audit."""
+    with postgres_database() as url:
+        settings = build_settings(
+            tmp_path_factory.mktemp("audit") / "home",
+            url,
+            review_model,
+            reviewers=SecretStr(accounts),
+            review_secret_key=SecretStr(SECRET_KEY),
+            audit_rate=1.0,
+        )
+        _half_flagged_night(settings, review_model, 16)
+        with session_factory(url)() as session:
+            rows = session.scalars(select(Prediction).order_by(Prediction.id)).all()
+        flagged = [p.id for p in rows if p.needs_review]
+        audits = [p.id for p in rows if p.audited]
+        assert len(flagged) >= 3 and len(audits) >= 3
+        assert set(flagged) | set(audits) == {p.id for p in rows}
+        yield AuditNight(settings, flagged, audits)
+
+
+def _half_flagged_night(settings: Settings, model, n: int) -> None:
+    """A night whose threshold is the median sub confidence of its photos."""
+    from classifier.predict import Classifier
+    from refund_sorter.images import open_rgb
+
+    written = add_images(Incoming(settings.incoming_dir), n, seed=21, prefix="audit")
+    clf = Classifier.from_path(model.path, "cpu", "auto", 1.0)
+    tensors = [
+        clf.preset(open_rgb((settings.incoming_dir / rel).read_bytes(), min_size=1))
+        for rel in written
+    ]
+    confidences = sorted(x.sub_confidence for x in clf.predict_tensors(tensors))
+    clf.review_threshold = (confidences[n // 2 - 1] + confidences[n // 2]) / 2
+    local_sweep(settings, clf)
+
+
+def blinded(html: str, photo: Prediction) -> str:
+    """The page with what may differ between two photos taken out: the photo's id, file
+    name and image, and the form token."""
+    html = html.replace(photo.file_name, "NAME")
+    html = re.sub(rf"(/review/|/photos/|photo-|data-photo=\"|after=){photo.id}\b", r"\1ID", html)
+    return html.replace(csrf_of(html), "TOKEN")
+
+
+def test_two_audit_photos_with_different_answers_render_the_same_page(audit_night):
+    settings = audit_night.settings
+    photos = [prediction(settings, p) for p in audit_night.audits]
+    answers = {(p.main_category, p.sub_category): p for p in photos}
+    assert len(answers) >= 2, "the audit photos need two different answers"
+    a, b = list(answers.values())[:2]
+    client = logged_in(settings, "ben")
+
+    page_a, page_b = client.get(f"/review/{a.id}").text, client.get(f"/review/{b.id}").text
+
+    assert blinded(page_a, a) == blinded(page_b, b)
+    assert "The model says" not in page_a and "Confirm" not in page_a
+    assert 'data-key="Enter"' not in page_a and "selected>" not in _decision_form(page_a)
+    # The full list, grouped by main category, to choose from.
+    options = re.findall(r'<option value="([^"]+)"', _decision_form(page_a))
+    assert sorted(options) == [
+        "bottoms/jeans",
+        "bottoms/skirt",
+        "tops/shirt",
+        "tops/sweater",
+        "tops/t-shirt",
+    ]
+    assert '<optgroup label="bottoms">' in page_a and '<optgroup label="tops">' in page_a
+
+
+def _decision_form(html: str) -> str:
+    form = html[html.index('class="other blind"') :]
+    return form[: form.index("</form>")]
+
+
+def test_a_decided_audit_stays_blind_in_the_latest_decisions(audit_night):
+    settings = audit_night.settings
+    client = logged_in(settings, "ben")
+    audit = prediction(settings, audit_night.audits[-1])
+    flagged = prediction(settings, audit_night.flagged[-1])
+    decide(client, audit.id, "tops/shirt")
+    decide(client, flagged.id, "tops/shirt")
+
+    page = client.get("/review").text
+    rows = re.findall(r"<tr>(.*?)</tr>", page[page.index("Latest decisions") :], re.S)
+    cells = {
+        tds[0]: tds[1] for tds in (re.findall(r"<td>(.*?)</td>", row, re.S) for row in rows) if tds
+    }
+    assert cells[audit.file_name] == "<em>audit: not shown</em>"
+    assert cells[flagged.file_name] == f"{flagged.main_category} / {flagged.sub_category}"
+    # Opened again from there to change it: still blind.
+    again = client.get(f"/review/{audit.id}").text
+    assert "The model says" not in again and "tops / shirt by ben" in again
+
+
+def test_audits_come_among_the_flagged_photos_and_only_without_a_category_filter(audit_night):
+    settings = audit_night.settings
+    client = logged_in(settings, "ben")
+
+    queue = queue_of(client)
+    audits = [p for p in queue if p in audit_night.audits]
+    flagged = [p for p in queue if p in audit_night.flagged]
+    assert audits and flagged and len(queue) == len(set(queue))
+    assert queue.index(audits[0]) < queue.index(flagged[-1])  # never all last
+    margins = [prediction(settings, p).sub_margin for p in flagged]
+    assert margins == sorted(margins)  # the flagged ones, most doubtful first
+    assert queue_of(client) == queue  # the same order every time
+
+    for category in ("tops", "bottoms", "tops/shirt"):
+        assert not set(queue_of(client, category=category)) & set(audit_night.audits)
+    page = client.get("/review").text
+    left = len(queue)
+    assert f"{left} left to review" in page
+    assert re.search(
+        rf": {left} of {len(audit_night.flagged) + len(audit_night.audits)} left", page
+    )
+
+
+def test_the_decided_audits_measure_the_night(audit_night, use_settings):
+    settings = audit_night.settings
+    use_settings(settings)
+    client = logged_in(settings, "anna")
+    before = _accuracy_json()
+    (night,) = before["nights"]
+    assert night["figures"]["provisional"]  # audits are left to decide
+
+    # Every audit decided: the model's answer for every other one, another sub else.
+    right = 0
+    for i, photo_id in enumerate(audit_night.audits):
+        p = prediction(settings, photo_id)
+        if reviews_of(settings, photo_id):
+            latest = reviews_of(settings, photo_id)[-1]
+            right += (latest.main_category, latest.sub_category) == (
+                p.main_category,
+                p.sub_category,
+            )
+            continue
+        other = next(s for m, s in CATEGORIES if m == p.main_category and s != p.sub_category)
+        answer = p.sub_category if i % 2 == 0 else other
+        decide(client, photo_id, f"{p.main_category}/{answer}")
+        right += answer == p.sub_category
+    after = _accuracy_json()
+    figures = after["nights"][0]["figures"]
+    assert not figures["provisional"]
+    counts = figures["counts"]
+    assert counts["audits"] == counts["audits_decided"] == len(audit_night.audits)
+    assert counts["flagged"] == len(audit_night.flagged)
+    assert counts["audits_right_sub"] == right
+    sub = figures["unflagged_sub"]
+    assert sub["value"] == pytest.approx(right / len(audit_night.audits))
+    assert sub["method"] == "clopper-pearson" and sub["n"] == len(audit_night.audits)
+    assert sub["low"] <= sub["value"] <= sub["high"]
+    assert figures["unflagged_main"]["value"] == 1.0  # every answer kept the main category
+    assert after["window"]["counts"] == counts
+
+    text = CliRunner().invoke(main, ["accuracy"], catch_exceptions=False).output
+    assert f"{len(audit_night.audits)} drawn for audit ({len(audit_night.audits)} decided)" in text
+    page = client.get("/accuracy")
+    assert page.status_code == 200
+    assert f"{100 * right / len(audit_night.audits):.1f}% [" in page.text
+
+    # The threshold these decisions suggest: none reaches 99.9% with the model half wrong;
+    # 1% is reached from the lowest threshold on, which flags nothing.
+    high = CliRunner().invoke(main, ["threshold", "--target", "0.999"], catch_exceptions=False)
+    assert high.exit_code == 1 and "no threshold reaches 99.9%" in high.output
+    low = CliRunner().invoke(main, ["threshold", "--target", "0.01"], catch_exceptions=False)
+    assert low.exit_code == 0, low.output
+    assert "suggested threshold 0.00: flags 0.0% of the photos" in low.output
+    assert "threshold stored in the model (chosen offline)" in low.output
+
+
+CATEGORIES = [
+    ("bottoms", "jeans"),
+    ("bottoms", "skirt"),
+    ("tops", "shirt"),
+    ("tops", "sweater"),
+    ("tops", "t-shirt"),
+]
+
+
+def _accuracy_json() -> dict:
+    result = CliRunner().invoke(main, ["accuracy", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
