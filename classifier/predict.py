@@ -218,9 +218,10 @@ class Classifier:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.sub_to_main = torch.tensor(self.taxonomy.sub_to_main, device=self.device)
         self.temperature = checkpoint.temperature
-        # The sub confidence below which a prediction needs review: ``review_threshold`` (the
-        # REFUND_SORTER_REVIEW_THRESHOLD setting) when given, else the threshold chosen for
-        # this model when it was trained. Each Classification says whether it is below.
+        # The sub confidence below which a prediction needs review, unless predict_tensors is
+        # given the one in force for its batch (refund_sorter.review_threshold):
+        # ``review_threshold`` when given, else the threshold chosen for this model when it
+        # was trained. Each Classification says whether it is below.
         self.review_threshold: float = (
             checkpoint.review_threshold if review_threshold is None else review_threshold
         )
@@ -256,8 +257,12 @@ class Classifier:
             return torch.empty(0, len(self.taxonomy.main)), torch.empty(0, len(self.taxonomy.sub))
         return torch.cat(main), torch.cat(sub)
 
-    def predict_tensors(self, batch: torch.Tensor | list[torch.Tensor]) -> list[Classification]:
-        """Classify uint8 images already prepared by ``self.preset`` (a batch or a list)."""
+    def predict_tensors(
+        self, batch: torch.Tensor | list[torch.Tensor], review_threshold: float | None = None
+    ) -> list[Classification]:
+        """Classify uint8 images already prepared by ``self.preset`` (a batch or a list),
+        flagging those below ``review_threshold`` (default: ``self.review_threshold``)."""
+        threshold = self.review_threshold if review_threshold is None else review_threshold
         if isinstance(batch, list):
             batch = torch.stack(batch)
         joint = forward_joint(
@@ -280,7 +285,7 @@ class Classifier:
                 float(mc),
                 self.taxonomy.sub[s],
                 float(sc),
-                sc < self.review_threshold,
+                sc < threshold,
                 tuple(self._named(i, p) for i, p in zip(ti, tp, strict=True)),
             )
             for s, sc, m, mc, ti, tp in zip(

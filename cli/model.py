@@ -311,8 +311,10 @@ def quantize(model, data_dir, out, photos, check, mapping) -> None:
 @friendly
 def classify(model, images, as_json, device, precision) -> None:
     """Classify a few IMAGES with MODEL and print the predictions; those below the review
-    threshold the workers would use (REFUND_SORTER_REVIEW_THRESHOLD, else the model's) are
-    marked for review."""
+    threshold (REFUND_SORTER_REVIEW_THRESHOLD, else the model file's) are marked for review.
+
+    It reads no database, so a threshold set for the model's version with `refund-sorter
+    threshold --set`, which the workers apply, is not used here."""
     from classifier.predict import Classifier
     from models import ItemStatus
     from refund_sorter.config import get_settings

@@ -3,7 +3,8 @@ with), the export of reviewed photos into a training folder, the live accuracy t
 reviews measure and the review threshold they suggest.
 
 FastAPI and uvicorn are imported inside ``review-server``, so the other commands start
-without them. Only ``threshold`` imports PyTorch (to read the model's offline threshold).
+without them. Only ``threshold``'s suggestion imports PyTorch (to read the model's offline
+threshold); ``threshold --set`` and ``--clear`` do not.
 """
 
 import sys
@@ -170,33 +171,130 @@ def figure_lines(figures) -> list[str]:
     type=click.DateTime(["%Y-%m-%d"]),
     help="The nights started on or after this day (UTC); default: the last 28 nights.",
 )
+@click.option(
+    "--set",
+    "new_value",
+    type=click.FloatRange(0, 1),
+    help="Set this review threshold for the model version instead of suggesting one.",
+)
+@click.option(
+    "--clear", is_flag=True, help="Remove the threshold set for the model version instead."
+)
+@click.option(
+    "--model-version",
+    help="The model version --set or --clear acts on; default: the model served "
+    "(REFUND_SORTER_MODEL_PATH).",
+)
+@click.option("--by", "set_by", help="Who sets it, as recorded; default: the OS user.")
 @friendly
-def threshold(target: float, since) -> None:
-    """Suggest the review threshold at which the unflagged photos reach TARGET accuracy.
+def threshold(
+    target: float,
+    since,
+    new_value: float | None,
+    clear: bool,
+    model_version: str | None,
+    set_by: str | None,
+) -> None:
+    """Suggest the review threshold at which the unflagged photos reach TARGET accuracy, or
+    set (--set) or clear (--clear) the one a model version uses.
 
-    Measured on the live labelled photos of the current model (the decided audits and
-    flagged photos, weighted by their strata), beside the threshold stored in the model
-    file. It only suggests: set REFUND_SORTER_REVIEW_THRESHOLD to apply it.
+    The suggestion is measured on the live labelled photos of the current model (the decided
+    audits and flagged photos, weighted by their strata), beside the threshold stored in the
+    model file and the one in force. It only suggests: --set applies a value to one model
+    version (workers take it up from their next batch), and no other model inherits it.
+    REFUND_SORTER_REVIEW_THRESHOLD, when set, overrides it for every model.
     """
+    settings = get_settings()
+    check_schema(settings.database_url)
+    if new_value is not None or clear:
+        change_threshold(settings, new_value, clear, model_version, set_by)
+    elif model_version is not None or set_by is not None:
+        raise UserError("--model-version and --by go with --set or --clear")
+    else:
+        suggest_threshold(settings, target, since)
+
+
+def change_threshold(
+    settings, new_value: float | None, clear: bool, model_version: str | None, set_by: str | None
+) -> None:
+    """``threshold --set`` and ``--clear``: one model version's threshold, before and after."""
+    import getpass
+
+    from classifier.version import is_for_served_model, serving_version
+    from refund_sorter import crud
+    from refund_sorter.review_threshold import SETTING, describe_set
+
+    if new_value is not None and clear:
+        raise UserError("give --set or --clear, not both")
+    version = model_version or serving_version(settings)
+    if set_by is None:
+        try:
+            set_by = getpass.getuser()
+        except (OSError, KeyError):
+            raise UserError("cannot tell who you are: give --by NAME") from None
+    if not set_by.strip() or len(set_by) > 128:
+        raise UserError("--by: give a name of 1 to 128 characters")
+
+    def shown(row) -> str:
+        if row is None:
+            return "none (the model file's own applies)"
+        return f"{row.threshold:.2f} ({describe_set(row)})"
+
+    with session_factory(settings.database_url).begin() as session:
+        # A version mistyped would be stored and never apply: only the model served, or one
+        # that sweeps ran with, is taken.
+        if not (
+            is_for_served_model(version, settings)
+            or crud.model_version_known(session, model_version=version)
+        ):
+            raise UserError(
+                f"unknown model version {version}: no sweep ran with it and it is not the "
+                "model served (REFUND_SORTER_MODEL_PATH)"
+            )
+        before = shown(crud.review_threshold_set(session, model_version=version))
+        if clear:
+            crud.clear_review_threshold(session, model_version=version, cleared_by=set_by)
+            after = shown(None)
+        else:
+            row = crud.set_review_threshold(
+                session, model_version=version, threshold=new_value, set_by=set_by
+            )
+            after = shown(row)
+    click.echo(f"model {version}: review threshold set for it {before} -> {after}")
+    click.echo("workers and local sweeps apply it from their next batch")
+    if settings.review_threshold is not None:
+        click.secho(
+            f"note: {SETTING}={settings.review_threshold} is set and overrides it for every "
+            "model; unset it for this value to take effect",
+            fg="yellow",
+            err=True,
+        )
+
+
+def suggest_threshold(settings, target: float, since) -> None:
+    """``threshold`` without --set or --clear: the suggestion, beside the threshold in force."""
     from classifier.checkpoint import load_checkpoint
+    from refund_sorter.review_threshold import review_threshold_in_force
     from review.accuracy import share, window
     from review.threshold import live_confidences, suggest
 
-    settings = get_settings()
-    check_schema(settings.database_url)
     checkpoint = load_checkpoint(settings.model_path)
     nights = window(since=since.date() if since else None)
     with session_factory(settings.database_url)() as session:
+        in_force = review_threshold_in_force(
+            session,
+            settings,
+            model_version=checkpoint.version,
+            model_threshold=checkpoint.review_threshold,
+        )
         strata = live_confidences(session, model_version=checkpoint.version, sweeps=nights)
+    click.echo(
+        f"model {checkpoint.version}: threshold stored in the model (chosen offline) "
+        f"{checkpoint.review_threshold:.2f}; in force {in_force.value:.2f}, {in_force.why}"
+    )
     if not strata:
         raise UserError(f"no photo of model {checkpoint.version} in these nights to measure by")
     found = suggest(strata, target)
-    in_force = settings.review_threshold
-    click.echo(
-        f"model {checkpoint.version}: threshold stored in the model (chosen offline) "
-        f"{checkpoint.review_threshold:.2f}; in force "
-        f"{checkpoint.review_threshold if in_force is None else in_force:.2f}"
-    )
     point = found.suggested
     if point is None:
         click.echo(f"no threshold reaches {target:.1%} on these photos")
@@ -207,3 +305,4 @@ def threshold(target: float, since) -> None:
     )
     for p in found.curve[::10]:
         click.echo(f"  {p.threshold:.2f}  flags {p.flagged_share:6.1%}  {share(p.accuracy)}")
+    click.echo(f"apply it with: refund-sorter threshold --set {point.threshold:.2f}")

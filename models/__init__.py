@@ -1,6 +1,6 @@
 """SQL tables: one row per sweep run, one row per image content and model version, one row
 per review of a prediction; the review desk's claims on photos and its count of failed
-logins.
+logins; the review threshold set for each model version.
 
 Tables are created and changed only by the Alembic migrations in ``migrations/``.
 """
@@ -196,3 +196,16 @@ class LoginFailures(Base):
     failures: Mapped[int] = mapped_column(Integer)
     last_failure_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewThreshold(Base):
+    """The review threshold an operator set for one model version (`refund-sorter threshold
+    --set`). Kept per version, so that a later model never inherits a value tuned for another;
+    one row per version, changed in place (each change is logged)."""
+
+    __tablename__ = "review_thresholds"
+
+    model_version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    threshold: Mapped[float] = mapped_column(Float)
+    set_by: Mapped[str] = mapped_column(String(128))
+    set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -56,8 +56,10 @@ class Settings(BaseSettings):
         None,
         ge=0,
         le=1,
-        description="Below this sub confidence a prediction needs review; unset (or empty): "
-        "the threshold stored in the model, chosen on held-out photos when it was trained.",
+        description="Below this sub confidence a prediction needs review, whatever model: it "
+        "overrides the value set for a model version (refund-sorter threshold --set). Unset (or "
+        "empty): that value, else the threshold stored in the model, chosen on held-out photos "
+        "when it was trained.",
     )
     audit_rate: float = Field(
         0.02,

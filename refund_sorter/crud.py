@@ -5,6 +5,7 @@ Functions take a session (or a session factory where they need transactions of t
 and keyword arguments; the producer, the workers and local mode call them.
 """
 
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,12 +36,15 @@ from models import (
     Prediction,
     Review,
     ReviewClaim,
+    ReviewThreshold,
     SweepRun,
     SweepStatus,
     utcnow,
 )
 from refund_sorter.messages import WorkItem
 from refund_sorter.redact import redact
+
+log = logging.getLogger(__name__)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -624,3 +628,43 @@ def lock_login(session: Session, *, key: str, until: datetime) -> None:
 def forget_login_failures(session: Session, *, key: str) -> None:
     """A successful login: ``key``'s failures no longer count."""
     session.execute(delete(LoginFailures).where(LoginFailures.key == key))
+
+
+def review_threshold_set(session: Session, *, model_version: str) -> ReviewThreshold | None:
+    """The review threshold set for ``model_version`` (``refund-sorter threshold --set``),
+    or None: one query by primary key, cheap enough for every batch."""
+    return session.get(ReviewThreshold, model_version)
+
+
+def set_review_threshold(
+    session: Session, *, model_version: str, threshold: float, set_by: str
+) -> ReviewThreshold:
+    """Set ``model_version``'s review threshold, in place of any it had, in the caller's
+    transaction: one insert-or-update, so two operators setting it at once leave one row."""
+    table = ReviewThreshold.__table__
+    statement = _upsert(session, table).values(
+        model_version=model_version, threshold=threshold, set_by=set_by, set_at=utcnow()
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[table.c.model_version],
+            set_={c: statement.excluded[c] for c in ("threshold", "set_by", "set_at")},
+        )
+    )
+    log.info("review threshold of model %s set to %s by %s", model_version, threshold, set_by)
+    return session.get(ReviewThreshold, model_version, populate_existing=True)
+
+
+def clear_review_threshold(session: Session, *, model_version: str, cleared_by: str) -> None:
+    """Remove the review threshold set for ``model_version``, in the caller's transaction."""
+    session.execute(delete(ReviewThreshold).where(ReviewThreshold.model_version == model_version))
+    log.info("review threshold of model %s cleared by %s", model_version, cleared_by)
+
+
+def model_version_known(session: Session, *, model_version: str) -> bool:
+    """Whether a sweep ran with ``model_version`` (so a photo was, or is to be, classified
+    by it)."""
+    found = session.scalar(
+        select(SweepRun.id).where(SweepRun.model_version == model_version).limit(1)
+    )
+    return found is not None

@@ -10,7 +10,8 @@ stratum weighted by its size). A threshold below the one in force draws on the f
 photos' reviews, which are a random sample only once a night's flagged photos are all
 decided (the desk orders them by doubt); one above it draws on the audits alone.
 
-It only suggests: the operator sets REFUND_SORTER_REVIEW_THRESHOLD.
+It only suggests: the operator sets it for the model version (``refund-sorter threshold
+--set``; the rule of which threshold is in force is ``refund_sorter.review_threshold``'s).
 """
 
 from collections import defaultdict

@@ -1,9 +1,10 @@
 """Classifying a batch and persisting it: the one code path behind workers and local mode.
 
 ``process_batch`` takes a batch through five steps, one function each: ``admit`` (only what
-the producer queued), ``prepare`` (read, verify, decode), ``predict`` (one forward pass),
-``record`` (one transaction) and ``move`` (each file where its row says, and the rows of the
-files that could not be moved corrected); then the CSV of each sweep the batch finished.
+the producer queued, and the review threshold in force for the batch), ``prepare`` (read,
+verify, decode), ``predict`` (one forward pass), ``record`` (one transaction) and ``move``
+(each file where its row says, and the rows of the files that could not be moved corrected);
+then the CSV of each sweep the batch finished.
 """
 
 import logging
@@ -26,6 +27,7 @@ from refund_sorter.export import export_sweeps
 from refund_sorter.files import destination, inside, move_files, processed_destination
 from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
 from refund_sorter.messages import WorkItem
+from refund_sorter.review_threshold import review_threshold_in_force
 
 log = logging.getLogger(__name__)
 # An item's outcome when its result was not stored: already stored by a redelivered task,
@@ -73,13 +75,17 @@ def torch_threads(settings: Settings, processes: int = 1) -> int:
     return settings.torch_threads or max(1, (os.cpu_count() or 1) // max(1, processes))
 
 
+# The review threshold this process last applied for each model version: a change is logged.
+_applied: dict[str, float] = {}
+
 # Decodes the images of this process's batches; sized by load_classifier.
 _decoders = ThreadPoolExecutor(4)
 
 
 def load_classifier(settings: Settings, processes: int = 1):
     """The model for this process, with its share of the machine's cores for PyTorch and
-    for decoding (a GPU worker's one process decodes on every core)."""
+    for decoding (a GPU worker's one process decodes on every core). Its own review
+    threshold is the model file's: ``admit`` reads the one in force for each batch."""
     import torch
 
     from classifier.predict import Classifier
@@ -87,9 +93,7 @@ def load_classifier(settings: Settings, processes: int = 1):
     global _decoders
     _decoders = ThreadPoolExecutor(max(2, (os.cpu_count() or 1) // max(1, processes)))
     torch.set_num_threads(torch_threads(settings, processes))
-    return Classifier.from_path(
-        settings.model_path, settings.device, settings.precision, settings.review_threshold
-    )
+    return Classifier.from_path(settings.model_path, settings.device, settings.precision)
 
 
 class Unusable(NamedTuple):
@@ -113,9 +117,9 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
     as it is, so the genuine task still finds its image queued.
     """
     sessions = session_factory(settings.database_url)
-    admitted, others = admit(items, clf, sessions, settings)
-    classified = predict(prepare(admitted, clf, settings), clf)
-    results, stored, finished = record(admitted, classified, clf, settings, sessions)
+    admitted, others, threshold = admit(items, clf, sessions, settings)
+    classified = predict(prepare(admitted, clf, settings), clf, threshold)
+    results, stored, finished = record(admitted, classified, threshold, settings, sessions)
     move(admitted, results, stored, sessions)
     export_sweeps(sessions, finished, settings.export_dir)
     statuses = [
@@ -127,11 +131,21 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
 
 def admit(
     items: list[WorkItem], clf, sessions: sessionmaker[Session], settings: Settings
-) -> tuple[list[Admitted], list[tuple[WorkItem, str]]]:
-    """The items this worker acts on, each with its resolved path; and the others, each
-    ``IGNORED`` (another model's, or nothing queued) or ``REFUSED`` (not what was queued)."""
+) -> tuple[list[Admitted], list[tuple[WorkItem, str]], float]:
+    """The items this worker acts on, each with its resolved path; the others, each
+    ``IGNORED`` (another model's, or nothing queued) or ``REFUSED`` (not what was queued);
+    and the review threshold in force for ``clf``'s model, read for every batch so that one
+    set meanwhile applies without a restart."""
     with sessions() as session:
         queued = queued_paths(session, clf.version, (it.content_hash for it in items))
+        threshold = review_threshold_in_force(
+            session, settings, model_version=clf.version, model_threshold=clf.review_threshold
+        )
+    if _applied.get(clf.version) != threshold.value:
+        _applied[clf.version] = threshold.value
+        log.info(
+            "review threshold for model %s: %s, %s", clf.version, threshold.value, threshold.why
+        )
     admitted: list[Admitted] = []
     others: list[tuple[WorkItem, str]] = []
     for it in items:
@@ -168,7 +182,7 @@ def admit(
             others.append((it, REFUSED))
         else:
             admitted.append((it, src))
-    return admitted, others
+    return admitted, others, threshold.value
 
 
 def prepare(admitted: list[Admitted], clf, settings: Settings) -> list:
@@ -199,24 +213,25 @@ def _prepare_one(item: WorkItem, src: Path, clf, settings: Settings):
         return Unusable(str(exc))
 
 
-def predict(prepared: list, clf) -> list:
-    """Each item's classification from one forward pass over the usable ones, or its
-    ``Unusable``."""
+def predict(prepared: list, clf, review_threshold: float) -> list:
+    """Each item's classification from one forward pass over the usable ones (flagged below
+    ``review_threshold``), or its ``Unusable``."""
     usable = [x for x in prepared if not isinstance(x, Unusable)]
-    predictions = iter(clf.predict_tensors(usable) if usable else [])
+    predictions = iter(clf.predict_tensors(usable, review_threshold) if usable else [])
     return [x if isinstance(x, Unusable) else next(predictions) for x in prepared]
 
 
 def record(
     admitted: list[Admitted],
     classified: list,
-    clf,
+    review_threshold: float,
     settings: Settings,
     sessions: sessionmaker[Session],
 ) -> tuple[list[ItemResult], dict[str, int], list[int]]:
     """Store the batch's results in one transaction, each naming where its file goes, whether
-    it was drawn for the audit, and the audit rate and ``clf``'s review threshold. Returns
-    them, the hashes stored (each with its row's sweep) and the sweeps the batch finished."""
+    it was drawn for the audit, and the audit rate and review threshold it was classified
+    under. Returns them, the hashes stored (each with its row's sweep) and the sweeps the
+    batch finished."""
     results = []
     for (it, src), x in zip(admitted, classified, strict=True):
         if isinstance(x, Unusable):
@@ -255,7 +270,7 @@ def record(
                         needs_review=x.needs_review,
                     ),
                     audit_rate=settings.audit_rate,
-                    review_threshold=clf.review_threshold,
+                    review_threshold=review_threshold,
                 )
             )
     with sessions.begin() as session:

@@ -75,7 +75,7 @@ class ClassifierTask(Batches):
                     f"cannot load the model {self.app.settings.model_path}: {exc}"
                 ) from exc
             log.info(
-                "loaded model %s on %s in %s with %d PyTorch threads, review threshold %s",
+                "loaded model %s on %s in %s with %d PyTorch threads, its own review threshold %s",
                 self._classifier.version,
                 self._classifier.device,
                 self._classifier.precision,

@@ -72,7 +72,8 @@ def _half_flagged_night(settings: Settings, model, n: int) -> None:
     ]
     confidences = sorted(x.sub_confidence for x in clf.predict_tensors(tensors))
     clf.review_threshold = (confidences[n // 2 - 1] + confidences[n // 2]) / 2
-    local_sweep(settings, clf)
+    # Unset, the setting leaves the classifier's own threshold in force.
+    local_sweep(settings.model_copy(update={"review_threshold": None}), clf)
 
 
 def blinded(html: str, photo: Prediction) -> str:
@@ -207,6 +208,8 @@ def test_the_decided_audits_measure_the_night(audit_night, use_settings):
     assert low.exit_code == 0, low.output
     assert "suggested threshold 0.00: flags 0.0% of the photos" in low.output
     assert "threshold stored in the model (chosen offline)" in low.output
+    assert "in force 1.00, REFUND_SORTER_REVIEW_THRESHOLD, which overrides it" in low.output
+    assert "apply it with: refund-sorter threshold --set 0.00" in low.output
 
 
 CATEGORIES = [
