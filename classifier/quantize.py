@@ -110,7 +110,7 @@ def calibrate(
 
 def add_int8(
     model: Path,
-    data_dir: Path,
+    data_dirs: Path | Sequence[Path],
     out: Path,
     mapping: Path | None = None,
     photos: int = 512,
@@ -118,10 +118,11 @@ def add_int8(
     seed: int = 0,
     echo: Callable[[str], None] = print,
 ) -> str:
-    """Calibrate the model file ``model`` for int8 on photos of ``data_dir`` (``mapping``:
-    the flat layout's JSON), save it with its calibration to ``out`` and return its version."""
+    """Calibrate the model file ``model`` for int8 on photos of ``data_dirs`` (one data folder
+    or several; ``mapping``: the flat layout's JSON), save it with its calibration to ``out``
+    and return its version."""
     ckpt = load_checkpoint(model)
-    files = [path for path, _ in read_layout(data_dir, mapping, min_subs=1).files]
+    files = [path for path, _ in read_layout(data_dirs, mapping, min_subs=1).files]
     try:
         ckpt.int8 = calibrate(ckpt, build_network(ckpt), files, photos, check, seed, echo)
     except ValueError as exc:

@@ -9,6 +9,7 @@ Two layouts are accepted:
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,8 @@ class DatasetLayout:
     files: list[tuple[Path, int]]  # (image file, sub index)
     empty_folders: list[Path] = field(default_factory=list)
     stray_files: list[Path] = field(default_factory=list)
+    # Each data folder read, resolved, with the number of images it gave.
+    folders: list[tuple[Path, int]] = field(default_factory=list)
 
 
 def relabel(
@@ -93,28 +96,47 @@ def _files_under(folder: Path) -> list[Path]:
     )
 
 
-def read_layout(root: Path, mapping_file: Path | None = None, min_subs: int = 2) -> DatasetLayout:
-    """Read a data folder into a taxonomy and a list of (file, sub index).
+def read_layout(
+    roots: Path | Sequence[Path], mapping_file: Path | None = None, min_subs: int = 2
+) -> DatasetLayout:
+    """Read one data folder, or several (a base set and the folders the review desk exports)
+    as one, into a taxonomy and a list of (file, sub index): the same ``<main>/<sub>`` in two
+    folders is one category.
 
     Folders without any file are left out of the taxonomy and reported. Raises UserError
-    when the folder is missing or holds fewer than ``min_subs`` sub categories with files
-    (training needs two; evaluating a single category is fine).
+    when a folder is missing, is given twice, or when together they hold fewer than
+    ``min_subs`` sub categories with files (training needs two; evaluating a single category
+    is fine).
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"data folder not found: {root}")
-    if mapping_file is not None:
-        groups, stray = _flat_groups(root, mapping_file)
-    else:
-        groups, stray = _nested_groups(root)
+    roots = [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
+    if not roots:
+        raise UserError("no data folder given")
+    groups: dict[tuple[str, str], tuple[Path, list[Path]]] = {}
+    stray: list[Path] = []
+    folders: list[tuple[Path, int]] = []
+    for root in roots:
+        if not root.is_dir():
+            raise UserError(f"data folder not found: {root}")
+        if any(root.resolve() == seen for seen, _ in folders):
+            raise UserError(f"data folder given twice: {root}")
+        if mapping_file is not None:
+            found, strays = _flat_groups(root, mapping_file)
+        else:
+            found, strays = _nested_groups(root)
+        stray += strays
+        for key, (folder, files) in found.items():
+            first, kept_files = groups.get(key, (folder, []))
+            groups[key] = (first, kept_files + files)
+        folders.append((root.resolve(), sum(len(files) for _, files in found.values())))
 
     empty = [folder for (_, _), (folder, files) in groups.items() if not files]
     kept = {key: files for key, (_, files) in groups.items() if files}
     if len(kept) < min_subs:
-        found = ", ".join(f"{m}/{s}" for m, s in kept) or "none"
+        found_names = ", ".join(f"{m}/{s}" for m, s in kept) or "none"
+        where = " and ".join(str(root) for root in roots)
         raise UserError(
-            f"{root} needs at least {min_subs} sub category folder(s) with images "
-            f"(found: {found}). Expected layout: <main>/<sub>/<image>."
+            f"{where} need{'s' if len(roots) == 1 else ''} at least {min_subs} sub category "
+            f"folder(s) with images (found: {found_names}). Expected layout: <main>/<sub>/<image>."
         )
     mains = sorted({m for m, _ in kept})
     keys = sorted(kept, key=lambda k: (mains.index(k[0]), k[1]))
@@ -124,7 +146,7 @@ def read_layout(root: Path, mapping_file: Path | None = None, min_subs: int = 2)
         sub_to_main=tuple(mains.index(m) for m, _ in keys),
     )
     files = [(path, i) for i, key in enumerate(keys) for path in kept[key]]
-    return DatasetLayout(taxonomy, files, empty_folders=sorted(empty), stray_files=stray)
+    return DatasetLayout(taxonomy, files, sorted(empty), stray, folders)
 
 
 def _nested_groups(root: Path):

@@ -12,7 +12,7 @@ stored in it. A fold's figures also go to a JSON file beside the model, for
 """
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -54,6 +54,7 @@ from classifier.recipe import TrainConfig
 from classifier.splits import LabelledFiles, fold_split, split_validation
 from classifier.taxonomy import Taxonomy, read_layout, relabel
 from refund_sorter.errors import UserError
+from refund_sorter.images import sha256_file
 
 
 @dataclass
@@ -70,6 +71,7 @@ class TrainSummary:
     calibration: dict = field(default_factory=dict)  # as stored in the checkpoint's meta
     warnings: list[str] = field(default_factory=list)
     fold_result: Path | None = None  # with --folds: the fold's figures, for cv-summary
+    folders: list[tuple[Path, int]] = field(default_factory=list)  # each data folder's images
 
 
 @dataclass
@@ -82,17 +84,19 @@ class FileSplit:
     val: LabelledFiles
     calibration: LabelledFiles  # for a cross-validation fold: the held-out fold, as val
     notes: list[str]
+    folders: list[tuple[Path, int]]  # each data folder read, with its number of images
 
 
-def select_files(data_dir: Path, cfg: TrainConfig) -> FileSplit:
-    """Split the data folder: a cross-validation fold, or a validation set (``--val`` or a
-    split) and a calibration split held out of training."""
-    layout = read_layout(data_dir, cfg.mapping)
+def select_files(data_dirs: Sequence[Path], cfg: TrainConfig) -> FileSplit:
+    """Split the data folders, read as one: a cross-validation fold, or a validation set
+    (``--val`` or a split) and a calibration split held out of training."""
+    layout = read_layout(data_dirs, cfg.mapping)
+    folders = layout.folders
     notes = [f"empty folder left out: {p}" for p in layout.empty_folders]
     notes += [f"file outside <main>/<sub>/ ignored: {p}" for p in layout.stray_files]
     if cfg.folds:
         train_files, held_out = fold_split(layout.files, cfg.folds, cfg.fold, cfg.seed)
-        return FileSplit(layout.taxonomy, train_files, held_out, held_out, notes)
+        return FileSplit(layout.taxonomy, train_files, held_out, held_out, notes, folders)
     if cfg.val_dir is None:
         files, val_files = split_validation(layout.files, cfg.val_fraction, cfg.seed)
     else:
@@ -106,7 +110,7 @@ def select_files(data_dir: Path, cfg: TrainConfig) -> FileSplit:
     train_files, calibration_files = files, []
     if cfg.calibration_split > 0:
         train_files, calibration_files = split_validation(files, cfg.calibration_split, cfg.seed)
-    return FileSplit(layout.taxonomy, train_files, val_files, calibration_files, notes)
+    return FileSplit(layout.taxonomy, train_files, val_files, calibration_files, notes, folders)
 
 
 @dataclass
@@ -116,6 +120,11 @@ class TrainingData:
     val: LoadedImages  # prepared by EvalPreset, as the workers prepare photos
     calibration: LoadedImages  # likewise; for a cross-validation fold, the same object as val
     notes: list[str]
+    folders: list[tuple[Path, int]]
+    # The content hash of every photo the model saw, for training, validation or calibration:
+    # a comparison of models on live photos must leave these out (a model must not be judged
+    # on photos it learned).
+    content_hashes: list[str]
 
     @property
     def skipped(self) -> list[tuple[Path, str]]:
@@ -124,7 +133,7 @@ class TrainingData:
 
 
 def load_data(
-    data_dir: Path,
+    data_dirs: Sequence[Path],
     cfg: TrainConfig,
     device: torch.device,
     precision: str,
@@ -132,7 +141,7 @@ def load_data(
 ) -> TrainingData:
     """Pick the training, validation and calibration images and decode each once; say what
     was left out. Raises UserError when too few images can be read."""
-    split = select_files(data_dir, cfg)
+    split = select_files(data_dirs, cfg)
     taxonomy = split.taxonomy
     for note in split.notes:
         echo(f"note: {note}")
@@ -156,14 +165,22 @@ def load_data(
         calibration = load_images(
             split.calibration, eval_preset, cfg.image_size, "decoding calibration images"
         )
-    data = TrainingData(taxonomy, train_data, val_data, calibration, split.notes)
+    data = TrainingData(
+        taxonomy,
+        train_data,
+        val_data,
+        calibration,
+        split.notes,
+        split.folders,
+        _content_hashes([split.train, split.val, split.calibration]),
+    )
     skipped = data.skipped
     for path, reason in skipped[:20]:
         echo(f"skipped {path}: {reason}")
     if len(skipped) > 20:
         echo(f"... and {len(skipped) - 20} more unreadable files")
     if len(train_data.labels) < 2:
-        raise UserError(f"no readable training images in {data_dir}")
+        raise UserError(f"no readable training images in {_names(data_dirs)}")
     if len(val_data.labels) == 0:
         raise UserError("no readable validation images: pass --val DIR or a larger --val-fraction")
     return data
@@ -281,21 +298,26 @@ def evaluate_loaded(
 
 
 def train(
-    data_dir: Path, out: Path, cfg: TrainConfig, echo: Callable[[str], None] = print
+    data_dirs: Path | Sequence[Path],
+    out: Path,
+    cfg: TrainConfig,
+    echo: Callable[[str], None] = print,
 ) -> TrainSummary:
-    """Train on ``data_dir`` and save to ``out`` each epoch that beats the best so far on
-    validation (main plus sub accuracy); then calibrate the saved model."""
+    """Train on ``data_dirs`` (one data folder, or several read as one) and save to ``out``
+    each epoch that beats the best so far on validation (main plus sub accuracy); then
+    calibrate the saved model."""
+    data_dirs = [Path(data_dirs)] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    data = load_data(data_dir, cfg, device, precision, echo)
+    data = load_data(data_dirs, cfg, device, precision, echo)
     taxonomy = data.taxonomy
     n_train, n_val = len(data.train.labels), len(data.val.labels)
 
     net = DualHeadNet(len(taxonomy.main), len(taxonomy.sub))
     source = load_backbone_weights(net, cfg.pretrained)
-    run = _Run(data_dir=data_dir, cfg=cfg, pretrained_source=source, n_train=n_train, n_val=n_val)
+    run = _Run(data=data, cfg=cfg, pretrained_source=source, n_train=n_train, n_val=n_val)
     net = net.to(device, memory_format=torch.channels_last)
     ema = None
     if cfg.model_ema:
@@ -356,12 +378,13 @@ def train(
         data.notes,
         calibration,
         warnings,
+        folders=data.folders,
     )
     if cfg.folds:
         summary.fold_result = write_fold_result(
             out,
             {
-                "data_dir": str(Path(data_dir).resolve()),
+                "data_dir": _names(data_dirs),
                 "folds": cfg.folds,
                 "fold": cfg.fold,
                 "seed": cfg.seed,
@@ -462,7 +485,7 @@ def calibrate(
 class _Run:
     """What every checkpoint of a run records about it, fixed before the first epoch."""
 
-    data_dir: Path
+    data: TrainingData
     cfg: TrainConfig
     pretrained_source: str
     n_train: int
@@ -487,7 +510,10 @@ def _checkpoint(
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         meta={
-            "dataset": str(Path(run.data_dir).resolve()),
+            "datasets": [
+                {"path": str(folder), "photos": photos} for folder, photos in run.data.folders
+            ],
+            "content_hashes": run.data.content_hashes,
             "validation": _validation(cfg),
             "epochs": cfg.epochs,
             "best_epoch": epoch,
@@ -500,6 +526,22 @@ def _checkpoint(
             "args": _recipe_args(cfg),
         },
     )
+
+
+def _names(folders: Sequence[Path]) -> str:
+    return ", ".join(str(Path(folder).resolve()) for folder in folders)
+
+
+def _content_hashes(sets: Sequence[LabelledFiles]) -> list[str]:
+    """Sorted content hashes of the files in ``sets`` (an unreadable file has none)."""
+    hashes = set()
+    for files in sets:
+        for path, _ in files:
+            try:
+                hashes.add(sha256_file(path))
+            except OSError:
+                continue
+    return sorted(hashes)
 
 
 def _validation(cfg: TrainConfig) -> str:

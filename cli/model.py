@@ -24,7 +24,7 @@ SHARE = click.FloatRange(0, 1, max_open=True)
 
 
 @click.command()
-@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.argument("data_dirs", type=click.Path(path_type=Path), nargs=-1, required=True)
 @click.option("--out", type=OUTPUT_FILE, required=True, help="Where to write the best checkpoint.")
 @recipe_option("--epochs", "Training epochs.", type=click.IntRange(min=1))
 @recipe_option("--image-size", "Side of the square input.", type=click.IntRange(min=16))
@@ -80,14 +80,14 @@ SHARE = click.FloatRange(0, 1, max_open=True)
     "--val",
     "val_dir",
     type=click.Path(path_type=Path),
-    help="Validation folder (same layout). Default: a split of DATA_DIR.",
+    help="Validation folder (same layout). Default: a split of DATA_DIRS.",
 )
 @recipe_option(
-    "--val-fraction", "Share of DATA_DIR held out for validation when --val is not given."
+    "--val-fraction", "Share of DATA_DIRS held out for validation when --val is not given."
 )
 @recipe_option(
     "--folds",
-    "Cross-validation: deal DATA_DIR into this many stratified folds (0 = no cross-validation).",
+    "Cross-validation: deal DATA_DIRS into this many stratified folds (0 = no cross-validation).",
     type=click.IntRange(min=0),
 )
 @recipe_option(
@@ -112,21 +112,23 @@ SHARE = click.FloatRange(0, 1, max_open=True)
     "--int8/--no-int8",
     default=True,
     show_default=True,
-    help="Calibrate the saved model for int8 on DATA_DIR's photos, as `quantize` does "
+    help="Calibrate the saved model for int8 on the photos of DATA_DIRS, as `quantize` does "
     "(not for a cross-validation fold).",
 )
 @mapping_option
 @friendly
-def train(data_dir, out, int8, **recipe) -> None:
-    """Train the dual-head classifier on DATA_DIR laid out <main>/<sub>/<image>, then
-    calibrate it on held-out images and store its review threshold."""
+def train(data_dirs, out, int8, **recipe) -> None:
+    """Train the dual-head classifier on DATA_DIRS, each laid out <main>/<sub>/<image> and
+    read as one (the base set and the folders export-training-set writes), then calibrate it
+    on held-out images and store its review threshold. The checkpoint records each folder's
+    photo count."""
     from classifier.quantize import add_int8
     from classifier.train import train as run_training
 
     cfg = TrainConfig(**recipe)
-    summary = run_training(data_dir, out, cfg, echo=click.echo)
+    summary = run_training(data_dirs, out, cfg, echo=click.echo)
     if int8 and not cfg.folds:
-        summary.version = add_int8(out, data_dir, out, cfg.mapping, seed=cfg.seed, echo=click.echo)
+        summary.version = add_int8(out, data_dirs, out, cfg.mapping, seed=cfg.seed, echo=click.echo)
     m = summary.metrics
     click.echo(
         f"\nsaved {summary.model_path} (version {summary.version}, epoch {summary.best_epoch})\n"
@@ -135,6 +137,8 @@ def train(data_dir, out, int8, **recipe) -> None:
         f"{summary.calibration['images']} calibration, {len(summary.skipped)} unreadable skipped\n"
         f"time: {summary.seconds / 60:.1f} min"
     )
+    for folder, photos in summary.folders:
+        click.echo(f"data folder {folder}: {photos} photos")
     if summary.calibration["images"]:
         cal = summary.calibration
         click.echo(

@@ -72,6 +72,37 @@ def test_train_notes_empty_folders_and_stray_files(tmp_path, make_dataset):
     assert "sweater" not in load_checkpoint(out).taxonomy.sub
 
 
+@pytest.mark.slow
+def test_train_reads_several_data_folders_as_one_and_records_each(tmp_path, make_dataset):
+    """The base set plus a folder of reviewed photos, as export-training-set writes it: a
+    category in both is one category, and one only in the second is learned too."""
+    base = make_dataset(tmp_path / "base", {"tops/shirt": 6, "bottoms/jeans": 6})
+    reviewed = make_dataset(tmp_path / "reviewed", {"tops/shirt": 2, "tops/vest": 6}, seed=5)
+    out = tmp_path / "model.pt"
+
+    result = run("train", base, reviewed, "--out", out, "--val-fraction", "0.3", *FAST)
+
+    assert result.exit_code == 0, result.output
+    assert f"data folder {base.resolve()}: 12 photos" in result.output
+    assert f"data folder {reviewed.resolve()}: 8 photos" in result.output
+    checkpoint = load_checkpoint(out)
+    assert checkpoint.taxonomy.sub == ("jeans", "shirt", "vest")
+    assert checkpoint.meta["datasets"] == [
+        {"path": str(base.resolve()), "photos": 12},
+        {"path": str(reviewed.resolve()), "photos": 8},
+    ]
+    assert len(checkpoint.meta["content_hashes"]) == 20
+
+
+def test_train_on_the_same_folder_twice_fails_with_an_error_line(tmp_path, make_dataset):
+    data = make_dataset(tmp_path / "data", {"tops/shirt": 4, "bottoms/jeans": 4})
+
+    result = run("train", data, data, "--out", tmp_path / "m.pt", *FAST)
+
+    assert_clean_failure(result)
+    assert f"data folder given twice: {data}" in result.output
+
+
 def test_train_on_a_single_class_fails_with_an_error_line(tmp_path, make_dataset):
     data = make_dataset(tmp_path / "data", {"tops/shirt": 3})
     out = tmp_path / "model.pt"

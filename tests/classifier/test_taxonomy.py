@@ -241,3 +241,35 @@ def test_index_of_finds_a_sub_only_under_its_own_main():
 def test_an_inconsistent_taxonomy_cannot_be_built(sub, sub_to_main):
     with pytest.raises(ValueError):
         Taxonomy(("m0", "m1"), sub, sub_to_main)
+
+
+def test_several_folders_are_read_as_one_and_counted_each(tmp_path):
+    base, extra = tmp_path / "base", tmp_path / "extra"
+    touch(base / "tops" / "shirt" / "a.jpg")
+    touch(base / "bottoms" / "jeans" / "b.jpg")
+    touch(extra / "tops" / "shirt" / "c.jpg")
+    touch(extra / "tops" / "shirt" / "d.jpg")
+    touch(extra / "tops" / "vest" / "e.jpg")
+
+    layout = read_layout([base, extra])
+
+    assert layout.taxonomy == Taxonomy(("bottoms", "tops"), ("jeans", "shirt", "vest"), (0, 1, 1))
+    by_name = {path.name: layout.taxonomy.sub[i] for path, i in layout.files}
+    assert by_name == {
+        "a.jpg": "shirt",
+        "b.jpg": "jeans",
+        "c.jpg": "shirt",
+        "d.jpg": "shirt",
+        "e.jpg": "vest",
+    }
+    assert layout.folders == [(base.resolve(), 2), (extra.resolve(), 3)]
+
+
+def test_a_folder_given_twice_or_missing_among_several_is_a_user_error(tmp_path):
+    touch(tmp_path / "base" / "tops" / "shirt" / "a.jpg")
+    touch(tmp_path / "base" / "bottoms" / "jeans" / "b.jpg")
+
+    with pytest.raises(UserError, match="data folder given twice"):
+        read_layout([tmp_path / "base", tmp_path / "base"])
+    with pytest.raises(UserError, match=r"data folder not found: .*missing"):
+        read_layout([tmp_path / "base", tmp_path / "missing"])

@@ -13,6 +13,7 @@ from classifier.recipe import TrainConfig
 from classifier.taxonomy import read_layout
 from classifier.train import calibrate, split_validation, train
 from refund_sorter.errors import UserError
+from refund_sorter.images import sha256_file
 
 
 @pytest.mark.slow
@@ -47,7 +48,11 @@ def test_training_saves_the_best_epoch_with_everything_inference_needs(trained_m
     assert meta["metrics"]["sub_accuracy"] == pytest.approx(summary.metrics["sub_accuracy"])
     assert (meta["n_train"], meta["n_val"]) == (88, 32)
     assert meta["pretrained"] == "none"
-    assert meta["dataset"] == str(train_dir.resolve())
+    assert meta["datasets"] == [{"path": str(train_dir.resolve()), "photos": 96}]
+    seen = {sha256_file(p) for p in train_dir.rglob("*.png")}
+    seen |= {sha256_file(p) for p in held_out.rglob("*.png") if p.parent.name != "vest"}
+    # Every photo trained, validated or calibrated on; tops/vest, unknown to it, was not used.
+    assert meta["content_hashes"] == sorted(seen)
     assert meta["validation"] == str(held_out)
     assert meta["args"]["epochs"] == 4
 
