@@ -17,7 +17,13 @@ from sqlalchemy.orm import Session
 from models import ItemStatus, Prediction, SweepRun, SweepStatus
 from refund_sorter.config import Settings
 from refund_sorter.db import dispose, session_factory, upgrade
-from refund_sorter.drift import EPSILON, baseline_nights, confidence_histogram, night_drift
+from refund_sorter.drift import (
+    EPSILON,
+    baseline_nights,
+    confidence_histogram,
+    night_drift,
+    nights_drift,
+)
 
 # The sweep tests' throwaway PostgreSQL databases.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "sweep"))
@@ -294,6 +300,22 @@ def test_the_binned_ks_is_scipys_for_confidences_at_bin_centres(session, nights)
     assert main.confidence_ks == pytest.approx(expected.statistic, abs=1e-12)
     assert main.confidence_ks_p_value == pytest.approx(expected.pvalue, rel=1e-9)
     assert main.confidence_ks_p_value < 0.01
+
+
+def test_a_trend_of_nights_is_each_nights_drift(session, nights):
+    rng = np.random.default_rng(5)
+    ids = [nights.add(repeat=2)]
+    ids += [nights.add(failed=MIX), nights.add(SHIFTED), nights.add({}, failed=MIX)]
+    ids += [nights.add(repeat=3, confidences=lambda n: rng.uniform(0.3, 1.0, n))]
+    settings = Settings(drift_baseline_nights=2)
+
+    trend = nights_drift(session, ids, settings=settings)
+
+    assert list(trend) == ids
+    assert trend == {night: night_drift(session, night, settings=settings) for night in ids}
+    assert trend[ids[0]] is None and trend[ids[3]] is None  # no baseline; no photos
+    assert trend[ids[2]].levels["sub"].drifted
+    assert trend[ids[4]].baseline_nights == 2
 
 
 def test_the_confidence_histogram_counts_the_nights_ok_photos_per_bin(session, nights):
