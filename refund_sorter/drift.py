@@ -90,8 +90,9 @@ class NightDrift:
 def night_drift(
     session: Session, sweep_run_id: int, *, settings: Settings | None = None
 ) -> NightDrift | None:
-    """The drift of one night against its baseline; None when the night has no ok photos or
-    there is no baseline night."""
+    """The drift of one night (the last finished one, say; a running one gives its figures so
+    far) against its baseline; None when the night has no ok photos or there is no baseline
+    night."""
     return nights_drift(session, [sweep_run_id], settings=settings)[sweep_run_id]
 
 
