@@ -183,7 +183,13 @@ class Settings(BaseSettings):
         "`refund-sorter flower` does not start without it.",
     )
 
-    @field_validator("flower_basic_auth")
+    metrics_basic_auth: SecretStr | None = Field(
+        None,
+        description="user:password (several separated by commas) that the metrics endpoint "
+        "(refund-sorter metrics-server) asks for; unset or empty: no password.",
+    )
+
+    @field_validator("flower_basic_auth", "metrics_basic_auth")
     @classmethod
     def _user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
         # Checked here, not by Flower, which would take "ops" as a user with no password.
