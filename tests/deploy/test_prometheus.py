@@ -1,0 +1,329 @@
+"""deploy/prometheus/: the alert rules and the scrape configuration. Debian's promtool checks
+both and runs the rules' unit tests (rules_test.yml), which must hold a firing and a silent
+case for every alert; and a real Prometheus, with rules.yml loaded unchanged, scrapes
+`refund-sorter metrics-server` over a staged bad night and raises the matching alert."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from sweep_support import REPO_ROOT, ServiceProcess, free_port, service_env
+
+from classifier.version import serving_version
+from models import ItemStatus, Prediction, SweepRun, SweepStatus
+from refund_sorter.config import Settings
+from refund_sorter.db import session_factory
+
+DEPLOY = REPO_ROOT / "deploy" / "prometheus"
+RULES = DEPLOY / "rules.yml"
+RULE_TESTS = DEPLOY / "rules_test.yml"
+CONFIG = DEPLOY / "prometheus.yml"
+REFUND_SORTER = str(Path(sys.executable).parent / "refund-sorter")
+SEVERITIES = {"critical", "warning"}
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def alert_rules(rules: dict) -> list[dict]:
+    return [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def untested(rules: dict, rule_tests: dict) -> dict[str, list[str]]:
+    """The alerts of ``rules`` that ``rule_tests`` (promtool's format) never shows firing, or
+    never shows silent, with what each lacks."""
+    cases: dict[str, set[str]] = {rule["alert"]: set() for rule in alert_rules(rules)}
+    for test in rule_tests.get("tests") or []:
+        for case in test.get("alert_rule_test") or []:
+            kind = "firing" if case.get("exp_alerts") else "silent"
+            cases.setdefault(case["alertname"], set()).add(kind)
+    return {
+        name: sorted({"firing", "silent"} - kinds)
+        for name, kinds in cases.items()
+        if kinds != {"firing", "silent"}
+    }
+
+
+def program(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"{name} is not installed (Debian's prometheus package; bash tests/setup-machine.sh "
+            "installs it)",
+            pytrace=False,
+        )
+    return path
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [program("promtool"), *args],
+        cwd=DEPLOY,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# ------------------------------------------------------------------ the files as written
+
+
+def test_every_alert_says_what_happened_what_to_check_and_how_bad():
+    rules = alert_rules(load(RULES))
+
+    assert rules
+    for rule in rules:
+        name = rule["alert"]
+        assert name.startswith("RefundSorter"), name
+        assert rule["labels"]["severity"] in SEVERITIES, name
+        assert "for" in rule, f"{name}: a `for:` rides out one odd scrape"
+        annotations = rule["annotations"]
+        assert set(annotations) >= {"summary", "description"}, name
+        assert len(annotations["description"]) > 2 * len(annotations["summary"]), name
+        assert "Check" in annotations["description"], f"{name}: what to check first"
+
+
+def test_every_alert_has_a_firing_and_a_silent_case():
+    rule_tests = load(RULE_TESTS)
+
+    assert rule_tests["rule_files"] == ["rules.yml"]
+    assert untested(load(RULES), rule_tests) == {}
+
+
+def test_an_alert_without_a_silent_case_or_without_any_is_reported():
+    rules = {"groups": [{"name": "g", "rules": [{"alert": "A"}, {"alert": "B"}, {"record": "r"}]}]}
+    firing = {"alertname": "A", "eval_time": "1m", "exp_alerts": [{"exp_labels": {}}]}
+    rule_tests = {"tests": [{"alert_rule_test": [firing]}]}
+
+    assert untested(rules, rule_tests) == {"A": ["silent"], "B": ["firing", "silent"]}
+    silent = {"alertname": "A", "eval_time": "2m"}  # no exp_alerts: promtool expects none
+    rule_tests["tests"].append({"alert_rule_test": [silent]})
+    assert untested(rules, rule_tests) == {"B": ["firing", "silent"]}
+
+
+def test_the_scrape_configuration_scrapes_the_endpoint_and_loads_the_rules():
+    config = load(CONFIG)
+
+    assert config["rule_files"] == ["rules.yml"]
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "refund-sorter"  # the rules select on it
+    assert job["scrape_interval"] == "60s"
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"] == [{"targets": ["metrics:9808"]}]
+
+
+# ------------------------------------------------------------------------------ promtool
+
+
+@pytest.mark.prometheus
+def test_promtool_accepts_the_rules():
+    result = promtool("check", "rules", str(RULES))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alert_rules(load(RULES)))} rules found" in result.stdout
+
+
+@pytest.mark.prometheus
+def test_promtool_accepts_the_scrape_configuration():
+    result = promtool("check", "config", str(CONFIG))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout
+
+
+@pytest.mark.prometheus
+def test_the_rules_pass_their_unit_tests():
+    result = promtool("test", "rules", str(RULE_TESTS))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+# ------------------------------------------------------------------- a real Prometheus
+
+OK_PHOTOS, FAILED_PHOTOS = 88, 12  # 12% failed, above the rule's 5%
+
+
+def stage_bad_night(database_url: str, version: str) -> int:
+    """A finished sweep of last night: 88 photos classified, 12 failed."""
+    finished = datetime.now(UTC) - timedelta(hours=4)
+    started = finished - timedelta(hours=1)
+    sessions = session_factory(database_url)
+    with sessions.begin() as session:
+        run = SweepRun(
+            status=SweepStatus.FINISHED,
+            trigger="beat",
+            model_version=version,
+            started_at=started,
+            updated_at=finished,
+            finished_at=finished,
+            found=OK_PHOTOS + FAILED_PHOTOS,
+            enqueued=OK_PHOTOS + FAILED_PHOTOS,
+            succeeded=OK_PHOTOS,
+            failed=FAILED_PHOTOS,
+        )
+        session.add(run)
+        session.flush()
+        for i in range(OK_PHOTOS + FAILED_PHOTOS):
+            failed = i >= OK_PHOTOS
+            name = f"return-{i:03d}.jpg"
+            session.add(
+                Prediction(
+                    content_hash=f"{i:064x}",
+                    model_version=version,
+                    sweep_run_id=run.id,
+                    status=ItemStatus.FAILED if failed else ItemStatus.OK,
+                    file_name=name,
+                    original_path=f"/data/incoming/{name}",
+                    final_path=f"/data/{'failed' if failed else 'processed'}/{name}",
+                    main_category=None if failed else "tops",
+                    main_confidence=None if failed else 0.97,
+                    sub_category=None if failed else "shirt",
+                    sub_confidence=None if failed else 0.95,
+                    error="cannot identify image file" if failed else None,
+                    classified_at=finished,
+                )
+            )
+        return run.id
+
+
+def get_json(url: str) -> dict | None:
+    """The answer of Prometheus' HTTP API, or None while it does not answer yet."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.load(response)
+    except (urllib.error.URLError, ConnectionError):
+        return None
+
+
+def wait_until(ready, what: str, processes: list[ServiceProcess], timeout: float = 60):
+    """Poll ``ready()`` until it returns something; fail with the processes' logs if one
+    exits or ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = ready()
+        if found:
+            return found
+        exited = [p for p in processes if p.proc.poll() is not None]
+        if exited or time.monotonic() > deadline:
+            logs = "\n".join(p.describe() for p in processes)
+            pytest.fail(f"{what}: not within {timeout:.0f} s\n{logs}", pytrace=False)
+        time.sleep(0.5)
+
+
+def scraped(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError):
+        return False
+
+
+def query(api: str, expression: str) -> float | None:
+    answer = get_json(f"{api}/query?query={urllib.request.quote(expression)}")
+    results = answer["data"]["result"] if answer else []
+    return float(results[0]["value"][1]) if results else None
+
+
+@pytest.mark.services
+@pytest.mark.prometheus
+def test_a_real_prometheus_with_the_shipped_rules_alerts_on_a_bad_night(
+    fresh_pg_url, broker_url, tmp_path
+):
+    settings = Settings(
+        home=tmp_path / "home",
+        database_url=fresh_pg_url,
+        broker_url=broker_url,
+        model_path=REPO_ROOT / Settings.model_fields["model_path"].default,  # the shipped one
+    )
+    stage_bad_night(fresh_pg_url, serving_version(settings))
+    metrics_port, prometheus_port = free_port(), free_port()
+    target = f"127.0.0.1:{metrics_port}"
+    # The shipped rules as they are; only the intervals are the test's, so that the first
+    # evaluation comes within seconds rather than a minute.
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {"job_name": "refund-sorter", "static_configs": [{"targets": [target]}]},
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    processes = []
+    try:
+        metrics = ServiceProcess(
+            "metrics-server",
+            [REFUND_SORTER, "metrics-server", "--address=127.0.0.1", f"--port={metrics_port}"],
+            service_env(settings),
+            tmp_path / "metrics-server.log",
+        )
+        processes.append(metrics)
+        wait_until(lambda: scraped(metrics_port), "the metrics endpoint answering", processes)
+        prometheus = ServiceProcess(
+            "prometheus",
+            [
+                program("prometheus"),
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prometheus_port}",
+            ],
+            {"PATH": "/usr/bin:/bin"},
+            tmp_path / "prometheus.log",
+        )
+        processes.append(prometheus)
+        api = f"http://127.0.0.1:{prometheus_port}/api/v1"
+
+        # Every alert of rules.yml, as written, is what Prometheus evaluates.
+        rules = wait_until(lambda: get_json(f"{api}/rules"), "Prometheus answering", processes)
+        loaded = [rule["name"] for group in rules["data"]["groups"] for rule in group["rules"]]
+        assert loaded == [rule["alert"] for rule in alert_rules(load(RULES))]
+
+        seen: set[str] = set()
+
+        def failed_share_alert() -> dict | None:
+            answer = get_json(f"{api}/alerts") or {"data": {"alerts": []}}
+            alerts = answer["data"]["alerts"]
+            seen.update(alert["labels"]["alertname"] for alert in alerts)
+            for alert in alerts:
+                if alert["labels"]["alertname"] == "RefundSorterFailedShareHigh":
+                    return alert
+            return None
+
+        alert = wait_until(failed_share_alert, "RefundSorterFailedShareHigh", processes)
+
+        assert alert["state"] in ("pending", "firing")
+        assert alert["labels"] == {
+            "alertname": "RefundSorterFailedShareHigh",
+            "severity": "critical",
+            "job": "refund-sorter",
+            "instance": target,
+        }
+        assert float(alert["value"]) == pytest.approx(FAILED_PHOTOS / (OK_PHOTOS + FAILED_PHOTOS))
+        assert alert["annotations"]["summary"] == "12% of last night's photos failed"
+        # The database and the broker answer and a sweep finished hours ago, and Prometheus has
+        # the series that say so: their alerts stay quiet because all is well, not for lack
+        # of a series.
+        assert query(api, 'up{job="refund-sorter"}') == 1
+        assert query(api, "refund_sorter_database_up") == 1
+        assert query(api, "refund_sorter_broker_up") == 1
+        assert query(api, "refund_sorter_last_sweep_finished_timestamp_seconds") is not None
+        failed_share_alert()  # once more, after those answers
+        quiet = {
+            "RefundSorterDatabaseDown",
+            "RefundSorterBrokerDown",
+            "RefundSorterNoSweepFinished",
+            "RefundSorterNoSweepEverFinished",
+        }
+        assert seen & quiet == set()
+    finally:
+        for process in reversed(processes):
+            process.stop()  # SIGTERM, then SIGKILL to its process group, by its pid
