@@ -1,5 +1,6 @@
 # Two images from one file:
-#   base   - producer, beat, Flower, migrations, the review desk: no PyTorch, starts in a second
+#   base   - producer, beat, Flower, migrations, the review desk, the metrics endpoint: no
+#            PyTorch, starts in a second
 #   worker - base + PyTorch, classifies batches with the shipped model
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -11,11 +12,12 @@ COPY classifier ./classifier
 COPY worker ./worker
 COPY producer ./producer
 COPY review ./review
+COPY monitoring ./monitoring
 COPY models ./models
 COPY migrations ./migrations
 RUN pip install -c constraints.txt .
-# The producer versions the model file and the review desk reads its categories; neither
-# needs PyTorch to do so.
+# The producer and the metrics endpoint version the model file and the review desk reads
+# its categories; none needs PyTorch to do so.
 COPY assets/model ./assets/model
 RUN useradd --create-home sorter && mkdir -p /data && chown sorter /data
 USER sorter

@@ -1,9 +1,13 @@
-"""Operations commands: sweep, runs, export, db upgrade and flower, for the operators.
+"""Operations commands: sweep, runs, export, db upgrade, flower and metrics-server, for the
+operators.
 
-Celery, the producer and the workers are imported inside the commands that drive them
-(``sweep`` and ``flower``), so ``runs``, ``export`` and ``db`` start without them.
+Celery, the producer, the workers and the metrics endpoint are imported inside the commands
+that drive them (``sweep``, ``flower``, ``metrics-server``), so ``runs``, ``export`` and ``db``
+start without them.
 """
 
+import contextlib
+import logging
 import os
 import sys
 import time
@@ -218,3 +222,28 @@ def flower(address, port) -> None:
     env = {**os.environ, "FLOWER_BASIC_AUTH": credentials.get_secret_value()}
     argv = ["-m", "celery", "-A", "worker", "flower", f"--address={address}", f"--port={port}"]
     os.execve(sys.executable, [sys.executable, *argv], env)
+
+
+@click.command("metrics-server")
+@listen_options(port=9808)
+@friendly
+def metrics_server(address, port) -> None:
+    """Serve the Prometheus metrics on http://ADDRESS:PORT/metrics.
+
+    Each scrape reads the database and the broker afresh: the last finished sweep, the
+    running one, the queues, the review backlog, the audit accuracy, drift and the model
+    version (docs/monitoring.md). Basic auth when REFUND_SORTER_METRICS_BASIC_AUTH is set
+    (user:password).
+    """
+    from monitoring.server import metrics_server as make_server
+
+    settings = get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        server = make_server(settings, address, port)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {address}:{port}: {exc.strerror or exc}") from None
+    auth = "basic auth" if settings.metrics_basic_auth else "no password"
+    click.echo(f"serving metrics on http://{address}:{port}/metrics ({auth})")
+    with server, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a plain stop
+        server.serve_forever()

@@ -114,6 +114,27 @@ class Settings(BaseSettings):
         description="Seconds before Redis hands an unacknowledged message to another worker.",
     )
 
+    drift_psi_threshold: float = Field(
+        0.2,
+        gt=0,
+        description="A night's category mix has drifted when its population stability index "
+        "against the baseline nights is above this (0.1: a moderate shift, 0.25: a large one) "
+        "and its chi-square p-value is below REFUND_SORTER_DRIFT_P_VALUE.",
+    )
+    drift_p_value: float = Field(
+        0.001,
+        gt=0,
+        lt=1,
+        description="A night's shift in category mix counts as drift only when a chi-square "
+        "test puts its p-value below this: sampling noise on a small night is not drift.",
+    )
+    drift_baseline_nights: int = Field(
+        28,
+        ge=1,
+        description="Finished nights with classified photos, the newest before a night, that "
+        "make up its drift baseline.",
+    )
+
     @field_validator("timezone")
     @classmethod
     def _known_time_zone(cls, value: str) -> str:
@@ -162,7 +183,13 @@ class Settings(BaseSettings):
         "`refund-sorter flower` does not start without it.",
     )
 
-    @field_validator("flower_basic_auth")
+    metrics_basic_auth: SecretStr | None = Field(
+        None,
+        description="user:password (several separated by commas) that the metrics endpoint "
+        "(refund-sorter metrics-server) asks for; unset or empty: no password.",
+    )
+
+    @field_validator("flower_basic_auth", "metrics_basic_auth")
     @classmethod
     def _user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
         # Checked here, not by Flower, which would take "ops" as a user with no password.

@@ -32,6 +32,7 @@ def test_every_role_has_a_service():
         "beat",
         "flower",
         "review",
+        "metrics",
     } <= set(SERVICES)
 
 
@@ -43,6 +44,7 @@ def test_services_run_the_celery_app_on_the_right_queues():
     assert command("beat").startswith("celery -A worker beat")
     assert command("flower").startswith("refund-sorter flower")
     assert command("review").startswith("refund-sorter review-server")
+    assert command("metrics").startswith("refund-sorter metrics-server")
     assert f"-Q {SWEEP_QUEUE}" in command("producer")
     for name in ("worker", "gpu-worker"):
         assert f"-Q {CLASSIFY_QUEUE}" in command(name)
@@ -51,7 +53,7 @@ def test_services_run_the_celery_app_on_the_right_queues():
 
 def test_roles_without_the_model_use_the_image_without_pytorch():
     assert SERVICES["migrate"]["build"]["target"] == "base"
-    for name in ("producer", "beat", "flower", "review"):
+    for name in ("producer", "beat", "flower", "review", "metrics"):
         assert SERVICES[name]["image"] == "refund-sorter:base"
     assert SERVICES["worker"]["build"]["target"] == "worker"
     targets = re.findall(r"^FROM \S+ AS (\w+)", (ROOT / "Dockerfile").read_text(), re.M)
@@ -82,6 +84,13 @@ def test_the_review_desk_requires_reviewers_and_a_key_and_stays_on_localhost():
     assert "REFUND_SORTER_ENVIRONMENT" not in env  # never development
     assert all(port.startswith("127.0.0.1:") for port in review["ports"])
     assert review["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_the_metrics_endpoint_waits_for_migrations_and_stays_on_localhost():
+    metrics = SERVICES["metrics"]
+    assert metrics["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert metrics["ports"] == ["127.0.0.1:9808:9808"]
+    assert metrics["environment"]["REFUND_SORTER_METRICS_BASIC_AUTH"] == "${METRICS_BASIC_AUTH:-}"
 
 
 def test_redis_requires_a_password_and_every_role_uses_it():
@@ -137,7 +146,16 @@ def test_docker_compose_accepts_the_file_with_its_secrets_set():
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     assert services["redis"]["command"][-2:] == ["--requirepass", "redis-secret"]
-    for name in ("migrate", "producer", "worker", "gpu-worker", "beat", "flower", "review"):
+    for name in (
+        "migrate",
+        "producer",
+        "worker",
+        "gpu-worker",
+        "beat",
+        "flower",
+        "review",
+        "metrics",
+    ):
         env = services[name]["environment"]
         assert env["REFUND_SORTER_BROKER_URL"] == "redis://:redis-secret@redis:6379/0", name
     assert services["flower"]["environment"]["REFUND_SORTER_FLOWER_BASIC_AUTH"] == (

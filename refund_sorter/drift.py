@@ -1,0 +1,237 @@
+"""Drift: how far a night's predictions moved away from the nights before it.
+
+Owns the drift figures the metrics endpoint, the desk's nights pages and the night report
+show. For the main and the sub category, a night (sweep) is compared with its *baseline*:
+the ``ok`` predictions of the up to REFUND_SORTER_DRIFT_BASELINE_NIGHTS finished sweeps with
+at least one ``ok`` photo that started before it (skipped, running and abandoned sweeps,
+and failed or deferred rows, never count). Three figures per level:
+
+- the *population stability index* (PSI) of the night's predicted mix against the
+  baseline's, sum over categories of (p - q) ln(p / q), p the night's share and q the
+  baseline's. 0 for the same mix; about 0.1 reads as a moderate shift, 0.25 as a large one.
+  A category absent on one side has no logarithm, so a share of 0 is taken as ``EPSILON``
+  (1e-4, a hundredth of a percent) there: a category that appears or vanishes then adds
+  about share x ln(share / 1e-4), 0.31 for one at 5%, 0.05 for one at 1%;
+- the p-value of Pearson's chi-square test of homogeneity of the two mixes (night and
+  baseline counts as a 2 x categories table): how likely a difference at least this large
+  is if both came from the same mix. Approximate where a category expects under about five
+  photos on the night;
+- the two-sample Kolmogorov-Smirnov statistic of the night's confidences (main_confidence
+  or sub_confidence) against the baseline's, the largest gap between their cumulative
+  distributions, with its p-value: a model growing less (or more) sure of itself shows here
+  before any category moves.
+
+``drifted`` is set when the PSI is above REFUND_SORTER_DRIFT_PSI_THRESHOLD *and* the
+chi-square p-value below REFUND_SORTER_DRIFT_P_VALUE. The p-value alone is not the trigger:
+with thousands of photos a night every tiny shift is significant, and the p-value says only
+that the mix moved, never by how much; the PSI says how much, and the p-value keeps the
+sampling noise of a small night (a few dozen photos leave rare categories out by chance) from
+passing for drift.
+
+Everything is counted by the database, with GROUP BY over the night's and its baseline's rows
+(the index on (sweep_run_id, status) finds them); Python sees one row per category or per
+confidence bin, never one per photo. The KS statistic is taken from confidences binned in
+SQL at 0.001 (``KS_BINS``): the cumulative counts are compared at the bin edges only, so two
+confidences in one bin count as tied, and the statistic can come out below the exact one by at
+most the share of one bin, a slightly conservative test (a p-value a little too large, never
+too small).
+"""
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import ColumnElement, FunctionElement, Integer, exists, func, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session
+
+from models import ItemStatus, Prediction, SweepRun, SweepStatus
+from refund_sorter.config import Settings, get_settings
+
+LEVELS = ("main", "sub")
+EPSILON = 1e-4  # the share taken for a category absent on one side of the PSI
+KS_BINS = 1000  # confidences binned at 0.001 for the KS statistic
+
+_CONFIDENCE = {"main": Prediction.main_confidence, "sub": Prediction.sub_confidence}
+
+
+@dataclass(frozen=True)
+class Share:
+    """One category in a mix: main ``"footwear"``, sub ``"footwear/shoes"``."""
+
+    category: str
+    night: int  # photos of the night
+    baseline: int  # photos of the baseline nights
+    night_share: float
+    baseline_share: float
+
+
+@dataclass(frozen=True)
+class LevelDrift:
+    level: str  # "main" or "sub"
+    psi: float  # population stability index, night against baseline
+    chi2_p_value: float  # chi-square test of homogeneity of the two mixes
+    confidence_ks: float  # two-sample KS statistic of the level's confidences
+    confidence_ks_p_value: float
+    mix: tuple[Share, ...]  # every category seen in either, largest baseline first
+    drifted: bool  # psi above its threshold and chi2_p_value below its own
+
+
+@dataclass(frozen=True)
+class NightDrift:
+    sweep_run_id: int
+    night_photos: int  # ok photos of the night
+    baseline_photos: int  # ok photos of the baseline nights
+    baseline_nights: int
+    levels: dict[str, LevelDrift]  # "main", "sub"
+
+
+def night_drift(
+    session: Session, sweep_run_id: int, *, settings: Settings | None = None
+) -> NightDrift | None:
+    """The drift of one night against its baseline; None when the night has no ok photos or
+    there is no baseline night."""
+    settings = settings or get_settings()
+    baseline = baseline_nights(session, sweep_run_id, last=settings.drift_baseline_nights)
+    if not baseline:
+        return None
+    sweeps = [sweep_run_id, *baseline]
+    pairs = _counts(
+        session, sweep_run_id, sweeps, Prediction.main_category, Prediction.sub_category
+    )
+    night_total = sum(n for (night, _, _), n in pairs.items() if night)
+    if not night_total:
+        return None
+    levels = {}
+    for level in LEVELS:
+        mix: tuple[Counter, Counter] = (Counter(), Counter())  # baseline, night
+        for (night, main, sub), n in pairs.items():
+            mix[night][main if level == "main" else f"{main}/{sub}"] += n
+        bins = _counts(session, sweep_run_id, sweeps, _floor(_CONFIDENCE[level] * KS_BINS))
+        levels[level] = _level_drift(level, mix[1], mix[0], bins, settings)
+    return NightDrift(
+        sweep_run_id=sweep_run_id,
+        night_photos=night_total,
+        baseline_photos=sum(n for (night, _, _), n in pairs.items() if not night),
+        baseline_nights=len(baseline),
+        levels=levels,
+    )
+
+
+def baseline_nights(session: Session, sweep_run_id: int, *, last: int) -> list[int]:
+    """The ids of a night's baseline, newest first: the up to ``last`` finished sweeps with
+    at least one ok photo that started before it."""
+    started = select(SweepRun.started_at).where(SweepRun.id == sweep_run_id).scalar_subquery()
+    has_photos = exists().where(
+        Prediction.sweep_run_id == SweepRun.id, Prediction.status == ItemStatus.OK
+    )
+    return list(
+        session.scalars(
+            select(SweepRun.id)
+            .where(SweepRun.status == SweepStatus.FINISHED, SweepRun.started_at < started)
+            .where(has_photos)
+            .order_by(SweepRun.started_at.desc(), SweepRun.id.desc())
+            .limit(last)
+        )
+    )
+
+
+def confidence_histogram(
+    session: Session, sweep_run_id: int, level: str, bins: int = 20
+) -> list[int]:
+    """Counts of the night's ok photos per confidence bin: ``bins`` equal bins on [0, 1],
+    each holding its lower edge, the last one 1 too."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, not {bins}")
+    found = _counts(session, sweep_run_id, [sweep_run_id], _floor(_CONFIDENCE[level] * bins))
+    return _histogram(found, bins)[1].tolist()
+
+
+def _level_drift(
+    level: str, night: Counter, baseline: Counter, bins: dict, settings: Settings
+) -> LevelDrift:
+    n, m = sum(night.values()), sum(baseline.values())
+    categories = sorted(night.keys() | baseline.keys(), key=lambda c: (-baseline[c], -night[c], c))
+    mix = tuple(Share(c, night[c], baseline[c], night[c] / n, baseline[c] / m) for c in categories)
+    p = np.maximum([s.night_share for s in mix], EPSILON)
+    q = np.maximum([s.baseline_share for s in mix], EPSILON)
+    psi = float(np.sum((p - q) * np.log(p / q)))
+    chi2_p = _homogeneity_p_value([[s.night for s in mix], [s.baseline for s in mix]])
+    base_bins, night_bins = _histogram(bins, KS_BINS)
+    ks, ks_p = _two_sample_ks(night_bins, base_bins)
+    return LevelDrift(
+        level=level,
+        psi=psi,
+        chi2_p_value=chi2_p,
+        confidence_ks=ks,
+        confidence_ks_p_value=ks_p,
+        mix=mix,
+        drifted=psi > settings.drift_psi_threshold and chi2_p < settings.drift_p_value,
+    )
+
+
+def _homogeneity_p_value(table: list[list[int]]) -> float:
+    # scipy.stats takes most of a second to import: only the callers of drift pay for it.
+    from scipy.stats import chi2_contingency
+
+    # Pearson's statistic as it is (no Yates correction), like the PSI beside it.
+    return float(chi2_contingency(table, correction=False).pvalue)
+
+
+def _two_sample_ks(night: np.ndarray, baseline: np.ndarray) -> tuple[float, float]:
+    """The KS statistic of two binned samples and its p-value, as scipy.stats.ks_2samp's
+    asymptotic mode takes it: Kolmogorov's distribution at the effective sample size
+    n m / (n + m), valid for large samples (a night holds hundreds of photos and more)."""
+    from scipy.stats import distributions
+
+    n, m = int(night.sum()), int(baseline.sum())
+    statistic = float(np.max(np.abs(np.cumsum(night) / n - np.cumsum(baseline) / m)))
+    effective = max(1, round(n * m / (n + m)))
+    return statistic, float(distributions.kstwo.sf(statistic, effective))
+
+
+def _histogram(found: dict, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Binned counts (keyed by (night?, bin)) as arrays, baseline's then night's; a
+    confidence of exactly 1 goes into the last bin."""
+    counts = np.zeros((2, bins), dtype=np.int64)
+    for (night, index), n in found.items():
+        if index is not None:  # an ok row always has its confidences; nothing to bin else
+            counts[int(night), min(int(index), bins - 1)] += n
+    return counts[0], counts[1]
+
+
+def _counts(
+    session: Session, night_id: int, sweeps: list[int], *keys: ColumnElement
+) -> dict[tuple, int]:
+    """The ok photos of ``sweeps`` counted by (of the night?, *keys), in one GROUP BY."""
+    rows = (
+        select((Prediction.sweep_run_id == night_id).label("night"), *keys)
+        .where(Prediction.status == ItemStatus.OK, Prediction.sweep_run_id.in_(sweeps))
+        .subquery()
+    )
+    # Grouped outside the subquery that names them: PostgreSQL cannot tell that two bound
+    # parameters are one, so the same expression in SELECT and in GROUP BY would not match.
+    columns = list(rows.c)
+    query = select(*columns, func.count()).group_by(*columns)
+    return {(bool(night), *rest): n for night, *rest, n in session.execute(query)}
+
+
+class _floor(FunctionElement):
+    """FLOOR(x): a bin number. On SQLite, whose FLOOR exists only where it was built with its
+    math functions, a cast to INTEGER, which truncates: the same for confidences, never
+    negative."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(_floor)
+def _floor_sql(element, compiler, **kw) -> str:
+    return f"FLOOR({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_floor, "sqlite")
+def _floor_sqlite(element, compiler, **kw) -> str:
+    return f"CAST({compiler.process(element.clauses, **kw)} AS INTEGER)"
