@@ -151,9 +151,10 @@ def test_the_rules_pass_their_unit_tests():
 # ------------------------------------------------------------------- a real Prometheus
 
 OK_PHOTOS, FAILED_PHOTOS = 88, 12  # 12% failed, above the rule's 5%
+PASSWORD = "s3cret-metrics"
 
 
-def stage_bad_night(database_url: str, version: str) -> int:
+def stage_bad_night(database_url: str, version: str) -> None:
     """A finished sweep of last night: 88 photos classified, 12 failed."""
     finished = datetime.now(UTC) - timedelta(hours=4)
     started = finished - timedelta(hours=1)
@@ -193,7 +194,6 @@ def stage_bad_night(database_url: str, version: str) -> int:
                     classified_at=finished,
                 )
             )
-        return run.id
 
 
 def get_json(url: str) -> dict | None:
@@ -220,14 +220,6 @@ def wait_until(ready, what: str, processes: list[ServiceProcess], timeout: float
         time.sleep(0.5)
 
 
-def scraped(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError):
-        return False
-
-
 def query(api: str, expression: str) -> float | None:
     answer = get_json(f"{api}/query?query={urllib.request.quote(expression)}")
     results = answer["data"]["result"] if answer else []
@@ -248,14 +240,21 @@ def test_a_real_prometheus_with_the_shipped_rules_alerts_on_a_bad_night(
     stage_bad_night(fresh_pg_url, serving_version(settings))
     metrics_port, prometheus_port = free_port(), free_port()
     target = f"127.0.0.1:{metrics_port}"
+    # The endpoint asks for a password, given as prometheus.yml's comment says to.
+    password = tmp_path / "metrics.password"
+    password.write_text(PASSWORD)
+    env = {**service_env(settings), "REFUND_SORTER_METRICS_BASIC_AUTH": f"prometheus:{PASSWORD}"}
+    job = {
+        "job_name": "refund-sorter",
+        "static_configs": [{"targets": [target]}],
+        "basic_auth": {"username": "prometheus", "password_file": str(password)},
+    }
     # The shipped rules as they are; only the intervals are the test's, so that the first
     # evaluation comes within seconds rather than a minute.
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
         "rule_files": [str(RULES)],
-        "scrape_configs": [
-            {"job_name": "refund-sorter", "static_configs": [{"targets": [target]}]},
-        ],
+        "scrape_configs": [job],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     processes = []
@@ -263,11 +262,11 @@ def test_a_real_prometheus_with_the_shipped_rules_alerts_on_a_bad_night(
         metrics = ServiceProcess(
             "metrics-server",
             [REFUND_SORTER, "metrics-server", "--address=127.0.0.1", f"--port={metrics_port}"],
-            service_env(settings),
+            env,
             tmp_path / "metrics-server.log",
         )
         processes.append(metrics)
-        wait_until(lambda: scraped(metrics_port), "the metrics endpoint answering", processes)
+        metrics.wait_for_log("serving metrics on")
         prometheus = ServiceProcess(
             "prometheus",
             [
