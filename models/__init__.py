@@ -103,7 +103,23 @@ class Prediction(Base):
             postgresql_where=text(_NOT_FAILED_NOR_DEFERRED),
             sqlite_where=text(_NOT_FAILED_NOR_DEFERRED),
         ),
-        Index("ix_predictions_sweep_status", "sweep_run_id", "status"),
+        # A night's photos by status, holding what the nightly figures count (the metrics
+        # endpoint, drift, the accuracy report, the review backlog): PostgreSQL answers them
+        # from the index alone, without reading the wide rows (paths, top_subs, errors).
+        Index(
+            "ix_predictions_sweep_status",
+            "sweep_run_id",
+            "status",
+            postgresql_include=[
+                "id",
+                "main_category",
+                "sub_category",
+                "main_confidence",
+                "sub_confidence",
+                "needs_review",
+                "audited",
+            ],
+        ),
         Index("ix_predictions_classified_at", "classified_at"),
         Index("ix_predictions_category", "main_category", "sub_category"),
         Index("ix_predictions_file_name", "file_name"),

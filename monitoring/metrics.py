@@ -106,7 +106,7 @@ class SorterCollector:
         out.gauge(
             "database_up",
             "1 when every database read of this scrape succeeded, 0 when the database could "
-            "not be reached or read (its series are then missing).",
+            "not be reached or read (the series it could not read are then missing).",
             database_up,
         )
         out.gauge(

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time
 
-from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy import Select, and_, case, exists, func, select
 from sqlalchemy.orm import Session
 
 from models import ItemStatus, Prediction, SweepRun
@@ -240,13 +240,12 @@ def figures(nights: Sequence[tuple[Counts, dict[str, Counts]]]) -> Figures:
 def window(*, since: date | None = None, last: int = WINDOW) -> Select:
     """The ids of the nights (sweeps) with classified photos started on or after ``since``
     (UTC), or else of the ``last`` ones, newest first."""
-    nights = (
-        select(SweepRun.id)
-        .join(Prediction, Prediction.sweep_run_id == SweepRun.id)
-        .where(Prediction.status == ItemStatus.OK)
-        .group_by(SweepRun.id)
-        .order_by(SweepRun.id.desc())
+    # EXISTS, not a join grouped by night: the newest nights are found by probing the index
+    # on (sweep_run_id, status) once each, not by counting every night's photos.
+    has_photos = exists().where(
+        Prediction.sweep_run_id == SweepRun.id, Prediction.status == ItemStatus.OK
     )
+    nights = select(SweepRun.id).where(has_photos).order_by(SweepRun.id.desc())
     if since is not None:
         return nights.where(SweepRun.started_at >= datetime.combine(since, time.min, tzinfo=UTC))
     return nights.limit(last)
@@ -261,7 +260,9 @@ def night_counts(
     decided = review.c.prediction_id.is_not(None)
     right_main = and_(decided, review.c.main_category == Prediction.main_category)
     right_sub = and_(right_main, review.c.sub_category == Prediction.sub_category)
-    nights = window(since=since, last=last)
+    # The nights' ids first, as values: PostgreSQL then reads only their photos through the
+    # index on (sweep_run_id, status), which holds every column counted here.
+    nights = list(session.scalars(window(since=since, last=last)))
     rows = session.execute(
         select(
             SweepRun.id,
@@ -276,7 +277,7 @@ def night_counts(
         )
         .join(Prediction, Prediction.sweep_run_id == SweepRun.id)
         .outerjoin(review, review.c.prediction_id == Prediction.id)
-        .where(Prediction.status == ItemStatus.OK, SweepRun.id.in_(nights.scalar_subquery()))
+        .where(Prediction.status == ItemStatus.OK, Prediction.sweep_run_id.in_(nights))
         .group_by(
             SweepRun.id,
             SweepRun.started_at,
