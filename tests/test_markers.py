@@ -1,6 +1,7 @@
-"""tests/conftest.py's guard: a test that opens PostgreSQL or Redis, or starts chromium or
-docker-compose, without the marker that says so, fails; with it, it runs. Checked on a small
-generated test file run by pytest in a process of its own, with the real conftest."""
+"""tests/conftest.py's guard: a test that opens PostgreSQL or Redis, or starts chromium,
+docker-compose, prometheus or promtool, without the marker that says so, fails; with it, it
+runs. Checked on a small generated test file run by pytest in a process of its own, with the
+real conftest."""
 
 import os
 import subprocess
@@ -75,6 +76,20 @@ def test_docker_compose_marked():
     launch("docker-compose")
 
 
+def test_prometheus_unmarked():
+    launch("prometheus")
+
+
+def test_promtool_unmarked():
+    launch("promtool")
+
+
+@pytest.mark.prometheus
+def test_prometheus_and_promtool_marked():
+    launch("prometheus")
+    launch("promtool")
+
+
 @pytest.fixture
 def broker_url():
     return "redis://127.0.0.1:6379/9"  # the sweep tests' fixture of that name hands out Redis
@@ -101,7 +116,8 @@ def test_nothing_of_the_sort():
 def test_an_unmarked_test_that_uses_a_server_or_a_program_fails(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for program in ("chromium", "docker-compose"):  # stand-ins: the guard goes by the name
+    # Stand-ins: the guard goes by the name.
+    for program in ("chromium", "docker-compose", "prometheus", "promtool"):
         (bin_dir / program).write_text("#!/bin/sh\nexit 0\n")
         (bin_dir / program).chmod(0o755)
     (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
@@ -119,12 +135,14 @@ def test_an_unmarked_test_that_uses_a_server_or_a_program_fails(tmp_path):
 
     out = result.stdout
     assert result.returncode == 1, out + result.stderr
-    assert "4 failed, 5 passed, 2 errors" in out, out
+    assert "6 failed, 6 passed, 2 errors" in out, out
     for test, what, marker in (
         ("test_redis_unmarked", "Redis (port 6379)", "services"),
         ("test_postgresql_unmarked", "PostgreSQL", "services"),
         ("test_chromium_unmarked", "chromium", "browser"),
         ("test_docker_compose_unmarked", "docker-compose", "compose"),
+        ("test_prometheus_unmarked", "prometheus", "prometheus"),
+        ("test_promtool_unmarked", "promtool", "prometheus"),
         ("test_a_server_fixture_unmarked", "the fixture broker_url", "services"),
         ("test_a_fixture_that_opens_redis_unmarked", "Redis (port 6379)", "services"),
     ):

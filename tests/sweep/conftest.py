@@ -6,9 +6,6 @@ running, as they are in CI. When they are not, the tests that need them fail wit
 saying so: a skipped integration test reads as a passing one.
 """
 
-import os
-import random
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -21,6 +18,7 @@ from refund_sorter.config import Settings, get_settings
 # Failed assertions in the shared helpers show their values, as the tests' own do.
 pytest.register_assert_rewrite("sweep_support")
 from sweep_support import (  # noqa: E402
+    REDIS_CLAIM_KEY,
     Incoming,
     RedisServer,
     TinyModel,
@@ -28,15 +26,12 @@ from sweep_support import (  # noqa: E402
     add_images,
     build_settings,
     postgres_database,
+    redis_database,
     save_random_model,
     service_env,
     use_in_this_process,
     wait_for_workers,
 )
-
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-REDIS_CLAIM_KEY = "refund-sorter-tests:claimed-by"
-
 
 # ------------------------------------------------------------------------------- PostgreSQL
 
@@ -67,35 +62,9 @@ def make_pg_database() -> Iterator[Callable[..., str]]:
 
 @pytest.fixture(scope="module")
 def broker_url() -> Iterator[str]:
-    """A Redis database no one else uses (claimed atomically), emptied afterwards, so tests
-    never see each other's messages. Celery's broadcasts are prefixed with the database
-    number by kombu, so pings and control commands stay inside it too."""
-    try:
-        redis.Redis(REDIS_HOST, REDIS_PORT, socket_connect_timeout=5).ping()
-    except redis.RedisError as exc:
-        pytest.fail(
-            f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT}; these tests need "
-            f"it running: {exc}",
-            pytrace=False,
-        )
-    owner = f"pid {os.getpid()} {uuid.uuid4().hex[:8]}"
-    # In random order: other suites tend to pick 0, 1 or 15 without asking.
-    for db in random.sample(range(1, 16), 15):
-        client = redis.Redis(REDIS_HOST, REDIS_PORT, db=db)
-        if client.dbsize() == 0 and client.set(REDIS_CLAIM_KEY, owner, nx=True):
-            break
-        client.close()
-    else:
-        pytest.fail(
-            "no empty Redis database among 1-15 for the tests (an interrupted run leaves "
-            f"its database claimed by the key {REDIS_CLAIM_KEY!r}: flush that database)",
-            pytrace=False,
-        )
-    try:
-        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
-    finally:
-        client.flushdb()
-        client.close()
+    """A Redis database no one else uses, emptied afterwards (``redis_database``)."""
+    with redis_database() as url:
+        yield url
 
 
 @pytest.fixture

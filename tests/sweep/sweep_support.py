@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -264,6 +265,46 @@ def postgres_database(migrate: bool = True) -> Iterator[str]:
         dispose(url)
         with _admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# ------------------------------------------------------------------------------------ Redis
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_CLAIM_KEY = "refund-sorter-tests:claimed-by"
+
+
+@contextmanager
+def redis_database() -> Iterator[str]:
+    """The URL of a database of the shared Redis no one else uses (claimed atomically),
+    emptied afterwards, so tests never see each other's messages. Celery's broadcasts are
+    prefixed with the database number by kombu, so pings and control commands stay inside
+    it too."""
+    try:
+        redis.Redis(REDIS_HOST, REDIS_PORT, socket_connect_timeout=5).ping()
+    except redis.RedisError as exc:
+        pytest.fail(
+            f"Redis is not reachable at {REDIS_HOST}:{REDIS_PORT}; these tests need "
+            f"it running: {exc}",
+            pytrace=False,
+        )
+    owner = f"pid {os.getpid()} {uuid.uuid4().hex[:8]}"
+    # In random order: other suites tend to pick 0, 1 or 15 without asking.
+    for db in random.sample(range(1, 16), 15):
+        client = redis.Redis(REDIS_HOST, REDIS_PORT, db=db)
+        if client.dbsize() == 0 and client.set(REDIS_CLAIM_KEY, owner, nx=True):
+            break
+        client.close()
+    else:
+        pytest.fail(
+            "no empty Redis database among 1-15 for the tests (an interrupted run leaves "
+            f"its database claimed by the key {REDIS_CLAIM_KEY!r}: flush that database)",
+            pytrace=False,
+        )
+    try:
+        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    finally:
+        client.flushdb()
+        client.close()
 
 
 def get_run(settings: Settings, run_id: int) -> SweepRun:
