@@ -41,7 +41,7 @@ import producer.sweep, producer.tasks, producer.scan
 from refund_sorter.db import upgrade
 upgrade("sqlite:///{tmp_path / "db.sqlite"}")  # runs migrations/env.py and the revisions
 from cli import main
-import review.app, review.training_set   # the review desk and its export
+import review.app, review.training_set, review.report   # the review desk, its export, its report
 from classifier.checkpoint_taxonomy import read_taxonomy
 read_taxonomy("assets/model/refund-sorter-resnet18.pt")   # the categories the desk offers
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
