@@ -10,7 +10,7 @@ the desk's own (review/static/review.css).
 
 import io
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -43,6 +43,7 @@ STATUS_COLOURS = {
 TITLE, SMALL = 9.5, 7.5  # points
 TREND_SIZE = (3.4, 1.3)  # inches, at DPI: 340 x 130 pixels
 NIGHT_WIDTH = 5.6
+TICK_MINUTES = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720)
 DPI = 100
 
 # The trend plots of the Nights page, in the order the page shows them.
@@ -333,19 +334,37 @@ def _over_the_night(detail: NightDetail, settings: Settings) -> bytes:
         _nothing(ax, "no classified photo")
         return _svg(fig)
     zone = ZoneInfo(settings.timezone)
-    times: list[datetime] = [start for start, _ in t.buckets]
+    starts: list[datetime] = [start for start, _ in t.buckets]
+    end = starts[-1] + timedelta(seconds=t.bucket_seconds)
+    edges = mdates.date2num([*starts, end])
     counts = [n for _, n in t.buckets]
-    ax.plot(times, counts, color=COLOURS["accent"], linewidth=1.5, marker="o", markersize=2.5)
-    ax.fill_between(times, counts, color=COLOURS["accent"], alpha=0.12, linewidth=0)
-    ax.set_ylim(bottom=0)
-    ax.xaxis.set_major_locator(mdates.AutoDateLocator(tz=zone, maxticks=8))
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=zone))
+    # Steps, one per bucket: each count holds for its whole bucket.
+    ax.stairs(counts, edges, fill=True, color=COLOURS["accent"], alpha=0.15)
+    ax.stairs(counts, edges, color=COLOURS["accent"], linewidth=1.5)
+    ax.set_ylim(0, max(counts) * 1.1)
+    ax.set_xlim(edges[0], edges[-1])
+    span = (end - starts[0]).total_seconds()
+    if span <= 6 * 60 * TICK_MINUTES[-1]:
+        ax.xaxis.set_major_locator(_clock_ticks(span, zone))
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=zone))
+    else:  # a sweep of days
+        ax.xaxis.set_major_locator(mdates.AutoDateLocator(tz=zone, maxticks=6))
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=zone))
     minutes = t.bucket_seconds / 60
     ax.set_ylabel(f"photos per {minutes:g} min", fontsize=SMALL, color=COLOURS["muted"])
     ax.set_xlabel(settings.timezone, fontsize=SMALL, color=COLOURS["muted"])
     ax.grid(axis="y", color=COLOURS["line"], linewidth=0.6)
     _head(ax, title, f"peak {max(counts):,} per {minutes:g} min")
     return _svg(fig)
+
+
+def _clock_ticks(seconds: float, zone: ZoneInfo) -> mdates.DateLocator:
+    """Ticks on round minutes or hours, at most about six over ``seconds`` (matplotlib's
+    AutoDateLocator gives up on a span of a few minutes)."""
+    minutes = next(m for m in TICK_MINUTES if seconds / 60 / m <= 6)
+    if minutes < 60:
+        return mdates.MinuteLocator(byminute=range(0, 60, minutes), tz=zone)
+    return mdates.HourLocator(byhour=range(0, 24, minutes // 60), tz=zone)
 
 
 NIGHT_DRAW = {
