@@ -130,6 +130,7 @@ def page_templates(settings: Settings) -> Jinja2Templates:
     )
     templates.env.filters["percent"] = nights.percent
     templates.env.filters["duration"] = nights.duration_words
+    templates.env.filters["interval"] = nights.interval_words
     templates.env.globals["share"] = accuracy.share
     return templates
 

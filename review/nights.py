@@ -34,7 +34,7 @@ from refund_sorter.config import Settings
 from refund_sorter.crud import as_utc
 from refund_sorter.drift import NightDrift
 from review import accuracy
-from review.accuracy import Figures
+from review.accuracy import Estimate, Figures
 
 NIGHTS = 30  # nights on the Nights page
 SKIPPED = "skipped"  # photos classified before: counted by the sweep, no row of their own
@@ -275,6 +275,17 @@ def detail(session: Session, settings: Settings, sweep: int) -> NightDetail | No
 def percent(share: float | None) -> str:
     """``12.3%``, or blank for no ratio (a night without photos)."""
     return "" if share is None else f"{100 * share:.1f}%"
+
+
+def interval_words(estimate: Estimate) -> str:
+    """``93.3% [68.1-99.8%] n=15``: a proportion, its 95% interval and its count, short enough
+    for a table cell (``accuracy.share`` adds the method); blank without a decided photo."""
+    if estimate.value is None:
+        return ""
+    return (
+        f"{100 * estimate.value:.1f}% [{100 * estimate.low:.1f}-{100 * estimate.high:.1f}%] "
+        f"n={estimate.n}"
+    )
 
 
 def duration_words(seconds: float | None) -> str:

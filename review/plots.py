@@ -192,7 +192,7 @@ def _accuracy(ax: Axes, x, nights: list[Night], settings: Settings, title: str) 
         low, high = np.array([e.low for _, e in known]), np.array([e.high for _, e in known])
         ax.vlines(at, low, high, color=COLOURS["line"], linewidth=3)
         ax.plot(at, value, "o", color=COLOURS["ok"], markersize=3.5)
-        ax.set_ylim(max(0.0, float(low.min()) - 0.02), 1.0)
+        ax.set_ylim(max(0.0, float(low.min()) - 0.02), 1.03)  # a point at 100% shows whole
     else:
         ax.set_ylim(0, 1)
         ax.text(
@@ -207,7 +207,7 @@ def _accuracy(ax: Axes, x, nights: list[Night], settings: Settings, title: str) 
         )
     ax.yaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=0))
     last = estimates[-1]
-    latest = f"last {_percent(last.value)} (n={last.n})" if last and last.value is not None else ""
+    latest = f"last {_percent(last.value)} n={last.n}" if last and last.value is not None else ""
     _head(ax, title, latest)
 
 

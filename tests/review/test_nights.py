@@ -152,10 +152,11 @@ def test_the_nights_page_answers_for_the_last_night_and_lists_the_others(staged)
     row = cells(html, staged.last)
     assert row[0] == local_date(started).isoformat()
     assert row[2:11] == ["30", "3", "1", "0", "4", "20.0%", "9.1%", "5 min", "0.1"]
-    assert row[11] == share(proportion(3, 4))  # 3 of the 4 audits right, all decided
-    assert "n=4 clopper-pearson" in row[11]
+    assert row[11] == nights.interval_words(proportion(3, 4))  # 3 of the 4 audits right
+    assert row[11].startswith("75.0% [") and row[11].endswith("%] n=4")
     assert row[12] == f"{main.psi:.2f} / {sub.psi:.2f} drifted"
-    assert row[13] == "staged-model"  # the version, cut to 12 characters
+    assert row[1] == str(staged.last)  # finished: no mark
+    assert row[13] == "staged-m"  # the version's first 8 characters (all of it on hover)
     assert "the blind audit sample" in html
 
     # A night without photos has blank ratios, never 0%.
