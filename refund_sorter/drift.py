@@ -37,7 +37,8 @@ most the share of one bin, a slightly conservative test (a p-value a little too 
 too small).
 """
 
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,33 +90,53 @@ class NightDrift:
 def night_drift(
     session: Session, sweep_run_id: int, *, settings: Settings | None = None
 ) -> NightDrift | None:
-    """The drift of one night against its baseline; None when the night has no ok photos or
-    there is no baseline night."""
+    """The drift of one night (the last finished one, say; a running one gives its figures so
+    far) against its baseline; None when the night has no ok photos or there is no baseline
+    night."""
+    return nights_drift(session, [sweep_run_id], settings=settings)[sweep_run_id]
+
+
+def nights_drift(
+    session: Session, sweep_run_ids: Iterable[int], *, settings: Settings | None = None
+) -> dict[int, NightDrift | None]:
+    """``night_drift`` of several nights at once (a trend), by id: each count is taken once
+    for all of them, their baselines overlapping as they do."""
     settings = settings or get_settings()
-    baseline = baseline_nights(session, sweep_run_id, last=settings.drift_baseline_nights)
-    if not baseline:
-        return None
-    sweeps = [sweep_run_id, *baseline]
-    pairs = _counts(
-        session, sweep_run_id, sweeps, Prediction.main_category, Prediction.sub_category
-    )
-    night_total = sum(n for (night, _, _), n in pairs.items() if night)
-    if not night_total:
-        return None
-    levels = {}
-    for level in LEVELS:
-        mix: tuple[Counter, Counter] = (Counter(), Counter())  # baseline, night
-        for (night, main, sub), n in pairs.items():
-            mix[night][main if level == "main" else f"{main}/{sub}"] += n
-        bins = _counts(session, sweep_run_id, sweeps, _floor(_CONFIDENCE[level] * KS_BINS))
-        levels[level] = _level_drift(level, mix[1], mix[0], bins, settings)
-    return NightDrift(
-        sweep_run_id=sweep_run_id,
-        night_photos=night_total,
-        baseline_photos=sum(n for (night, _, _), n in pairs.items() if not night),
-        baseline_nights=len(baseline),
-        levels=levels,
-    )
+    last = settings.drift_baseline_nights
+    baselines = {night: baseline_nights(session, night, last=last) for night in sweep_run_ids}
+    sweeps = sorted({s for night, base in baselines.items() if base for s in (night, *base)})
+    if not sweeps:
+        return dict.fromkeys(baselines)
+    mixes: dict[int, Counter] = defaultdict(Counter)  # by sweep: photos by (main, sub)
+    for sweep, main, sub, n in _counts(
+        session, sweeps, Prediction.main_category, Prediction.sub_category
+    ):
+        mixes[sweep][main, sub] = n
+    confidences = {level: _binned(session, sweeps, _CONFIDENCE[level], KS_BINS) for level in LEVELS}
+    found: dict[int, NightDrift | None] = {}
+    for night, base in baselines.items():
+        if not base or not mixes[night]:
+            found[night] = None
+            continue
+        baseline = sum((mixes[s] for s in base), Counter())
+        found[night] = NightDrift(
+            sweep_run_id=night,
+            night_photos=mixes[night].total(),
+            baseline_photos=baseline.total(),
+            baseline_nights=len(base),
+            levels={
+                level: _level_drift(
+                    level,
+                    _by_level(mixes[night], level),
+                    _by_level(baseline, level),
+                    confidences[level][night],
+                    sum(confidences[level][s] for s in base),
+                    settings,
+                )
+                for level in LEVELS
+            },
+        )
+    return found
 
 
 def baseline_nights(session: Session, sweep_run_id: int, *, last: int) -> list[int]:
@@ -145,22 +166,34 @@ def confidence_histogram(
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
     if bins < 1:
         raise ValueError(f"bins must be at least 1, not {bins}")
-    found = _counts(session, sweep_run_id, [sweep_run_id], _floor(_CONFIDENCE[level] * bins))
-    return _histogram(found, bins)[1].tolist()
+    found = _binned(session, [sweep_run_id], _CONFIDENCE[level], bins)
+    return found[sweep_run_id].tolist()
+
+
+def _by_level(mix: Counter, level: str) -> Counter:
+    """Photos by (main, sub) as photos by main category, or by "main/sub"."""
+    found: Counter = Counter()
+    for (main, sub), n in mix.items():
+        found[main if level == "main" else f"{main}/{sub}"] += n
+    return found
 
 
 def _level_drift(
-    level: str, night: Counter, baseline: Counter, bins: dict, settings: Settings
+    level: str,
+    night: Counter,
+    baseline: Counter,
+    night_confidences: np.ndarray,
+    baseline_confidences: np.ndarray,
+    settings: Settings,
 ) -> LevelDrift:
-    n, m = sum(night.values()), sum(baseline.values())
+    n, m = night.total(), baseline.total()
     categories = sorted(night.keys() | baseline.keys(), key=lambda c: (-baseline[c], -night[c], c))
     mix = tuple(Share(c, night[c], baseline[c], night[c] / n, baseline[c] / m) for c in categories)
     p = np.maximum([s.night_share for s in mix], EPSILON)
     q = np.maximum([s.baseline_share for s in mix], EPSILON)
     psi = float(np.sum((p - q) * np.log(p / q)))
     chi2_p = _homogeneity_p_value([[s.night for s in mix], [s.baseline for s in mix]])
-    base_bins, night_bins = _histogram(bins, KS_BINS)
-    ks, ks_p = _two_sample_ks(night_bins, base_bins)
+    ks, ks_p = _two_sample_ks(night_confidences, baseline_confidences)
     return LevelDrift(
         level=level,
         psi=psi,
@@ -192,30 +225,34 @@ def _two_sample_ks(night: np.ndarray, baseline: np.ndarray) -> tuple[float, floa
     return statistic, float(distributions.kstwo.sf(statistic, effective))
 
 
-def _histogram(found: dict, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Binned counts (keyed by (night?, bin)) as arrays, baseline's then night's; a
-    confidence of exactly 1 goes into the last bin."""
-    counts = np.zeros((2, bins), dtype=np.int64)
-    for (night, index), n in found.items():
-        if index is not None:  # an ok row always has its confidences; nothing to bin else
-            counts[int(night), min(int(index), bins - 1)] += n
-    return counts[0], counts[1]
+def _binned(
+    session: Session, sweeps: list[int], confidence: ColumnElement, bins: int
+) -> dict[int, np.ndarray]:
+    """The ok photos of each of ``sweeps`` (sorted) counted by confidence in ``bins`` equal
+    bins on [0, 1]; a confidence of exactly 1 goes into the last bin."""
+    counts = np.zeros((len(sweeps), bins), dtype=np.int64)
+    rows = np.array(_counts(session, sweeps, _floor(confidence * bins)), dtype=np.int64)
+    if len(rows):
+        sweep, index, n = rows.T
+        np.add.at(counts, (np.searchsorted(sweeps, sweep), np.minimum(index, bins - 1)), n)
+    return dict(zip(sweeps, counts, strict=True))
 
 
-def _counts(
-    session: Session, night_id: int, sweeps: list[int], *keys: ColumnElement
-) -> dict[tuple, int]:
-    """The ok photos of ``sweeps`` counted by (of the night?, *keys), in one GROUP BY."""
+def _counts(session: Session, sweeps: list[int], *keys: ColumnElement) -> list[tuple]:
+    """(sweep, *keys, photos) for the ok photos of ``sweeps``, in one GROUP BY. An ok row
+    always has its categories and confidences; one without would count nowhere."""
     rows = (
-        select((Prediction.sweep_run_id == night_id).label("night"), *keys)
+        select(Prediction.sweep_run_id, *(key.label(f"key{i}") for i, key in enumerate(keys)))
         .where(Prediction.status == ItemStatus.OK, Prediction.sweep_run_id.in_(sweeps))
+        .where(*(key.is_not(None) for key in keys))
         .subquery()
     )
-    # Grouped outside the subquery that names them: PostgreSQL cannot tell that two bound
-    # parameters are one, so the same expression in SELECT and in GROUP BY would not match.
+    # Grouped outside the subquery that names the keys: PostgreSQL cannot tell that two bound
+    # parameters are one, so a key holding one would not match itself in GROUP BY.
     columns = list(rows.c)
     query = select(*columns, func.count()).group_by(*columns)
-    return {(bool(night), *rest): n for night, *rest, n in session.execute(query)}
+    # Core, not the ORM: tens of thousands of bins come back, and they are plain numbers.
+    return [tuple(row) for row in session.connection().execute(query)]
 
 
 class _floor(FunctionElement):

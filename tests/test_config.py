@@ -116,3 +116,17 @@ def test_the_review_threshold_is_unset_unless_given(monkeypatch):
     assert Settings().review_threshold == 0.75
     monkeypatch.setenv("REFUND_SORTER_REVIEW_THRESHOLD", "0")
     assert Settings().review_threshold == 0.0
+
+
+def test_the_drift_settings_and_their_bounds(monkeypatch):
+    for key in [k for k in __import__("os").environ if k.startswith("REFUND_SORTER_")]:
+        monkeypatch.delenv(key)
+    s = Settings()
+    assert (s.drift_psi_threshold, s.drift_p_value, s.drift_baseline_nights) == (0.2, 0.001, 28)
+    for name, wrong in (("PSI_THRESHOLD", "0"), ("P_VALUE", "1"), ("BASELINE_NIGHTS", "0")):
+        monkeypatch.setenv(f"REFUND_SORTER_DRIFT_{name}", wrong)
+        result = runs_with_fresh_settings()
+        assert result.exit_code == 1, name
+        assert f"error: invalid setting: REFUND_SORTER_DRIFT_{name}" in result.output
+        assert "Traceback" not in result.output
+        monkeypatch.delenv(f"REFUND_SORTER_DRIFT_{name}")
