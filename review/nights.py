@@ -152,12 +152,13 @@ def _nights(session: Session, runs: list[SweepRun], settings: Settings, drift: b
         sweep: accuracy.figures([(total, by_main)])
         for sweep, _, total, by_main in accuracy.night_counts(session, sweeps=ids)
     }
+    # One pass over the counts for every night's drift, their baselines overlapping.
+    drifts = drift_module.nights_drift(session, ids, settings=settings) if drift else {}
     zone = ZoneInfo(settings.timezone)
     nights = []
     for r in runs:
         counts[r.id][SKIPPED] = r.skipped
         started = as_utc(r.started_at)
-        classified = counts[r.id][ItemStatus.OK] > 0
         nights.append(
             Night(
                 sweep=r.id,
@@ -169,9 +170,7 @@ def _nights(session: Session, runs: list[SweepRun], settings: Settings, drift: b
                 photos=counts[r.id],
                 flagged=flagged[r.id],
                 accuracy=audits.get(r.id),
-                drift=drift_module.night_drift(session, r.id, settings=settings)
-                if drift and classified
-                else None,
+                drift=drifts.get(r.id),
             )
         )
     return nights
