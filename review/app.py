@@ -131,6 +131,7 @@ def page_templates(settings: Settings) -> Jinja2Templates:
     templates.env.filters["percent"] = nights.percent
     templates.env.filters["duration"] = nights.duration_words
     templates.env.filters["interval"] = nights.interval_words
+    templates.env.filters["rate"] = nights.rate
     templates.env.globals["share"] = accuracy.share
     return templates
 

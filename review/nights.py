@@ -287,6 +287,14 @@ def interval_words(estimate: Estimate) -> str:
     )
 
 
+def rate(per_second: float | None) -> str:
+    """``35.2``, ``0.021``: photos per second with a figure that is never 0.0 for a slow night;
+    blank without one."""
+    if per_second is None:
+        return ""
+    return f"{per_second:.1f}" if per_second >= 1 else f"{per_second:.2g}"
+
+
 def duration_words(seconds: float | None) -> str:
     """``42 s``, ``18 min``, ``3 h 05 min``; blank for a night that did not finish."""
     if seconds is None:

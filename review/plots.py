@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from models import ItemStatus
 from refund_sorter.config import Settings
-from review.nights import LEVELS, SKIPPED, STATUSES, Night, NightDetail
+from review.nights import LEVELS, SKIPPED, STATUSES, Night, NightDetail, rate
 
 # The colours of review/static/review.css (:root), so that plots and page read as one.
 COLOURS = {
@@ -180,7 +180,7 @@ def _throughput(ax: Axes, x, nights: list[Night], settings: Settings, title: str
     values = [n.images_per_second for n in nights]
     ax.plot(x, _value(values), color=COLOURS["accent"], linewidth=1.4, marker="o", markersize=2.5)
     ax.set_ylim(bottom=0)
-    _head(ax, title, _last(values, lambda v: f"{v:,.1f}/s"))
+    _head(ax, title, _last(values, lambda v: f"{rate(v)}/s"))
 
 
 def _accuracy(ax: Axes, x, nights: list[Night], settings: Settings, title: str) -> None:

@@ -10,7 +10,8 @@ shows them.
 """
 
 import os
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from browser import Browser
@@ -47,7 +48,11 @@ def month(tmp_path_factory, accounts):
             review_secret_key=SecretStr("0c6f2a9e4b8d1f3a5c7e9b2d4f6a8c1e"),
             timezone="Europe/Berlin",
         )
-        last_started = utcnow().replace(second=0, microsecond=0) - timedelta(hours=7)
+        # The nights start at 02:00 in Berlin, as beat starts them; the last one at least an
+        # hour ago, so that it has finished.
+        berlin = ZoneInfo("Europe/Berlin")
+        day = (utcnow() - timedelta(hours=3)).astimezone(berlin).date()
+        last_started = datetime.combine(day, time(2, 0), tzinfo=berlin).astimezone(UTC)
         with session_factory(url).begin() as session:
             sweeps = stage_month(session, last_started, version)
         log = tmp_path_factory.mktemp("server") / "review-server.log"
