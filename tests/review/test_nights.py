@@ -182,6 +182,9 @@ def test_one_night_in_full(staged):
     page = client.get(f"/nights/{staged.last}")
     assert page.status_code == 200
     html = page.text
+    headline = text_of(re.search(r'<div id="headline".*?</div>', html, re.S)[0])
+    assert headline.startswith("Finished, 33 photos, 9.1% failed, 20.0% flagged, drift over")
+    assert "above the warning level of 5.0%" in headline
     assert [r[:2] for r in table(html, "statuses")] == [
         ["ok", "30"],
         ["failed", "3"],
@@ -288,7 +291,7 @@ def test_the_report_is_one_self_contained_file(staged, use_settings, tmp_path):
         root = ET.fromstring(base64.b64decode(src.split(",", 1)[1]))
         assert root.tag == "{http://www.w3.org/2000/svg}svg"
     text = text_of(html)
-    assert "finished, 33 photos, 9.1% failed, 20.0% flagged" in text
+    assert "Finished, 33 photos, 9.1% failed, 20.0% flagged" in text
     assert "corrupt or truncated image 2" in text
     assert "staged-model-2" in text
     assert f"sub {share(proportion(3, 4))}" in text
@@ -296,7 +299,7 @@ def test_the_report_is_one_self_contained_file(staged, use_settings, tmp_path):
     other = tmp_path / "empty.html"
     result = CliRunner().invoke(main, ["report", str(staged.empty), "--out", str(other)])
     assert result.exit_code == 0, result.output
-    assert "finished, 0 photos" in text_of(other.read_text(encoding="utf-8"))
+    assert "Finished, 0 photos" in text_of(other.read_text(encoding="utf-8"))
 
 
 @pytest.mark.services
