@@ -32,17 +32,16 @@ from models import ItemStatus, Prediction, SweepRun, SweepStatus
 from refund_sorter import drift as drift_module
 from refund_sorter.config import Settings
 from refund_sorter.crud import as_utc
-from refund_sorter.drift import NightDrift
+from refund_sorter.drift import LEVELS, NightDrift
 from review import accuracy
 from review.accuracy import Estimate, Figures
 
 NIGHTS = 30  # nights on the Nights page
 SKIPPED = "skipped"  # photos classified before: counted by the sweep, no row of their own
 STATUSES = (ItemStatus.OK, ItemStatus.FAILED, ItemStatus.DEFERRED, ItemStatus.QUEUED, SKIPPED)
-LEVELS = ("main", "sub")
 HISTOGRAM_BINS = 20
-# The last night must have finished within this long: a nightly sweep, and two hours for it
-# to run late (the Prometheus rule of deploy/prometheus says the same).
+# The last night must have finished within this long: a sweep a night, and two hours for it
+# to run late.
 FINISHED_WITHIN = timedelta(hours=26)
 # Throughput buckets: the shortest of these widths that splits the night into at most
 # MAX_BUCKETS, so a plot of a long night stays readable.
