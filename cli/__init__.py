@@ -1,7 +1,7 @@
 """The ``refund-sorter`` command line, by audience: ``cli.model`` for whoever trains and
 checks the model (train, cv-summary, evaluate, quantize, classify), ``cli.operations`` for
 the operators (sweep, runs, export, db upgrade, flower, metrics-server), ``cli.review_desk``
-for the review desk (review-server, export-training-set, accuracy, threshold).
+for the review desk (review-server, export-training-set, accuracy, threshold, report).
 
 It sits above the roles it drives (producer, worker, classifier), so the shared core in
 ``refund_sorter/`` imports none of them. Heavy imports (PyTorch, Celery) happen inside the
@@ -35,5 +35,6 @@ for command in (
     review_desk.export_training_set,
     review_desk.accuracy,
     review_desk.threshold,
+    review_desk.report,
 ):
     main.add_command(command)

@@ -67,7 +67,7 @@ def friendly(func):
             click.secho(f"error: invalid setting: {problems}", fg="red", err=True)
             sys.exit(1)
         except ModuleNotFoundError as exc:
-            if exc.name not in ("torch", "torchvision", "matplotlib"):
+            if exc.name not in ("torch", "torchvision"):
                 raise
             click.secho(
                 "error: this command needs the model libraries (PyTorch); install "

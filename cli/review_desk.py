@@ -1,6 +1,7 @@
 """Review commands: the review desk's server (and the password hashes its reviewers log in
 with), the export of reviewed photos into a training folder, the live accuracy that the
-reviews measure and the review threshold they suggest.
+reviews measure and the review threshold they suggest, and the night report (the desk's
+night page as one file).
 
 FastAPI and uvicorn are imported inside ``review-server``, so the other commands start
 without them. Only ``threshold``'s suggestion imports PyTorch (to read the model's offline
@@ -98,6 +99,40 @@ def export_training_set(out_dir: Path, since) -> None:
         click.echo(f"  missing {path}: {why}")
     if len(report.missing) > 20:
         click.echo(f"  ... and {len(report.missing) - 20} more")
+
+
+@click.command()
+@click.argument("sweep", type=int, required=False)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="HTML file to write (its folder is made if missing).",
+)
+@friendly
+def report(sweep: int | None, out: Path) -> None:
+    """Write one night's page as one self-contained HTML file, to mail or archive.
+
+    SWEEP is the night's sweep number (refund-sorter runs lists them); default: the last
+    night, the newest finished sweep. The same page as the review desk's /nights/SWEEP:
+    counts by status, failures by reason, category mix against the trailing nights,
+    confidences, throughput, audit accuracy and model version, with the stylesheet and the
+    plots inside the file.
+    """
+    from review.report import night_report
+
+    settings = get_settings()
+    check_schema(settings.database_url)
+    night, html = night_report(settings, sweep)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(html, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    click.echo(
+        f"night of {night.date} (sweep {night.sweep}, {night.status}): "
+        f"{len(html.encode()) // 1024} KiB written to {out}"
+    )
 
 
 @click.command()

@@ -235,6 +235,13 @@ class Settings(BaseSettings):
         description="The review desk is reached only through a proxy that appends the client's "
         "address to X-Forwarded-For: the login limit then counts that address, not the proxy's.",
     )
+    nights_failed_warning: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Failed share of the last night above which the review desk's Nights page "
+        "warns (and `refund-sorter report` with it).",
+    )
 
     @field_validator("reviewers")
     @classmethod

@@ -29,7 +29,7 @@ far may not be either.
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time
 
@@ -252,17 +252,26 @@ def window(*, since: date | None = None, last: int = WINDOW) -> Select:
 
 
 def night_counts(
-    session: Session, *, since: date | None = None, last: int = WINDOW
+    session: Session,
+    *,
+    since: date | None = None,
+    last: int = WINDOW,
+    sweeps: Collection[int] | None = None,
 ) -> list[tuple[int, datetime, Counts, dict[str, Counts]]]:
     """Each night's counts, in total and per predicted main category, newest first: the
-    nights started on or after ``since`` (UTC), or else the ``last`` ones with photos."""
+    nights ``sweeps`` (ids) when given, else those started on or after ``since`` (UTC), or
+    else the ``last`` ones with photos."""
     review = latest_reviews()
     decided = review.c.prediction_id.is_not(None)
     right_main = and_(decided, review.c.main_category == Prediction.main_category)
     right_sub = and_(right_main, review.c.sub_category == Prediction.sub_category)
     # The nights' ids first, as values: PostgreSQL then reads only their photos through the
     # index on (sweep_run_id, status), which holds every column counted here.
-    nights = list(session.scalars(window(since=since, last=last)))
+    nights = (
+        sorted(sweeps)
+        if sweeps is not None
+        else list(session.scalars(window(since=since, last=last)))
+    )
     rows = session.execute(
         select(
             SweepRun.id,

@@ -4,7 +4,10 @@
 Pages: ``/login``; ``/review``, the next photo of a selection (night, predicted category);
 ``/review/{id}``, one photo with its history, to decide again; ``/undo``, which takes back
 the reviewer's last decision; ``/progress``, the team's day; ``/accuracy``, the live
-accuracy the decisions measure; ``/photos/{id}``, the photo
+accuracy the decisions measure; ``/nights``, the last nights at a glance, and
+``/nights/{id}``, one night in full, with their plots as SVG images of their own
+(``/nights/plots/<name>.svg``, ``/nights/{id}/plots/<name>.svg``: the content policy allows
+no inline style, so no inline SVG); ``/photos/{id}``, the photo
 file itself, served only from inside the processed, incoming and failed folders. Everything
 but the login page and ``/healthz`` needs a logged-in reviewer, and every form carries the
 session's CSRF token.
@@ -13,6 +16,7 @@ A photo shown to a reviewer is claimed for them (REFUND_SORTER_REVIEW_CLAIM_SECO
 other reviewer is shown it or may decide it until the claim ends.
 """
 
+import base64
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,7 +44,7 @@ from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.files import inside
 from refund_sorter.images import UnreadableImage, sniff
-from review import accuracy, auth, progress, queue
+from review import accuracy, auth, nights, plots, progress, queue
 from review.auth import authenticate, csrf_token, csrf_valid, reviewers, session_secret
 
 log = logging.getLogger(__name__)
@@ -117,6 +121,21 @@ class Desk:
         return None
 
 
+def page_templates(settings: Settings) -> Jinja2Templates:
+    """The desk's templates, with the filters they use; ``review.report`` renders them too."""
+    templates = Jinja2Templates(HERE / "templates")
+    zone = ZoneInfo(settings.timezone)
+    templates.env.filters["local"] = lambda moment: (
+        crud.as_utc(moment).astimezone(zone).strftime("%Y-%m-%d %H:%M")
+    )
+    templates.env.filters["percent"] = nights.percent
+    templates.env.filters["duration"] = nights.duration_words
+    templates.env.filters["interval"] = nights.interval_words
+    templates.env.filters["rate"] = nights.rate
+    templates.env.globals["share"] = accuracy.share
+    return templates
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The review desk for ``settings``; UserError when it lacks reviewers, a session key
     (outside development) or a readable model file (for the categories)."""
@@ -125,7 +144,7 @@ def create_app(settings: Settings) -> FastAPI:
         session_factory(settings.database_url),
         read_taxonomy(settings.model_path),
         reviewers(settings),
-        Jinja2Templates(HERE / "templates"),
+        page_templates(settings),
     )
     app = FastAPI(title="refund-sorter review desk", docs_url=None, redoc_url=None)
     app.openapi_url = None
@@ -146,9 +165,6 @@ def create_app(settings: Settings) -> FastAPI:
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    desk.templates.env.filters["local"] = lambda moment: desk.local(moment).strftime(
-        "%Y-%m-%d %H:%M"
-    )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)
     app.add_exception_handler(LoginRequired, _to_login)
@@ -494,6 +510,86 @@ def accuracy_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Respon
     with desk.sessions() as session:
         found = accuracy.report(session)
     return render(request, "accuracy.html", {"report": found, "share": accuracy.share})
+
+
+def svg(data: bytes) -> Response:
+    return Response(data, media_type="image/svg+xml")
+
+
+@router.get("/nights")
+def nights_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Response:
+    """Did last night work, and is it still right? The last nights, with their trends."""
+    with desk.sessions() as session:
+        found = nights.recent(session, desk.settings)
+    context = {
+        "nights": found,
+        "headline": nights.headline(found, desk.settings, utcnow()),
+        "trends": plots.TRENDS,
+        "zone": desk.settings.timezone,
+        "failed_warning": desk.settings.nights_failed_warning,
+        "baseline_nights": desk.settings.drift_baseline_nights,
+        "psi_threshold": desk.settings.drift_psi_threshold,
+        "p_value": desk.settings.drift_p_value,
+    }
+    return render(request, "nights.html", context)
+
+
+# Before /nights/{sweep}, which would take "plots" for a sweep's number.
+@router.get("/nights/plots/{name}.svg")
+def nights_plot(name: str, reviewer: Reviewer, desk: DeskDep) -> Response:
+    if name not in plots.TRENDS:
+        raise PageError(404, f"No plot {name!r}: the trends are {', '.join(plots.TRENDS)}.")
+    with desk.sessions() as session:
+        found = nights.recent(session, desk.settings, drift=name == "drift")
+    return svg(plots.trend(name, found, desk.settings))
+
+
+def night_detail(desk: Desk, sweep: int) -> nights.NightDetail:
+    with desk.sessions() as session:
+        found = nights.detail(session, desk.settings, sweep)
+    if found is None:
+        raise PageError(404, f"No night has the sweep number {sweep} (skipped runs are none).")
+    return found
+
+
+def night_context(detail: nights.NightDetail, settings: Settings, *, inline: bool) -> dict:
+    """What night.html shows; ``inline``: as one self-contained file (``review.report``),
+    its plots drawn into the page as data: URIs instead of linked, and no links."""
+    sweep = detail.night.sweep
+
+    def plot_src(name: str) -> str:
+        if not inline:
+            return f"/nights/{sweep}/plots/{name}.svg"
+        data = base64.b64encode(plots.night_plot(name, detail, settings)).decode("ascii")
+        return f"data:image/svg+xml;base64,{data}"
+
+    return {
+        "detail": detail,
+        "n": detail.night,
+        "summary": nights.summary(detail.night),
+        "warnings": nights.concerns(detail.night, settings),
+        "plots": plots.NIGHT_PLOTS,
+        "plot_src": plot_src,
+        "inline": inline,
+        "zone": settings.timezone,
+        "psi_threshold": settings.drift_psi_threshold,
+        "p_value": settings.drift_p_value,
+    }
+
+
+@router.get("/nights/{sweep}")
+def night_page(request: Request, sweep: int, reviewer: Reviewer, desk: DeskDep) -> Response:
+    """One night in full: counts, failures by reason, mix against its baseline, confidences,
+    throughput, model version."""
+    context = night_context(night_detail(desk, sweep), desk.settings, inline=False)
+    return render(request, "night.html", context)
+
+
+@router.get("/nights/{sweep}/plots/{name}.svg")
+def night_plot(sweep: int, name: str, reviewer: Reviewer, desk: DeskDep) -> Response:
+    if name not in plots.NIGHT_PLOTS:
+        raise PageError(404, f"No plot {name!r}: a night has {', '.join(plots.NIGHT_PLOTS)}.")
+    return svg(plots.night_plot(name, night_detail(desk, sweep), desk.settings))
 
 
 @router.get("/photos/{prediction_id}")

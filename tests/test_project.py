@@ -41,7 +41,10 @@ import producer.sweep, producer.tasks, producer.scan
 from refund_sorter.db import upgrade
 upgrade("sqlite:///{tmp_path / "db.sqlite"}")  # runs migrations/env.py and the revisions
 from cli import main
-import review.app, review.training_set   # the review desk and its export
+import review.app, review.training_set, review.report   # the review desk, its export, its report
+from review import plots
+from refund_sorter.config import Settings
+plots.trend("photos", [], Settings())   # the Nights pages draw with matplotlib alone
 from classifier.checkpoint_taxonomy import read_taxonomy
 read_taxonomy("assets/model/refund-sorter-resnet18.pt")   # the categories the desk offers
 import monitoring.server   # the metrics endpoint, which versions the model file
@@ -52,6 +55,16 @@ print("LEAKED", leaked)
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     assert "LEAKED []" in out
+
+
+def test_the_desk_s_image_draws_plots_without_the_model_libraries():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = {re.split(r"[<>=\[ ]", d)[0] for d in project["dependencies"]}
+    ml = {re.split(r"[<>=\[ ]", d)[0] for d in project["optional-dependencies"]["ml"]}
+    assert "matplotlib" in base and "matplotlib" not in ml
+    assert {"torch", "torchvision"} <= ml and not {"torch", "torchvision"} & base
 
 
 def test_migrations_match_the_models(tmp_path):

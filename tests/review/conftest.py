@@ -97,3 +97,17 @@ def use_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Settings
     """Point ``get_settings()`` (what the CLI reads) at ``settings`` via REFUND_SORTER_*."""
     yield lambda settings: use_in_this_process(settings, monkeypatch)
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def browser():
+    """A headless Chromium (tests/review/browser.py), closed with every process it started."""
+    from browser import Browser, chromium_path
+
+    if chromium_path() is None:
+        pytest.fail(
+            "chromium is not installed (bash tests/setup-machine.sh installs it)",
+            pytrace=False,
+        )
+    with Browser() as b:
+        yield b

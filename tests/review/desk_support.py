@@ -1,10 +1,18 @@
 """Using the review desk through FastAPI's TestClient as a browser would: read the form
-token from the page, post forms, follow nothing unasked."""
+token from the page, post forms, follow nothing unasked; and the desk served by
+``refund-sorter review-server`` as its own process, for a real browser."""
 
 import re
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from sweep_support import ServiceProcess, free_port, service_env
 
 from models import Prediction, Review
 from refund_sorter.config import Settings
@@ -70,3 +78,32 @@ def reviews_of(settings: Settings, photo: int) -> list[Review]:
 def prediction(settings: Settings, photo: int) -> Prediction:
     with session_factory(settings.database_url)() as session:
         return session.get(Prediction, photo)
+
+
+@contextmanager
+def review_server(settings: Settings, log: Path) -> Iterator[str]:
+    """``refund-sorter review-server`` on a free port, as an operator starts it: its URL,
+    once it answers."""
+    port = free_port()
+    argv = [
+        str(Path(sys.executable).parent / "refund-sorter"),
+        "review-server",
+        "--port",
+        str(port),
+    ]
+    process = ServiceProcess("review-server", argv, service_env(settings), log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                    assert response.read() == b"ok"
+                break
+            except OSError:
+                if process.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(process.describe()) from None
+                time.sleep(0.3)
+        yield url
+    finally:
+        process.stop()

@@ -13,26 +13,20 @@ the pages as docs/review-desk.md shows them.
 import csv
 import os
 import re
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from browser import Browser, chromium_path
+from browser import Browser
 from click.testing import CliRunner
-from desk_support import PASSWORDS, prediction, reviews_of
+from desk_support import PASSWORDS, prediction, review_server, reviews_of
 from pydantic import SecretStr
 from sweep_support import (
     REPO_ROOT,
     Incoming,
-    ServiceProcess,
     TinyModel,
     build_settings,
-    free_port,
     local_sweep,
     postgres_database,
-    service_env,
 )
 
 from cli import main
@@ -72,40 +66,8 @@ def night(tmp_path_factory, accounts):
 @pytest.fixture(scope="module")
 def server(night, tmp_path_factory):
     """``refund-sorter review-server`` on a free port, as its own process."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "review-server.log"
-    argv = [
-        str(Path(sys.executable).parent / "refund-sorter"),
-        "review-server",
-        "--port",
-        str(port),
-    ]
-    process = ServiceProcess("review-server", argv, service_env(night), log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-                assert response.read() == b"ok"
-            break
-        except OSError:
-            if process.proc.poll() is not None or time.monotonic() > deadline:
-                process.stop()
-                raise AssertionError(process.describe()) from None
-            time.sleep(0.3)
-    yield url
-    process.stop()
-
-
-@pytest.fixture
-def browser():
-    if chromium_path() is None:
-        pytest.fail(
-            "chromium is not installed (bash tests/setup-machine.sh installs it)",
-            pytrace=False,
-        )
-    with Browser() as b:
-        yield b
+    with review_server(night, tmp_path_factory.mktemp("server") / "review-server.log") as url:
+        yield url
 
 
 def photo_on_page(b: Browser) -> int:

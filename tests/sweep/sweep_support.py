@@ -505,6 +505,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         REFUND_SORTER_BATCH_MAX_WAIT=str(settings.batch_max_wait),
         REFUND_SORTER_DEVICE=settings.device,
         REFUND_SORTER_TORCH_THREADS=str(settings.torch_threads),
+        REFUND_SORTER_TIMEZONE=settings.timezone,
         REFUND_SORTER_SWEEP_STALL_SECONDS=str(settings.sweep_stall_seconds),
         REFUND_SORTER_SWEEP_STALL_CHECK_SECONDS=str(settings.sweep_stall_check_seconds),
         REFUND_SORTER_SETTLE_SECONDS=str(settings.settle_seconds),
