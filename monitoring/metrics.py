@@ -27,13 +27,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import OperationalError as DatabaseUnreachable
 from sqlalchemy.orm import Session
 
-from classifier.version import serving_version
 from models import ItemStatus, Prediction, SweepRun, SweepStatus
 from refund_sorter import crud, drift
 from refund_sorter.celery_app import SorterCelery
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
-from refund_sorter.errors import UserError
 from refund_sorter.messages import CLASSIFY_QUEUE, SWEEP_QUEUE
 from refund_sorter.redact import redact
 from review import accuracy, queue
@@ -102,7 +100,6 @@ class SorterCollector:
         out, problems = Families(), []
         database_up = self._read_database(out, problems)
         broker_up = self._read_broker(out, problems)
-        self._read_model(out, problems)
         out.gauge(
             "database_up",
             "1 when every database read of this scrape succeeded, 0 when the database could "
@@ -133,6 +130,7 @@ class SorterCollector:
                 self._sweeps(session, out)
                 self._review(session, out)
                 self._accuracy(session, out)
+                self._models(session, out)
         except DatabaseUnreachable as exc:
             problems.append(redact(f"cannot reach the database {url}: {one_line(exc.orig)}"))
             return 0
@@ -387,20 +385,23 @@ class SorterCollector:
         )
         return 1
 
-    # --------------------------------------------------------------------------- the model
-
-    def _read_model(self, out: Families, problems: list[str]) -> None:
-        try:
-            version = serving_version(self.settings)
-        except UserError as exc:
-            problems.append(f"no model version: {exc}")
-            return
+    def _models(self, session: Session, out: Families) -> None:
+        """The registry's serving model and candidate (refund-sorter model list): read as
+        they are, never made to serve from here."""
+        serving, candidate = crud.serving_model(session), crud.candidate_model(session)
         out.labelled(
             "model_info",
-            "The model version the workers serve (the first 12 hex digits of the SHA-256 of "
-            "REFUND_SORTER_MODEL_PATH); always 1.",
+            "The model version the registry serves (the first 12 hex digits of the SHA-256 of "
+            "its file); always 1, absent while no model serves.",
             ["version"],
-            {(version,): 1},
+            {(serving.version,): 1} if serving else {},
+        )
+        out.labelled(
+            "candidate_model_info",
+            "The candidate model version registered to run in the shadow of the serving one; "
+            "always 1, absent without a candidate.",
+            ["version"],
+            {(candidate.version,): 1} if candidate else {},
         )
 
 

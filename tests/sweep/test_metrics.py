@@ -24,7 +24,7 @@ from sweep_support import REPO_ROOT, service_env
 
 from models import ItemStatus, Prediction, Review, SweepRun, SweepStatus
 from monitoring.server import metrics_server
-from refund_sorter import drift
+from refund_sorter import crud, drift
 from refund_sorter.celery_app import SorterCelery
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
@@ -36,6 +36,7 @@ pytestmark = pytest.mark.services
 REFUND_SORTER = str(Path(sys.executable).parent / "refund-sorter")
 MODEL_BYTES = b"not a real model: the endpoint only hashes the file"
 VERSION = hashlib.sha256(MODEL_BYTES).hexdigest()[:12]
+CANDIDATE = "c" * 12
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY = timedelta(days=1)
 CLOSED = "127.0.0.1:1"  # nothing listens on port 1
@@ -182,6 +183,10 @@ def stage_history(url: str) -> Staged:
     The desk's backlog: 1 (B1) + 2 (B3) + 3 (last night) = 6; the oldest is B1's photo.
     """
     with session_factory(url).begin() as session:
+        crud.first_serving(session, version=VERSION, file_name="serving.pt", figures={}, by="ops")
+        crud.register_model(
+            session, version=CANDIDATE, file_name="candidate.pt", figures={}, by="ops"
+        )
         s = Stager(session)
         abandoned = s.sweep(SweepStatus.ABANDONED, NOW - 6 * DAY, seconds=3600, pending=4)
         baseline = []  # each night's photos
@@ -360,6 +365,7 @@ def test_every_series_after_a_staged_night(
     assert value(samples, "queue_messages", queue="sweep", state="unacked") == 0
 
     assert value(samples, "model_info", version=VERSION) == 1
+    assert value(samples, "candidate_model_info", version=CANDIDATE) == 1
 
 
 def test_a_night_with_no_photos_has_no_ratios(fresh_pg_url, broker_url, tmp_path):
@@ -406,8 +412,9 @@ def test_a_database_that_cannot_be_reached_still_answers(broker_url, tmp_path, c
     assert value(samples, "database_up") == 0
     assert value(samples, "broker_up") == 1
     assert value(samples, "queue_messages", queue="classify", state="ready") == 0
-    assert value(samples, "model_info", version=VERSION) == 1
-    assert not {"sweep_running", "review_backlog_photos", "last_sweep_id"} & names(samples)
+    assert not {"sweep_running", "review_backlog_photos", "last_sweep_id", "model_info"} & names(
+        samples
+    )
     (record,) = caplog.records  # once per scrape
     assert "cannot reach the database postgresql+psycopg://sorter:***@127.0.0.1:1" in (
         record.getMessage()
