@@ -3,7 +3,7 @@ columns they count, and autovacuum visits predictions after each night
 
 Revision ID: 0008
 Revises: 0007
-Create Date: 2026-12-02 15:00:00
+Create Date: 2026-12-02 14:30:00
 """
 
 from collections.abc import Sequence

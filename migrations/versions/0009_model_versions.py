@@ -1,9 +1,9 @@
 """The model registry: model versions with their role and store file, and the log of the
 serving model's changes; filled with the versions already on rows
 
-Revision ID: 0008
-Revises: 0007
-Create Date: 2026-12-04 08:00:00
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-12-02 15:10:00
 """
 
 from collections.abc import Sequence
@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008"
-down_revision: str | None = "0007"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
