@@ -96,12 +96,23 @@ def load_classifier(settings: Settings, version: str, processes: int = 1):
     model."""
     import torch
 
-    from classifier.predict import Classifier
-
     path = model_file(settings, version)
     global _decoders
     _decoders = ThreadPoolExecutor(max(2, (os.cpu_count() or 1) // max(1, processes)))
     torch.set_num_threads(torch_threads(settings, processes))
+    return _load(settings, path, version)
+
+
+def load_model(settings: Settings, version: str):
+    """The model ``version`` from the model store, loaded as ``load_classifier`` loads it but
+    leaving this process's threads as they are: a shadow run's candidate (``worker.shadow``)
+    runs beside the serving model. The same errors."""
+    return _load(settings, model_file(settings, version), version)
+
+
+def _load(settings: Settings, path: Path, version: str):
+    from classifier.predict import Classifier
+
     try:
         clf = Classifier.from_path(path, settings.device, settings.precision)
     except Exception as exc:
@@ -150,7 +161,7 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
         if r.status == ItemStatus.OK and r.content_hash in stored
     ]
     usable = sum(1 for x in prepared if not isinstance(x, Unusable))
-    shadow(filed, clf, forward / max(1, usable), settings, sessions, _decoders)
+    shadow(filed, clf, forward / max(1, usable), settings, sessions, _decoders, load_model)
     statuses = [
         (it, r.status if r.content_hash in stored else IGNORED)
         for (it, _), r in zip(admitted, results, strict=True)
