@@ -82,6 +82,24 @@ def shadow(
     model from the store, as the serving one is loaded. Never raises: the batch is filed
     already, and a shadow run must not fail it."""
     try:
+        return _shadow(batch, clf, serving_seconds, settings, sessions, decoders, load)
+    except Exception as exc:  # a bug of its own must not fail the batch either
+        log.error(
+            "shadow run failed (%s: %s); the batch is filed as without it", type(exc).__name__, exc
+        )
+        return 0
+
+
+def _shadow(
+    batch: list[Classified],
+    clf,
+    serving_seconds: float,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    decoders: Executor,
+    load: Loader,
+) -> int:
+    try:
         with sessions() as session:
             entry = crud.candidate_model(session)
     except Exception as exc:
