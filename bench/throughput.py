@@ -11,6 +11,11 @@ each worker process's peak memory and the time to publish 10,000 images' tasks. 
 row is the median of ``--repeat`` sweeps, and the limit the median of its passes, one of
 them just before each sweep.
 
+    python bench/throughput.py shadow --model MODEL --data DIR [--candidate FILE] [--repeat 5]
+
+measures what a registered candidate costs (shadow runs): sweeps through a real worker with
+and without one, taking turns, and the ratio of their medians.
+
     python bench/throughput.py scale --count 10000 --count 100000
 
 times the producer (scan, hash, rows, publish) and the export per image, with peak memory.
