@@ -7,6 +7,7 @@ On SQLite and PostgreSQL where the database is all that matters; real Celery wor
 Redis, and PostgreSQL, where the workers and the lock are what is tested.
 """
 
+import json
 import sys
 import threading
 import time
@@ -173,6 +174,17 @@ def test_register_promote_and_roll_back_each_recorded_with_who(settings, tiny_mo
         ["first", a],
     ]
     assert history[0].endswith(f"{a} (replaced {b}) by carl")
+    as_json = json.loads(model_cli("list", "--json").output)
+    assert [(m["version"], m["role"], m["registered_by"]) for m in as_json["models"]] == [
+        (b, "retired", "anna"),
+        (a, "serving", registry.MODEL_PATH_BY),
+    ]
+    assert as_json["models"][1]["file"] == f"{a}.pt"
+    assert [(c["action"], c["version"], c["by"]) for c in as_json["changes"]] == [
+        ("rollback", a, "carl"),
+        ("promote", b, "ben"),
+        ("first", a, registry.MODEL_PATH_BY),
+    ]
 
 
 def test_rollback_goes_back_one_promotion_at_a_time(settings, tiny_model, other_models):
