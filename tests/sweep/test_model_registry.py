@@ -8,6 +8,7 @@ Redis, and PostgreSQL, where the workers and the lock are what is tested.
 """
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -545,3 +546,71 @@ def test_a_sweep_that_starts_during_a_promotion_waits_and_takes_the_new_model(
         assert (
             session.scalar(text("SELECT count(*) FROM sweep_runs WHERE trigger = 'promotion'")) == 0
         )
+
+
+@pytest.mark.services
+def test_a_model_file_replaced_mid_night_strands_no_photo(
+    worker_settings, start_worker, tiny_model, other_models, tmp_path
+):
+    """What used to leave most of a night queued: the file at REFUND_SORTER_MODEL_PATH
+    replaced by another model while the night's photos wait, then a worker (re)started.
+    The registry still serves the night's model, from the store, and the worker says that
+    the file is not the serving model."""
+    model_path = tmp_path / "model.pt"
+    model_path.write_bytes(tiny_model.path.read_bytes())
+    settings = worker_settings.model_copy(update={"model_path": model_path})
+    (b_path, b), _ = other_models
+    add_images(Incoming(settings.incoming_dir), 30, seed=66)
+    run = run_sweep(settings, dispatch=publish, trigger="manual").run
+    assert (run.enqueued, run.model_version) == (30, tiny_model.version)
+    model_path.write_bytes(b_path.read_bytes())  # the old way of deploying a model
+
+    worker = start_worker(settings)
+    done = wait_for_run(settings, run.id, timeout=180, logs=[worker])
+
+    assert (done.status, done.succeeded, done.pending) == ("finished", 30, 0)
+    rows = night_rows(settings, run.id)
+    assert {(p.status, p.model_version) for p in rows} == {(ItemStatus.OK, tiny_model.version)}
+    assert (
+        f"the file at REFUND_SORTER_MODEL_PATH ({model_path}) is model {b}, not the serving "
+        f"model {tiny_model.version}"
+    ) in worker.log()
+    assert b not in entries(settings)
+
+
+def test_a_batch_is_classified_by_the_models_its_tasks_were_enqueued_for(
+    settings, tiny_model, monkeypatch, caplog
+):
+    """In one worker process: each task's items go to the model they name, loaded from the
+    store; items for a version the registry has no file for are left as they are."""
+    from collections import OrderedDict
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import worker.tasks as tasks
+    from refund_sorter.messages import task_args
+
+    add_images(Incoming(settings.incoming_dir), 4, seed=67)
+    items = []
+    run = run_sweep(settings, dispatch=items.extend, trigger="manual").run
+    stranger = [replace(it, model_version="0123456789ab") for it in items[:2]]
+    monkeypatch.setattr(tasks.app, "settings", settings)
+    monkeypatch.setattr(tasks.ClassifierTask, "_loaded", OrderedDict())
+    monkeypatch.setattr(tasks, "report_to_flower", lambda *args: None)
+    requests = [
+        SimpleNamespace(id=f"task-{i}", args=task_args(part), hostname="w1@test")
+        for i, part in enumerate((stranger, items))
+    ]
+
+    with caplog.at_level(logging.INFO, logger="worker.tasks"):
+        tasks.classify.run(requests)
+
+    assert list(tasks.ClassifierTask._loaded) == [tiny_model.version]
+    assert get_run(settings, run.id).status == SweepStatus.FINISHED
+    assert {(p.status, p.model_version) for p in night_rows(settings, run.id)} == {
+        (ItemStatus.OK, tiny_model.version)
+    }
+    assert "left 2 images for model 0123456789ab as they are: model 0123456789ab is not " in (
+        caplog.text
+    )
+    assert "batch of 6 images: 4 ok, 0 failed, 2 ignored, 0 refused" in caplog.text
