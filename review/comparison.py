@@ -50,6 +50,7 @@ LEVELS = ("main", "sub")
 def exact_binomial_p(k: int, n: int) -> float:
     """Two-sided p-value of ``k`` successes in ``n`` trials against probability 1/2: twice
     the smaller tail, at most 1. Exact in integers, so it holds for any ``n``."""
+    k, n = int(k), int(n)
     if n == 0:
         return 1.0
     low = sum(math.comb(n, i) for i in range(min(k, n - k) + 1))
@@ -124,7 +125,7 @@ def paired_strata(
     tally: dict[tuple[int, bool], Counter] = {key: Counter() for key in sizes}
     for p in photos:
         c = tally.setdefault((p.sweep, p.flagged), Counter())
-        s, k = p.serving[i], p.candidate[i]
+        s, k = bool(p.serving[i]), bool(p.candidate[i])
         c["labelled"] += 1
         c["serving"] += s
         c["candidate"] += k
@@ -169,12 +170,12 @@ def paired_strata(
 def paired_photos(serving: Sequence[bool], candidate: Sequence[bool], level: str) -> Paired:
     """Both models' accuracy on ``level`` on the same photos, each counting alike (a labelled
     folder), and McNemar's exact test."""
-    pairs = list(zip(serving, candidate, strict=True))
+    pairs = [(bool(s), bool(k)) for s, k in zip(serving, candidate, strict=True)]
     d = Discordant(sum(k and not s for s, k in pairs), sum(s and not k for s, k in pairs))
     return Paired(
         level,
-        proportion(sum(serving), len(pairs)),
-        proportion(sum(candidate), len(pairs)),
+        proportion(sum(s for s, _ in pairs), len(pairs)),
+        proportion(sum(k for _, k in pairs), len(pairs)),
         d.candidate_only,
         d.serving_only,
         d.p_value,
@@ -291,6 +292,52 @@ class Folder:
     serving_images_per_second: float
     candidate_images_per_second: float
     sampling: str = "every readable photo of the folder, each counting alike"
+
+
+@dataclass
+class Tallies:
+    """What the live comparison reads from the database, training photos left out."""
+
+    candidate: str
+    serving: str
+    since: str
+    nights: int
+    sizes: dict[tuple[int, bool], int]  # photos per stratum: (sweep, flagged by serving)
+    labelled: list[Labelled]  # with both models' answers
+    labelled_without_candidate: int
+    audits_undecided: int
+    groups: list[ShadowGroup]
+    seconds: list[tuple[float, float, int]]  # (serving, candidate) per photo, and photos
+    left_out: LeftOut
+    training_photos_known: bool
+
+
+def live_figures(t: Tallies) -> Live:
+    """The live comparison's figures from its tallies."""
+    photos = sum(t.sizes.values())
+    flagged = sum(n for (_, is_flagged), n in t.sizes.items() if is_flagged)
+    main, sub = (paired_strata(t.labelled, t.sizes, level) for level in LEVELS)
+    return Live(
+        candidate=t.candidate,
+        serving=t.serving,
+        since=t.since,
+        nights=t.nights,
+        photos=photos,
+        shadowed=sum(g.photos for g in t.groups),
+        labelled=len(t.labelled),
+        labelled_without_candidate=t.labelled_without_candidate,
+        audits_undecided=t.audits_undecided,
+        left_out=t.left_out,
+        training_photos_known=t.training_photos_known,
+        agreement_main=hajek(t.groups, "agree_main"),
+        agreement_sub=hajek(t.groups, "agree_sub"),
+        main=main,
+        sub=sub,
+        flagged_serving=census(flagged, photos),
+        flagged_candidate=hajek(t.groups, "candidate_flagged"),
+        serving_seconds=median((s, n) for s, _, n in t.seconds),
+        candidate_seconds=median((c, n) for _, c, n in t.seconds),
+    )
 
 
 def folder_figures(found, data_dir: str) -> Folder:
