@@ -74,6 +74,20 @@ class Settings(BaseSettings):
         description="Seeds the audit draw (any text or number): the same seed, model and photo "
         "always give the same draw; change it to draw a different sample.",
     )
+    gate_p_value: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="model promote refuses a candidate whose accuracy (main or sub) is lower "
+        "than the serving model's with the paired test's p-value below this.",
+    )
+    gate_min_labelled: int = Field(
+        100,
+        ge=1,
+        description="model promote refuses a candidate with fewer labelled live photos "
+        "(reviewed flagged photos and decided audits it answered) than this, unless the "
+        "--data folder has at least as many photos.",
+    )
     device: Device = "auto"
     precision: Precision = Field(
         "auto",

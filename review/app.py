@@ -4,7 +4,8 @@
 Pages: ``/login``; ``/review``, the next photo of a selection (night, predicted category);
 ``/review/{id}``, one photo with its history, to decide again; ``/undo``, which takes back
 the reviewer's last decision; ``/progress``, the team's day; ``/accuracy``, the live
-accuracy the decisions measure; ``/photos/{id}``, the photo
+accuracy the decisions measure; ``/models``, the registered model versions and the
+candidate's comparison with the serving model; ``/photos/{id}``, the photo
 file itself, served only from inside the processed, incoming and failed folders. Everything
 but the login page and ``/healthz`` needs a logged-in reviewer, and every form carries the
 session's CSRF token.
@@ -38,9 +39,10 @@ from models import ItemStatus, Prediction, SweepRun, utcnow
 from refund_sorter import crud
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
+from refund_sorter.errors import UserError
 from refund_sorter.files import inside
 from refund_sorter.images import UnreadableImage, sniff
-from review import accuracy, auth, progress, queue
+from review import accuracy, auth, comparison, progress, queue
 from review.auth import authenticate, csrf_token, csrf_valid, reviewers, session_secret
 
 log = logging.getLogger(__name__)
@@ -494,6 +496,34 @@ def accuracy_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Respon
     with desk.sessions() as session:
         found = accuracy.report(session)
     return render(request, "accuracy.html", {"report": found, "share": accuracy.share})
+
+
+@router.get("/models")
+def models_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Response:
+    """The registered model versions and their roles, and the candidate against the serving
+    model on the live nights since it was registered, as `refund-sorter model compare`."""
+    settings = desk.settings
+    with desk.sessions() as session:
+        entries = crud.model_entries(session)
+    live = decision = compared = None
+    try:
+        compared = comparison.models_compared(settings)
+        live = comparison.live_comparison(settings, compared)
+        decision = comparison.gate(
+            live, None, p_value=settings.gate_p_value, min_labelled=settings.gate_min_labelled
+        )
+        missing = None
+    except UserError as exc:
+        missing = str(exc)
+    context = {
+        "entries": entries,
+        "compared": compared,
+        "live": live,
+        "decision": decision,
+        "missing": missing,
+        "figure": comparison.figure,
+    }
+    return render(request, "models.html", context)
 
 
 @router.get("/photos/{prediction_id}")

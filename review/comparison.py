@@ -34,8 +34,19 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
 
-from review.accuracy import Estimate, Stratum, proportion, stratified
+from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy.orm import Session
+
+from classifier.checkpoint_taxonomy import read_payload
+from models import ItemStatus, ModelVersion, Prediction, ShadowPrediction, SweepRun
+from refund_sorter import crud
+from refund_sorter.config import Settings
+from refund_sorter.db import session_factory
+from refund_sorter.errors import UserError
+from review.accuracy import Estimate, Stratum, proportion, share, stratified
 
 MCNEMAR = "McNemar's exact test, stratified by night and flag (discordant photos pooled)"
 MCNEMAR_ONE = "McNemar's exact test"
@@ -212,6 +223,14 @@ def census(k: int, n: int) -> Estimate:
     return Estimate(k / n, k / n, k / n, n, CENSUS)
 
 
+def figure(estimate: Estimate) -> str:
+    """An estimate with its interval, count and method; one counted on every photo, which
+    has no sampling error, without an interval."""
+    if estimate.method == CENSUS and estimate.value is not None:
+        return f"{100 * estimate.value:.1f}% of {estimate.n} photos (every photo counted)"
+    return share(estimate)
+
+
 def median(counted: Iterable[tuple[float, int]]) -> float | None:
     """The median of values each given with how many photos had it (the lower middle one
     for an even count), None without any."""
@@ -383,6 +402,219 @@ def folder_figures(found, data_dir: str) -> Folder:
     )
 
 
+# ------------------------------------------------------------------------ the live reads
+
+# Content hashes asked about per statement (bound parameters) when training photos are
+# subtracted from a count.
+HASH_CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class Compared:
+    """The two models of a comparison, from the registry."""
+
+    candidate: ModelVersion
+    serving: ModelVersion
+    candidate_file: Path
+    serving_file: Path
+
+
+def models_compared(settings: Settings, version: str | None = None) -> Compared:
+    """The registered candidate (or the registered ``version``) and the serving model, with
+    their files in the model store; UserError, in plain words, when either is missing."""
+    from classifier import registry
+
+    serving = registry.serving_model(settings)
+    with session_factory(settings.database_url)() as session:
+        if version is None:
+            candidate = crud.candidate_model(session)
+            if candidate is None:
+                raise UserError(
+                    "no candidate is registered: register one with refund-sorter model "
+                    "register FILE --by NAME, and let it run in the shadow of a few nights"
+                )
+        else:
+            candidate = crud.model_entry(session, version)
+            if candidate is None:
+                raise UserError(f"model {version} is not registered (refund-sorter model list)")
+    if candidate.version == serving.version:
+        raise UserError(f"model {candidate.version} is the serving model: nothing to compare")
+    return Compared(
+        candidate,
+        serving,
+        registry.model_file(settings, candidate.version),
+        registry.model_file(settings, serving.version),
+    )
+
+
+def training_hashes(model_file: Path) -> set[str] | None:
+    """The content hashes of every photo the model at ``model_file`` trained, validated or
+    calibrated on; None when its checkpoint does not list them (trained before they were
+    recorded)."""
+    meta = read_payload(model_file).get("meta")
+    hashes = meta.get("content_hashes") if isinstance(meta, dict) else None
+    return set(hashes) if isinstance(hashes, list) else None
+
+
+def _grouped(
+    session: Session, statement: Select, keys: int, hashes: Sequence[str]
+) -> tuple[dict[tuple, list[int]], dict[tuple, list[int]]]:
+    """The rows of a grouped ``statement`` (``keys`` key columns, then counts) less those of
+    the photos whose content hash is in ``hashes``, and those left out, both by key."""
+    kept: dict[tuple, list[int]] = {}
+    for row in session.execute(statement):
+        kept[tuple(row[:keys])] = [int(v or 0) for v in row[keys:]]
+    left: dict[tuple, list[int]] = {}
+    for start in range(0, len(hashes), HASH_CHUNK):
+        chunk = hashes[start : start + HASH_CHUNK]
+        for row in session.execute(statement.where(Prediction.content_hash.in_(chunk))):
+            key, values = tuple(row[:keys]), [int(v or 0) for v in row[keys:]]
+            before = left.get(key, [0] * len(values))
+            left[key] = [a + b for a, b in zip(before, values, strict=True)]
+            kept[key] = [a - b for a, b in zip(kept[key], values, strict=True)]
+    return kept, left
+
+
+def live_tallies(
+    session: Session, *, candidate: str, serving: str, since: datetime, hashes: set[str] | None
+) -> Tallies:
+    """Read the live comparison of model ``candidate`` against ``serving``: the photos the
+    serving model classified in the sweeps started at ``since`` or later, less those whose
+    content hash is in ``hashes``. Counts by SQL aggregates; the labelled photos row by row."""
+    known = hashes is not None
+    hashes = hashes or set()
+    learned = sorted(hashes)
+    nights = (
+        select(SweepRun.id)
+        .where(SweepRun.started_at >= since, SweepRun.model_version == serving)
+        .scalar_subquery()
+    )
+    served = and_(
+        Prediction.status == ItemStatus.OK,
+        # As the unique index's predicate, so that the index serves the lookups by hash.
+        Prediction.status.not_in((ItemStatus.FAILED, ItemStatus.DEFERRED)),
+        Prediction.model_version == serving,
+        Prediction.sweep_run_id.in_(nights),
+    )
+    review = crud.latest_reviews()
+    strata, strata_left = _grouped(
+        session,
+        select(
+            Prediction.sweep_run_id,
+            Prediction.needs_review,
+            Prediction.audited,
+            func.count(),
+            func.count(review.c.prediction_id),
+        )
+        .outerjoin(review, review.c.prediction_id == Prediction.id)
+        .where(served)
+        .group_by(Prediction.sweep_run_id, Prediction.needs_review, Prediction.audited),
+        3,
+        learned,
+    )
+    sizes: dict[tuple[int, bool], int] = {}
+    audits_undecided = 0
+    for (sweep, flagged, audited), (photos, decided) in strata.items():
+        sizes[(sweep, bool(flagged))] = sizes.get((sweep, bool(flagged)), 0) + photos
+        if audited and not flagged:
+            audits_undecided += photos - decided
+
+    shadow = ShadowPrediction
+    answered = and_(
+        shadow.prediction_id == Prediction.id, shadow.model_version == candidate, served
+    )
+    same_main = shadow.main_category == Prediction.main_category
+    same_sub = and_(same_main, shadow.sub_category == Prediction.sub_category)
+    groups, groups_left = _grouped(
+        session,
+        select(
+            shadow.shadow_probability,
+            func.count(),
+            func.sum(case((same_main, 1), else_=0)),
+            func.sum(case((same_sub, 1), else_=0)),
+            func.sum(case((shadow.needs_review, 1), else_=0)),
+        )
+        .where(answered, shadow.shadow_probability > 0)
+        .group_by(shadow.shadow_probability),
+        1,
+        learned,
+    )
+    seconds, _ = _grouped(
+        session,
+        select(shadow.serving_seconds, shadow.candidate_seconds, func.count())
+        .where(answered)
+        .group_by(shadow.serving_seconds, shadow.candidate_seconds),
+        2,
+        learned,
+    )
+
+    labelled, without, learned_labelled = [], 0, 0
+    rows = session.execute(
+        select(
+            Prediction.sweep_run_id,
+            Prediction.needs_review,
+            Prediction.content_hash,
+            Prediction.main_category,
+            Prediction.sub_category,
+            review.c.main_category,
+            review.c.sub_category,
+            shadow.main_category,
+            shadow.sub_category,
+        )
+        .join(review, review.c.prediction_id == Prediction.id)
+        .outerjoin(
+            shadow, and_(shadow.prediction_id == Prediction.id, shadow.model_version == candidate)
+        )
+        .where(served, Prediction.needs_review | Prediction.audited)
+    )
+    for sweep, flagged, content, s_main, s_sub, main, sub, c_main, c_sub in rows:
+        if content in hashes:
+            learned_labelled += 1
+        elif c_main is None:
+            without += 1
+        else:
+            labelled.append(
+                Labelled(
+                    sweep,
+                    bool(flagged),
+                    (s_main == main, s_main == main and s_sub == sub),
+                    (c_main == main, c_main == main and c_sub == sub),
+                )
+            )
+    return Tallies(
+        candidate=candidate,
+        serving=serving,
+        since=crud.as_utc(since).isoformat(timespec="seconds"),
+        nights=len({sweep for sweep, _ in sizes}),
+        sizes=sizes,
+        labelled=labelled,
+        labelled_without_candidate=without,
+        audits_undecided=audits_undecided,
+        groups=[ShadowGroup(chance, *counts) for (chance,), counts in groups.items()],
+        seconds=[(s, c, n) for (s, c), (n,) in seconds.items()],
+        left_out=LeftOut(
+            photos=sum(v[0] for v in strata_left.values()),
+            shadowed=sum(v[0] for v in groups_left.values()),
+            labelled=learned_labelled,
+        ),
+        training_photos_known=known,
+    )
+
+
+def live_comparison(settings: Settings, compared: Compared) -> Live:
+    """The live figures of ``compared``'s candidate against its serving model."""
+    hashes = training_hashes(compared.candidate_file)
+    with session_factory(settings.database_url)() as session:
+        tallies = live_tallies(
+            session,
+            candidate=compared.candidate.version,
+            serving=compared.serving.version,
+            since=compared.candidate.registered_at,
+            hashes=hashes,
+        )
+    return live_figures(tallies)
+
+
 # --------------------------------------------------------------------------------- the gate
 
 
@@ -413,10 +645,9 @@ def gate(
                 reasons.append(
                     f"{name}: the candidate's {paired.level} accuracy "
                     f"{_percent(paired.candidate)} is below the serving model's "
-                    f"{_percent(paired.serving)} beyond noise ({paired.test}: "
-                    f"{paired.serving_only} photos only the serving model had right, "
-                    f"{paired.candidate_only} only the candidate, p = {paired.p_value:.2g} "
-                    f"< {p_value})"
+                    f"{_percent(paired.serving)} beyond noise ({paired.serving_only} "
+                    f"photos only the serving model had right, {paired.candidate_only} only "
+                    f"the candidate: McNemar's exact p = {paired.p_value:.2g} < {p_value})"
                 )
         if _count(found) >= min_labelled:
             judged_on.append(name)
