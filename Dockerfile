@@ -17,7 +17,8 @@ RUN pip install -c constraints.txt .
 # The producer versions the model file and the review desk reads its categories; neither
 # needs PyTorch to do so.
 COPY assets/model ./assets/model
-RUN useradd --create-home sorter && mkdir -p /data && chown sorter /data
+# /models: the model store's volume, which takes the folder's owner when first created.
+RUN useradd --create-home sorter && mkdir -p /data /models && chown sorter /data /models
 USER sorter
 
 FROM base AS worker

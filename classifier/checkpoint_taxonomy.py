@@ -1,5 +1,6 @@
-"""A checkpoint's taxonomy, read without PyTorch: the review desk offers the model's
-categories and must start without it. Torch-free.
+"""A checkpoint's taxonomy and evaluation figures, read without PyTorch: the review desk
+offers the model's categories and must start without it, and the model registry records
+what a checkpoint says of itself in processes that never load it. Torch-free.
 
 A checkpoint is torch's zip format: ``<name>/data.pkl`` pickles the payload and refers to
 the tensors' bytes, stored beside it. This unpickler builds the plain data (dicts, lists,
@@ -7,6 +8,7 @@ strings, numbers) and puts ``None`` where a tensor stands; it loads no class or 
 but harmless stand-ins for torch's own, so a file can never run code here either.
 """
 
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -40,8 +42,9 @@ class _PlainData(pickle.Unpickler):
 _NOT_A_PAYLOAD = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
-def read_taxonomy(path: Path) -> Taxonomy:
-    """The taxonomy of the checkpoint at ``path``; UserError, saying why, if it has none."""
+def read_payload(path: Path) -> dict:
+    """The checkpoint's payload at ``path`` as plain data, ``None`` for each tensor;
+    UserError, saying why, if it is not a readable refund-sorter checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file not found: {path} (set REFUND_SORTER_MODEL_PATH)")
@@ -53,6 +56,35 @@ def read_taxonomy(path: Path) -> Taxonomy:
             payload = _PlainData(archive.open(names[0])).load()
         if not isinstance(payload, dict) or payload.get("format") not in READABLE_FORMATS:
             raise ValueError(f"not format {' or '.join(READABLE_FORMATS)}")
-        return Taxonomy.from_dict(payload["taxonomy"])
+        Taxonomy.from_dict(payload["taxonomy"])
+        return payload
     except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, *_NOT_A_PAYLOAD) as exc:
         raise UserError(f"{path} is not a readable refund-sorter checkpoint: {exc}") from None
+
+
+def read_taxonomy(path: Path) -> Taxonomy:
+    """The taxonomy of the checkpoint at ``path``; UserError, saying why, if it has none."""
+    return Taxonomy.from_dict(read_payload(path)["taxonomy"])
+
+
+# Training metadata that is not a figure: every epoch's history, every recipe argument.
+_NOT_FIGURES = ("history", "args")
+
+
+def checkpoint_figures(payload: dict) -> dict:
+    """What a checkpoint says of itself, as plain JSON: its training metadata (validation
+    accuracy and where it was measured, photo counts, calibration) but the epoch history and
+    the recipe's arguments, its temperature and review threshold, and its int8 agreement
+    with fp32 when it was calibrated for int8."""
+    meta = payload.get("meta") if isinstance(payload.get("meta"), dict) else {}
+    figures = {k: v for k, v in meta.items() if k not in _NOT_FIGURES}
+    calibration = payload.get("calibration")
+    if isinstance(calibration, dict):
+        figures.update(
+            {k: calibration[k] for k in ("temperature", "review_threshold") if k in calibration}
+        )
+    int8 = payload.get("int8")
+    if isinstance(int8, dict) and "agreement" in int8:
+        figures["int8_agreement"] = int8["agreement"]
+    # Plain JSON all through: a value JSON cannot hold is kept as its text.
+    return json.loads(json.dumps(figures, default=str))

@@ -1,23 +1,20 @@
-"""Which model a piece of work is for. Torch-free: the producer needs it.
+"""A model's version, and which model a piece of work is for. Torch-free: the producer
+needs it.
 
-A model's version is derived from its file's bytes (``model_version``). This module owns the
-two questions everything else asks about it: which model this deployment serves
-(``serving_version``: the producer enqueues work for it, a worker reloads to it) and whether
-a task is work for a given model (``is_for_model``: the producer's stall check, a worker's
-reload and its batch all ask here). Today the model served is the file at
-REFUND_SORTER_MODEL_PATH; a model registry would answer in ``serving_version``.
+A model's version is derived from its file's bytes (``model_version``): every row, task and
+registry entry names a model by it. Whether a task is work for a given model
+(``is_for_model``) is asked here by a worker's batch. Which model serves, and where each
+version's file is, is the model registry's answer (``classifier.registry``).
 """
 
 import os
 from pathlib import Path
 
-from refund_sorter.config import Settings
-from refund_sorter.errors import UserError
 from refund_sorter.images import sha256_file
 
 # Per model file (its absolute path): the file's identity when it was last hashed, and the
-# version it had then. Hashing the 22 MB file takes a tenth of a second, and the producer and
-# every batch of a worker ask for the version.
+# version it had then. Hashing the 22 MB file takes a tenth of a second, and the registry asks
+# for the version of the file at REFUND_SORTER_MODEL_PATH at every sweep.
 _versions: dict[str, tuple[tuple[int, ...], str]] = {}
 
 
@@ -38,28 +35,8 @@ def model_version(path: Path) -> str:
     return version
 
 
-def serving_version(settings: Settings) -> str:
-    """The version of the model this deployment serves; UserError when there is none."""
-    path = Path(settings.model_path)
-    if not path.is_file():
-        raise UserError(f"model file not found: {path} (set REFUND_SORTER_MODEL_PATH)")
-    try:
-        return model_version(path)
-    except OSError as exc:
-        raise UserError(f"cannot read the model file {path}: {exc}") from None
-
-
 def is_for_model(task_version: str, version: str | None) -> bool:
     """Whether a task enqueued for model ``task_version`` is work for the model of version
     ``version`` (None: no model at all). Only then may its result be stored under that
     version: one result per image and model."""
     return version is not None and task_version == version
-
-
-def is_for_served_model(task_version: str, settings: Settings) -> bool:
-    """Whether a task enqueued for model ``task_version`` is work for the model this
-    deployment serves now (not when no model can be read)."""
-    try:
-        return is_for_model(task_version, serving_version(settings))
-    except UserError:
-        return False

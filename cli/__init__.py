@@ -1,5 +1,7 @@
 """The ``refund-sorter`` command line, by audience: ``cli.model`` for whoever trains and
-checks the model (train, cv-summary, evaluate, quantize, classify), ``cli.operations`` for
+checks the model (train, cv-summary, evaluate, quantize, classify), ``cli.registry`` for
+whoever decides which model serves (model list, register, promote, rollback),
+``cli.operations`` for
 the operators (sweep, runs, export, db upgrade, flower), ``cli.review_desk`` for the review
 desk (review-server, export-training-set, accuracy, threshold).
 
@@ -10,7 +12,7 @@ commands that need them, so ``refund-sorter --help``, ``db`` and ``export`` star
 
 import click
 
-from cli import model, operations, review_desk
+from cli import model, operations, registry, review_desk
 
 
 @click.group()
@@ -25,6 +27,7 @@ for command in (
     model.evaluate,
     model.quantize,
     model.classify,
+    registry.model_group,
     operations.sweep,
     operations.runs,
     operations.export,

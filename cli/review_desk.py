@@ -182,8 +182,8 @@ def figure_lines(figures) -> list[str]:
 )
 @click.option(
     "--model-version",
-    help="The model version --set or --clear acts on; default: the model served "
-    "(REFUND_SORTER_MODEL_PATH).",
+    help="The model version --set or --clear acts on; default: the serving model "
+    "(refund-sorter model list).",
 )
 @click.option("--by", "set_by", help="Who sets it, as recorded; default: the OS user.")
 @friendly
@@ -220,7 +220,7 @@ def change_threshold(
     """``threshold --set`` and ``--clear``: one model version's threshold, before and after."""
     import getpass
 
-    from classifier.version import is_for_served_model, serving_version
+    from classifier.registry import serving_version
     from refund_sorter import crud
     from refund_sorter.review_threshold import SETTING, describe_set
 
@@ -241,15 +241,12 @@ def change_threshold(
         return f"{row.threshold:.2f} ({describe_set(row)})"
 
     with session_factory(settings.database_url).begin() as session:
-        # A version mistyped would be stored and never apply: only the model served, or one
-        # that sweeps ran with, is taken.
-        if not (
-            is_for_served_model(version, settings)
-            or crud.model_version_known(session, model_version=version)
-        ):
+        # A version mistyped would be stored and never apply: only one the model registry
+        # knows, or one that sweeps ran with, is taken.
+        if not crud.model_version_known(session, model_version=version):
             raise UserError(
-                f"unknown model version {version}: no sweep ran with it and it is not the "
-                "model served (REFUND_SORTER_MODEL_PATH)"
+                f"unknown model version {version}: no sweep ran with it and the model "
+                "registry does not know it (refund-sorter model list)"
             )
         before = shown(crud.review_threshold_set(session, model_version=version))
         if clear:
@@ -274,11 +271,12 @@ def change_threshold(
 def suggest_threshold(settings, target: float, since) -> None:
     """``threshold`` without --set or --clear: the suggestion, beside the threshold in force."""
     from classifier.checkpoint import load_checkpoint
+    from classifier.registry import serving_file
     from refund_sorter.review_threshold import review_threshold_in_force
     from review.accuracy import share, window
     from review.threshold import live_confidences, suggest
 
-    checkpoint = load_checkpoint(settings.model_path)
+    checkpoint = load_checkpoint(serving_file(settings))
     nights = window(since=since.date() if since else None)
     with session_factory(settings.database_url)() as session:
         in_force = review_threshold_in_force(

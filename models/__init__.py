@@ -1,6 +1,7 @@
 """SQL tables: one row per sweep run, one row per image content and model version, one row
 per review of a prediction; the review desk's claims on photos and its count of failed
-logins; the review threshold set for each model version.
+logins; the review threshold set for each model version; the model registry (one row per
+model version, and the log of the changes of the serving model).
 
 Tables are created and changed only by the Alembic migrations in ``migrations/``.
 """
@@ -209,3 +210,79 @@ class ReviewThreshold(Base):
     threshold: Mapped[float] = mapped_column(Float)
     set_by: Mapped[str] = mapped_column(String(128))
     set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ModelRole:
+    SERVING = "serving"  # the sweeps enqueue their photos for it
+    CANDIDATE = "candidate"  # registered to be judged, not serving
+    RETIRED = "retired"  # served once (or was a candidate); kept, ready to serve again
+
+
+class ModelVersion(Base):
+    """One model version the deployment knows (``refund-sorter model``): its file in the
+    model store, its role, who registered, promoted and retired it, and the evaluation
+    figures its checkpoint carries."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        # At most one serving model, enforced by the database itself: two promotions at once
+        # cannot leave two models serving.
+        Index(
+            "uq_model_versions_one_serving",
+            "role",
+            unique=True,
+            postgresql_where=text(f"role = '{ModelRole.SERVING}'"),
+            sqlite_where=text(f"role = '{ModelRole.SERVING}'"),
+        ),
+        # One candidate at a time: what the candidate is judged on starts when it is
+        # registered, and a second one would leave it unclear which was judged.
+        Index(
+            "uq_model_versions_one_candidate",
+            "role",
+            unique=True,
+            postgresql_where=text(f"role = '{ModelRole.CANDIDATE}'"),
+            sqlite_where=text(f"role = '{ModelRole.CANDIDATE}'"),
+        ),
+    )
+
+    version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The file's name in the model store (REFUND_SORTER_MODEL_STORE). None for a version the
+    # upgrade found on rows whose file was never stored: it cannot serve until registered.
+    file_name: Mapped[str | None] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16))
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    registered_by: Mapped[str] = mapped_column(String(128))
+    # The last time it started serving, and the last time it stopped serving or was set
+    # aside as a candidate (cleared when it serves again; model_promotions keeps them all).
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    promoted_by: Mapped[str | None] = mapped_column(String(128))
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    retired_by: Mapped[str | None] = mapped_column(String(128))
+    # What the checkpoint says of itself: validation accuracy, photo counts, calibration
+    # (classifier.checkpoint_taxonomy.checkpoint_figures). None when the file is unknown.
+    figures: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))
+    # Why it was promoted although the promotion's checks advised against it.
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class PromotionAction:
+    FIRST = "first"  # the first serving model: the file at REFUND_SORTER_MODEL_PATH
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+
+
+class ModelPromotion(Base):
+    """One change of the serving model, in order (the id only grows): which version began
+    serving, which one it replaced, how, when and by whom. ``rollback`` reads it to find the
+    version that served before."""
+
+    __tablename__ = "model_promotions"
+    __table_args__ = (Index("ix_model_promotions_version", "version", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"))
+    replaced: Mapped[str | None] = mapped_column(String(32))  # None: nothing served before
+    action: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)

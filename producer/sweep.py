@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from classifier.version import is_for_served_model, serving_version
+from classifier.registry import model_file, model_path_disagreement, servable, serving_model
 from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
 from producer.scan import Found, scan
 from refund_sorter import crud
 from refund_sorter.arrival import still_being_written
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
+from refund_sorter.errors import UserError
 from refund_sorter.export import export_sweeps
 from refund_sorter.files import destination, move_files, processed_destination
 from refund_sorter.images import sha256_file
@@ -49,7 +50,13 @@ def run_sweep(
     finishing releases the lock.
     """
     sessions = session_factory(settings.database_url)
-    version = serving_version(settings)
+    # A new install's first model is stored and made to serve here; and the serving model's
+    # file must be in the store before photos are enqueued for it (a promotion checks the
+    # same of the model it makes serve).
+    serving = serving_model(settings)
+    model_file(settings, serving.version)
+    if note := model_path_disagreement(settings, serving.version):
+        log.warning(note)
     with sessions.begin() as session:
         stale = crud.abandon_sweeps(
             session,
@@ -57,7 +64,13 @@ def run_sweep(
             stale_before=utcnow() - timedelta(hours=settings.sweep_stale_hours),
         )
     _export_abandoned(settings, stale)
-    run = crud.begin_sweep(sessions, trigger, version)
+    try:
+        # Which model serves is read only once the sweep holds the lock: a promotion waits
+        # for a running sweep, and this sweep sees any promotion committed before it.
+        run = crud.begin_sweep(sessions, trigger)
+    except crud.NoServingModel as exc:
+        raise UserError(str(exc)) from None
+    version = run.model_version
     if run.status == SweepStatus.SKIPPED:
         log.warning("sweep %s skipped: %s", run.id, run.message)
         return SweepReport(run)
@@ -148,15 +161,18 @@ def resume_stalled_sweep(
         run = crud.running_sweep(session)
     if run is None or crud.as_utc(run.updated_at) >= quiet_before:
         return None
-    if not is_for_served_model(run.model_version, settings):
-        # Workers ignore tasks for a model no longer on disk: publishing them again would
-        # only repeat that. They wait for the sweep to be abandoned as stale.
-        log.warning(
-            "sweep %s stalled, but its images are for model %s, no longer at %s",
-            run.id,
-            run.model_version,
-            settings.model_path,
-        )
+    if not servable(settings, run.model_version):
+        # No worker can load that model (the registry has no file for it): publishing its
+        # images again would only repeat that. Released now rather than after the stale
+        # delay, the next sweep takes its photos over for the serving model.
+        with sessions.begin() as session:
+            stopped = crud.abandon_sweeps(
+                session,
+                sweep_id=run.id,
+                message=f"its model {run.model_version} has no file in the model store, so no "
+                "worker can classify its photos; the next sweep takes them over",
+            )
+        _export_abandoned(settings, stopped)
         return None
     waiting = queue_depth()
     if waiting:

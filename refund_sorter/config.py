@@ -34,7 +34,16 @@ class Settings(BaseSettings):
     home: Path = Field(Path("var"), description="Folder holding the embedded defaults.")
     database_url: str = Field("", description="SQLAlchemy URL; default: SQLite file in home.")
     broker_url: str = "redis://127.0.0.1:6379/0"
-    model_path: Path = Path("assets/model/refund-sorter-resnet18.pt")
+    model_path: Path = Field(
+        Path("assets/model/refund-sorter-resnet18.pt"),
+        description="The first serving model of a new install: stored and promoted when the "
+        "registry has no serving model. After that the registry decides what serves.",
+    )
+    model_store: Path | None = Field(
+        None,
+        description="Folder of the registered model files, one per version; default: "
+        "models/ in home. The producer, the workers and the review desk read it.",
+    )
     incoming_dir: Path | None = None
     processed_dir: Path | None = None
     failed_dir: Path | None = None
@@ -243,6 +252,8 @@ class Settings(BaseSettings):
                 setattr(self, f"{name}_dir", self.home / name)
         if self.export_dir is None:
             self.export_dir = self.home / "exports"
+        if self.model_store is None:
+            self.model_store = self.home / "models"
         return self
 
     @property

@@ -33,7 +33,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import (
     ItemStatus,
     LoginFailures,
+    ModelPromotion,
+    ModelRole,
+    ModelVersion,
     Prediction,
+    PromotionAction,
     Review,
     ReviewClaim,
     ReviewThreshold,
@@ -55,16 +59,27 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def begin_sweep(sessions: sessionmaker[Session], trigger: str, model_version: str) -> SweepRun:
-    """Record a new sweep run: ``running`` if no other sweep runs, else ``skipped``.
+class NoServingModel(Exception):
+    """The registry has no serving model: nothing can be enqueued."""
 
-    The partial unique index on running sweeps makes this race-free across machines.
+
+def begin_sweep(sessions: sessionmaker[Session], trigger: str) -> SweepRun:
+    """Record a new sweep run: ``running`` if no other sweep runs, else ``skipped``; with
+    the version of the model that serves at that moment.
+
+    The partial unique index on running sweeps makes this race-free across machines. It is
+    also what orders a sweep and a promotion (``take_sweep_lock``): the version is read
+    only once the insert has the lock, in a statement of its own, so a promotion that
+    committed while the insert waited for it is seen, and one that starts later waits for
+    this sweep. NoServingModel when the registry has none.
     """
     now = utcnow()
     try:
         with sessions.begin() as session:
-            run = SweepRun(status=SweepStatus.RUNNING, trigger=trigger, model_version=model_version)
+            run = SweepRun(status=SweepStatus.RUNNING, trigger=trigger, model_version="")
             session.add(run)
+            session.flush()
+            run.model_version = _serving_version(session)
         return run
     except IntegrityError:
         pass
@@ -74,12 +89,48 @@ def begin_sweep(sessions: sessionmaker[Session], trigger: str, model_version: st
         run = SweepRun(
             status=SweepStatus.SKIPPED,
             trigger=trigger,
-            model_version=model_version,
+            model_version=_serving_version(session),
             finished_at=now,
             message=f"sweep {other.id if other else '?'} still running (started {since})",
         )
         session.add(run)
     return run
+
+
+def _serving_version(session: Session) -> str:
+    serving = serving_model(session)
+    if serving is None:
+        raise NoServingModel("the model registry has no serving model")
+    return serving.version
+
+
+class SweepRunning(Exception):
+    """The sweep lock is held: a sweep runs."""
+
+
+# The trigger of the row a promotion holds the sweep lock with; it never outlives its
+# transaction.
+PROMOTION_TRIGGER = "promotion"
+
+
+def take_sweep_lock(session: Session) -> SweepRun:
+    """Hold the sweep lock for the rest of the caller's transaction, the way a sweep holds
+    it: a ``running`` row, which ``release_sweep_lock`` deletes before the commit, so nobody
+    ever sees it. A sweep that starts meanwhile waits for the transaction (PostgreSQL waits
+    on the unique index; SQLite has one writer). SweepRunning when one runs: the caller's
+    transaction is then unusable, to be rolled back."""
+    lock = SweepRun(status=SweepStatus.RUNNING, trigger=PROMOTION_TRIGGER, model_version="")
+    session.add(lock)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise SweepRunning() from None
+    return lock
+
+
+def release_sweep_lock(session: Session, lock: SweepRun) -> None:
+    session.delete(lock)
+    session.flush()
 
 
 def abandon_sweeps(
@@ -190,7 +241,10 @@ def live_predictions(
     session: Session, hashes: Iterable[str], model_version: str, chunk: int = 500
 ) -> dict[str, Prediction]:
     """The queued or classified row of each content hash for this model (failed and deferred
-    rows are history and never block a retry)."""
+    rows are history and never block a retry); failing that, a row still queued for another
+    model by a sweep that was abandoned, which the new sweep takes over under its own model
+    (``record_scan``), so that the photo is one model's work and no row is left queued for a
+    model that no sweep enqueues any more."""
     hashes = list(hashes)
     found: dict[str, Prediction] = {}
     for start in range(0, len(hashes), chunk):
@@ -203,6 +257,18 @@ def live_predictions(
             )
         )
         found.update((row.content_hash, row) for row in rows)
+        others = [h for h in hashes[start : start + chunk] if h not in found]
+        if others:
+            rows = session.scalars(
+                select(Prediction)
+                .where(
+                    Prediction.model_version != model_version,
+                    Prediction.status == ItemStatus.QUEUED,
+                    Prediction.content_hash.in_(others),
+                )
+                .order_by(Prediction.id)
+            )
+            found.update((row.content_hash, row) for row in rows)  # the newest, if several
     return found
 
 
@@ -290,6 +356,7 @@ def record_scan(
         if (row := live.get(f.content_hash)) is not None:  # left by an abandoned sweep
             row.sweep_run_id, row.created_at = sweep_id, now
             row.file_name, row.original_path = f.path.name, str(f.path)
+            row.model_version = model_version  # perhaps queued for the model served before
     for row, dest in refiled:  # an error it holds said why it was left in incoming/
         row.final_path, row.error = str(dest), None
     run = session.get(SweepRun, sweep_id)
@@ -662,9 +729,166 @@ def clear_review_threshold(session: Session, *, model_version: str, cleared_by: 
 
 
 def model_version_known(session: Session, *, model_version: str) -> bool:
-    """Whether a sweep ran with ``model_version`` (so a photo was, or is to be, classified
-    by it)."""
+    """Whether the registry knows ``model_version`` or a sweep ran with it (so a photo was,
+    or is to be, classified by it)."""
+    if session.get(ModelVersion, model_version) is not None:
+        return True
     found = session.scalar(
         select(SweepRun.id).where(SweepRun.model_version == model_version).limit(1)
     )
     return found is not None
+
+
+# ----------------------------------------------------------------------- the model registry
+
+
+def serving_model(session: Session) -> ModelVersion | None:
+    """The registry's serving model, if any (the partial unique index allows one)."""
+    return session.scalar(select(ModelVersion).where(ModelVersion.role == ModelRole.SERVING))
+
+
+def candidate_model(session: Session) -> ModelVersion | None:
+    """The registered candidate, if any (one at a time)."""
+    return session.scalar(select(ModelVersion).where(ModelVersion.role == ModelRole.CANDIDATE))
+
+
+def model_entry(session: Session, version: str) -> ModelVersion | None:
+    return session.get(ModelVersion, version)
+
+
+def model_entries(session: Session) -> list[ModelVersion]:
+    """Every registered version, the most recently registered first."""
+    return list(
+        session.scalars(
+            select(ModelVersion).order_by(ModelVersion.registered_at.desc(), ModelVersion.version)
+        )
+    )
+
+
+def promotion_history(session: Session, *, last: int) -> list[ModelPromotion]:
+    """The ``last`` changes of the serving model, newest first."""
+    return list(
+        session.scalars(select(ModelPromotion).order_by(ModelPromotion.id.desc()).limit(last))
+    )
+
+
+def register_model(
+    session: Session, *, version: str, file_name: str, figures: dict, by: str
+) -> ModelVersion:
+    """Record a new version as the candidate, in the caller's transaction (IntegrityError
+    when another candidate is registered, or this version already is)."""
+    entry = ModelVersion(
+        version=version,
+        file_name=file_name,
+        role=ModelRole.CANDIDATE,
+        registered_at=utcnow(),
+        registered_by=by,
+        figures=figures,
+    )
+    session.add(entry)
+    session.flush()
+    log.info("model %s registered as the candidate by %s", version, by)
+    return entry
+
+
+def store_model_file(session: Session, *, version: str, file_name: str, figures: dict) -> None:
+    """Give a registered version the file it lacked (one the upgrade found only on rows),
+    and the figures that file carries."""
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.version == version)
+        .values(file_name=file_name, figures=figures)
+    )
+
+
+def retire_model(session: Session, *, version: str, by: str) -> None:
+    """Set a candidate aside (it stays registered, ready to serve), in the caller's
+    transaction."""
+    session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.version == version, ModelVersion.role == ModelRole.CANDIDATE)
+        .values(role=ModelRole.RETIRED, retired_at=utcnow(), retired_by=by)
+    )
+    log.info("candidate model %s retired by %s", version, by)
+
+
+def make_serving(
+    session: Session,
+    *,
+    version: str,
+    by: str,
+    action: str,
+    reason: str | None = None,
+    replaced: str | None = None,
+) -> ModelPromotion:
+    """Make the registered ``version`` the serving model, in the caller's transaction, which
+    holds the sweep lock (``take_sweep_lock``): the model serving until now is retired, and
+    the change is logged. ``replaced``: what served before, when no model serves now (the
+    first serving model of an upgraded install)."""
+    now = utcnow()
+    current = serving_model(session)
+    if current is not None:
+        current.role, current.retired_at, current.retired_by = ModelRole.RETIRED, now, by
+        session.flush()  # first: the unique index allows one serving row at any moment
+        replaced = current.version
+    entry = session.get(ModelVersion, version)
+    entry.role, entry.promoted_at, entry.promoted_by = ModelRole.SERVING, now, by
+    entry.retired_at = entry.retired_by = None
+    entry.reason = reason
+    change = ModelPromotion(
+        version=version, replaced=replaced, action=action, at=now, by=by, reason=reason
+    )
+    session.add(change)
+    session.flush()
+    log.info("model %s serves (%s by %s; it replaced %s)", version, action, by, replaced)
+    return change
+
+
+def first_serving(
+    session: Session, *, version: str, file_name: str, figures: dict, by: str
+) -> ModelPromotion:
+    """No model serves yet: make ``version`` (the file at REFUND_SORTER_MODEL_PATH, stored as
+    ``file_name``) serve, registering it first if the registry lacks it, in the caller's
+    transaction. It replaces the last other version a sweep ran with, if any: what served
+    before an upgrade. IntegrityError when another process did the same meanwhile."""
+    entry = session.get(ModelVersion, version)
+    if entry is None:
+        entry = ModelVersion(
+            version=version,
+            file_name=file_name,
+            role=ModelRole.RETIRED,  # serving below, once the row exists
+            registered_at=utcnow(),
+            registered_by=by,
+            figures=figures,
+        )
+        session.add(entry)
+        session.flush()
+    elif entry.file_name is None:
+        entry.file_name, entry.figures = file_name, figures
+    before = session.scalar(
+        select(SweepRun.model_version)
+        .where(SweepRun.model_version != version, SweepRun.trigger != PROMOTION_TRIGGER)
+        .order_by(SweepRun.id.desc())
+        .limit(1)
+    )
+    return make_serving(
+        session, version=version, by=by, action=PromotionAction.FIRST, replaced=before
+    )
+
+
+def rollback_target(session: Session) -> str | None:
+    """The version that served before the serving model: the one the promotion that made it
+    serve replaced (a rollback is not such a promotion: rolling back again goes one further
+    back). None when nothing served before it."""
+    serving = serving_model(session)
+    if serving is None:
+        return None
+    return session.scalar(
+        select(ModelPromotion.replaced)
+        .where(
+            ModelPromotion.version == serving.version,
+            ModelPromotion.action.in_((PromotionAction.PROMOTE, PromotionAction.FIRST)),
+        )
+        .order_by(ModelPromotion.id.desc())
+        .limit(1)
+    )

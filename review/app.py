@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from classifier.checkpoint_taxonomy import read_taxonomy
+from classifier.registry import serving_file
 from classifier.taxonomy import Taxonomy
 from models import ItemStatus, Prediction, SweepRun, utcnow
 from refund_sorter import crud
@@ -121,12 +122,15 @@ class Desk:
 
 def create_app(settings: Settings) -> FastAPI:
     """The review desk for ``settings``; UserError when it lacks reviewers, a session key
-    (outside development) or a readable model file (for the categories)."""
+    (outside development) or a serving model with a readable file (for the categories).
+    The settings are checked first: only a desk that will start asks which model serves."""
+    accounts = reviewers(settings)
+    secret = session_secret(settings)
     desk = Desk(
         settings,
         session_factory(settings.database_url),
-        read_taxonomy(settings.model_path),
-        reviewers(settings),
+        read_taxonomy(serving_file(settings)),
+        accounts,
         Jinja2Templates(HERE / "templates"),
     )
     app = FastAPI(title="refund-sorter review desk", docs_url=None, redoc_url=None)
@@ -134,7 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.desk = desk
     app.add_middleware(
         SessionMiddleware,
-        secret_key=session_secret(settings),
+        secret_key=secret,
         session_cookie="refund_sorter_review",
         max_age=SESSION_SECONDS,
         same_site="lax",

@@ -66,6 +66,16 @@ def test_every_setting_given_to_a_service_exists():
         assert given <= known, f"{name}: unknown settings {given - known}"
 
 
+def test_every_role_that_reads_the_model_store_mounts_the_same_volume():
+    store = COMPOSE["x-env"]["REFUND_SORTER_MODEL_STORE"]
+    for name in ("producer", "worker", "gpu-worker", "review"):
+        assert SERVICES[name]["environment"]["REFUND_SORTER_MODEL_STORE"] == store
+        assert f"models:{store}" in SERVICES[name]["volumes"], name
+    assert "models" in COMPOSE["volumes"]
+    # A new named volume takes the owner of the image's folder it is mounted on.
+    assert re.search(r"chown sorter .*/models", (ROOT / "Dockerfile").read_text())
+
+
 def test_flower_requires_a_password_and_stays_on_localhost():
     flower = SERVICES["flower"]
     assert flower["environment"]["REFUND_SORTER_FLOWER_BASIC_AUTH"].startswith(

@@ -1,12 +1,12 @@
 """A worker's process life cycle: what the main process records before its pool starts,
-the model loaded as each process that classifies starts, and stopping taking images when it
-cannot be loaded.
+the serving model loaded as each process that classifies starts, and stopping taking images
+when a model cannot be loaded.
 
-Each pool process of a worker that takes images loads the model when it starts, so the first
-batch does not wait for it and a model that cannot be loaded is known before any image is
-taken: the worker then logs why and stops consuming the classify queue. A worker that only
-sweeps (``-Q sweep``) never loads PyTorch. The model itself is the classify task's
-(``worker.tasks.ClassifierTask.classifier``), loaded once per process.
+Each pool process of a worker that takes images loads the serving model when it starts, so
+the first batch does not wait for it and a model that cannot be loaded is known before any
+image is taken: the worker then logs why and stops consuming the classify queue. A worker
+that only sweeps (``-Q sweep``) never loads PyTorch. The models themselves are the classify
+task's (``worker.tasks.ClassifierTask.classifier_for``), each loaded once per process.
 """
 
 import logging
@@ -17,12 +17,9 @@ from celery import signals
 
 from refund_sorter.celery_app import app
 from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK
+from worker.pipeline import ModelUnavailable
 
 log = logging.getLogger(__name__)
-
-
-class ModelUnavailable(Exception):
-    """The model file cannot be loaded: this process can classify nothing."""
 
 
 # Which node this worker is and whether it takes images; recorded in the main process before
@@ -49,12 +46,12 @@ def classifying_processes() -> int:
 
 @signals.worker_process_init.connect
 def load_model_at_start(**_) -> None:
-    """Load the model as the pool process starts (once per process, as before, but now before
-    its first batch); if it cannot be loaded, stop taking images."""
+    """Load the serving model as the pool process starts (once per process, before its first
+    batch); if it cannot be loaded, stop taking images."""
     if not _worker.get("takes_images"):
         return
     try:
-        app.tasks[CLASSIFY_TASK].classifier  # noqa: B018 (loads it)
+        app.tasks[CLASSIFY_TASK].load_serving_model()
     except ModelUnavailable as exc:
         stop_taking_images(str(exc))
 

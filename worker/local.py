@@ -1,7 +1,8 @@
 """Local mode: classify a sweep's work items in this process, without a broker.
 
 ``refund-sorter sweep --local`` hands ``local_dispatch(settings)`` to the producer; it runs
-the same ``process_batch`` as the Celery workers, one batch at a time.
+the same ``process_batch`` as the Celery workers, one batch at a time, with the model each
+item was enqueued for, loaded from the model store as a worker loads it.
 """
 
 from tqdm import tqdm
@@ -13,11 +14,15 @@ from worker.pipeline import load_classifier, process_batch
 
 def local_dispatch(settings: Settings, progress: bool = False) -> Dispatch:
     def dispatch(items: list[WorkItem]) -> None:
-        clf = load_classifier(settings)
+        by_model: dict[str, list[WorkItem]] = {}
+        for it in items:  # one model per sweep: one group
+            by_model.setdefault(it.model_version, []).append(it)
         with tqdm(total=len(items), desc="classifying", unit="img", disable=not progress) as bar:
-            for start in range(0, len(items), settings.batch_size):
-                chunk = items[start : start + settings.batch_size]
-                process_batch(chunk, clf, settings)
-                bar.update(len(chunk))
+            for version, group in by_model.items():
+                clf = load_classifier(settings, version)
+                for start in range(0, len(group), settings.batch_size):
+                    chunk = group[start : start + settings.batch_size]
+                    process_batch(chunk, clf, settings)
+                    bar.update(len(chunk))
 
     return dispatch

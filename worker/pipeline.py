@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from classifier.registry import model_file
 from classifier.version import is_for_model
 from models import ItemStatus
 from refund_sorter.arrival import still_being_written
@@ -23,6 +24,7 @@ from refund_sorter.audit import is_audited, sub_margin
 from refund_sorter.config import Settings
 from refund_sorter.crud import ItemResult, Unmoved, queued_paths, record_results, record_unmoved
 from refund_sorter.db import session_factory
+from refund_sorter.errors import UserError
 from refund_sorter.export import export_sweeps
 from refund_sorter.files import destination, inside, move_files, processed_destination
 from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
@@ -82,18 +84,32 @@ _applied: dict[str, float] = {}
 _decoders = ThreadPoolExecutor(4)
 
 
-def load_classifier(settings: Settings, processes: int = 1):
-    """The model for this process, with its share of the machine's cores for PyTorch and
-    for decoding (a GPU worker's one process decodes on every core). Its own review
-    threshold is the model file's: ``admit`` reads the one in force for each batch."""
+def load_classifier(settings: Settings, version: str, processes: int = 1):
+    """The model ``version`` from the model store, for this process, with its share of the
+    machine's cores for PyTorch and for decoding (a GPU worker's one process decodes on
+    every core). Its own review threshold is the model file's: ``admit`` reads the one in
+    force for each batch. NotInStore when the registry has no file for that version (before
+    anything is loaded); ModelUnavailable when the file cannot be loaded, or is another
+    model."""
     import torch
 
     from classifier.predict import Classifier
 
+    path = model_file(settings, version)
     global _decoders
     _decoders = ThreadPoolExecutor(max(2, (os.cpu_count() or 1) // max(1, processes)))
     torch.set_num_threads(torch_threads(settings, processes))
-    return Classifier.from_path(settings.model_path, settings.device, settings.precision)
+    try:
+        clf = Classifier.from_path(path, settings.device, settings.precision)
+    except Exception as exc:
+        raise ModelUnavailable(f"cannot load the model {path}: {exc}") from exc
+    if clf.version != version:
+        raise ModelUnavailable(f"cannot load the model {path}: it is model {clf.version}")
+    return clf
+
+
+class ModelUnavailable(UserError):
+    """A model's file cannot be loaded: this process can classify nothing with it."""
 
 
 class Unusable(NamedTuple):
@@ -151,8 +167,8 @@ def admit(
     for it in items:
         if not is_for_model(it.model_version, clf.version):
             # Left queued, file untouched: writing it under another model's version would
-            # break "one result per image and model". The next sweep after the stale delay
-            # re-enqueues it.
+            # break "one result per image and model". A worker hands each model only the
+            # items enqueued for it (worker.tasks), so this is a caller's mistake.
             log.error(
                 "worker has model %s but %s was enqueued for model %s",
                 clf.version,

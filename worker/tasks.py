@@ -1,8 +1,11 @@
 """The workers' task: classify messages of up to 32 images each, buffered into batches.
 
 The task translates a batch of messages (enough for REFUND_SORTER_BATCH_SIZE images) into
-one ``process_batch`` call, with the model its process loaded when it started
-(``worker.lifecycle``), and reports each task to Flower (``worker.events``).
+one ``process_batch`` call per model version the messages carry, each with that model,
+loaded from the model store the first time this process needs it (the serving one as the
+process starts, ``worker.lifecycle``); and reports each task to Flower (``worker.events``).
+A message is always classified by the model it was enqueued for, whatever serves now: a
+promotion needs no restart, and no photo waits for a model nobody has loaded.
 
 A batch that fails as a whole (database or disk trouble) is published again with a growing
 countdown (REFUND_SORTER_RETRY_DELAY, doubled each time) up to REFUND_SORTER_RETRY_LIMIT
@@ -12,31 +15,47 @@ sweep.
 
 import logging
 import time
+from collections import OrderedDict
 from datetime import timedelta
 from itertools import groupby
 from operator import attrgetter
+from typing import ClassVar
 
 from celery_batches import Batches
 
-from classifier.version import is_for_model, is_for_served_model
+from classifier.registry import NotInStore, model_path_disagreement, serving_version
 from models import utcnow
 from refund_sorter import crud
 from refund_sorter.celery_app import app, publish
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
+from refund_sorter.errors import UserError
 from refund_sorter.export import export_sweeps
 from refund_sorter.messages import CLASSIFY_TASK, WorkItem, read_task
 from worker.events import report_to_flower
-from worker.lifecycle import ModelUnavailable, classifying_processes, stop_taking_images
-from worker.pipeline import load_classifier, process_batch, torch_threads
+from worker.lifecycle import classifying_processes, stop_taking_images
+from worker.pipeline import (
+    BatchOutcome,
+    ModelUnavailable,
+    load_classifier,
+    process_batch,
+    torch_threads,
+)
 
 log = logging.getLogger(__name__)
 
+# Models one process keeps loaded: the serving one and one other, so that the last photos
+# enqueued for the model that served before a promotion and the first ones for the new model
+# are both classified without loading either again. A third model to load unloads the one
+# used least recently. Each costs its weights in memory (ResNet18: about 45 MB in fp32).
+MODELS_PER_PROCESS = 2
+
 
 class ClassifierTask(Batches):
-    """Buffers classify tasks into batches; holds the model, loaded once per process."""
+    """Buffers classify tasks into batches; holds the models, each loaded once per process."""
 
-    _classifier = None
+    # By version, the least recently used first; one per process (a class attribute).
+    _loaded: ClassVar[OrderedDict[str, object]] = OrderedDict()
 
     @property
     def flush_every(self) -> int:
@@ -64,40 +83,48 @@ class ClassifierTask(Batches):
             self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
         return handler
 
-    @property
-    def classifier(self):
-        if self._classifier is None:
-            try:
-                processes = classifying_processes()
-                type(self)._classifier = load_classifier(self.app.settings, processes)
-            except Exception as exc:
-                raise ModelUnavailable(
-                    f"cannot load the model {self.app.settings.model_path}: {exc}"
-                ) from exc
-            log.info(
-                "loaded model %s on %s in %s with %d PyTorch threads, its own review threshold %s",
-                self._classifier.version,
-                self._classifier.device,
-                self._classifier.precision,
-                torch_threads(self.app.settings, classifying_processes()),
-                self._classifier.review_threshold,
-            )
-        return self._classifier
-
-    def classifier_for(self, items: list[WorkItem]):
-        """The loaded model, reloaded first if the model file was replaced since it was
-        loaded and these tasks were enqueued for the new one."""
-        clf = self.classifier
-        wanted = {
-            it.model_version for it in items if not is_for_model(it.model_version, clf.version)
-        }
-        # A model file removed or unreadable serves no model: the one in hand stays, and
-        # tasks for another model are left queued.
-        if any(is_for_served_model(version, self.app.settings) for version in wanted):
-            log.info("model file changed (now %s): reloading", ", ".join(sorted(wanted)))
-            type(self)._classifier = None
-            clf = self.classifier
+    def classifier_for(self, version: str):
+        """The model ``version``, loaded from the model store if this process does not hold
+        it yet. NotInStore when the registry has no file for it; ModelUnavailable when its
+        file cannot be loaded; the database's error when the registry cannot be read."""
+        loaded = self._loaded
+        if version in loaded:
+            loaded.move_to_end(version)
+            return loaded[version]
+        settings = self.app.settings
+        clf = load_classifier(settings, version, classifying_processes())
+        loaded[version] = clf
+        while len(loaded) > MODELS_PER_PROCESS:
+            dropped, _ = loaded.popitem(last=False)
+            log.info("unloaded model %s: this process keeps %d", dropped, MODELS_PER_PROCESS)
+        log.info(
+            "loaded model %s on %s in %s with %d PyTorch threads, its own review threshold %s",
+            clf.version,
+            clf.device,
+            clf.precision,
+            torch_threads(settings, classifying_processes()),
+            clf.review_threshold,
+        )
         return clf
+
+    def load_serving_model(self) -> None:
+        """Load the model that serves now, before the first batch. ModelUnavailable when it
+        cannot be (none serves, or its file cannot be loaded); a registry that cannot be read
+        now is only logged: the first batch loads the model it needs."""
+        settings = self.app.settings
+        try:
+            version = serving_version(settings)
+        except UserError as exc:
+            raise ModelUnavailable(str(exc)) from exc
+        except Exception as exc:
+            log.warning("cannot read the model registry (%s); the first batch loads its model", exc)
+            return
+        if note := model_path_disagreement(settings, version):
+            log.warning(note)
+        try:
+            self.classifier_for(version)
+        except NotInStore as exc:
+            raise ModelUnavailable(str(exc)) from exc
 
 
 @app.task(base=ClassifierTask, name=CLASSIFY_TASK, bind=True)
@@ -111,28 +138,40 @@ def classify(self, requests) -> None:
     refused = sum(len(reasons) for _, _, reasons in tasks)
     settings = self.app.settings
     started = time.monotonic()
-    try:
-        clf = self.classifier_for(items)
-    except ModelUnavailable as exc:
-        # Not the images' fault: put them back as they came, for a worker that has a model.
-        stop_taking_images(str(exc))
-        publish(items)
-        log.warning("put %d images back on the queue: no model here", len(items))
-        return
-    try:
-        outcome = process_batch(items, clf, settings)
-    except Exception as exc:
-        # celery-batches acknowledges a batch even when it raised, so this is the only
-        # chance to keep the work.
-        retry_or_give_up(items, exc, settings)
+    by_model: dict[str, list[WorkItem]] = {}
+    for it in items:
+        by_model.setdefault(it.model_version, []).append(it)
+    outcome = BatchOutcome()
+    classified = not items  # a batch of refused entries only is reported as such
+    for version, group in by_model.items():
+        try:
+            statuses = process_batch(group, self.classifier_for(version), settings).statuses
+        except NotInStore as exc:
+            # No worker can classify for it. Its rows stay queued and its files untouched: the
+            # stall check releases their sweep, and the next sweep takes them over.
+            log.error("left %d images for model %s as they are: %s", len(group), version, exc)
+        except ModelUnavailable as exc:
+            # Not the images' fault: put them back as they came, for a worker that has a model.
+            stop_taking_images(str(exc))
+            publish(group)
+            log.warning("put %d images back on the queue: no model here", len(group))
+        except Exception as exc:
+            # The registry could not be read, or the batch failed. celery-batches acknowledges
+            # a batch even when it raised, so this is the only chance to keep the work.
+            retry_or_give_up(group, exc, settings)
+        else:
+            outcome.statuses += statuses
+            classified = True
+    if not classified:
         return
     log.info(
-        "batch of %d images: %d ok, %d failed, %d ignored, %d refused",
+        "batch of %d images: %d ok, %d failed, %d ignored, %d refused (model %s)",
         len(items) + refused,
         outcome.ok,
         outcome.failed,
         outcome.ignored,
         outcome.refused + refused,
+        ", ".join(by_model),
     )
     report_to_flower(self.name, tasks, outcome, time.monotonic() - started)
 

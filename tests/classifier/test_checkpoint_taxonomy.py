@@ -1,5 +1,5 @@
-"""classifier/checkpoint_taxonomy.py: the categories of a model file, read without PyTorch,
-are the ones PyTorch reads; and reading a file never runs code from it."""
+"""classifier/checkpoint_taxonomy.py: the categories and figures of a model file, read
+without PyTorch, are the ones PyTorch reads; and reading a file never runs code from it."""
 
 import io
 import pickle
@@ -10,7 +10,7 @@ import pytest
 
 from classifier import checkpoint, checkpoint_taxonomy
 from classifier.checkpoint import load_checkpoint
-from classifier.checkpoint_taxonomy import read_taxonomy
+from classifier.checkpoint_taxonomy import checkpoint_figures, read_payload, read_taxonomy
 from refund_sorter.errors import UserError
 
 SHIPPED = Path(__file__).resolve().parents[2] / "assets/model/refund-sorter-resnet18.pt"
@@ -25,6 +25,29 @@ def test_the_format_tags_agree():
 def test_the_taxonomy_is_the_one_torch_loads(which, random_checkpoint):
     path = random_checkpoint if which == "random" else SHIPPED
     assert read_taxonomy(path) == load_checkpoint(path).taxonomy
+
+
+def test_the_figures_are_what_the_checkpoint_says_of_itself():
+    loaded = load_checkpoint(SHIPPED)
+
+    figures = checkpoint_figures(read_payload(SHIPPED))
+
+    assert figures["metrics"] == loaded.meta["metrics"]
+    assert (figures["n_train"], figures["n_val"]) == (loaded.meta["n_train"], loaded.meta["n_val"])
+    assert figures["validation"] == loaded.meta["validation"]
+    assert figures["review_threshold"] == loaded.review_threshold
+    assert figures["temperature"] == loaded.temperature
+    assert figures["int8_agreement"] == loaded.int8["agreement"]
+    # Not figures: every epoch's history and every recipe argument.
+    assert "history" not in figures and "args" not in figures
+
+
+def test_a_file_that_is_no_checkpoint_has_no_figures(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("a shopping list\n")
+
+    with pytest.raises(UserError, match="is not a readable refund-sorter checkpoint"):
+        read_payload(path)
 
 
 class Boom:

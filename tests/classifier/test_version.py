@@ -1,5 +1,5 @@
 """classifier/version.py: a model's version, hashed once per model file, and which work is
-for which model."""
+for which model (which model serves: tests/classifier/test_registry.py)."""
 
 import hashlib
 import os
@@ -7,14 +7,7 @@ import os
 import pytest
 
 import classifier.version
-from classifier.version import (
-    is_for_model,
-    is_for_served_model,
-    model_version,
-    serving_version,
-)
-from refund_sorter.config import Settings
-from refund_sorter.errors import UserError
+from classifier.version import is_for_model, model_version
 
 
 @pytest.fixture
@@ -67,20 +60,9 @@ def test_a_replaced_or_rewritten_file_gets_its_new_version(tmp_path, hashes):
     assert len(hashes) == 4
 
 
-def test_work_is_for_the_model_it_was_enqueued_for(tmp_path):
-    model = tmp_path / "model.pt"
-    model.write_bytes(b"weights one")
-    settings = Settings(home=tmp_path, model_path=model)
-    version = serving_version(settings)
+def test_work_is_for_the_model_it_was_enqueued_for():
+    version = sha12(b"weights one")
 
-    assert version == sha12(b"weights one")
     assert is_for_model(version, version)
     assert not is_for_model(version, "0123456789ab")
-    assert not is_for_model(version, None)
-    assert is_for_served_model(version, settings)
-    assert not is_for_served_model("0123456789ab", settings)
-
-    model.unlink()
-    with pytest.raises(UserError, match="model file not found"):
-        serving_version(settings)
-    assert not is_for_served_model(version, settings)  # no model serves: no work is for it
+    assert not is_for_model(version, None)  # no model at all: no work is for it

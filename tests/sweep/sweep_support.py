@@ -460,6 +460,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         REFUND_SORTER_DATABASE_URL=settings.database_url,
         REFUND_SORTER_BROKER_URL=settings.broker_url,
         REFUND_SORTER_MODEL_PATH=str(settings.model_path),
+        REFUND_SORTER_MODEL_STORE=str(settings.model_store),
         REFUND_SORTER_BATCH_SIZE=str(settings.batch_size),
         REFUND_SORTER_BATCH_MAX_WAIT=str(settings.batch_max_wait),
         REFUND_SORTER_DEVICE=settings.device,

@@ -33,8 +33,10 @@ from sweep_support import (
     sweep_csv,
 )
 
+from classifier import registry
 from models import SweepRun, utcnow
 from producer.sweep import run_sweep
+from refund_sorter import crud
 from refund_sorter.celery_app import nightly_schedule, publish
 from refund_sorter.crud import begin_sweep
 from refund_sorter.db import session_factory
@@ -189,8 +191,9 @@ def test_the_beat_task_records_a_beat_sweep_and_queues_its_images(
 
 def insert_running_sweep(settings, tiny_model) -> SweepRun:
     sessions = session_factory(settings.database_url)
-    run = begin_sweep(sessions, "beat", tiny_model.version)
-    assert run.status == "running"
+    registry.serving_model(settings)  # a new install's first model: the tiny one
+    run = begin_sweep(sessions, "beat")
+    assert (run.status, run.model_version) == ("running", tiny_model.version)
     return run
 
 
@@ -287,18 +290,23 @@ def test_a_stale_sweep_is_abandoned_and_its_queued_images_go_to_the_next(
 @pytest.mark.services
 def test_two_sweeps_starting_at_the_same_moment_get_one_lock(fresh_pg_url, tiny_model):
     sessions = session_factory(fresh_pg_url)
+    with sessions.begin() as session:
+        crud.first_serving(
+            session, version=tiny_model.version, file_name="tiny.pt", figures={}, by="tests"
+        )
     for _ in range(5):
         barrier = threading.Barrier(2)
 
         def start(trigger: str, barrier=barrier) -> SweepRun:
             barrier.wait()
-            return begin_sweep(sessions, trigger, tiny_model.version)
+            return begin_sweep(sessions, trigger)
 
         with ThreadPoolExecutor(2) as pool:
             runs = list(pool.map(start, ["beat", "manual"]))
         running = [r for r in runs if r.status == "running"]
         skipped = [r for r in runs if r.status == "skipped"]
         assert len(running) == len(skipped) == 1, [(r.id, r.status) for r in runs]
+        assert {r.model_version for r in runs} == {tiny_model.version}
         assert f"sweep {running[0].id} still running" in skipped[0].message
         with sessions.begin() as session:
             session.execute(

@@ -397,18 +397,19 @@ def test_a_batch_that_fails_every_time_is_retried_with_growing_delays_then_marke
 
 
 @pytest.mark.services
-def test_a_worker_whose_model_cannot_be_loaded_takes_no_images(make_stack, redis_server, tmp_path):
-    """The model file is damaged: the worker says why at start and stops consuming the
-    classify queue; the photos wait there for a worker that can classify them. A worker that
-    only sweeps (``-Q sweep``, as the producer runs) does not try to load the model."""
-    broken = tmp_path / "broken.pt"
-    broken.write_bytes(b"half of a download\n")
-    stack = make_stack(model_path=broken)
+def test_a_worker_whose_model_cannot_be_loaded_takes_no_images(make_stack, redis_server):
+    """The serving model's file in the model store is damaged: the worker says why at start
+    and stops consuming the classify queue; the photos wait there for a worker that can
+    classify them. A worker that only sweeps (``-Q sweep``, as the producer runs) does not
+    try to load the model."""
+    stack = make_stack()
     settings = stack.settings
     incoming = Incoming(settings.incoming_dir)
     add_images(incoming, 12, seed=76)
     run = run_sweep(settings, dispatch=publish, trigger="manual").run
     assert run.enqueued == 12
+    broken = settings.model_store / f"{run.model_version}.pt"
+    broken.write_bytes(b"half of a download\n")
 
     worker = stack.worker("w1")  # messages are waiting as it starts
     sweeper = stack.worker("sweeper", queues=SWEEP_QUEUE)

@@ -5,6 +5,7 @@ its genuine task."""
 
 import contextlib
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -129,7 +130,8 @@ def test_a_malformed_task_is_refused_without_failing_its_batch(enqueued, classif
 
     settings, run, items, _ = enqueued
     monkeypatch.setattr(tasks.app, "settings", settings)
-    monkeypatch.setattr(tasks.ClassifierTask, "_classifier", classifier)
+    loaded = OrderedDict({classifier.version: classifier})
+    monkeypatch.setattr(tasks.ClassifierTask, "_loaded", loaded)
     republished = []
     monkeypatch.setattr(tasks, "publish", lambda *a, **kw: republished.append(a))
     events, flushes = [], []

@@ -1,6 +1,7 @@
 """Failed rows are history: each unreadable upload keeps its own row, a retried image gets
 a fresh one, and a worker picks up a replaced model file on its own."""
 
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -71,25 +72,35 @@ def test_an_image_that_failed_is_classified_when_put_back(make_settings, classif
     assert Path(rows[1].final_path).is_file()
 
 
-def test_a_worker_reloads_a_replaced_model_file(make_settings, tmp_path, monkeypatch):
+def test_a_worker_loads_each_model_from_the_store_as_its_tasks_ask(
+    make_settings, tmp_path, monkeypatch
+):
     import worker.tasks as tasks
+    from classifier import registry
+    from classifier.registry import NotInStore
 
-    model_path = tmp_path / "model.pt"
-    old_version, _ = save_random_model(model_path, seed=1)
-    monkeypatch.setattr(tasks.app, "settings", make_settings(model_path=model_path, device="cpu"))
-    monkeypatch.setattr(tasks.ClassifierTask, "_classifier", None)
+    versions = [save_random_model(tmp_path / f"m{seed}.pt", seed=seed)[0] for seed in (1, 2, 3)]
+    settings = make_settings(model_path=tmp_path / "m1.pt", device="cpu")
+    upgrade(settings.database_url)
+    monkeypatch.setattr(tasks.app, "settings", settings)
+    monkeypatch.setattr(tasks.ClassifierTask, "_loaded", OrderedDict())
     task = tasks.classify
 
-    def item(version: str) -> WorkItem:
-        return WorkItem("/nowhere.jpg", "0" * 64, version)
+    task.load_serving_model()  # as a process starts: the first serving model, m1
+    assert list(task._loaded) == [versions[0]]
+    for seed in (2, 3):
+        registry.register(settings, tmp_path / f"m{seed}.pt", "anna", replace=True)
+    (tmp_path / "m2.pt").unlink()  # read from the store, not from where it was registered
 
-    assert task.classifier_for([item(old_version)]).version == old_version
-    new_version, _ = save_random_model(model_path, seed=2)
-    assert new_version != old_version
-    assert task.classifier_for([item(new_version)]).version == new_version
-    # Tasks for a model no longer on disk do not make it reload again and again.
-    loaded = task.classifier
-    assert task.classifier_for([item("0123456789ab")]) is loaded
+    # Registered, not serving: a task enqueued for it is classified by it all the same.
+    assert task.classifier_for(versions[1]).version == versions[1]
+    first = task.classifier_for(versions[0])
+    assert task.classifier_for(versions[0]) is first  # kept, not loaded again
+    assert task.classifier_for(versions[2]).version == versions[2]
+    # Two models per process: the one used least recently (m2) was unloaded.
+    assert list(task._loaded) == [versions[0], versions[2]]
+    with pytest.raises(NotInStore, match="model 0123456789ab is not registered"):
+        task.classifier_for("0123456789ab")
 
 
 def test_a_batch_that_fails_is_put_back_on_the_queue_with_a_growing_countdown(
@@ -111,7 +122,8 @@ def test_a_batch_that_fails_is_put_back_on_the_queue_with_a_growing_countdown(
     # server down.
     broken = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'empty.db'}"})
     monkeypatch.setattr(tasks.app, "settings", broken)
-    monkeypatch.setattr(tasks.ClassifierTask, "_classifier", classifier)
+    loaded = OrderedDict({classifier.version: classifier})
+    monkeypatch.setattr(tasks.ClassifierTask, "_loaded", loaded)
 
     def requests_for(batch: list[WorkItem]):
         # Two tasks, as two messages of one batch
@@ -154,7 +166,8 @@ def test_a_batch_that_used_up_its_retries_is_marked_failed_and_its_files_stay(
     run = run_sweep(settings, dispatch=items.extend, trigger="local").run
     monkeypatch.setattr(tasks, "publish", lambda items, countdown: pytest.fail("published"))
     monkeypatch.setattr(tasks.app, "settings", settings)
-    monkeypatch.setattr(tasks.ClassifierTask, "_classifier", classifier)
+    loaded = OrderedDict({classifier.version: classifier})
+    monkeypatch.setattr(tasks.ClassifierTask, "_loaded", loaded)
     monkeypatch.setattr(
         tasks, "process_batch", Mock(side_effect=OSError("No space left on device"))
     )

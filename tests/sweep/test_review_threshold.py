@@ -133,10 +133,12 @@ def test_a_threshold_set_for_one_model_version_is_not_inherited_by_another(
     suggestion = threshold_cli("--target", "0.9")
     assert "in force 0.00, set for this model (by anna on " in suggestion.output
 
-    # Another model, the same database: its own threshold, not the one set for the first.
-    other = settings.model_copy(update={"model_path": tiny_model.path})
-    use_settings(other)
-    rows = sweep_rows(other, seed=45)
+    # Another model serves, the same database: its own threshold, not the one set for the
+    # first.
+    for args in (["register", str(tiny_model.path)], ["promote", tiny_model.version]):
+        result = CliRunner().invoke(main, ["model", *args, "--by", "anna"])
+        assert result.exit_code == 0, result.output
+    rows = sweep_rows(settings, seed=45)
     assert {p.model_version for p in rows} == {tiny_model.version}
     assert all(p.needs_review == (p.sub_confidence < 0.6) for p in rows)
     assert {p.review_threshold for p in rows} == {0.6}
