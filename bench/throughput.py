@@ -11,6 +11,11 @@ each worker process's peak memory and the time to publish 10,000 images' tasks. 
 row is the median of ``--repeat`` sweeps, and the limit the median of its passes, one of
 them just before each sweep.
 
+    python bench/throughput.py shadow --model MODEL --data DIR [--candidate FILE] [--repeat 5]
+
+measures what a registered candidate costs (shadow runs): sweeps through a real worker with
+and without one, taking turns, and the ratio of their medians.
+
     python bench/throughput.py scale --count 10000 --count 100000
 
 times the producer (scan, hash, rows, publish) and the export per image, with peak memory.
@@ -218,9 +223,13 @@ def children(pid: int) -> list[int]:
     return [int(x) for x in out.split()]
 
 
-def celery_sweep(home: Home, processes: int, pool: str = "") -> dict:
+def celery_sweep(
+    home: Home, processes: int, pool: str = "", done=None, loads=("loaded model",)
+) -> dict:
     """A sweep through Redis and one ``celery -A worker worker`` (``-c processes``; 0: the
-    default), timed from the producer's publish to the last file moved."""
+    default), started once each process has logged each of ``loads``, timed from the
+    producer's publish to the last file moved (and until ``done(run_id)`` is true, when
+    given)."""
     import redis
 
     from producer.sweep import run_sweep
@@ -244,7 +253,7 @@ def celery_sweep(home: Home, processes: int, pool: str = "") -> dict:
         )
     try:
         loading = 1 if pool == "solo" else processes or os.cpu_count()
-        while log.read_text().count("loaded model") < loading:
+        while min(log.read_text().count(line) for line in loads) < loading:
             if worker.poll() is not None or time.perf_counter() - began > 300:
                 raise RuntimeError(f"the worker did not start: see {log}")
             time.sleep(0.05)
@@ -261,8 +270,9 @@ def celery_sweep(home: Home, processes: int, pool: str = "") -> dict:
         sessions = session_factory(settings.database_url)
         while True:
             with sessions() as session:
-                if get_sweep(session, run.id).finished_at is not None and home.left() == 0:
-                    break
+                finished = get_sweep(session, run.id).finished_at is not None
+            if finished and home.left() == 0 and (done is None or done(run.id)):
+                break
             time.sleep(0.02)
         elapsed = time.perf_counter() - published[0]
         stats = [proc_stat(p) for p in pids]
@@ -442,6 +452,145 @@ def table(
         "rows": rows,
     }
     if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2))
+
+
+def shadow_sweep(home: Home, processes: int, candidate: Path | None) -> dict:
+    """``celery_sweep`` with ``candidate`` registered (None: without one), timed until the
+    last shadow row is written too: a batch's shadow run follows its filing."""
+    from sqlalchemy import func, select
+
+    from classifier import registry
+    from models import ItemStatus, Prediction, ShadowPrediction
+    from refund_sorter.db import session_factory
+    from refund_sorter.shadow import shadow_probability
+
+    settings = home.settings()
+    if candidate is not None:
+        registry.register(settings, candidate, by="bench")
+    sessions = session_factory(settings.database_url)
+    due: list[int] = []
+
+    def shadowed(run_id: int) -> bool:
+        """Whether every photo due a shadow run has its row."""
+        with sessions() as session:
+            if not due:
+                ok = session.execute(
+                    select(
+                        Prediction.content_hash, Prediction.needs_review, Prediction.audited
+                    ).where(Prediction.sweep_run_id == run_id, Prediction.status == ItemStatus.OK)
+                ).all()
+                due.append(
+                    sum(
+                        candidate is not None
+                        and shadow_probability(h, settings.shadow_rate, needs_review=r, audited=a)
+                        is not None
+                        for h, r, a in ok
+                    )
+                )
+                due.append(len(ok))
+            return session.scalar(select(func.count()).select_from(ShadowPrediction)) >= due[0]
+
+    # Each process loads the candidate as it starts, after its serving model.
+    loads = ("loaded model", "loaded candidate model") if candidate else ("loaded model",)
+    run = celery_sweep(home, processes, done=shadowed, loads=loads)
+    return {**run, "photos_shadowed": due[0], "photos_ok": due[1]}
+
+
+@cli.command()
+@click.option("--model", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--candidate",
+    type=click.Path(path_type=Path),
+    help="The candidate to register. Default: MODEL saved again under another version (the "
+    "same weights, input size and int8 calibration: a candidate that costs what the serving "
+    "model costs).",
+)
+@click.option("--data", type=click.Path(path_type=Path), required=True)
+@click.option("--limit", default=1800, show_default=True, help="Photos to sweep.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--processes", default=0, show_default=True, help="-c; 0: the worker's default.")
+@click.option("--shadow-rate", default=0.1, show_default=True)
+@click.option("--broker", default="redis://127.0.0.1:6379/14", show_default=True)
+@click.option("--postgres", default="", help="As for table. Default: SQLite.")
+@click.option(
+    "--repeat",
+    default=5,
+    show_default=True,
+    help="Sweeps with a candidate and as many without, taking turns; each side reports the median.",
+)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write them.")
+def shadow(
+    model,
+    candidate,
+    data,
+    limit,
+    batch_size,
+    device,
+    processes,
+    shadow_rate,
+    broker,
+    postgres,
+    repeat,
+    json_path,
+) -> None:
+    """What a registered candidate costs: sweeps through a real worker with a candidate
+    registered and without one, taking turns (each a fresh folder, database and worker),
+    images/s from the first publish to the last file filed and the last shadow row
+    written."""
+    from classifier.checkpoint import load_checkpoint, save_checkpoint
+
+    os.environ["REFUND_SORTER_BROKER_URL"] = broker
+    os.environ["REFUND_SORTER_SHADOW_RATE"] = str(shadow_rate)
+    scratch = Path(tempfile.mkdtemp(prefix="refund-sorter-bench-candidate-"))
+    runs: dict[str, list[dict]] = {"without": [], "with": []}
+    try:
+        if candidate is None:
+            ckpt = load_checkpoint(model)
+            note = f"{model.name} saved again, a candidate for benchmarks"
+            ckpt.meta = {**ckpt.meta, "note": note}
+            candidate = scratch / "candidate.pt"
+            save_checkpoint(ckpt, candidate)
+        print(f"{cpu_name()}, {os.cpu_count()} cores; shadow rate {shadow_rate}")
+        for i in range(repeat):
+            # Taking turns, so that a drift of the machine's pace weighs on both sides.
+            for side in ("without", "with") if i % 2 == 0 else ("with", "without"):
+                home = Home(data, limit, model, broker, batch_size, device, postgres)
+                home.env["REFUND_SORTER_SHADOW_RATE"] = str(shadow_rate)
+                try:
+                    r = shadow_sweep(home, processes, candidate if side == "with" else None)
+                finally:
+                    home.remove()
+                runs[side].append(r)
+                print(
+                    f"  {side} a candidate: {r['images_per_second']:.1f} images/s "
+                    f"({r['photos_shadowed']} of {r['photos_ok']} photos shadowed)",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    medians = {
+        side: statistics.median(r["images_per_second"] for r in rs) for side, rs in runs.items()
+    }
+    ratio = medians["with"] / medians["without"]
+    shadowed = runs["with"][0]["photos_shadowed"] / runs["with"][0]["photos_ok"]
+    print("\n| | images/s (median) | sweeps |")
+    print("|---|---|---|")
+    for side, rs in runs.items():
+        each = ", ".join(f"{r['images_per_second']:.1f}" for r in rs)
+        print(f"| {side} a candidate | {medians[side]:.1f} | {each} |")
+    print(f"with / without: {ratio:.2f}; {shadowed:.1%} of the photos shadowed")
+    if json_path:
+        report = {
+            "machine": cpu_name(),
+            "cores": os.cpu_count(),
+            "shadow_rate": shadow_rate,
+            "median_images_per_second": medians,
+            "ratio": ratio,
+            "shadowed_share": shadowed,
+            "runs": runs,
+        }
         Path(json_path).write_text(json.dumps(report, indent=2))
 
 

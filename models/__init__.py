@@ -1,7 +1,8 @@
 """SQL tables: one row per sweep run, one row per image content and model version, one row
 per review of a prediction; the review desk's claims on photos and its count of failed
 logins; the review threshold set for each model version; the model registry (one row per
-model version, and the log of the changes of the serving model).
+model version, and the log of the changes of the serving model); a candidate model's
+answers from its shadow runs.
 
 Tables are created and changed only by the Alembic migrations in ``migrations/``.
 """
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -286,3 +288,42 @@ class ModelPromotion(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     by: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ShadowPrediction(Base):
+    """A candidate model's answer on a photo the serving model classified, from a shadow run
+    (``worker.shadow``): one row per serving prediction and candidate version. It never moves
+    a file nor enters the CSV or the review desk; ``refund-sorter model compare`` judges the
+    candidate by these rows."""
+
+    __tablename__ = "shadow_predictions"
+    __table_args__ = (
+        # One answer per photo and candidate: a redelivered batch writes none a second time.
+        UniqueConstraint(
+            "prediction_id", "model_version", name="uq_shadow_predictions_prediction_model"
+        ),
+        # The comparison reads one candidate's rows.
+        Index("ix_shadow_predictions_model_version", "model_version"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # The serving model's row (status ok) for the same photo: its sweep, its answer.
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id"))
+    model_version: Mapped[str] = mapped_column(String(32))  # the candidate's
+    main_category: Mapped[str] = mapped_column(String(128))
+    main_confidence: Mapped[float] = mapped_column(Float)
+    sub_category: Mapped[str] = mapped_column(String(128))
+    sub_confidence: Mapped[float] = mapped_column(Float)
+    # The candidate's flag at the review threshold in force for its version then
+    # (refund_sorter.review_threshold), and that threshold.
+    needs_review: Mapped[bool] = mapped_column(Boolean)
+    review_threshold: Mapped[float] = mapped_column(Float)
+    # The chance this photo had of being shadowed (refund_sorter.shadow): 1.0 for one the
+    # serving model flagged or that was audited, else REFUND_SORTER_SHADOW_RATE then. The
+    # comparison weights each row by its inverse.
+    shadow_probability: Mapped[float] = mapped_column(Float)
+    # Seconds of forward pass per photo on this row's batch: the candidate's (over the
+    # photos shadowed) and the serving model's (over the batch's photos it classified).
+    candidate_seconds: Mapped[float] = mapped_column(Float)
+    serving_seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

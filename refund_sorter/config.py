@@ -83,6 +83,14 @@ class Settings(BaseSettings):
         description="Seeds the audit draw (any text or number): the same seed, model and photo "
         "always give the same draw; change it to draw a different sample.",
     )
+    shadow_rate: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="While a candidate model is registered, the share of the photos neither "
+        "flagged nor audited that workers also run it on (a fixed draw by content hash); the "
+        "flagged and audited ones are always run. 0: those alone.",
+    )
     gate_p_value: float = Field(
         0.05,
         gt=0,

@@ -17,7 +17,8 @@ from celery import signals
 
 from refund_sorter.celery_app import app
 from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK
-from worker.pipeline import ModelUnavailable
+from worker.pipeline import ModelUnavailable, load_model
+from worker.shadow import load_candidate_at_start
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ def load_model_at_start(**_) -> None:
         app.tasks[CLASSIFY_TASK].load_serving_model()
     except ModelUnavailable as exc:
         stop_taking_images(str(exc))
+        return
+    # The registered candidate too, if any, so that the first shadow run does not wait.
+    load_candidate_at_start(app.settings, load_model)
 
 
 @signals.worker_ready.connect

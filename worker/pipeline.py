@@ -4,11 +4,13 @@
 the producer queued, and the review threshold in force for the batch), ``prepare`` (read,
 verify, decode), ``predict`` (one forward pass), ``record`` (one transaction) and ``move``
 (each file where its row says, and the rows of the files that could not be moved corrected);
-then the CSV of each sweep the batch finished.
+then the CSV of each sweep the batch finished, and last the shadow run of a registered
+candidate model (``worker.shadow``), which changes none of it.
 """
 
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from refund_sorter.files import destination, inside, move_files, processed_desti
 from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
 from refund_sorter.messages import WorkItem
 from refund_sorter.review_threshold import review_threshold_in_force
+from worker.shadow import Classified, shadow
 
 log = logging.getLogger(__name__)
 # An item's outcome when its result was not stored: already stored by a redelivered task,
@@ -93,12 +96,23 @@ def load_classifier(settings: Settings, version: str, processes: int = 1):
     model."""
     import torch
 
-    from classifier.predict import Classifier
-
     path = model_file(settings, version)
     global _decoders
     _decoders = ThreadPoolExecutor(max(2, (os.cpu_count() or 1) // max(1, processes)))
     torch.set_num_threads(torch_threads(settings, processes))
+    return _load(settings, path, version)
+
+
+def load_model(settings: Settings, version: str):
+    """The model ``version`` from the model store, loaded as ``load_classifier`` loads it but
+    leaving this process's threads as they are: a shadow run's candidate (``worker.shadow``)
+    runs beside the serving model. The same errors."""
+    return _load(settings, model_file(settings, version), version)
+
+
+def _load(settings: Settings, path: Path, version: str):
+    from classifier.predict import Classifier
+
     try:
         clf = Classifier.from_path(path, settings.device, settings.precision)
     except Exception as exc:
@@ -134,10 +148,20 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
     """
     sessions = session_factory(settings.database_url)
     admitted, others, threshold = admit(items, clf, sessions, settings)
-    classified = predict(prepare(admitted, clf, settings), clf, threshold)
+    prepared = prepare(admitted, clf, settings)
+    started = time.perf_counter()
+    classified = predict(prepared, clf, threshold)
+    forward = time.perf_counter() - started
     results, stored, finished = record(admitted, classified, threshold, settings, sessions)
     move(admitted, results, stored, sessions)
     export_sweeps(sessions, finished, settings.export_dir)
+    filed = [
+        Classified(r, src, x)
+        for (_, src), x, r in zip(admitted, prepared, results, strict=True)
+        if r.status == ItemStatus.OK and r.content_hash in stored
+    ]
+    usable = sum(1 for x in prepared if not isinstance(x, Unusable))
+    shadow(filed, clf, forward / max(1, usable), settings, sessions, _decoders, load_model)
     statuses = [
         (it, r.status if r.content_hash in stored else IGNORED)
         for (it, _), r in zip(admitted, results, strict=True)

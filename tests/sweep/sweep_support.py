@@ -475,6 +475,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         REFUND_SORTER_ENVIRONMENT=settings.environment,
         REFUND_SORTER_AUDIT_RATE=str(settings.audit_rate),
         REFUND_SORTER_AUDIT_SEED=settings.audit_seed,
+        REFUND_SORTER_SHADOW_RATE=str(settings.shadow_rate),
+        REFUND_SORTER_PRECISION=settings.precision,
     )
     for name in ("reviewers", "review_secret_key"):
         if (secret := getattr(settings, name)) is not None:

@@ -1,0 +1,260 @@
+"""Shadow runs: while a candidate model is registered, each batch's photos that people will
+label, and a share of the others (``refund_sorter.shadow``), are classified by the candidate
+too, and its answers stored in ``shadow_predictions`` and nowhere else.
+
+``process_batch`` calls ``shadow`` once the batch's rows are committed, its files moved and
+its sweep's CSV written, so a shadow run never delays or changes how a photo is filed. It
+reuses the batch's decoded images when the candidate takes the same input size (each model
+normalises with its own mean and std in its forward pass), else decodes the files again
+where they were filed. Its rows are written by ``crud.record_shadow`` in a transaction of
+their own.
+
+This module owns the candidate loaded in this process: one at most. Which candidate is
+registered is asked for every batch (one query), so registering, promoting or retiring one
+applies from the next batch on without a restart; a candidate no longer registered is let
+go. A candidate that cannot be loaded, or whose forward pass raises, logs one error (once
+per version and process), and the batches go on exactly as without it; it is tried again,
+silently, after ``RETRY_SECONDS``.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from refund_sorter import crud
+from refund_sorter.config import Settings
+from refund_sorter.crud import ItemResult, ShadowAnswer
+from refund_sorter.db import session_factory
+from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
+from refund_sorter.review_threshold import review_threshold_in_force
+from refund_sorter.shadow import shadow_probability
+
+log = logging.getLogger(__name__)
+
+# How long a candidate that failed is left alone before this process tries it again (its
+# file may have been stored again meanwhile). Short enough for a night, long enough that a
+# broken file costs next to nothing.
+RETRY_SECONDS = 600.0
+
+
+# Loads a model version from the store, as the serving model is loaded (``worker.pipeline``).
+Loader = Callable[[Settings, str], object]
+
+
+@dataclass
+class _Held:
+    version: str
+    model: object | None  # None: it failed, at ``failed_at`` (time.monotonic())
+    failed_at: float = 0.0
+
+
+_held: _Held | None = None
+# The candidate versions whose failure this process has logged: each is logged once.
+_reported: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Classified:
+    """One photo of a batch the serving model classified: its stored result, where its file
+    was and went, and its decoded input."""
+
+    result: ItemResult
+    source: Path
+    tensor: object
+
+
+def shadow(
+    batch: list[Classified],
+    clf,
+    serving_seconds: float,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    decoders: Executor,
+    load: Loader,
+) -> int:
+    """Run the registered candidate, if any, on the photos of ``batch`` chosen for it and
+    store its answers; return how many were stored. ``load(settings, version)`` loads a
+    model from the store, as the serving one is loaded. Never raises: the batch is filed
+    already, and a shadow run must not fail it."""
+    try:
+        return _shadow(batch, clf, serving_seconds, settings, sessions, decoders, load)
+    except Exception as exc:  # a bug of its own must not fail the batch either
+        log.error(
+            "shadow run failed (%s: %s); the batch is filed as without it", type(exc).__name__, exc
+        )
+        return 0
+
+
+def _shadow(
+    batch: list[Classified],
+    clf,
+    serving_seconds: float,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    decoders: Executor,
+    load: Loader,
+) -> int:
+    try:
+        with sessions() as session:
+            entry = crud.candidate_model(session)
+    except Exception as exc:
+        log.warning("shadow run skipped: cannot read which candidate is registered: %s", exc)
+        return 0
+    if entry is None or entry.version == clf.version:
+        _let_go("no candidate is registered")
+        return 0
+    version = entry.version
+    chosen = [
+        (photo, p)
+        for photo in batch
+        if (
+            p := shadow_probability(
+                photo.result.content_hash,
+                settings.shadow_rate,
+                needs_review=photo.result.needs_review,
+                audited=photo.result.audited,
+            )
+        )
+        is not None
+    ]
+    if not chosen or (candidate := _candidate(settings, version, load)) is None:
+        return 0
+    try:
+        with sessions() as session:
+            threshold = review_threshold_in_force(
+                session,
+                settings,
+                model_version=version,
+                model_threshold=candidate.review_threshold,
+            ).value
+    except Exception as exc:
+        log.warning("shadow run skipped: cannot read the candidate's review threshold: %s", exc)
+        return 0
+    try:
+        inputs = _inputs(chosen, clf, candidate, decoders)
+        started = time.perf_counter()
+        answers = candidate.predict_tensors([x for _, _, x in inputs], threshold) if inputs else []
+        seconds = (time.perf_counter() - started) / max(1, len(inputs))
+    except Exception as exc:
+        _failed(version, "failed in its forward pass", exc)
+        return 0
+    rows = [
+        ShadowAnswer(
+            photo.result.content_hash,
+            a.main,
+            a.main_confidence,
+            a.sub,
+            a.sub_confidence,
+            a.needs_review,
+            p,
+        )
+        for (photo, p, _), a in zip(inputs, answers, strict=True)
+    ]
+    try:
+        with sessions.begin() as session:
+            written = crud.record_shadow(
+                session,
+                serving_version=clf.version,
+                candidate_version=version,
+                answers=rows,
+                review_threshold=threshold,
+                candidate_seconds=seconds,
+                serving_seconds=serving_seconds,
+            )
+    except Exception as exc:
+        log.warning("shadow run of candidate %s not stored: %s", version, exc)
+        return 0
+    log.info("shadow run of candidate model %s: %d photos", version, written)
+    return written
+
+
+def _inputs(chosen: list, clf, candidate, decoders: Executor) -> list:
+    """(photo, shadow probability, the candidate's input) for each chosen photo it can be
+    given: the batch's decoded image when the candidate takes the serving model's input
+    size, else the filed file decoded again at the candidate's (a file gone meanwhile, or
+    changed, is left out)."""
+    if candidate.checkpoint.image_size == clf.checkpoint.image_size:
+        return [(photo, p, photo.tensor) for photo, p in chosen]
+    tensors = decoders.map(lambda pair: _decode_again(pair[0], candidate), chosen)
+    return [(photo, p, x) for (photo, p), x in zip(chosen, tensors, strict=True) if x is not None]
+
+
+def _decode_again(photo: Classified, candidate):
+    """The candidate's input for a filed photo, read where its row says it went (or where it
+    was, if its move failed); None if neither holds its bytes."""
+    for path in (photo.result.final_path, photo.source):
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            continue
+        if sha256_bytes(data) == photo.result.content_hash:
+            try:
+                return candidate.preset(open_rgb(data, min_size=candidate.checkpoint.image_size))
+            except UnreadableImage:
+                return None
+    return None
+
+
+def load_candidate_at_start(settings: Settings, load: Loader) -> None:
+    """Load the registered candidate, if any, as a worker process starts (after its serving
+    model), so that its first batch does not wait for it; a candidate that cannot be loaded
+    is logged as a batch would log it."""
+    try:
+        with session_factory(settings.database_url)() as session:
+            entry = crud.candidate_model(session)
+    except Exception as exc:
+        log.warning("cannot read which candidate is registered (%s): the first batch asks", exc)
+        return
+    if entry is not None:
+        _candidate(settings, entry.version, load)
+
+
+def _candidate(settings: Settings, version: str, load: Loader):
+    """The loaded candidate ``version``, loading it (and letting another go) if need be;
+    None while it is failing."""
+    global _held
+    if (
+        _held is not None
+        and _held.version == version
+        and (_held.model is not None or time.monotonic() - _held.failed_at < RETRY_SECONDS)
+    ):
+        return _held.model
+    _let_go(f"model {version} is the candidate now")  # one candidate in memory at most
+    try:
+        model = load(settings, version)
+    except Exception as exc:
+        _failed(version, "cannot be loaded", exc)
+        return None
+    _held = _Held(version, model)
+    log.info("loaded candidate model %s for shadow runs", version)
+    return model
+
+
+def _let_go(why: str) -> None:
+    """Unload the candidate held, if any."""
+    global _held
+    if _held is not None and _held.model is not None:
+        log.info("candidate model %s let go: %s", _held.version, why)
+    _held = None
+
+
+def _failed(version: str, what: str, exc: Exception) -> None:
+    global _held
+    _held = _Held(version, None, time.monotonic())
+    if version in _reported:
+        return
+    _reported.add(version)
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    log.error(
+        "candidate model %s %s (%s: %s): no shadow runs of it in this process; the photos "
+        "are classified and filed as without it",
+        version,
+        what,
+        type(exc).__name__,
+        first_line,
+    )
