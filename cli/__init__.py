@@ -1,6 +1,7 @@
 """The ``refund-sorter`` command line, by audience: ``cli.model`` for whoever trains and
 checks the model (train, cv-summary, evaluate, quantize, classify), ``cli.registry`` for
-whoever decides which model serves (model list, register, promote, rollback),
+whoever decides which model serves (model list, register, promote, rollback), with
+``cli.comparison`` (model compare, and the gate in front of promote),
 ``cli.operations`` for
 the operators (sweep, runs, export, db upgrade, flower), ``cli.review_desk`` for the review
 desk (review-server, export-training-set, accuracy, threshold).
@@ -12,7 +13,7 @@ commands that need them, so ``refund-sorter --help``, ``db`` and ``export`` star
 
 import click
 
-from cli import model, operations, registry, review_desk
+from cli import comparison, model, operations, registry, review_desk
 
 
 @click.group()
@@ -39,3 +40,4 @@ for command in (
     review_desk.threshold,
 ):
     main.add_command(command)
+registry.model_group.add_command(comparison.compare)

@@ -145,8 +145,11 @@ def gate_promotion(
         raise UserError("--reason goes with --force")
     with session_factory(settings.database_url)() as session:
         serving = crud.serving_model(session)
-    if serving is not None and serving.version == version:
-        return None  # it serves already: nothing to judge, and promote changes nothing
+        known = crud.model_entry(session, version) is not None
+    if not known or (serving is not None and serving.version == version):
+        # Unknown: promote says so, with the versions it knows. Serving already: nothing to
+        # judge, and promote changes nothing.
+        return None
     compared = models_compared(settings, version)
     live, folder, decision = run_comparison(settings, compared, data_dir)
     for line in comparison_lines(compared, live, folder, decision, promoting=True):
