@@ -226,8 +226,14 @@ def census(k: int, n: int) -> Estimate:
 def figure(estimate: Estimate) -> str:
     """An estimate with its interval, count and method; one counted on every photo, which
     has no sampling error, without an interval."""
-    if estimate.method == CENSUS and estimate.value is not None:
+    if estimate.method == CENSUS:
+        if estimate.value is None:
+            return "n/a (no photo classified)"
         return f"{100 * estimate.value:.1f}% of {estimate.n} photos (every photo counted)"
+    if estimate.method == HAJEK and estimate.value is None:
+        if estimate.n:
+            return "n/a (none of the photos neither flagged nor audited was shadowed yet)"
+        return "n/a (no photo shadowed)"
     return share(estimate)
 
 
@@ -281,6 +287,7 @@ class Live:
     flagged_candidate: Estimate  # estimated from the shadowed photos
     serving_seconds: float | None  # median forward time per photo
     candidate_seconds: float | None
+    others: int = 0  # photos neither flagged nor audited: shadowed only by chance
     sampling: str = (
         "every photo the serving model flagged or that was audited, and a random share of "
         "the others (weighted by 1 / that share); accuracy from the reviewed flagged photos "
@@ -329,6 +336,7 @@ class Tallies:
     seconds: list[tuple[float, float, int]]  # (serving, candidate) per photo, and photos
     left_out: LeftOut
     training_photos_known: bool
+    others: int = 0  # photos neither flagged nor audited: shadowed only by chance
 
 
 def live_figures(t: Tallies) -> Live:
@@ -336,6 +344,15 @@ def live_figures(t: Tallies) -> Live:
     photos = sum(t.sizes.values())
     flagged = sum(n for (_, is_flagged), n in t.sizes.items() if is_flagged)
     main, sub = (paired_strata(t.labelled, t.sizes, level) for level in LEVELS)
+    # The photos shadowed only by chance stand for all the others; with none drawn yet the
+    # estimates would be those of the flagged and audited photos alone, with no interval.
+    drawn = any(g.photos and g.chance < 1 for g in t.groups)
+
+    def weighted(tally: str) -> Estimate:
+        if t.others and not drawn:
+            return Estimate(None, None, None, sum(g.photos for g in t.groups), HAJEK)
+        return hajek(t.groups, tally)
+
     return Live(
         candidate=t.candidate,
         serving=t.serving,
@@ -348,12 +365,13 @@ def live_figures(t: Tallies) -> Live:
         audits_undecided=t.audits_undecided,
         left_out=t.left_out,
         training_photos_known=t.training_photos_known,
-        agreement_main=hajek(t.groups, "agree_main"),
-        agreement_sub=hajek(t.groups, "agree_sub"),
+        agreement_main=weighted("agree_main"),
+        agreement_sub=weighted("agree_sub"),
         main=main,
         sub=sub,
+        others=t.others,
         flagged_serving=census(flagged, photos),
-        flagged_candidate=hajek(t.groups, "candidate_flagged"),
+        flagged_candidate=weighted("candidate_flagged"),
         serving_seconds=median((s, n) for s, _, n in t.seconds),
         candidate_seconds=median((c, n) for _, c, n in t.seconds),
     )
@@ -513,11 +531,13 @@ def live_tallies(
         learned,
     )
     sizes: dict[tuple[int, bool], int] = {}
-    audits_undecided = 0
+    audits_undecided = others = 0
     for (sweep, flagged, audited), (photos, decided) in strata.items():
         sizes[(sweep, bool(flagged))] = sizes.get((sweep, bool(flagged)), 0) + photos
         if audited and not flagged:
             audits_undecided += photos - decided
+        elif not flagged:
+            others += photos
 
     shadow = ShadowPrediction
     answered = and_(
@@ -598,6 +618,7 @@ def live_tallies(
             labelled=learned_labelled,
         ),
         training_photos_known=known,
+        others=others,
     )
 
 

@@ -12,6 +12,7 @@ from review.comparison import (
     ShadowGroup,
     Tallies,
     exact_binomial_p,
+    figure,
     gate,
     hajek,
     live_figures,
@@ -241,3 +242,17 @@ def test_flagged_share_speed_and_counts_of_the_live_figures():
     assert found.left_out == LeftOut(3, 2, 1) and found.labelled_without_candidate == 2
     assert found.sub.serving_only == 4 and found.main.serving_only == 0
     assert median([]) is None
+
+
+def test_no_estimate_for_the_others_before_one_of_them_is_shadowed():
+    # 40 flagged photos shadowed for certain; 300 others, none drawn yet (or a rate of 0).
+    sizes = {(1, True): 40, (1, False): 300}
+    certain = [ShadowGroup(1.0, 40, 30, 30, 10)]
+    found = live_figures(tallies(sizes, [], groups=certain, others=300))
+    for estimate in (found.agreement_main, found.agreement_sub, found.flagged_candidate):
+        assert estimate.value is None and estimate.n == 40
+    assert figure(found.agreement_sub).startswith("n/a (none of the photos neither flagged")
+    drawn = [*certain, ShadowGroup(0.1, 30, 30, 30, 0)]
+    assert live_figures(tallies(sizes, [], groups=drawn, others=300)).agreement_sub.value == (
+        pytest.approx((30 + 300) / (40 + 300))
+    )
