@@ -221,8 +221,8 @@ class Registration:
 def register(settings: Settings, source: Path, by: str, *, replace: bool = False) -> Registration:
     """Store the checkpoint at ``source`` and register it as the candidate. One candidate
     at a time: with one registered already, UserError, unless ``replace`` (then that one is
-    retired, by ``by``). A version registered before stays as it is (its file stored if the
-    store lacked it)."""
+    retired, by ``by``). A version registered before stays as it is (its file stored again
+    if the store lacks it or holds a damaged copy)."""
     source = Path(source)
     figures = checkpoint_figures(read_payload(source))
     version = model_version(source)
@@ -231,15 +231,17 @@ def register(settings: Settings, source: Path, by: str, *, replace: bool = False
     with sessions() as session:
         existing = crud.model_entry(session, version)
     if existing is not None:
-        stored = False
         kept = Path(settings.model_store) / (existing.file_name or f"{version}.pt")
-        if existing.file_name is None or not kept.is_file():
+        intact = (
+            existing.file_name is not None and kept.is_file() and model_version(kept) == version
+        )
+        if not intact:  # missing (the upgrade found it only on rows) or damaged
             name = _publish(settings, source, version)
             with sessions.begin() as session:
                 crud.store_model_file(session, version=version, file_name=name, figures=figures)
-            stored = True
         with sessions() as session:
-            return Registration(crud.model_entry(session, version), already=True, stored=stored)
+            entry = crud.model_entry(session, version)
+        return Registration(entry, already=True, stored=not intact)
     name = _publish(settings, source, version)
     try:
         with sessions.begin() as session:
@@ -335,7 +337,10 @@ def _serve(
     path = model_file(settings, version)
     found = model_version(path)
     if found != version:
-        raise UserError(f"the model store's file {path} holds model {found}, not {version}")
+        raise UserError(
+            f"the model store's file {path} holds model {found}, not {version} (damaged?): "
+            "register the model's file again"
+        )
     sessions = session_factory(settings.database_url)
     started = time.monotonic()
     said = False

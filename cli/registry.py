@@ -146,7 +146,7 @@ def register(file: Path, by: str | None, replace: bool) -> None:
     result = registry.register(settings, file, by, replace=replace)
     entry = result.entry
     if result.already:
-        stored = "; its file was missing from the model store and is stored now"
+        stored = "; the model store lacked its file (or held a damaged copy): stored now"
         click.echo(
             f"model {entry.version} is already registered: {entry.role}, registered "
             f"{_at_by(entry.registered_at, entry.registered_by)}{stored if result.stored else ''}"

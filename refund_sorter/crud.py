@@ -823,9 +823,9 @@ def make_serving(
     replaced: str | None = None,
 ) -> ModelPromotion:
     """Make the registered ``version`` the serving model, in the caller's transaction, which
-    holds the sweep lock (``take_sweep_lock``): the model serving until now is retired, and
-    the change is logged. ``replaced``: what served before, when no model serves now (the
-    first serving model of an upgraded install)."""
+    holds the sweep lock (``take_sweep_lock``) when a model serves already: the model serving
+    until now is retired, and the change is logged. ``replaced``: what served before, when
+    no model serves now (the first serving model of an upgraded install)."""
     now = utcnow()
     current = serving_model(session)
     if current is not None:
@@ -868,7 +868,7 @@ def first_serving(
         entry.file_name, entry.figures = file_name, figures
     before = session.scalar(
         select(SweepRun.model_version)
-        .where(SweepRun.model_version != version, SweepRun.trigger != PROMOTION_TRIGGER)
+        .where(SweepRun.model_version != version)
         .order_by(SweepRun.id.desc())
         .limit(1)
     )

@@ -7,6 +7,7 @@ On SQLite and PostgreSQL where the database is all that matters; real Celery wor
 Redis, and PostgreSQL, where the workers and the lock are what is tested.
 """
 
+import json
 import sys
 import threading
 import time
@@ -178,6 +179,17 @@ def test_register_promote_and_roll_back_each_recorded_with_who(settings, tiny_mo
         ["first", a],
     ]
     assert history[0].endswith(f"{a} (replaced {b}) by carl")
+    as_json = json.loads(model_cli("list", "--json").output)
+    assert [(m["version"], m["role"], m["registered_by"]) for m in as_json["models"]] == [
+        (b, "retired", "anna"),
+        (a, "serving", registry.MODEL_PATH_BY),
+    ]
+    assert as_json["models"][1]["file"] == f"{a}.pt"
+    assert [(c["action"], c["version"], c["by"]) for c in as_json["changes"]] == [
+        ("rollback", a, "carl"),
+        ("promote", b, "ben"),
+        ("first", a, registry.MODEL_PATH_BY),
+    ]
 
 
 def test_rollback_goes_back_one_promotion_at_a_time(settings, tiny_model, other_models):
@@ -539,3 +551,33 @@ def test_a_sweep_that_starts_during_a_promotion_waits_and_takes_the_new_model(
         assert (
             session.scalar(text("SELECT count(*) FROM sweep_runs WHERE trigger = 'promotion'")) == 0
         )
+
+
+@pytest.mark.services
+def test_a_model_file_replaced_mid_night_strands_no_photo(
+    worker_settings, start_worker, tiny_model, other_models, tmp_path
+):
+    """What used to leave most of a night queued: the file at REFUND_SORTER_MODEL_PATH
+    replaced by another model while the night's photos wait, then a worker (re)started.
+    The registry still serves the night's model, from the store, and the worker says that
+    the file is not the serving model."""
+    model_path = tmp_path / "model.pt"
+    model_path.write_bytes(tiny_model.path.read_bytes())
+    settings = worker_settings.model_copy(update={"model_path": model_path})
+    (b_path, b), _ = other_models
+    add_images(Incoming(settings.incoming_dir), 30, seed=66)
+    run = run_sweep(settings, dispatch=publish, trigger="manual").run
+    assert (run.enqueued, run.model_version) == (30, tiny_model.version)
+    model_path.write_bytes(b_path.read_bytes())  # the old way of deploying a model
+
+    worker = start_worker(settings)
+    done = wait_for_run(settings, run.id, timeout=180, logs=[worker])
+
+    assert (done.status, done.succeeded, done.pending) == ("finished", 30, 0)
+    rows = night_rows(settings, run.id)
+    assert {(p.status, p.model_version) for p in rows} == {(ItemStatus.OK, tiny_model.version)}
+    assert (
+        f"the file at REFUND_SORTER_MODEL_PATH ({model_path}) is model {b}, not the serving "
+        f"model {tiny_model.version}"
+    ) in worker.log()
+    assert b not in entries(settings)
