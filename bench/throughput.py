@@ -223,13 +223,27 @@ def children(pid: int) -> list[int]:
     return [int(x) for x in out.split()]
 
 
+def warmup_photos(folder: Path, count: int, side: int = 480) -> None:
+    """``count`` photo-sized JPEGs of random colours and noise, each of its own content."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        base = rng.integers(0, 256, size=3)
+        arr = base + rng.normal(0, 30, size=(side, side, 3))
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(folder / f"warm-{i:04d}.jpg")
+
+
 def celery_sweep(
-    home: Home, processes: int, pool: str = "", done=None, loads=("loaded model",)
+    home: Home, processes: int, pool: str = "", done=None, loads=("loaded model",), warmup=0
 ) -> dict:
     """A sweep through Redis and one ``celery -A worker worker`` (``-c processes``; 0: the
     default), started once each process has logged each of ``loads``, timed from the
     producer's publish to the last file moved (and until ``done(run_id)`` is true, when
-    given)."""
+    given). With ``warmup``, a sweep of as many generated photos first, untimed: a
+    process's first batches run slower than the rest."""
     import redis
 
     from producer.sweep import run_sweep
@@ -258,6 +272,20 @@ def celery_sweep(
                 raise RuntimeError(f"the worker did not start: see {log}")
             time.sleep(0.05)
         ready = time.perf_counter() - began
+        sessions = session_factory(settings.database_url)
+        if warmup:
+            held = home.path / "held"
+            home.incoming.rename(held)
+            warmup_photos(home.incoming, warmup)
+            run = run_sweep(settings, dispatch=publish, trigger="manual").run
+            while True:
+                with sessions() as session:
+                    finished = get_sweep(session, run.id).finished_at is not None
+                if finished and home.left() == 0 and (done is None or done(run.id)):
+                    break
+                time.sleep(0.05)
+            shutil.rmtree(home.incoming)
+            held.rename(home.incoming)
         pids = [worker.pid, *children(worker.pid)]
         cpu_before = [proc_stat(p)[0] for p in pids]
         published = []
@@ -267,7 +295,6 @@ def celery_sweep(
             publish(items)
 
         run = run_sweep(settings, dispatch=timed_publish, trigger="manual").run
-        sessions = session_factory(settings.database_url)
         while True:
             with sessions() as session:
                 finished = get_sweep(session, run.id).finished_at is not None
@@ -455,7 +482,7 @@ def table(
         Path(json_path).write_text(json.dumps(report, indent=2))
 
 
-def shadow_sweep(home: Home, processes: int, candidate: Path | None) -> dict:
+def shadow_sweep(home: Home, processes: int, candidate: Path | None, warmup: int) -> dict:
     """``celery_sweep`` with ``candidate`` registered (None: without one), timed until the
     last shadow row is written too: a batch's shadow run follows its filing."""
     from sqlalchemy import func, select
@@ -469,32 +496,37 @@ def shadow_sweep(home: Home, processes: int, candidate: Path | None) -> dict:
     if candidate is not None:
         registry.register(settings, candidate, by="bench")
     sessions = session_factory(settings.database_url)
-    due: list[int] = []
+    due: dict[int, tuple[int, int]] = {}  # per sweep: (photos due a shadow run, photos ok)
 
     def shadowed(run_id: int) -> bool:
-        """Whether every photo due a shadow run has its row."""
+        """Whether every photo of the sweep due a shadow run has its row."""
         with sessions() as session:
-            if not due:
+            if run_id not in due:
                 ok = session.execute(
                     select(
                         Prediction.content_hash, Prediction.needs_review, Prediction.audited
                     ).where(Prediction.sweep_run_id == run_id, Prediction.status == ItemStatus.OK)
                 ).all()
-                due.append(
-                    sum(
-                        candidate is not None
-                        and shadow_probability(h, settings.shadow_rate, needs_review=r, audited=a)
-                        is not None
-                        for h, r, a in ok
-                    )
+                shadows = sum(
+                    candidate is not None
+                    and shadow_probability(h, settings.shadow_rate, needs_review=r, audited=a)
+                    is not None
+                    for h, r, a in ok
                 )
-                due.append(len(ok))
-            return session.scalar(select(func.count()).select_from(ShadowPrediction)) >= due[0]
+                due[run_id] = (shadows, len(ok))
+            written = session.scalar(
+                select(func.count())
+                .select_from(ShadowPrediction)
+                .join(Prediction, Prediction.id == ShadowPrediction.prediction_id)
+                .where(Prediction.sweep_run_id == run_id)
+            )
+            return written >= due[run_id][0]
 
     # Each process loads the candidate as it starts, after its serving model.
     loads = ("loaded model", "loaded candidate model") if candidate else ("loaded model",)
-    run = celery_sweep(home, processes, done=shadowed, loads=loads)
-    return {**run, "photos_shadowed": due[0], "photos_ok": due[1]}
+    run = celery_sweep(home, processes, done=shadowed, loads=loads, warmup=warmup)
+    timed = max(due)  # the warm-up sweep comes first
+    return {**run, "photos_shadowed": due[timed][0], "photos_ok": due[timed][1]}
 
 
 @cli.command()
@@ -513,12 +545,24 @@ def shadow_sweep(home: Home, processes: int, candidate: Path | None) -> dict:
 @click.option("--processes", default=0, show_default=True, help="-c; 0: the worker's default.")
 @click.option("--shadow-rate", default=0.1, show_default=True)
 @click.option("--broker", default="redis://127.0.0.1:6379/14", show_default=True)
-@click.option("--postgres", default="", help="As for table. Default: SQLite.")
+@click.option(
+    "--postgres",
+    default="",
+    help="As for table. Default: SQLite, where the pool processes' commits wait for each "
+    "other, which on a sweep of a few seconds weighs more than the candidate.",
+)
 @click.option(
     "--repeat",
     default=5,
     show_default=True,
     help="Sweeps with a candidate and as many without, taking turns; each side reports the median.",
+)
+@click.option(
+    "--warmup",
+    default=128,
+    show_default=True,
+    help="Generated photos each worker sweeps first, untimed: a process's first batches run "
+    "slower than the rest, which on a short sweep would weigh on the result.",
 )
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write them.")
 def shadow(
@@ -533,6 +577,7 @@ def shadow(
     broker,
     postgres,
     repeat,
+    warmup,
     json_path,
 ) -> None:
     """What a registered candidate costs: sweeps through a real worker with a candidate
@@ -559,7 +604,7 @@ def shadow(
                 home = Home(data, limit, model, broker, batch_size, device, postgres)
                 home.env["REFUND_SORTER_SHADOW_RATE"] = str(shadow_rate)
                 try:
-                    r = shadow_sweep(home, processes, candidate if side == "with" else None)
+                    r = shadow_sweep(home, processes, candidate if side == "with" else None, warmup)
                 finally:
                     home.remove()
                 runs[side].append(r)
