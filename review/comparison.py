@@ -10,7 +10,9 @@ Two sources, the same figures where both have them:
     each shadowed photo weighted by 1 / its chance of being shadowed. Computed as strata of
     equal chance, each of estimated size ``n / chance``, with ``review.accuracy.stratified``
     (which gives exactly the Hajek ratio, and its stratified variance and interval); the
-    photos shadowed for certain (chance 1) add no sampling error.
+    photos shadowed for certain (chance 1) add no sampling error. Until one of the other
+    photos is shadowed there is no estimate: it would be that of the flagged and audited
+    photos alone, with no interval to show it.
   - *accuracy* of both models on the photos people labelled (the latest review not undone
     of a flagged photo, and the decided audits), each night's flagged and unflagged stratum
     weighted by its share of the photos exactly as ``review.accuracy`` weights them; and the
@@ -40,6 +42,7 @@ from pathlib import Path
 from sqlalchemy import Select, and_, case, func, select
 from sqlalchemy.orm import Session
 
+from classifier import registry
 from classifier.checkpoint_taxonomy import read_payload
 from models import ItemStatus, ModelVersion, Prediction, ShadowPrediction, SweepRun
 from refund_sorter import crud
@@ -440,8 +443,6 @@ class Compared:
 def models_compared(settings: Settings, version: str | None = None) -> Compared:
     """The registered candidate (or the registered ``version``) and the serving model, with
     their files in the model store; UserError, in plain words, when either is missing."""
-    from classifier import registry
-
     serving = registry.serving_model(settings)
     with session_factory(settings.database_url)() as session:
         if version is None:
