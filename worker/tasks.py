@@ -35,6 +35,7 @@ from refund_sorter.messages import CLASSIFY_TASK, WorkItem, read_task
 from worker.events import report_to_flower
 from worker.lifecycle import classifying_processes, stop_taking_images
 from worker.pipeline import (
+    IGNORED,
     BatchOutcome,
     ModelUnavailable,
     load_classifier,
@@ -142,7 +143,9 @@ def classify(self, requests) -> None:
     for it in items:
         by_model.setdefault(it.model_version, []).append(it)
     outcome = BatchOutcome()
-    classified = not items  # a batch of refused entries only is reported as such
+    # Whether the batch is done with (not put back, not retried), to be logged and reported;
+    # a batch of refused entries only is reported as such.
+    classified = not items
     for version, group in by_model.items():
         try:
             statuses = process_batch(group, self.classifier_for(version), settings).statuses
@@ -150,6 +153,8 @@ def classify(self, requests) -> None:
             # No worker can classify for it. Its rows stay queued and its files untouched: the
             # stall check releases their sweep, and the next sweep takes them over.
             log.error("left %d images for model %s as they are: %s", len(group), version, exc)
+            outcome.statuses += [(it, IGNORED) for it in group]
+            classified = True
         except ModelUnavailable as exc:
             # Not the images' fault: put them back as they came, for a worker that has a model.
             stop_taking_images(str(exc))

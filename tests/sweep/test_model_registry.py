@@ -8,6 +8,7 @@ Redis, and PostgreSQL, where the workers and the lock are what is tested.
 """
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -581,3 +582,41 @@ def test_a_model_file_replaced_mid_night_strands_no_photo(
         f"model {tiny_model.version}"
     ) in worker.log()
     assert b not in entries(settings)
+
+
+def test_a_batch_is_classified_by_the_models_its_tasks_were_enqueued_for(
+    settings, tiny_model, monkeypatch, caplog
+):
+    """In one worker process: each task's items go to the model they name, loaded from the
+    store; items for a version the registry has no file for are left as they are."""
+    from collections import OrderedDict
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import worker.tasks as tasks
+    from refund_sorter.messages import task_args
+
+    add_images(Incoming(settings.incoming_dir), 4, seed=67)
+    items = []
+    run = run_sweep(settings, dispatch=items.extend, trigger="manual").run
+    stranger = [replace(it, model_version="0123456789ab") for it in items[:2]]
+    monkeypatch.setattr(tasks.app, "settings", settings)
+    monkeypatch.setattr(tasks.ClassifierTask, "_loaded", OrderedDict())
+    monkeypatch.setattr(tasks, "report_to_flower", lambda *args: None)
+    requests = [
+        SimpleNamespace(id=f"task-{i}", args=task_args(part), hostname="w1@test")
+        for i, part in enumerate((stranger, items))
+    ]
+
+    with caplog.at_level(logging.INFO, logger="worker.tasks"):
+        tasks.classify.run(requests)
+
+    assert list(tasks.ClassifierTask._loaded) == [tiny_model.version]
+    assert get_run(settings, run.id).status == SweepStatus.FINISHED
+    assert {(p.status, p.model_version) for p in night_rows(settings, run.id)} == {
+        (ItemStatus.OK, tiny_model.version)
+    }
+    assert "left 2 images for model 0123456789ab as they are: model 0123456789ab is not " in (
+        caplog.text
+    )
+    assert "batch of 6 images: 4 ok, 0 failed, 2 ignored, 0 refused" in caplog.text
