@@ -2,10 +2,13 @@
 precision and recall, both confusion matrices, how well the confidences are calibrated,
 what each review threshold would flag, and each precision mode's accuracy, agreement with
 fp32 and speed (JSON), and PNGs of the matrices, the reliability diagram and the coverage
-against accuracy."""
+against accuracy. ``answer_folder`` runs two models on the same photos of a labelled folder
+(``refund-sorter model compare --data``, whose figures ``review.comparison`` draws)."""
 
 import json
 import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,8 +21,9 @@ from classifier.calibration import (
     outcomes,
 )
 from classifier.data import load_images
-from classifier.predict import Classifier
+from classifier.predict import Classification, Classifier
 from classifier.taxonomy import read_layout, relabel
+from refund_sorter.images import sha256_file
 
 DEFAULT_TARGET = 0.97  # for a model that records no review target of its own
 
@@ -283,3 +287,95 @@ def plot_coverage(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+@dataclass
+class ModelAnswers:
+    """One model's answers on a folder's photos, in their order, and its speed on them."""
+
+    version: str
+    precision: str
+    review_threshold: float
+    answers: list[Classification]
+    images_per_second: float
+
+
+@dataclass
+class FolderAnswers:
+    """Several models' answers on the same photos of a labelled folder."""
+
+    truth: list[tuple[str, str]]  # (main, sub) of each photo answered
+    models: dict[str, ModelAnswers]  # by the name the caller gave each model
+    left_out: int  # photos whose content is among ``leave_out`` (learned by a model)
+    not_in_categories: dict[str, int] = field(default_factory=dict)  # main/sub -> photos
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def answer_folder(
+    models: dict[str, tuple[Path, float]],
+    data_dir: Path,
+    *,
+    leave_out: Collection[str] = (),
+    batch_size: int = 64,
+    device: str = "auto",
+    precision: str = "auto",
+    mapping: Path | None = None,
+) -> FolderAnswers:
+    """Run each model (name -> (checkpoint, review threshold)) on the photos of ``data_dir``
+    (laid out ``<main>/<sub>/<image>``) that every model has a category for, that every model
+    can read, and whose content hash is not in ``leave_out``. Each model's images per second
+    are measured on the same photos, one model after the other, after a warm-up batch."""
+    classifiers = {
+        name: Classifier.from_path(path, device, precision, threshold)
+        for name, (path, threshold) in models.items()
+    }
+    layout = read_layout(data_dir, mapping, min_subs=1)
+    tax = layout.taxonomy
+    files, not_in_categories, left_out = [], {}, 0
+    for path, index in layout.files:
+        main, sub = tax.main[tax.sub_to_main[index]], tax.sub[index]
+        if any(c.taxonomy.index_of(main, sub) is None for c in classifiers.values()):
+            not_in_categories[f"{main}/{sub}"] = not_in_categories.get(f"{main}/{sub}", 0) + 1
+        elif leave_out and sha256_file(path) in leave_out:
+            left_out += 1
+        else:
+            files.append((path, (main, sub)))
+    # Each model decodes at its own image size; a photo counts only if every model read it.
+    numbered = [(path, i) for i, (path, _) in enumerate(files)]
+    loaded, unreadable = {}, {}
+    for name, clf in classifiers.items():
+        data = load_images(numbered, clf.preset, clf.checkpoint.image_size, f"decoding for {name}")
+        loaded[name] = data
+        unreadable.update(data.skipped)
+    readable = set(range(len(files)))
+    for data in loaded.values():
+        readable &= set(data.labels.tolist())
+    kept = sorted(readable)
+    answered = {}
+    for name, clf in classifiers.items():
+        data = loaded[name]
+        rows = {int(i): row for row, i in enumerate(data.labels.tolist())}
+        images = data.images[[rows[i] for i in kept]] if kept else data.images[:0]
+        if len(images):
+            clf.predict_tensors(images[:batch_size])  # warm-up: not timed
+        start = time.perf_counter()
+        answers = [
+            a
+            for at in range(0, len(images), batch_size)
+            for a in clf.predict_tensors(images[at : at + batch_size])
+        ]
+        seconds = time.perf_counter() - start
+        answered[name] = ModelAnswers(
+            clf.version,
+            clf.precision,
+            clf.review_threshold,
+            answers,
+            len(images) / seconds if seconds > 0 else 0.0,
+        )
+    return FolderAnswers(
+        [files[i][1] for i in kept],
+        answered,
+        left_out,
+        not_in_categories,
+        sorted(unreadable.items()),
+    )

@@ -1,9 +1,10 @@
 """The ``refund-sorter`` command line, by audience: ``cli.model`` for whoever trains and
 checks the model (train, cv-summary, evaluate, quantize, classify), ``cli.registry`` for
-whoever decides which model serves (model list, register, promote, rollback),
-``cli.operations`` for the operators (sweep, runs, export, db upgrade, flower,
-metrics-server), ``cli.review_desk`` for the review desk (review-server, export-training-set,
-accuracy, threshold, report).
+whoever decides which model serves (model list, register, promote, rollback), with
+``cli.comparison`` (model compare, and the gate in front of promote), ``cli.operations``
+for the operators (sweep, runs, export, db upgrade, flower, metrics-server),
+``cli.review_desk`` for the review desk (review-server, export-training-set, accuracy,
+threshold, report).
 
 It sits above the roles it drives (producer, worker, classifier), so the shared core in
 ``refund_sorter/`` imports none of them. Heavy imports (PyTorch, Celery) happen inside the
@@ -12,7 +13,7 @@ commands that need them, so ``refund-sorter --help``, ``db`` and ``export`` star
 
 import click
 
-from cli import model, operations, registry, review_desk
+from cli import comparison, model, operations, registry, review_desk
 
 
 @click.group()
@@ -41,3 +42,4 @@ for command in (
     review_desk.report,
 ):
     main.add_command(command)
+registry.model_group.add_command(comparison.compare)

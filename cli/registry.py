@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from cli.common import friendly
+from cli.comparison import gate_options, gate_promotion
 from refund_sorter.config import get_settings
 from refund_sorter.db import check_schema, session_factory
 from refund_sorter.errors import UserError
@@ -166,16 +167,32 @@ def register(file: Path, by: str | None, replace: bool) -> None:
 @click.argument("version")
 @by_option
 @wait_options
+@gate_options
 @friendly
-def promote(version: str, by: str | None, wait: bool, timeout: float) -> None:
+def promote(
+    version: str,
+    by: str | None,
+    wait: bool,
+    timeout: float,
+    data_dir: Path | None,
+    force: bool,
+    reason: str | None,
+) -> None:
     """Make the registered model VERSION the serving model. It takes effect between sweeps:
-    while one runs, this refuses (saying how far it is) or, with --wait, waits for it."""
+    while one runs, this refuses (saying how far it is) or, with --wait, waits for it.
+
+    First the gate: VERSION is compared with the serving model (as `model compare`, and on
+    --data DIR) and refused, with the figures, when it is worse beyond noise or has too few
+    labelled photos, unless --force --reason "..." (recorded)."""
     from classifier import registry
 
     by = recorded_name(by)
     settings = get_settings()
     check_schema(settings.database_url)
-    result = registry.promote(settings, version, by, wait=wait, timeout=timeout, echo=click.echo)
+    reason = gate_promotion(settings, version, data_dir, force, reason)
+    result = registry.promote(
+        settings, version, by, wait=wait, timeout=timeout, reason=reason, echo=click.echo
+    )
     say_served(result, "promoted")
 
 

@@ -91,6 +91,20 @@ class Settings(BaseSettings):
         "flagged nor audited that workers also run it on (a fixed draw by content hash); the "
         "flagged and audited ones are always run. 0: those alone.",
     )
+    gate_p_value: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="model promote refuses a candidate whose accuracy (main or sub) is lower "
+        "than the serving model's with the paired test's p-value below this.",
+    )
+    gate_min_labelled: int = Field(
+        100,
+        ge=1,
+        description="model promote refuses a candidate with fewer labelled live photos "
+        "(reviewed flagged photos and decided audits it answered) than this, unless the "
+        "--data folder has at least as many photos.",
+    )
     device: Device = "auto"
     precision: Precision = Field(
         "auto",

@@ -7,7 +7,8 @@ the reviewer's last decision; ``/progress``, the team's day; ``/accuracy``, the 
 accuracy the decisions measure; ``/nights``, the last nights at a glance, and
 ``/nights/{id}``, one night in full, with their plots as SVG images of their own
 (``/nights/plots/<name>.svg``, ``/nights/{id}/plots/<name>.svg``: the content policy allows
-no inline style, so no inline SVG); ``/photos/{id}``, the photo
+no inline style, so no inline SVG); ``/models``, the registered model versions and the
+candidate's comparison with the serving model; ``/photos/{id}``, the photo
 file itself, served only from inside the processed, incoming and failed folders. Everything
 but the login page and ``/healthz`` needs a logged-in reviewer, and every form carries the
 session's CSRF token.
@@ -43,9 +44,10 @@ from models import ItemStatus, Prediction, SweepRun, utcnow
 from refund_sorter import crud
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
+from refund_sorter.errors import UserError
 from refund_sorter.files import inside
 from refund_sorter.images import UnreadableImage, sniff
-from review import accuracy, auth, nights, plots, progress, queue
+from review import accuracy, auth, comparison, nights, plots, progress, queue
 from review.auth import authenticate, csrf_token, csrf_valid, reviewers, session_secret
 
 log = logging.getLogger(__name__)
@@ -594,6 +596,34 @@ def night_plot(sweep: int, name: str, reviewer: Reviewer, desk: DeskDep) -> Resp
     if name not in plots.NIGHT_PLOTS:
         raise PageError(404, f"No plot {name!r}: a night has {', '.join(plots.NIGHT_PLOTS)}.")
     return svg(plots.night_plot(name, night_detail(desk, sweep), desk.settings))
+
+
+@router.get("/models")
+def models_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Response:
+    """The registered model versions and their roles, and the candidate against the serving
+    model on the live nights since it was registered, as `refund-sorter model compare`."""
+    settings = desk.settings
+    with desk.sessions() as session:
+        entries = crud.model_entries(session)
+    live = decision = compared = None
+    try:
+        compared = comparison.models_compared(settings)
+        live = comparison.live_comparison(settings, compared)
+        decision = comparison.gate(
+            live, None, p_value=settings.gate_p_value, min_labelled=settings.gate_min_labelled
+        )
+        missing = None
+    except UserError as exc:
+        missing = str(exc)
+    context = {
+        "entries": entries,
+        "compared": compared,
+        "live": live,
+        "decision": decision,
+        "missing": missing,
+        "figure": comparison.figure,
+    }
+    return render(request, "models.html", context)
 
 
 @router.get("/photos/{prediction_id}")

@@ -10,6 +10,8 @@ from PIL import Image
 from classifier.checkpoint import load_checkpoint
 from classifier.evaluate import confusion, evaluate, per_class, plot_paths
 
+CLASSES = ("tops/shirt", "tops/sweater", "bottoms/jeans", "bottoms/skirt")
+
 
 @pytest.fixture
 def held_out_copy(trained_model, tmp_path, make_broken_files):
@@ -151,3 +153,65 @@ def test_a_class_never_seen_nor_predicted_scores_zero_without_dividing_by_zero()
     stats = per_class([[2, 0], [0, 0]], ["a", "b"])
 
     assert stats["b"] == {"precision": 0.0, "recall": 0.0, "support": 0}
+
+
+@pytest.mark.slow
+def test_two_models_answer_the_same_photos_of_a_folder(
+    trained_model, random_checkpoint, make_dataset, make_broken_files, tmp_path
+):
+    from classifier.checkpoint import load_checkpoint as load
+    from classifier.evaluate import answer_folder
+    from review.comparison import folder_figures, gate
+
+    summary, _, _ = trained_model
+    data = make_dataset(tmp_path / "data", dict.fromkeys(CLASSES, 10), seed=7)
+    make_dataset(data, {"tops/vest": 2}, seed=8)  # a category neither model has
+    shutil.copy(make_broken_files(tmp_path / "scratch")["truncated"], data / "tops" / "shirt")
+    # Three photos the trained model learned: left out for it.
+    trained_on = sorted((summary.model_path.parent / "train" / "tops" / "shirt").iterdir())[:3]
+    for photo in trained_on:
+        shutil.copy(photo, data / "tops" / "shirt" / f"learned-{photo.name}")
+    hashes = set(load(summary.model_path).meta["content_hashes"])
+
+    found = answer_folder(
+        {"serving": (random_checkpoint, 0.5), "candidate": (summary.model_path, 0.9)},
+        data,
+        leave_out=hashes,
+        device="cpu",
+        precision="fp32",
+    )
+
+    assert len(found.truth) == 40
+    assert found.left_out == 3
+    assert found.not_in_categories == {"tops/vest": 2}
+    assert [path.name for path, _ in found.unreadable] == ["truncated.jpg"]
+    assert found.models["candidate"].version == summary.version
+    assert all(len(m.answers) == 40 for m in found.models.values())
+    figures = folder_figures(found, str(data))
+    assert figures.photos == 40 and figures.left_out_training == 3
+    # The trained model against random weights: better beyond noise, on the same photos.
+    assert figures.sub.candidate.value >= 0.85
+    assert figures.sub.candidate.value > figures.sub.serving.value
+    assert figures.sub.p_value < 0.01 and figures.sub.test == "McNemar's exact test"
+    assert figures.sub.candidate.method == "wilson"
+    right = sum(
+        a.main == m and a.sub == s
+        for a, (m, s) in zip(found.models["candidate"].answers, found.truth, strict=True)
+    )
+    assert figures.sub.candidate.value == right / 40
+    flagged = sum(a.sub_confidence < 0.9 for a in found.models["candidate"].answers)
+    assert figures.flagged_candidate.value == flagged / 40
+    assert figures.serving_threshold == 0.5 and figures.candidate_threshold == 0.9
+    assert figures.serving_images_per_second > 0 and figures.candidate_images_per_second > 0
+    assert gate(None, figures, p_value=0.05, min_labelled=40).passed
+    # The other way round: the random model as the candidate is refused on the folder.
+    swapped = answer_folder(
+        {"serving": (summary.model_path, 0.9), "candidate": (random_checkpoint, 0.5)},
+        data,
+        device="cpu",
+        precision="fp32",
+    )
+    assert len(swapped.truth) == 43 and swapped.left_out == 0  # nothing learned by it
+    decision = gate(None, folder_figures(swapped, str(data)), p_value=0.05, min_labelled=40)
+    assert not decision.passed
+    assert decision.reasons[0].startswith("folder: the candidate's main accuracy")

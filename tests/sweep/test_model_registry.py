@@ -61,6 +61,11 @@ def other_models(tmp_path_factory):
     return found
 
 
+# These random-weight models have no labelled photos to be judged on: the promotion gate
+# (cli.comparison) would refuse them, so they are promoted past it, as an operator would.
+PAST_THE_GATE = ("--force", "--reason", "random weights for the registry's tests")
+
+
 def model_cli(*args):
     return CliRunner().invoke(main, ["model", *map(str, args)])
 
@@ -129,7 +134,7 @@ def test_register_promote_and_roll_back_each_recorded_with_who(settings, tiny_mo
     # A candidate does not serve.
     assert {p.model_version for p in local_night(settings, seed=53)} == {a}
 
-    result = model_cli("promote", b, "--by", "ben")
+    result = model_cli("promote", b, "--by", "ben", *PAST_THE_GATE)
 
     assert result.exit_code == 0, result.output
     assert f"promoted: model {b} serves in place of model {a}, by ben" in result.output
@@ -415,7 +420,7 @@ def test_a_running_worker_switches_to_a_promoted_model_without_a_restart(
 
     assert {p.model_version for p in night(60)} == {a}
     assert model_cli("register", b_path, "--by", "anna").exit_code == 0
-    assert model_cli("promote", b, "--by", "anna").exit_code == 0
+    assert model_cli("promote", b, "--by", "anna", *PAST_THE_GATE).exit_code == 0
 
     assert {p.model_version for p in night(61)} == {b}
     assert model_cli("rollback", "--by", "ben").exit_code == 0
@@ -441,7 +446,7 @@ def test_a_promotion_during_a_running_sweep_waits_for_it(
     assert (run.status, run.enqueued, run.model_version) == ("running", 24, a)
     assert model_cli("register", b_path, "--by", "anna").exit_code == 0
 
-    refused = model_cli("promote", b, "--by", "anna")
+    refused = model_cli("promote", b, "--by", "anna", *PAST_THE_GATE)
 
     assert refused.exit_code == 1
     assert (
@@ -465,6 +470,7 @@ def test_a_promotion_during_a_running_sweep_waits_for_it(
             "--wait",
             "--timeout",
             "300",
+            *PAST_THE_GATE,
         ],
         service_env(settings),
         tmp_path / "promote.log",

@@ -134,8 +134,9 @@ def test_a_threshold_set_for_one_model_version_is_not_inherited_by_another(
     assert "in force 0.00, set for this model (by anna on " in suggestion.output
 
     # Another model serves, the same database: its own threshold, not the one set for the
-    # first.
-    for args in (["register", str(tiny_model.path)], ["promote", tiny_model.version]):
+    # first. (Random weights, nothing labelled: promoted past the gate.)
+    promote = ["promote", tiny_model.version, "--force", "--reason", "random weights"]
+    for args in (["register", str(tiny_model.path)], promote):
         result = CliRunner().invoke(main, ["model", *args, "--by", "anna"])
         assert result.exit_code == 0, result.output
     rows = sweep_rows(settings, seed=45)
