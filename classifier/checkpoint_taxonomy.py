@@ -68,7 +68,9 @@ def read_taxonomy(path: Path) -> Taxonomy:
 
 
 # Training metadata that is not a figure: every epoch's history, every recipe argument.
-_NOT_FIGURES = ("history", "args")
+# Left out: the epoch history, the recipe's arguments, and the hash of every photo the model
+# saw (thousands; ``model compare`` reads them from the file itself).
+_NOT_FIGURES = ("history", "args", "content_hashes")
 
 
 def checkpoint_figures(payload: dict) -> dict:

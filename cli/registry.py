@@ -246,8 +246,13 @@ def figure_lines(figures: dict | None) -> list[str]:
         on = figures.get("validation", "a split of the training data")
         lines.append(f"validation (photos held out of training, {on}): main {main}; sub {sub}")
     if "n_train" in figures:
+        folders = figures.get("datasets") or [{"path": figures.get("dataset", "?")}]
+        data = ", ".join(
+            f"{f.get('path')} ({f['photos']} photos)" if "photos" in f else str(f.get("path"))
+            for f in folders
+        )
         lines.append(
-            f"trained on {figures['n_train']} photos of {figures.get('dataset', '?')}"
+            f"trained on {figures['n_train']} photos of {data}"
             + (f" ({figures['trained_at']})" if "trained_at" in figures else "")
         )
     calibration = figures.get("calibration") or {}

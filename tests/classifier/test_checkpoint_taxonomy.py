@@ -87,3 +87,25 @@ def test_anything_else_is_a_plain_error(tmp_path, content, message):
         path.write_bytes(buffer.getvalue())
     with pytest.raises(UserError, match=message):
         read_taxonomy(path)
+
+
+def test_the_figures_name_each_data_folder_but_not_every_photo_seen():
+    from cli.registry import figure_lines
+
+    payload = {
+        "meta": {
+            "n_train": 20,
+            "datasets": [
+                {"path": "/data/base", "photos": 12},
+                {"path": "/data/reviewed", "photos": 8},
+            ],
+            "content_hashes": ["a" * 64, "b" * 64],
+        }
+    }
+
+    figures = checkpoint_figures(payload)
+
+    assert "content_hashes" not in figures
+    assert "trained on 20 photos of /data/base (12 photos), /data/reviewed (8 photos)" in (
+        figure_lines(figures)
+    )
