@@ -156,10 +156,13 @@ class Browser:
 
     @contextlib.contextmanager
     def next_page(self, timeout: float = 20.0):
-        """Around an action that loads another page: wait until that page has loaded."""
+        """Around an action that loads another page: wait until that page has loaded (a new
+        document, parsed to its end: a new one exists before its body has been read)."""
         self.js("window.__left_behind = true")
         yield
-        self.wait_for("window.__left_behind === undefined", timeout)
+        self.wait_for(
+            "window.__left_behind === undefined && document.readyState === 'complete'", timeout
+        )
 
     def text(self) -> str:
         try:
