@@ -83,7 +83,8 @@ class SweepRun(Base):
     succeeded: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     skipped: Mapped[int] = mapped_column(Integer, default=0)
-    pending: Mapped[int] = mapped_column(Integer, default=0)  # enqueued, not yet done
+    # Enqueued and not yet filed: classified (or failed) with its file where its row says.
+    pending: Mapped[int] = mapped_column(Integer, default=0)
     # Left for later: still being written when read. Added to a table that held sweeps.
     deferred: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     message: Mapped[str | None] = mapped_column(Text)

@@ -2,6 +2,7 @@
 the stall check that hands a stalled sweep's images to the workers again."""
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
 from refund_sorter.export import export_sweeps
-from refund_sorter.files import destination, move_files, processed_destination
+from refund_sorter.files import destination, processed_destination
+from refund_sorter.filing import Move, file_committed
 from refund_sorter.images import sha256_file
 from refund_sorter.messages import Dispatch, WorkItem
 
@@ -97,21 +99,11 @@ def run_sweep(
                 refiled=plan.refiled,
             )
         _log_plan(plan)
-        outcomes = move_files([(m.src, m.dest) for m in plan.moves])
-        unmoved = [
-            crud.Unmoved(*m.row, str(m.dest), why)
-            for m, why in zip(plan.moves, outcomes, strict=True)
-            if why is not None and m.row is not None
-        ]
-        if unmoved or not plan.queue:
-            with sessions.begin() as session:
-                crud.record_unmoved(session, unmoved)
-                if not plan.queue:
-                    # Only now, with every file where its row says, may the next sweep list
-                    # incoming/: finishing before the moves let it hash files being moved.
-                    run = crud.finish_sweep(session, sweep_id=run.id)
-        if run.status == SweepStatus.FINISHED:
-            export_sweeps(sessions, [run.id], settings.export_dir)
+        # A sweep with nothing to classify finishes here, once its files are where its rows
+        # say: finishing before the moves let the next sweep hash files being moved.
+        file_committed(sessions, plan.moves, {run.id: 0}, settings.export_dir)
+        with sessions() as session:
+            run = crud.get_sweep(session, run.id)
         enqueued = [WorkItem(str(f.path), f.content_hash, version) for f in plan.queue]
         if enqueued:
             dispatch(enqueued)
@@ -187,6 +179,9 @@ def resume_stalled_sweep(
         items = crud.claim_stalled_sweep(session, run.id, quiet_before)
     if items is None:  # progress meanwhile, or another check took it
         return None
+    if not items:
+        _settle(settings, sessions, run.id)
+        return 0
     log.warning(
         "sweep %s made no progress for %.0f s and the classify queue is empty: "
         "publishing its %d queued images again",
@@ -199,20 +194,34 @@ def resume_stalled_sweep(
     return len(items)
 
 
-@dataclass(frozen=True)
-class _Move:
-    src: Path
-    dest: Path
-    # The (sweep, original path) of the row that will name ``dest``, corrected if the move
-    # fails; None for a copy of a classified photo whose row names its first copy.
-    row: tuple[int, str] | None
+def _settle(settings: Settings, sessions, sweep_id: int) -> None:
+    """Finish a stalled sweep with nothing left queued: a process was stopped between
+    committing a batch and moving its files, which stay counted as pending. Moves what it
+    left in ``incoming/``, corrects the rows of what cannot be moved, and finishes the sweep
+    with its CSV (``refund_sorter.filing``)."""
+    with sessions() as session:
+        rows = crud.unfiled_rows(session, sweep_id)
+        pending = crud.get_sweep(session, sweep_id).pending
+    moves = [
+        Move(Path(original), Path(final), (sweep_id, original))
+        for original, final in rows
+        if not os.path.lexists(final)
+    ]
+    log.warning(
+        "sweep %s made no progress for %.0f s with nothing left queued: filing the %d "
+        "file(s) a stopped worker left and finishing it",
+        sweep_id,
+        settings.sweep_stall_seconds,
+        len(moves),
+    )
+    file_committed(sessions, moves, {sweep_id: pending}, settings.export_dir)
 
 
 @dataclass
 class _Plan:
     unreadable: list[crud.Unreadable] = field(default_factory=list)
     queue: list[crud.ScannedFile] = field(default_factory=list)
-    moves: list[_Move] = field(default_factory=list)
+    moves: list[Move] = field(default_factory=list)
     refiled: list[tuple[Prediction, Path]] = field(default_factory=list)
     skipped: int = 0
     failed_before: int = 0  # of skipped: failed in an earlier sweep and still left here
@@ -253,7 +262,7 @@ def _plan(
                 dest = destination(
                     f.path, settings.incoming_dir, settings.failed_dir, f.content_hash
                 )
-                plan.moves.append(_Move(f.path, dest, (sweep_id, str(f.path))))
+                plan.moves.append(Move(f.path, dest, (sweep_id, str(f.path))))
             plan.unreadable.append(crud.Unreadable(f.path, f.content_hash, f.error, dest))
         elif f.content_hash in seen:  # same bytes twice tonight: the copy waits a night
             plan.skipped += 1
@@ -267,7 +276,7 @@ def _plan(
                 # Its earlier move failed: the row names where the file goes now.
                 plan.refiled.append((row, dest))
                 names = (row.sweep_run_id, row.original_path)
-            plan.moves.append(_Move(f.path, dest, names))
+            plan.moves.append(Move(f.path, dest, names))
         else:  # new, failed before, or still queued by an abandoned sweep
             plan.queue.append(crud.ScannedFile(f.path, f.content_hash))
         seen.add(f.content_hash)

@@ -324,7 +324,7 @@ def record_scan(
     classify gets a ``queued`` row, new or (``live``) left queued by an abandoned sweep and
     taken over. ``refiled``: classified rows whose file was found still in ``incoming/`` and
     is about to be moved where their row will now say (their earlier move failed). The sweep
-    stays ``running`` even with nothing to classify: ``finish_sweep`` ends it once its files
+    stays ``running`` even with nothing to classify: ``record_filed`` ends it once its files
     are moved.
     """
     now = utcnow()
@@ -425,14 +425,49 @@ def record_unmoved(session: Session, unmoved: Iterable[Unmoved]) -> None:
         )
 
 
-def finish_sweep(session: Session, *, sweep_id: int) -> SweepRun:
-    """Finish a sweep that had nothing to classify, once its files are where its rows say:
-    until then it holds the lock, so the next sweep never lists files still being moved."""
-    run = session.get(SweepRun, sweep_id)
-    if run.status == SweepStatus.RUNNING and run.pending == 0:
-        run.status = SweepStatus.FINISHED
-        run.finished_at = run.updated_at = utcnow()
-    return run
+def record_filed(
+    session: Session, *, filed: dict[int, int], unmoved: Iterable[Unmoved] = ()
+) -> list[int]:
+    """After a batch's files were moved: correct the rows of the files that stayed
+    (``record_unmoved``), count ``filed[sweep]`` more of each sweep's photos done, and finish
+    each running sweep that has none left; returns the sweeps finished.
+
+    A photo counts as pending until its file is where its row says, so the process that files
+    a night's last photos finishes the night, whichever it is, and its CSV tells where every
+    file is. A sweep with nothing to classify is finished here too, once the scan's moves are
+    done (``filed`` 0): until then it holds the lock, so the next sweep never lists files
+    still being moved."""
+    record_unmoved(session, unmoved)
+    now = utcnow()
+    finished = []
+    for sweep_id, n in sorted(filed.items()):
+        # Increments, not recomputed totals: concurrent workers serialise on this row.
+        left = SweepRun.pending - n
+        status = session.scalar(
+            update(SweepRun)
+            .where(SweepRun.id == sweep_id, SweepRun.status == SweepStatus.RUNNING)
+            .values(
+                pending=left,
+                updated_at=now,
+                status=case((left <= 0, SweepStatus.FINISHED), else_=SweepRun.status),
+                finished_at=case((left <= 0, now), else_=SweepRun.finished_at),
+            )
+            .returning(SweepRun.status)
+        )
+        if status == SweepStatus.FINISHED:
+            finished.append(sweep_id)
+    return finished
+
+
+def unfiled_rows(session: Session, sweep_id: int) -> list[tuple[str, str]]:
+    """(original path, final path) of each row of the sweep that names where its file goes:
+    what a process stopped between its commit and its moves may have left unmoved."""
+    rows = session.execute(
+        select(Prediction.original_path, Prediction.final_path)
+        .where(Prediction.sweep_run_id == sweep_id, Prediction.final_path.is_not(None))
+        .order_by(Prediction.id)
+    )
+    return [(original, final) for original, final in rows]
 
 
 @dataclass
@@ -454,18 +489,18 @@ class ItemResult:
     review_threshold: float | None = None  # in force when it was classified
 
 
-def record_failures(
-    session: Session, items: list[WorkItem], error: str
-) -> tuple[dict[str, int], list[int]]:
+def record_failures(session: Session, items: list[WorkItem], error: str) -> list[int]:
     """Mark the queued rows of ``items`` ``failed`` with ``error``, their files left where they
-    are (no final path), so the next sweep tries them again; like ``record_results``."""
-    return record_results(
+    are (no final path), so the next sweep tries them again; returns the sweeps this
+    finished. Nothing is moved, so they are filed at once (``record_filed``)."""
+    stored = record_results(
         session,
         [
             ItemResult(it.content_hash, it.model_version, ItemStatus.FAILED, None, error=error)
             for it in items
         ],
     )
+    return record_filed(session, filed=Counter(stored.values()))
 
 
 _predictions = Prediction.__table__
@@ -501,12 +536,12 @@ _STORE_RESULT = (
 )
 
 
-def record_results(session: Session, results: list[ItemResult]) -> tuple[dict[str, int], list[int]]:
-    """Store a batch of results and advance their sweeps' counters, in the caller's transaction.
+def record_results(session: Session, results: list[ItemResult]) -> dict[str, int]:
+    """Store a batch of results and count them in their sweeps, in the caller's transaction.
 
     Only rows still ``queued`` are updated, so a task delivered twice cannot overwrite or
-    double-count a result. Returns the hashes actually stored, each with its row's sweep, and
-    the sweeps this batch finished.
+    double-count a result. Returns the hashes actually stored, each with its row's sweep.
+    They stay pending in their sweep until their files are moved (``record_filed``).
     """
     now = utcnow()
     stored: dict[str, int] = {}
@@ -542,29 +577,19 @@ def record_results(session: Session, results: list[ItemResult]) -> tuple[dict[st
         stored[r.content_hash] = sweep_id
         per_sweep.setdefault(sweep_id, Counter())[r.status] += 1
 
-    finished = []
     for sweep_id, counts in sorted(per_sweep.items()):
-        ok, failed = counts[ItemStatus.OK], counts[ItemStatus.FAILED]
-        deferred = counts[ItemStatus.DEFERRED]
         # Increments, not recomputed totals: concurrent workers serialise on this row.
-        left = SweepRun.pending - ok - failed - deferred
-        status = session.scalar(
+        session.execute(
             update(SweepRun)
             .where(SweepRun.id == sweep_id)
             .values(
-                succeeded=SweepRun.succeeded + ok,
-                failed=SweepRun.failed + failed,
-                deferred=SweepRun.deferred + deferred,
-                pending=left,
+                succeeded=SweepRun.succeeded + counts[ItemStatus.OK],
+                failed=SweepRun.failed + counts[ItemStatus.FAILED],
+                deferred=SweepRun.deferred + counts[ItemStatus.DEFERRED],
                 updated_at=now,
-                status=case((left <= 0, SweepStatus.FINISHED), else_=SweepRun.status),
-                finished_at=case((left <= 0, now), else_=SweepRun.finished_at),
             )
-            .returning(SweepRun.status)
         )
-        if status == SweepStatus.FINISHED:
-            finished.append(sweep_id)
-    return stored, finished
+    return stored
 
 
 def record_review(

@@ -88,6 +88,8 @@ def move_files(moves: Iterable[tuple[Path, Path]]) -> list[str | None]:
 
     A move that fails is logged, not raised: the row is committed, and one file must not stop
     the others. The caller corrects the rows of the files that stayed (``crud.record_unmoved``).
+    A file found gone from ``src`` and at ``dest`` counts as moved: the stall check settling a
+    night moved it while this process was slow (``refund_sorter.filing``).
     """
     outcomes: list[str | None] = []
     for src, dest in moves:
@@ -95,6 +97,10 @@ def move_files(moves: Iterable[tuple[Path, Path]]) -> list[str | None]:
             move(src, dest)
             outcomes.append(None)
         except OSError as exc:
+            if not os.path.lexists(src) and os.path.lexists(dest):
+                log.info("%s was already moved to %s", src, dest)
+                outcomes.append(None)
+                continue
             log.error("could not move %s to %s: %s", src, dest, exc)
             why = exc.strerror.lower() if exc.strerror else str(exc)
             outcomes.append(f"could not move it to {dest}: {why}")

@@ -2,15 +2,16 @@
 
 ``process_batch`` takes a batch through five steps, one function each: ``admit`` (only what
 the producer queued, and the review threshold in force for the batch), ``prepare`` (read,
-verify, decode), ``predict`` (one forward pass), ``record`` (one transaction) and ``move``
-(each file where its row says, and the rows of the files that could not be moved corrected);
-then the CSV of each sweep the batch finished, and last the shadow run of a registered
-candidate model (``worker.shadow``), which changes none of it.
+verify, decode), ``predict`` (one forward pass), ``record`` (one transaction) and ``file``
+(each file where its row says, the rows of the files that could not be moved corrected, and
+the CSV of each sweep the batch finished: ``refund_sorter.filing``); last the shadow run of a
+registered candidate model (``worker.shadow``), which changes none of it.
 """
 
 import logging
 import os
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +25,11 @@ from models import ItemStatus
 from refund_sorter.arrival import still_being_written
 from refund_sorter.audit import is_audited, sub_margin
 from refund_sorter.config import Settings
-from refund_sorter.crud import ItemResult, Unmoved, queued_paths, record_results, record_unmoved
+from refund_sorter.crud import ItemResult, queued_paths, record_results
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
-from refund_sorter.export import export_sweeps
-from refund_sorter.files import destination, inside, move_files, processed_destination
+from refund_sorter.files import destination, inside, processed_destination
+from refund_sorter.filing import Move, file_committed
 from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
 from refund_sorter.messages import WorkItem
 from refund_sorter.review_threshold import review_threshold_in_force
@@ -152,9 +153,8 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
     started = time.perf_counter()
     classified = predict(prepared, clf, threshold)
     forward = time.perf_counter() - started
-    results, stored, finished = record(admitted, classified, threshold, settings, sessions)
-    move(admitted, results, stored, sessions)
-    export_sweeps(sessions, finished, settings.export_dir)
+    results, stored = record(admitted, classified, threshold, settings, sessions)
+    finished = file(admitted, results, stored, settings, sessions)
     filed = [
         Classified(r, src, x)
         for (_, src), x, r in zip(admitted, prepared, results, strict=True)
@@ -267,11 +267,10 @@ def record(
     review_threshold: float,
     settings: Settings,
     sessions: sessionmaker[Session],
-) -> tuple[list[ItemResult], dict[str, int], list[int]]:
+) -> tuple[list[ItemResult], dict[str, int]]:
     """Store the batch's results in one transaction, each naming where its file goes, whether
     it was drawn for the audit, and the audit rate and review threshold it was classified
-    under. Returns them, the hashes stored (each with its row's sweep) and the sweeps the
-    batch finished."""
+    under. Returns them and the hashes stored, each with its row's sweep."""
     results = []
     for (it, src), x in zip(admitted, classified, strict=True):
         if isinstance(x, Unusable):
@@ -314,33 +313,27 @@ def record(
                 )
             )
     with sessions.begin() as session:
-        stored, finished = record_results(session, results)
+        stored = record_results(session, results)
     for (it, _), r in zip(admitted, results, strict=True):
         if r.status == ItemStatus.DEFERRED and r.content_hash in stored:
             log.info("left %s in incoming/ for later: %s", it.path, r.error)
-    return results, stored, finished
+    return results, stored
 
 
-def move(
+def file(
     admitted: list[Admitted],
     results: list[ItemResult],
     stored: dict[str, int],
+    settings: Settings,
     sessions: sessionmaker[Session],
-) -> None:
-    """Move each stored result's file where its row says, then correct the rows of the files
-    that could not be moved: no final path, and why (the next sweep files a classified photo
-    it finds still in incoming/)."""
+) -> list[int]:
+    """Move each stored result's file where its row says, correct the rows of the files that
+    could not be moved (no final path, and why: the next sweep files a classified photo it
+    finds still in incoming/), and count the stored photos filed; returns the sweeps this
+    finished, each with its CSV written."""
     moves = [
-        (it, src, r)
+        Move(src, Path(r.final_path), (stored[r.content_hash], it.path))
         for (it, src), r in zip(admitted, results, strict=True)
         if r.final_path is not None and r.content_hash in stored
     ]
-    outcomes = move_files([(src, Path(r.final_path)) for _, src, r in moves])
-    unmoved = [
-        Unmoved(stored[r.content_hash], it.path, r.final_path, why)
-        for (it, _, r), why in zip(moves, outcomes, strict=True)
-        if why is not None
-    ]
-    if unmoved:
-        with sessions.begin() as session:
-            record_unmoved(session, unmoved)
+    return file_committed(sessions, moves, Counter(stored.values()), settings.export_dir)

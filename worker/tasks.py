@@ -226,7 +226,7 @@ def _give_up(items: list[WorkItem], error: str, settings: Settings) -> None:
     sessions = session_factory(settings.database_url)
     try:
         with sessions.begin() as session:
-            _, finished = crud.record_failures(session, items, error)
+            finished = crud.record_failures(session, items, error)
     except Exception as exc:
         # The database is down too: drop the messages. The rows stay queued, and the stall
         # check publishes them again once the database is back and the sweep looks stalled.

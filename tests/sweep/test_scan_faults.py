@@ -42,6 +42,7 @@ from sweep_support import (
 
 import producer.scan
 import refund_sorter.files
+import refund_sorter.filing
 from producer.scan import UNREADABLE_PREFIX
 from producer.sweep import run_sweep
 
@@ -259,7 +260,7 @@ def test_a_folder_where_a_file_was_expected_is_neither_read_nor_moved(
     after_listing(monkeypatch, photo_becomes_a_folder)
     # And the text file turns into a folder after its failed row is committed, before the
     # move that would have carried whatever the folder holds to failed/.
-    real_move_files = producer.sweep.move_files
+    real_move_files = refund_sorter.filing.move_files
 
     def slip_becomes_a_folder(moves):
         if any(src == slip for src, _ in moves):
@@ -269,7 +270,7 @@ def test_a_folder_where_a_file_was_expected_is_neither_read_nor_moved(
             backdate(slip / "note.txt")
         return real_move_files(moves)
 
-    monkeypatch.setattr(producer.sweep, "move_files", slip_becomes_a_folder)
+    monkeypatch.setattr(refund_sorter.filing, "move_files", slip_becomes_a_folder)
     caplog.set_level(logging.INFO)
 
     run = local_sweep(settings, classifier)
@@ -286,7 +287,7 @@ def test_a_folder_where_a_file_was_expected_is_neither_read_nor_moved(
     assert not settings.failed_dir.exists()
 
     # The next night reads the folder's photos like any others, and only those.
-    monkeypatch.setattr(producer.sweep, "move_files", real_move_files)
+    monkeypatch.setattr(refund_sorter.filing, "move_files", real_move_files)
     second = local_sweep(settings, classifier)
     assert (second.found, second.succeeded, second.failed) == (3, 2, 1)
     assert {p.content_hash for p in all_predictions(settings) if p.sweep_run_id == second.id} == {
