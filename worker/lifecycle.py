@@ -5,13 +5,15 @@ when a model cannot be loaded.
 Each pool process of a worker that takes images loads the serving model when it starts, so
 the first batch does not wait for it and a model that cannot be loaded is known before any
 image is taken: the worker then logs why and stops consuming the classify queue. A worker
-that only sweeps (``-Q sweep``) never loads PyTorch. The models themselves are the classify
-task's (``worker.tasks.ClassifierTask.classifier_for``), each loaded once per process.
+that only sweeps (``-Q sweep``) never loads PyTorch. What a process keeps (the node record
+below, the models, the per-process state) lives on the classify task's base class
+(``worker.tasks.ClassifierTask``).
 """
 
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 
 from celery import signals
 
@@ -23,48 +25,56 @@ from worker.shadow import load_candidate_at_start
 log = logging.getLogger(__name__)
 
 
-# Which node this worker is and whether it takes images; recorded in the main process before
-# the pool starts, so pool processes inherit it.
-_worker: dict = {}
-_stopping = threading.Event()
+@dataclass
+class Node:
+    """Which node this worker is, how many batches it runs at once and whether it takes
+    images; recorded in the main process before the pool starts, so pool processes inherit
+    it; and whether this process has stopped taking images."""
+
+    hostname: str | None = None
+    # How many batches run at once, to share the cores out: one per pool process (prefork)
+    # or thread (threads pool); the solo pool runs one whatever --concurrency says.
+    processes: int = 1
+    pool_processes: bool = False
+    takes_images: bool = False
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+
+def _node() -> Node:
+    return app.tasks[CLASSIFY_TASK].node
 
 
 @signals.worker_init.connect
 def _remember_worker(sender, **_) -> None:
-    _worker["hostname"] = sender.hostname
-    # How many batches run at once, to share the cores out: one per pool process (prefork)
-    # or thread (threads pool); the solo pool runs one whatever --concurrency says.
-    solo = "solo" in str(sender.pool_cls).lower()
-    _worker["processes"] = 1 if solo else sender.concurrency
-    _worker["pool_processes"] = "prefork" in str(sender.pool_cls).lower()
-    _worker["takes_images"] = CLASSIFY_QUEUE in sender.app.amqp.queues.consume_from
-
-
-def classifying_processes() -> int:
-    """How many batches this worker runs at once, sharing the machine's cores."""
-    return _worker.get("processes", 1)
+    app.tasks[CLASSIFY_TASK].node = Node(
+        hostname=sender.hostname,
+        processes=1 if "solo" in str(sender.pool_cls).lower() else sender.concurrency,
+        pool_processes="prefork" in str(sender.pool_cls).lower(),
+        takes_images=CLASSIFY_QUEUE in sender.app.amqp.queues.consume_from,
+    )
 
 
 @signals.worker_process_init.connect
 def load_model_at_start(**_) -> None:
     """Load the serving model as the pool process starts (once per process, before its first
     batch); if it cannot be loaded, stop taking images."""
-    if not _worker.get("takes_images"):
+    task = app.tasks[CLASSIFY_TASK]
+    if not task.node.takes_images:
         return
     try:
-        app.tasks[CLASSIFY_TASK].load_serving_model()
+        task.load_serving_model()
     except ModelUnavailable as exc:
         stop_taking_images(str(exc))
         return
     # The registered candidate too, if any, so that the first shadow run does not wait.
-    load_candidate_at_start(app.settings, load_model)
+    load_candidate_at_start(app.settings, task.process_state.candidate, load_model)
 
 
 @signals.worker_ready.connect
 def load_model_in_the_main_process(**_) -> None:
     """The solo and threads pools classify in the main process (a GPU worker runs solo, as
     CUDA does not survive fork): it loads the model before the first batch too."""
-    if not _worker.get("pool_processes"):
+    if not _node().pool_processes:
         load_model_at_start()
 
 
@@ -73,9 +83,10 @@ def stop_taking_images(reason: str) -> None:
     images stay in the queue for workers that can classify them. Asked over the broker (the
     pool process cannot reach its parent's consumer otherwise), from a thread that asks until
     the main process answers, since it listens only once it is up."""
-    if _stopping.is_set():
+    stopping = _node().stopping
+    if stopping.is_set():
         return
-    _stopping.set()
+    stopping.set()
     log.error("%s; this worker takes no images until it is restarted", reason)
     threading.Thread(
         target=_cancel_classify_consumer, name="stop-taking-images", daemon=True
@@ -83,7 +94,7 @@ def stop_taking_images(reason: str) -> None:
 
 
 def _cancel_classify_consumer() -> None:
-    node = _worker.get("hostname")
+    node = _node().hostname
     for _ in range(300):
         try:
             if app.control.cancel_consumer(

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from refund_sorter.config import Settings
 from refund_sorter.messages import Dispatch, WorkItem
-from worker.pipeline import load_classifier, process_batch
+from worker.pipeline import ProcessState, load_classifier, process_batch
 
 
 def local_dispatch(settings: Settings, progress: bool = False) -> Dispatch:
@@ -17,12 +17,14 @@ def local_dispatch(settings: Settings, progress: bool = False) -> Dispatch:
         by_model: dict[str, list[WorkItem]] = {}
         for it in items:  # one model per sweep: one group
             by_model.setdefault(it.model_version, []).append(it)
+        state = ProcessState.sharing_cores()
         with tqdm(total=len(items), desc="classifying", unit="img", disable=not progress) as bar:
             for version, group in by_model.items():
                 clf = load_classifier(settings, version)
                 for start in range(0, len(group), settings.batch_size):
                     chunk = group[start : start + settings.batch_size]
-                    process_batch(chunk, clf, settings)
+                    process_batch(chunk, clf, settings, state)
                     bar.update(len(chunk))
+        state.decoders.shutdown()
 
     return dispatch

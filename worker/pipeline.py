@@ -33,7 +33,7 @@ from refund_sorter.filing import Move, file_committed
 from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
 from refund_sorter.messages import WorkItem
 from refund_sorter.review_threshold import review_threshold_in_force
-from worker.shadow import Classified, shadow
+from worker.shadow import CandidateSlot, Classified, shadow
 
 log = logging.getLogger(__name__)
 # An item's outcome when its result was not stored: already stored by a redelivered task,
@@ -81,25 +81,34 @@ def torch_threads(settings: Settings, processes: int = 1) -> int:
     return settings.torch_threads or max(1, (os.cpu_count() or 1) // max(1, processes))
 
 
-# The review threshold this process last applied for each model version: a change is logged.
-_applied: dict[str, float] = {}
+@dataclass
+class ProcessState:
+    """What one classifying process keeps from one batch to the next: the threads that decode
+    its images (Pillow releases the GIL while decoding), the review threshold it last applied
+    for each model (a change is logged), and the shadow runs' candidate. A worker's is held
+    by the classify task's base class (``worker.tasks.ClassifierTask``), one per process;
+    local mode makes its own."""
 
-# Decodes the images of this process's batches; sized by load_classifier.
-_decoders = ThreadPoolExecutor(4)
+    decoders: ThreadPoolExecutor
+    applied: dict[str, float] = field(default_factory=dict)
+    candidate: CandidateSlot = field(default_factory=CandidateSlot)
+
+    @classmethod
+    def sharing_cores(cls, processes: int = 1) -> "ProcessState":
+        """For one of ``processes`` classifying processes on this machine: its share of the
+        cores for decoding (a GPU worker's one process decodes on every core)."""
+        return cls(ThreadPoolExecutor(max(2, (os.cpu_count() or 1) // max(1, processes))))
 
 
 def load_classifier(settings: Settings, version: str, processes: int = 1):
     """The model ``version`` from the model store, for this process, with its share of the
-    machine's cores for PyTorch and for decoding (a GPU worker's one process decodes on
-    every core). Its own review threshold is the model file's: ``admit`` reads the one in
-    force for each batch. NotInStore when the registry has no file for that version (before
-    anything is loaded); ModelUnavailable when the file cannot be loaded, or is another
-    model."""
+    machine's cores for PyTorch. Its own review threshold is the model file's: ``admit``
+    reads the one in force for each batch. NotInStore when the registry has no file for that
+    version (before anything is loaded); ModelUnavailable when the file cannot be loaded, or
+    is another model."""
     import torch
 
     path = model_file(settings, version)
-    global _decoders
-    _decoders = ThreadPoolExecutor(max(2, (os.cpu_count() or 1) // max(1, processes)))
     torch.set_num_threads(torch_threads(settings, processes))
     return _load(settings, path, version)
 
@@ -139,17 +148,26 @@ class Unusable(NamedTuple):
 Admitted = tuple[WorkItem, Path]
 
 
-def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcome:
-    """Classify ``items`` in one forward pass, store them in one transaction, then move files.
+def process_batch(
+    items: list[WorkItem], clf, settings: Settings, state: ProcessState | None = None
+) -> BatchOutcome:
+    """Classify ``items`` in one forward pass, store them in one transaction, then move files;
+    with this process's ``state`` (a state of its own for this batch alone when None).
 
     Anyone who reaches the broker can send tasks, so a worker acts only on what the producer
     queued: a path that resolves inside ``incoming/`` and a ``queued`` row for exactly that
     path, content hash and model. Anything else is refused and logged, and its row is left
     as it is, so the genuine task still finds its image queued.
     """
+    if state is None:
+        state = ProcessState.sharing_cores()
+        try:
+            return process_batch(items, clf, settings, state)
+        finally:
+            state.decoders.shutdown()
     sessions = session_factory(settings.database_url)
-    admitted, others, threshold = admit(items, clf, sessions, settings)
-    prepared = prepare(admitted, clf, settings)
+    admitted, others, threshold = admit(items, clf, sessions, settings, state.applied)
+    prepared = prepare(admitted, clf, settings, state.decoders)
     started = time.perf_counter()
     classified = predict(prepared, clf, threshold)
     forward = time.perf_counter() - started
@@ -161,7 +179,16 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
         if r.status == ItemStatus.OK and r.content_hash in stored
     ]
     usable = sum(1 for x in prepared if not isinstance(x, Unusable))
-    shadow(filed, clf, forward / max(1, usable), settings, sessions, _decoders, load_model)
+    shadow(
+        filed,
+        clf,
+        forward / max(1, usable),
+        settings,
+        sessions,
+        state.decoders,
+        state.candidate,
+        load_model,
+    )
     statuses = [
         (it, r.status if r.content_hash in stored else IGNORED)
         for (it, _), r in zip(admitted, results, strict=True)
@@ -170,19 +197,24 @@ def process_batch(items: list[WorkItem], clf, settings: Settings) -> BatchOutcom
 
 
 def admit(
-    items: list[WorkItem], clf, sessions: sessionmaker[Session], settings: Settings
+    items: list[WorkItem],
+    clf,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    applied: dict[str, float],
 ) -> tuple[list[Admitted], list[tuple[WorkItem, str]], float]:
     """The items this worker acts on, each with its resolved path; the others, each
     ``IGNORED`` (another model's, or nothing queued) or ``REFUSED`` (not what was queued);
     and the review threshold in force for ``clf``'s model, read for every batch so that one
-    set meanwhile applies without a restart."""
+    set meanwhile applies without a restart (logged when it differs from the one ``applied``
+    last, which it updates)."""
     with sessions() as session:
         queued = queued_paths(session, clf.version, (it.content_hash for it in items))
         threshold = review_threshold_in_force(
             session, settings, model_version=clf.version, model_threshold=clf.review_threshold
         )
-    if _applied.get(clf.version) != threshold.value:
-        _applied[clf.version] = threshold.value
+    if applied.get(clf.version) != threshold.value:
+        applied[clf.version] = threshold.value
         log.info(
             "review threshold for model %s: %s, %s", clf.version, threshold.value, threshold.why
         )
@@ -225,10 +257,12 @@ def admit(
     return admitted, others, threshold.value
 
 
-def prepare(admitted: list[Admitted], clf, settings: Settings) -> list:
-    """Each item's input tensor, or why it cannot be used (``Unusable``). Decoded on the
-    process's decoding threads: Pillow releases the GIL while decoding."""
-    return list(_decoders.map(lambda pair: _prepare_one(*pair, clf, settings), admitted))
+def prepare(
+    admitted: list[Admitted], clf, settings: Settings, decoders: ThreadPoolExecutor
+) -> list:
+    """Each item's input tensor, or why it cannot be used (``Unusable``), decoded on the
+    process's ``decoders``."""
+    return list(decoders.map(lambda pair: _prepare_one(*pair, clf, settings), admitted))
 
 
 def _prepare_one(item: WorkItem, src: Path, clf, settings: Settings):

@@ -9,7 +9,8 @@ normalises with its own mean and std in its forward pass), else decodes the file
 where they were filed. Its rows are written by ``crud.record_shadow`` in a transaction of
 their own.
 
-This module owns the candidate loaded in this process: one at most. Which candidate is
+A process holds one candidate at most, in its ``CandidateSlot`` (part of the state the
+classify task keeps per process, ``worker.pipeline.ProcessState``). Which candidate is
 registered is asked for every batch (one query), so registering, promoting or retiring one
 applies from the next batch on without a restart; a candidate no longer registered is let
 go. A candidate that cannot be loaded, or whose forward pass raises, logs one error (once
@@ -21,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -53,9 +54,54 @@ class _Held:
     failed_at: float = 0.0
 
 
-_held: _Held | None = None
-# The candidate versions whose failure this process has logged: each is logged once.
-_reported: set[str] = set()
+@dataclass
+class CandidateSlot:
+    """The candidate model one process holds for shadow runs (one at most), and the candidate
+    versions whose failure it has logged: each is logged once."""
+
+    held: _Held | None = None
+    reported: set[str] = field(default_factory=set)
+
+    def get(self, settings: Settings, version: str, load: Loader):
+        """The loaded candidate ``version``, loading it (and letting another go) if need be;
+        None while it is failing."""
+        held = self.held
+        if (
+            held is not None
+            and held.version == version
+            and (held.model is not None or time.monotonic() - held.failed_at < RETRY_SECONDS)
+        ):
+            return held.model
+        self.let_go(f"model {version} is the candidate now")  # one candidate in memory at most
+        try:
+            model = load(settings, version)
+        except Exception as exc:
+            self.failed(version, "cannot be loaded", exc)
+            return None
+        self.held = _Held(version, model)
+        log.info("loaded candidate model %s for shadow runs", version)
+        return model
+
+    def let_go(self, why: str) -> None:
+        """Unload the candidate held, if any."""
+        if self.held is not None and self.held.model is not None:
+            log.info("candidate model %s let go: %s", self.held.version, why)
+        self.held = None
+
+    def failed(self, version: str, what: str, exc: Exception) -> None:
+        self.held = _Held(version, None, time.monotonic())
+        if version in self.reported:
+            return
+        self.reported.add(version)
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        log.error(
+            "candidate model %s %s (%s: %s): no shadow runs of it in this process; the photos "
+            "are classified and filed as without it",
+            version,
+            what,
+            type(exc).__name__,
+            first_line,
+        )
 
 
 @dataclass(frozen=True)
@@ -75,14 +121,15 @@ def shadow(
     settings: Settings,
     sessions: sessionmaker[Session],
     decoders: Executor,
+    slot: CandidateSlot,
     load: Loader,
 ) -> int:
     """Run the registered candidate, if any, on the photos of ``batch`` chosen for it and
-    store its answers; return how many were stored. ``load(settings, version)`` loads a
-    model from the store, as the serving one is loaded. Never raises: the batch is filed
-    already, and a shadow run must not fail it."""
+    store its answers; return how many were stored. ``slot`` holds this process's candidate;
+    ``load(settings, version)`` loads a model from the store, as the serving one is loaded.
+    Never raises: the batch is filed already, and a shadow run must not fail it."""
     try:
-        return _shadow(batch, clf, serving_seconds, settings, sessions, decoders, load)
+        return _shadow(batch, clf, serving_seconds, settings, sessions, decoders, slot, load)
     except Exception as exc:  # a bug of its own must not fail the batch either
         log.error(
             "shadow run failed (%s: %s); the batch is filed as without it", type(exc).__name__, exc
@@ -97,6 +144,7 @@ def _shadow(
     settings: Settings,
     sessions: sessionmaker[Session],
     decoders: Executor,
+    slot: CandidateSlot,
     load: Loader,
 ) -> int:
     try:
@@ -106,7 +154,7 @@ def _shadow(
         log.warning("shadow run skipped: cannot read which candidate is registered: %s", exc)
         return 0
     if entry is None or entry.version == clf.version:
-        _let_go("no candidate is registered")
+        slot.let_go("no candidate is registered")
         return 0
     version = entry.version
     chosen = [
@@ -122,7 +170,7 @@ def _shadow(
         )
         is not None
     ]
-    if not chosen or (candidate := _candidate(settings, version, load)) is None:
+    if not chosen or (candidate := slot.get(settings, version, load)) is None:
         return 0
     try:
         with sessions() as session:
@@ -141,7 +189,7 @@ def _shadow(
         answers = candidate.predict_tensors([x for _, _, x in inputs], threshold) if inputs else []
         seconds = (time.perf_counter() - started) / max(1, len(inputs))
     except Exception as exc:
-        _failed(version, "failed in its forward pass", exc)
+        slot.failed(version, "failed in its forward pass", exc)
         return 0
     rows = [
         ShadowAnswer(
@@ -200,7 +248,7 @@ def _decode_again(photo: Classified, candidate):
     return None
 
 
-def load_candidate_at_start(settings: Settings, load: Loader) -> None:
+def load_candidate_at_start(settings: Settings, slot: CandidateSlot, load: Loader) -> None:
     """Load the registered candidate, if any, as a worker process starts (after its serving
     model), so that its first batch does not wait for it; a candidate that cannot be loaded
     is logged as a batch would log it."""
@@ -211,50 +259,4 @@ def load_candidate_at_start(settings: Settings, load: Loader) -> None:
         log.warning("cannot read which candidate is registered (%s): the first batch asks", exc)
         return
     if entry is not None:
-        _candidate(settings, entry.version, load)
-
-
-def _candidate(settings: Settings, version: str, load: Loader):
-    """The loaded candidate ``version``, loading it (and letting another go) if need be;
-    None while it is failing."""
-    global _held
-    if (
-        _held is not None
-        and _held.version == version
-        and (_held.model is not None or time.monotonic() - _held.failed_at < RETRY_SECONDS)
-    ):
-        return _held.model
-    _let_go(f"model {version} is the candidate now")  # one candidate in memory at most
-    try:
-        model = load(settings, version)
-    except Exception as exc:
-        _failed(version, "cannot be loaded", exc)
-        return None
-    _held = _Held(version, model)
-    log.info("loaded candidate model %s for shadow runs", version)
-    return model
-
-
-def _let_go(why: str) -> None:
-    """Unload the candidate held, if any."""
-    global _held
-    if _held is not None and _held.model is not None:
-        log.info("candidate model %s let go: %s", _held.version, why)
-    _held = None
-
-
-def _failed(version: str, what: str, exc: Exception) -> None:
-    global _held
-    _held = _Held(version, None, time.monotonic())
-    if version in _reported:
-        return
-    _reported.add(version)
-    first_line = str(exc).splitlines()[0] if str(exc) else ""
-    log.error(
-        "candidate model %s %s (%s: %s): no shadow runs of it in this process; the photos "
-        "are classified and filed as without it",
-        version,
-        what,
-        type(exc).__name__,
-        first_line,
-    )
+        slot.get(settings, entry.version, load)

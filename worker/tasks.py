@@ -33,11 +33,12 @@ from refund_sorter.errors import UserError
 from refund_sorter.export import export_sweeps
 from refund_sorter.messages import CLASSIFY_TASK, WorkItem, read_task
 from worker.events import report_to_flower
-from worker.lifecycle import classifying_processes, stop_taking_images
+from worker.lifecycle import Node, stop_taking_images
 from worker.pipeline import (
     IGNORED,
     BatchOutcome,
     ModelUnavailable,
+    ProcessState,
     load_classifier,
     process_batch,
     torch_threads,
@@ -53,10 +54,21 @@ MODELS_PER_PROCESS = 2
 
 
 class ClassifierTask(Batches):
-    """Buffers classify tasks into batches; holds the models, each loaded once per process."""
+    """Buffers classify tasks into batches; holds what each process keeps: the worker's node
+    record (``worker.lifecycle``), the models, each loaded once per process, and the
+    process's state between batches (``worker.pipeline.ProcessState``)."""
 
+    node: Node = Node()  # replaced by the worker's own as it starts
     # By version, the least recently used first; one per process (a class attribute).
     _loaded: ClassVar[OrderedDict[str, object]] = OrderedDict()
+    _state: ClassVar[ProcessState | None] = None
+
+    @property
+    def process_state(self) -> ProcessState:
+        """This process's state, made the first time the process needs it (after the fork)."""
+        if ClassifierTask._state is None:
+            ClassifierTask._state = ProcessState.sharing_cores(self.node.processes)
+        return ClassifierTask._state
 
     @property
     def flush_every(self) -> int:
@@ -93,7 +105,7 @@ class ClassifierTask(Batches):
             loaded.move_to_end(version)
             return loaded[version]
         settings = self.app.settings
-        clf = load_classifier(settings, version, classifying_processes())
+        clf = load_classifier(settings, version, self.node.processes)
         loaded[version] = clf
         while len(loaded) > MODELS_PER_PROCESS:
             dropped, _ = loaded.popitem(last=False)
@@ -103,7 +115,7 @@ class ClassifierTask(Batches):
             clf.version,
             clf.device,
             clf.precision,
-            torch_threads(settings, classifying_processes()),
+            torch_threads(settings, self.node.processes),
             clf.review_threshold,
         )
         return clf
@@ -148,7 +160,8 @@ def classify(self, requests) -> None:
     classified = not items
     for version, group in by_model.items():
         try:
-            statuses = process_batch(group, self.classifier_for(version), settings).statuses
+            clf = self.classifier_for(version)
+            statuses = process_batch(group, clf, settings, self.process_state).statuses
         except NotInStore as exc:
             # No worker can classify for it. Its rows stay queued and its files untouched: the
             # stall check releases their sweep, and the next sweep takes them over.

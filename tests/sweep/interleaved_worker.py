@@ -68,8 +68,8 @@ def record_results(session, results):
     return real_record_results(session, results)
 
 
-def process_batch(items, clf, settings):
-    outcome = real_process_batch(items, clf, settings)
+def process_batch(items, clf, settings, state=None):
+    outcome = real_process_batch(items, clf, settings, state)
     if all(it.content_hash != HELD for it in items):
         note("other batch done")
         OTHER_DONE.touch()

@@ -226,7 +226,7 @@ def kill_a_worker_mid_sweep(stack: Stack, redis_server, photos: int, seed: int):
 
     The worker is stopped (SIGSTOP) for a moment first, only to pick that moment: with nothing
     moving, the photos still queued in the table but not waiting in the queue are the ones it
-    holds. (It may hold none, having just stored a batch: then it runs on and is tried again.)
+    holds (the photos of a batch committed and not yet filed are no longer queued). (It may hold none, having just stored a batch: then it runs on and is tried again.)
     """
     settings = stack.settings
     incoming = Incoming(settings.incoming_dir)
@@ -239,7 +239,8 @@ def kill_a_worker_mid_sweep(stack: Stack, redis_server, photos: int, seed: int):
     for _ in range(100):
         os.killpg(first.proc.pid, signal.SIGSTOP)
         time.sleep(0.2)  # a commit already sent lands meanwhile
-        held = get_run(settings, run.id).pending - queue.llen(CLASSIFY_QUEUE)
+        queued = sum(p.status == "queued" for p in all_predictions(settings))
+        held = queued - queue.llen(CLASSIFY_QUEUE)
         if held > 0:
             break
         os.killpg(first.proc.pid, signal.SIGCONT)

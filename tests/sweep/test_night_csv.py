@@ -5,6 +5,7 @@ its moves, the stall check files what it left and writes the CSV."""
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,7 @@ def test_the_stall_check_files_what_a_stopped_process_left_and_writes_the_csv(
     """A worker process stopped between its commit and its moves: its photos stay pending,
     so the night does not finish; the stall check moves their files, finishes the night and
     writes its CSV."""
-    from worker.pipeline import admit, predict, prepare, record
+    from worker.pipeline import ProcessState, admit, predict, prepare, record
 
     settings = make_settings(sweep_stall_seconds=0.01)
     upgrade(settings.database_url)
@@ -116,8 +117,10 @@ def test_the_stall_check_files_what_a_stopped_process_left_and_writes_the_csv(
     published = []
     run = run_sweep(settings, dispatch=published.extend, trigger="manual").run
     sessions = session_factory(settings.database_url)
-    admitted, _, threshold = admit(published, classifier, sessions, settings)
-    classified = predict(prepare(admitted, classifier, settings), classifier, threshold)
+    state = ProcessState.sharing_cores()
+    admitted, _, threshold = admit(published, classifier, sessions, settings, state.applied)
+    prepared = prepare(admitted, classifier, settings, state.decoders)
+    classified = predict(prepared, classifier, threshold)
     record(admitted, classified, threshold, settings, sessions)  # and stopped: nothing moved
 
     with sessions() as session:
@@ -126,6 +129,7 @@ def test_the_stall_check_files_what_a_stopped_process_left_and_writes_the_csv(
     assert files_under(settings.incoming_dir) == images
     assert not settings.export_dir.exists()
 
+    time.sleep(0.2)  # past the stall time
     assert resume_stalled_sweep(settings, dispatch=pytest.fail, queue_depth=lambda: 0) == 0
 
     with sessions() as session:
