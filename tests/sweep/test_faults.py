@@ -226,7 +226,8 @@ def kill_a_worker_mid_sweep(stack: Stack, redis_server, photos: int, seed: int):
 
     The worker is stopped (SIGSTOP) for a moment first, only to pick that moment: with nothing
     moving, the photos still queued in the table but not waiting in the queue are the ones it
-    holds (the photos of a batch committed and not yet filed are no longer queued). (It may hold none, having just stored a batch: then it runs on and is tried again.)
+    holds (a batch committed and not yet filed is no longer queued). It may hold none, having
+    just stored a batch: then it runs on and is tried again.
     """
     settings = stack.settings
     incoming = Incoming(settings.incoming_dir)
