@@ -34,7 +34,7 @@ from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.messages import CLASSIFY_QUEUE, SWEEP_QUEUE
 from refund_sorter.redact import redact
-from review import accuracy, queue
+from review import accuracy, nights, queue
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ STATUS_COUNTERS = {
     ItemStatus.OK: "succeeded",
     ItemStatus.FAILED: "failed",
     ItemStatus.QUEUED: "pending",
-    "skipped": "skipped",  # already classified, a duplicate, or failed before and still there
+    nights.KNOWN: "known",  # already classified, a duplicate, or failed before and still there
     ItemStatus.DEFERRED: "deferred",
 }
 # A scrape waits this long at most for the broker (connecting, then each reply): Prometheus
@@ -217,8 +217,9 @@ class SorterCollector:
         )
         out.photos(
             "last_sweep_photos",
-            "Photos of the last sweep by status: ok (classified), failed, queued, skipped "
-            "(known already), deferred (still being written, left for a later sweep).",
+            "Photos of the last sweep by status: ok (classified), failed, queued, known "
+            "(known already: classified before, a duplicate, or failed before and still "
+            "there), deferred (still being written, left for a later sweep).",
             last,
         )
 

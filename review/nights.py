@@ -8,7 +8,7 @@ rows in Python, and is read-only like ``queue``.
 Each night's figures:
 
 - photos by status: ``ok`` (classified), ``failed``, ``deferred`` (left for a later sweep:
-  still being written), ``queued`` (not classified yet), and ``skipped`` (already classified
+  still being written), ``queued`` (not classified yet), and ``known`` (already classified
   before: the sweep counts them, no row of their own);
 - the *flagged share*: of the photos classified, those flagged for review;
 - the *failed share*: of the photos the night settled (classified or failed), those failed;
@@ -37,8 +37,8 @@ from review import accuracy
 from review.accuracy import Estimate, Figures
 
 NIGHTS = 30  # nights on the Nights page
-SKIPPED = "skipped"  # photos classified before: counted by the sweep, no row of their own
-STATUSES = (ItemStatus.OK, ItemStatus.FAILED, ItemStatus.DEFERRED, ItemStatus.QUEUED, SKIPPED)
+KNOWN = "known"  # photos classified before: counted by the sweep, no row of their own
+STATUSES = (ItemStatus.OK, ItemStatus.FAILED, ItemStatus.DEFERRED, ItemStatus.QUEUED, KNOWN)
 HISTOGRAM_BINS = 20
 # The last night must have finished within this long: a sweep a night, and two hours for it
 # to run late.
@@ -156,7 +156,7 @@ def _nights(session: Session, runs: list[SweepRun], settings: Settings, drift: b
     zone = ZoneInfo(settings.timezone)
     nights = []
     for r in runs:
-        counts[r.id][SKIPPED] = r.skipped
+        counts[r.id][KNOWN] = r.known
         started = as_utc(r.started_at)
         nights.append(
             Night(

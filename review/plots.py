@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from models import ItemStatus
 from refund_sorter.config import Settings
-from review.nights import LEVELS, SKIPPED, STATUSES, Night, NightDetail, rate
+from review.nights import KNOWN, LEVELS, STATUSES, Night, NightDetail, rate
 
 # The colours of review/static/review.css (:root), so that plots and page read as one.
 COLOURS = {
@@ -38,7 +38,7 @@ STATUS_COLOURS = {
     ItemStatus.FAILED: COLOURS["bad"],
     ItemStatus.DEFERRED: COLOURS["warn"],
     ItemStatus.QUEUED: COLOURS["muted"],
-    SKIPPED: COLOURS["line"],
+    KNOWN: COLOURS["line"],
 }
 TITLE, SMALL = 9.5, 7.5  # points
 TREND_SIZE = (3.4, 1.3)  # inches, at DPI: 340 x 130 pixels

@@ -35,9 +35,9 @@ from refund_sorter.messages import CLASSIFY_TASK, WorkItem, read_task
 from worker.events import report_to_flower
 from worker.lifecycle import classifying_processes, stop_taking_images
 from worker.pipeline import (
-    IGNORED,
     BatchOutcome,
     ModelUnavailable,
+    NotStored,
     load_classifier,
     process_batch,
     torch_threads,
@@ -153,7 +153,7 @@ def classify(self, requests) -> None:
             # No worker can classify for it. Its rows stay queued and its files untouched: the
             # stall check releases their sweep, and the next sweep takes them over.
             log.error("left %d images for model %s as they are: %s", len(group), version, exc)
-            outcome.statuses += [(it, IGNORED) for it in group]
+            outcome.statuses += [(it, NotStored.IGNORED) for it in group]
             classified = True
         except ModelUnavailable as exc:
             # Not the images' fault: put them back as they came, for a worker that has a model.
