@@ -78,7 +78,7 @@ class Night:
 
     @property
     def failed_share(self) -> float | None:
-        return self.photos[ItemStatus.FAILED] / self.settled if self.settled else None
+        return failed_share(self.photos[ItemStatus.OK], self.photos[ItemStatus.FAILED])
 
     @property
     def duration_seconds(self) -> float | None:
@@ -95,6 +95,22 @@ class Night:
     @property
     def drifted(self) -> bool:
         return self.drift is not None and any(d.drifted for d in self.drift.levels.values())
+
+
+def failed_share(ok: int, failed: int) -> float | None:
+    """The failed share of a night whose rows hold ``ok`` classified and ``failed`` failed
+    photos: of the photos it settled, those that failed; None when it settled none.
+
+    The one definition, for the Nights pages and the metrics endpoint alike. It is counted
+    from the night's rows, not from its sweep's counters (``sweep_runs.succeeded`` and
+    ``failed``, which the same transactions keep equal to them): the rows are what the
+    night's CSV and pages list, so the share is the one an operator can check against them,
+    and it costs no more, as ``ix_predictions_sweep_status`` answers a night's count by
+    status from the index alone and both readers count that night's rows for its flagged
+    share anyway.
+    """
+    settled = ok + failed
+    return failed / settled if settled else None
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from refund_sorter.config import Settings
 plots.trend("photos", [], Settings())   # the Nights pages draw with matplotlib alone
 from classifier.checkpoint_taxonomy import read_taxonomy
 read_taxonomy("assets/model/refund-sorter-resnet18.pt")   # the categories the desk offers
-import monitoring.server   # the metrics endpoint, which versions the model file
+import monitoring.server   # the metrics endpoint
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
 print("LEAKED", leaked)
 """

@@ -305,6 +305,8 @@ def test_every_series_after_a_staged_night(
         assert value(samples, "last_sweep_photos", status=status) == n
     assert value(samples, "last_sweep_flagged_ratio") == 2 / 8
     assert value(samples, "last_sweep_failed_ratio") == 2 / 10
+    # The level the failed share alert compares it with: the desk's setting, exported.
+    assert value(samples, "failed_ratio_warning") == settings.nights_failed_warning == 0.05
     assert value(samples, "last_sweep_images_per_second") == 10 / 100
     categories = {
         ("footwear", "shoes"): 2,
@@ -320,7 +322,7 @@ def test_every_series_after_a_staged_night(
 
     assert value(samples, "baseline_nights") == 3
     assert value(samples, "baseline_flagged_ratio") == pytest.approx(0.2)
-    assert value(samples, "abandoned_sweeps_total") == 1
+    assert value(samples, "abandoned_sweeps") == 1
     assert value(samples, "last_abandoned_sweep_started_timestamp_seconds") == (
         staged.abandoned_started.timestamp()
     )
