@@ -51,7 +51,9 @@ NO_REASON = "no reason recorded"
 
 
 @dataclass(frozen=True)
-class Night:
+class NightFigures:
+    """One night's figures, as the Nights pages show them (listed above)."""
+
     sweep: int
     status: str  # running, finished or abandoned (skipped runs are no nights)
     model_version: str
@@ -130,7 +132,7 @@ class Throughput:
 
 @dataclass(frozen=True)
 class NightDetail:
-    night: Night
+    night: NightFigures
     failures: list[Failure]  # most photos first
     histograms: dict[str, list[int]]  # level -> classified photos per confidence bin on [0, 1]
     throughput: Throughput
@@ -140,12 +142,14 @@ class NightDetail:
 class Headline:
     """The answer at the top of the Nights page: did last night work, and is it still right?"""
 
-    night: Night | None  # the last finished night
+    night: NightFigures | None  # the last finished night
     text: str
     warnings: list[str]
 
 
-def _nights(session: Session, runs: list[SweepRun], settings: Settings, drift: bool) -> list[Night]:
+def _nights(
+    session: Session, runs: list[SweepRun], settings: Settings, drift: bool
+) -> list[NightFigures]:
     ids = [r.id for r in runs]
     counts: dict[int, dict[str, int]] = {i: dict.fromkeys(STATUSES, 0) for i in ids}
     flagged = dict.fromkeys(ids, 0)
@@ -175,7 +179,7 @@ def _nights(session: Session, runs: list[SweepRun], settings: Settings, drift: b
         counts[r.id][KNOWN] = r.known
         started = as_utc(r.started_at)
         nights.append(
-            Night(
+            NightFigures(
                 sweep=r.id,
                 status=r.status,
                 model_version=r.model_version,
@@ -193,7 +197,7 @@ def _nights(session: Session, runs: list[SweepRun], settings: Settings, drift: b
 
 def recent(
     session: Session, settings: Settings, *, last: int = NIGHTS, drift: bool = True
-) -> list[Night]:
+) -> list[NightFigures]:
     """The ``last`` nights, newest first; ``drift=False`` leaves their drift out (None), for
     a reader that does not show it."""
     runs = list(
@@ -320,7 +324,7 @@ def duration_words(seconds: float | None) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def drift_words(n: Night) -> str:
+def drift_words(n: NightFigures) -> str:
     """ "drift ok", "drift over threshold", or why there is no figure."""
     if n.drift is None:
         return "no drift figure (no baseline night yet)" if n.classified else "no drift figure"
@@ -328,7 +332,7 @@ def drift_words(n: Night) -> str:
     return f"drift over threshold ({psi})" if n.drifted else f"drift ok ({psi})"
 
 
-def summary(n: Night) -> str:
+def summary(n: NightFigures) -> str:
     """ "finished, 1,234 photos, 1.2% failed, 9.4% flagged, drift ok (...)"."""
     parts = [n.status, f"{n.settled:,} photos"]
     if n.settled:
@@ -338,7 +342,7 @@ def summary(n: Night) -> str:
     return ", ".join(parts)
 
 
-def concerns(n: Night, settings: Settings) -> list[str]:
+def concerns(n: NightFigures, settings: Settings) -> list[str]:
     """What is off with one night: not finished, too many failures, a drifted mix."""
     found = []
     if n.status == SweepStatus.RUNNING:
@@ -368,7 +372,7 @@ def concerns(n: Night, settings: Settings) -> list[str]:
     return found
 
 
-def headline(nights: list[Night], settings: Settings, now: datetime) -> Headline:
+def headline(nights: list[NightFigures], settings: Settings, now: datetime) -> Headline:
     """The Nights page's answer, from the nights newest first (``recent``), and what is off:
     no finished night lately, a newer sweep that did not finish, too many failures, drift."""
     zone = ZoneInfo(settings.timezone)

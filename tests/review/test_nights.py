@@ -324,11 +324,11 @@ def night(
     ok: int = 100,
     failed: int = 0,
     flagged: int = 10,
-) -> nights.Night:
+) -> nights.NightFigures:
     photos = dict.fromkeys(nights.STATUSES, 0) | {"ok": ok, "failed": failed}
     finished = started + timedelta(minutes=30) if status != SweepStatus.RUNNING else None
     counts = Counts(photos=ok, flagged=flagged)
-    return nights.Night(
+    return nights.NightFigures(
         sweep, status, "v", started, finished, started.date(), photos, flagged,
         figures([(counts, {})]) if ok else None, None,
     )  # fmt: skip
