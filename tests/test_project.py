@@ -78,15 +78,14 @@ ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 @pytest.fixture(
     params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)],
 )
-def migrated_url(request, tmp_path) -> Iterator[str]:
-    """A database the migrations made: a SQLite file, or a throwaway PostgreSQL database."""
+def empty_url(request, tmp_path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a throwaway PostgreSQL database."""
     import psycopg
 
-    from refund_sorter.db import dispose, upgrade
+    from refund_sorter.db import dispose
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-        upgrade(url)
         yield url
         dispose(url)
         return
@@ -95,12 +94,20 @@ def migrated_url(request, tmp_path) -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     try:
-        upgrade(url)
         yield url
     finally:
         dispose(url)
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def migrated_url(empty_url) -> str:
+    """A database the migrations made, on SQLite and on PostgreSQL."""
+    from refund_sorter.db import upgrade
+
+    upgrade(empty_url)
+    return empty_url
 
 
 def check_constraints(tables) -> set[tuple[str, str | None, frozenset[str]]]:
@@ -172,6 +179,56 @@ def test_the_database_refuses_a_status_no_code_knows(migrated_url):
         ):
             with pytest.raises(IntegrityError, match=f"ck_{table}_status"), conn.begin_nested():
                 conn.execute(statement, {"status": bad, "now": now})
+        assert conn.execute(text("SELECT COUNT(*) FROM predictions")).scalar_one() == 1
+
+
+def test_migration_0011_keeps_the_rows_both_ways(empty_url):
+    """The column rename and the constraints on tables that hold rows others reference:
+    SQLite copies each table (batch mode), and nothing may be lost or left unchecked."""
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from refund_sorter.db import alembic_config, get_engine, upgrade
+
+    upgrade(empty_url, "0010")
+    engine = get_engine(empty_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                'INSERT INTO sweep_runs (status, "trigger", model_version, started_at,'
+                " updated_at, found, enqueued, succeeded, failed, skipped, pending, deferred)"
+                " VALUES ('finished', 'beat', 'v1', :now, :now, 5, 1, 1, 0, 4, 0, 0)"
+            ),
+            {"now": datetime.now(UTC)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO predictions (content_hash, model_version, sweep_run_id, status,"
+                " file_name, original_path, needs_review, audited, created_at)"
+                " SELECT 'h', 'v1', id, 'ok', 'a.jpg', '/in/a.jpg', false, false, started_at"
+                " FROM sweep_runs"
+            )
+        )
+
+    upgrade(empty_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT known FROM sweep_runs")).scalar_one() == 4
+        assert conn.execute(text("SELECT COUNT(*) FROM predictions")).scalar_one() == 1
+        # Foreign keys are still enforced afterwards.
+        with pytest.raises(IntegrityError):
+            conn.execute(
+                text(
+                    "INSERT INTO predictions (content_hash, model_version, sweep_run_id, status,"
+                    " file_name, original_path, needs_review, audited, created_at)"
+                    " SELECT 'h2', 'v1', id + 1000, 'ok', 'b.jpg', '/in/b.jpg', false, false,"
+                    " started_at FROM sweep_runs"
+                )
+            )
+
+    command.downgrade(alembic_config(empty_url), "0010")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT skipped FROM sweep_runs")).scalar_one() == 4
         assert conn.execute(text("SELECT COUNT(*) FROM predictions")).scalar_one() == 1
 
 

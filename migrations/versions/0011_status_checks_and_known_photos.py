@@ -11,7 +11,8 @@ Revises: 0010
 Create Date: 2026-12-07 04:30:00
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from alembic import op
 
@@ -38,19 +39,38 @@ CHECKS = {
 
 
 def upgrade() -> None:
-    # SQLite cannot add a constraint to a table: batch mode copies the table into a new one.
-    for table, (name, column, values) in CHECKS.items():
-        with op.batch_alter_table(table) as batch_op:
-            if table == "sweep_runs":
-                batch_op.alter_column("skipped", new_column_name="known")
-            batch_op.create_check_constraint(
-                name, f"{column} IN ({', '.join(repr(v) for v in values)})"
-            )
+    with _sqlite_foreign_keys_off():
+        for table, (name, column, values) in CHECKS.items():
+            with op.batch_alter_table(table) as batch_op:
+                if table == "sweep_runs":
+                    batch_op.alter_column("skipped", new_column_name="known")
+                batch_op.create_check_constraint(
+                    name, f"{column} IN ({', '.join(repr(v) for v in values)})"
+                )
 
 
 def downgrade() -> None:
-    for table, (name, _, _) in CHECKS.items():
-        with op.batch_alter_table(table) as batch_op:
-            batch_op.drop_constraint(name, type_="check")
-            if table == "sweep_runs":
-                batch_op.alter_column("known", new_column_name="skipped")
+    with _sqlite_foreign_keys_off():
+        for table, (name, _, _) in CHECKS.items():
+            with op.batch_alter_table(table) as batch_op:
+                batch_op.drop_constraint(name, type_="check")
+                if table == "sweep_runs":
+                    batch_op.alter_column("known", new_column_name="skipped")
+
+
+@contextmanager
+def _sqlite_foreign_keys_off() -> Iterator[None]:
+    """SQLite cannot add a constraint to a table: batch mode copies the table into a new one
+    and drops the old, and with foreign keys enforced (refund_sorter.db turns them on)
+    dropping a table other rows reference fails. They are off meanwhile: a pragma SQLite
+    heeds only outside a transaction. The copies keep every row, so no reference breaks."""
+    if op.get_bind().dialect.name != "sqlite":
+        yield
+        return
+    with op.get_context().autocommit_block():
+        op.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        with op.get_context().autocommit_block():
+            op.execute("PRAGMA foreign_keys=ON")
