@@ -31,7 +31,7 @@ from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
 from refund_sorter.export import export_sweeps
-from refund_sorter.messages import CLASSIFY_TASK, WorkItem, read_task
+from refund_sorter.messages import CLASSIFY_TASK, WorkItem, by_model, read_task
 from worker.events import report_to_flower
 from worker.lifecycle import classifying_processes, stop_taking_images
 from worker.pipeline import (
@@ -139,14 +139,12 @@ def classify(self, requests) -> None:
     refused = sum(len(reasons) for _, _, reasons in tasks)
     settings = self.app.settings
     started = time.monotonic()
-    by_model: dict[str, list[WorkItem]] = {}
-    for it in items:
-        by_model.setdefault(it.model_version, []).append(it)
+    groups = by_model(items)
     outcome = BatchOutcome()
     # Whether the batch is done with (not put back, not retried), to be logged and reported;
     # a batch of refused entries only is reported as such.
     classified = not items
-    for version, group in by_model.items():
+    for version, group in groups.items():
         try:
             statuses = process_batch(group, self.classifier_for(version), settings).statuses
         except NotInStore as exc:
@@ -176,7 +174,7 @@ def classify(self, requests) -> None:
         outcome.failed,
         outcome.ignored,
         outcome.refused + refused,
-        ", ".join(by_model),
+        ", ".join(groups),
     )
     report_to_flower(self.name, tasks, outcome, time.monotonic() - started)
 
