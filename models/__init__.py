@@ -4,7 +4,9 @@ logins; the review threshold set for each model version; the model registry (one
 model version, and the log of the changes of the serving model); a candidate model's
 answers from its shadow runs.
 
-Tables are created and changed only by the Alembic migrations in ``migrations/``.
+Statuses (and roles, actions) are StrEnums, and a CHECK constraint holds each column to its
+enum's values. Tables are created and changed only by the Alembic migrations in
+``migrations/``.
 """
 
 from datetime import UTC, datetime

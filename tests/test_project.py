@@ -1,6 +1,8 @@
 """Project-level promises: the README's test command is what CI runs, the producer, beat,
-migrations, the review desk and the metrics endpoint start without PyTorch, the packages
-import each other only downwards, and no two modules import each other."""
+migrations, the review desk and the metrics endpoint start without PyTorch, the migrations
+make what the models say (CHECK constraints included) on SQLite and PostgreSQL, statuses are
+enums the database holds to their values, the packages import each other only downwards, and
+no two modules import each other."""
 
 import ast
 import re
