@@ -189,7 +189,7 @@ def fill(url: str, rows: int, nights: int) -> None:
             started = f"{today} - interval '{nights - idx + 1} days' + interval '2 hours'"
             (sweep_id,) = conn.execute(
                 "INSERT INTO sweep_runs (status, trigger, model_version, started_at, updated_at,"
-                " found, enqueued, succeeded, failed, skipped, pending, deferred) "
+                " found, enqueued, succeeded, failed, known, pending, deferred) "
                 f"VALUES ('finished', 'beat', %s, {started}, {started}, 0, 0, 0, 0, 0, 0, 0) "
                 "RETURNING id",
                 (VERSION,),
@@ -202,14 +202,14 @@ def fill(url: str, rows: int, nights: int) -> None:
                 later = f"{started} + interval '1 hour'"
                 conn.execute(
                     "INSERT INTO sweep_runs (status, trigger, model_version, started_at, "
-                    "updated_at, finished_at, found, enqueued, succeeded, failed, skipped, "
+                    "updated_at, finished_at, found, enqueued, succeeded, failed, known, "
                     "pending, deferred, message) VALUES ('skipped', 'manual', %s, "
                     f"{later}, {later}, {later}, 0, 0, 0, 0, 0, 0, 0, %s)",
                     (VERSION, f"sweep {sweep_id} still running"),
                 )
         conn.execute(
             "INSERT INTO sweep_runs (status, trigger, model_version, started_at, updated_at, "
-            "finished_at, found, enqueued, succeeded, failed, skipped, pending, deferred, "
+            "finished_at, found, enqueued, succeeded, failed, known, pending, deferred, "
             "message) VALUES ('abandoned', 'beat', %s, "
             f"{today} - interval '{nights + 1} days', {today} - interval '{nights + 1} days', "
             f"{today} - interval '{nights} days', 12, 12, 0, 0, 0, 12, 0, "

@@ -68,7 +68,7 @@ def sweep(local, wait, timeout) -> None:
         return
     click.echo(
         f"sweep {run.id}: found {run.found} files in {settings.incoming_dir}; "
-        f"enqueued {run.enqueued}, failed {run.failed}, skipped {run.skipped} "
+        f"enqueued {run.enqueued}, failed {run.failed}, known {run.known} "
         "(already classified, a duplicate, or failed before and still there), "
         f"left for later {run.deferred} (still being written)"
     )
@@ -116,7 +116,7 @@ def _print_run(settings: Settings, run_id: int) -> None:
         run = crud.get_sweep(session, run_id)
         click.echo(
             f"status {run.status}: {run.succeeded} classified, {run.failed} failed, "
-            f"{run.skipped} skipped, {run.deferred} left for later, {run.pending} still queued"
+            f"{run.known} known, {run.deferred} left for later, {run.pending} still queued"
         )
         for path, reason in crud.deferred_files(session, run_id, limit=20):
             click.echo(f"  left for later {path}: {reason}")
@@ -169,7 +169,7 @@ def runs(last) -> None:
         rows = crud.recent_sweeps(session, last=last)
     click.echo(
         f"{'run':>5} {'started (UTC)':<17} {'status':<10} {'trigger':<7} "
-        f"{'found':>6} {'ok':>6} {'failed':>6} {'skipped':>7} {'later':>5} {'queued':>6}"
+        f"{'found':>6} {'ok':>6} {'failed':>6} {'known':>7} {'later':>5} {'queued':>6}"
     )
     for r in rows:
         # Masked again on display: rows stored by older versions may hold a password.
@@ -177,7 +177,7 @@ def runs(last) -> None:
         click.echo(
             f"{r.id:>5} {crud.as_utc(r.started_at):%Y-%m-%d %H:%M} {r.status:<10} "
             f"{r.trigger:<7} {r.found:>6} {r.succeeded:>6} {r.failed:>6} "
-            f"{r.skipped:>7} {r.deferred:>5} {r.pending:>6}{message}"
+            f"{r.known:>7} {r.deferred:>5} {r.pending:>6}{message}"
         )
     if any(r.deferred for r in rows):
         click.echo(

@@ -165,16 +165,16 @@ def accuracy(since, as_json: bool) -> None:
         return
     span = f"since {found.since}" if found.since else "the last nights"
     click.echo(f"{len(found.nights)} nights ({span}), together:")
-    for line in figure_lines(found.window):
+    for line in accuracy_lines(found.window):
         click.echo(f"  {line}")
     for night in found.nights:
         mark = " (provisional: audits left to decide)" if night.figures.provisional else ""
         click.echo(f"night of {night.started_at:%Y-%m-%d} (sweep {night.sweep}){mark}:")
-        for line in figure_lines(night.figures):
+        for line in accuracy_lines(night.figures):
             click.echo(f"  {line}")
 
 
-def figure_lines(figures) -> list[str]:
+def accuracy_lines(figures) -> list[str]:
     """One night's (or the window's) figures, one line each."""
     from review.accuracy import share
 

@@ -4,15 +4,19 @@ logins; the review threshold set for each model version; the model registry (one
 model version, and the log of the changes of the serving model); a candidate model's
 answers from its shadow runs.
 
-Tables are created and changed only by the Alembic migrations in ``migrations/``.
+Statuses (and roles, actions) are StrEnums, and a CHECK constraint holds each column to its
+enum's values. Tables are created and changed only by the Alembic migrations in
+``migrations/``.
 """
 
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -37,14 +41,21 @@ class Base(DeclarativeBase):
     pass
 
 
-class SweepStatus:
+def one_of(name: str, column: str, values: type[StrEnum]) -> CheckConstraint:
+    """The CHECK constraint ``name`` that holds ``column`` to the values of ``values``: the
+    database refuses a status no code knows, whoever writes it."""
+    allowed = ", ".join(f"'{v}'" for v in values)
+    return CheckConstraint(f"{column} IN ({allowed})", name=name)
+
+
+class SweepStatus(StrEnum):
     RUNNING = "running"  # enqueued work is still being classified
     FINISHED = "finished"
     SKIPPED = "skipped"  # another sweep was running: nothing was scanned
     ABANDONED = "abandoned"  # made no progress for too long; its leftovers were re-enqueued
 
 
-class ItemStatus:
+class ItemStatus(StrEnum):
     QUEUED = "queued"
     OK = "ok"
     FAILED = "failed"
@@ -69,6 +80,7 @@ class SweepRun(Base):
             sqlite_where=text(f"status = '{SweepStatus.RUNNING}'"),
         ),
         Index("ix_sweep_runs_started_at", "started_at"),
+        one_of("ck_sweep_runs_status", "status", SweepStatus),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -82,7 +94,9 @@ class SweepRun(Base):
     enqueued: Mapped[int] = mapped_column(Integer, default=0)
     succeeded: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
-    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    # Found and left alone, known already: classified before by this model (a duplicate
+    # content too), or failed before and still there. Named ``skipped`` until 0011.
+    known: Mapped[int] = mapped_column(Integer, default=0)
     # Enqueued and not yet filed: classified (or failed) with its file where its row says.
     pending: Mapped[int] = mapped_column(Integer, default=0)
     # Left for later: still being written when read. Added to a table that held sweeps.
@@ -126,6 +140,7 @@ class Prediction(Base):
         ),
         Index("ix_predictions_classified_at", "classified_at"),
         Index("ix_predictions_category", "main_category", "sub_category"),
+        one_of("ck_predictions_status", "status", ItemStatus),
         Index("ix_predictions_file_name", "file_name"),
         Index(
             "ix_predictions_review",
@@ -231,7 +246,7 @@ class ReviewThreshold(Base):
     set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class ModelRole:
+class ModelRole(StrEnum):
     SERVING = "serving"  # the sweeps enqueue their photos for it
     CANDIDATE = "candidate"  # registered to be judged, not serving
     RETIRED = "retired"  # served once (or was a candidate); kept, ready to serve again
@@ -262,6 +277,7 @@ class ModelVersion(Base):
             postgresql_where=text(f"role = '{ModelRole.CANDIDATE}'"),
             sqlite_where=text(f"role = '{ModelRole.CANDIDATE}'"),
         ),
+        one_of("ck_model_versions_role", "role", ModelRole),
     )
 
     version: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -284,7 +300,7 @@ class ModelVersion(Base):
     reason: Mapped[str | None] = mapped_column(Text)
 
 
-class PromotionAction:
+class PromotionAction(StrEnum):
     FIRST = "first"  # the first serving model: the file at REFUND_SORTER_MODEL_PATH
     PROMOTE = "promote"
     ROLLBACK = "rollback"
@@ -296,7 +312,10 @@ class ModelPromotion(Base):
     version that served before."""
 
     __tablename__ = "model_promotions"
-    __table_args__ = (Index("ix_model_promotions_version", "version", "id"),)
+    __table_args__ = (
+        Index("ix_model_promotions_version", "version", "id"),
+        one_of("ck_model_promotions_action", "action", PromotionAction),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"))

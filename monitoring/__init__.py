@@ -2,7 +2,8 @@
 (``metrics``) and the small HTTP server that serves it, behind optional basic auth
 (``server``).
 
-A role of its own, like the review desk: it reads the core's tables and the broker, the
-desk's queries (its backlog and its accuracy report) and which model is served
-(``classifier.version``, torch-free), and writes nothing. Only ``cli`` imports it.
+A role of its own, like the review desk: it reads the core's tables (the model registry's
+among them, for the serving and candidate versions) and the broker, and the desk's queries
+(its backlog, its accuracy report, a night's failed share), and writes nothing. Only ``cli``
+imports it.
 """

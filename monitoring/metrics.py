@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from kombu.exceptions import ChannelError, OperationalError
+from kombu.exceptions import OperationalError
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
@@ -29,12 +29,12 @@ from sqlalchemy.orm import Session
 
 from models import ItemStatus, Prediction, SweepRun, SweepStatus
 from refund_sorter import crud, drift
-from refund_sorter.celery_app import SorterCelery
+from refund_sorter.celery_app import SorterCelery, queue_depth
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.messages import CLASSIFY_QUEUE, SWEEP_QUEUE
 from refund_sorter.redact import redact
-from review import accuracy, queue
+from review import accuracy, nights, queue
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ STATUS_COUNTERS = {
     ItemStatus.OK: "succeeded",
     ItemStatus.FAILED: "failed",
     ItemStatus.QUEUED: "pending",
-    "skipped": "skipped",  # already classified, a duplicate, or failed before and still there
+    nights.KNOWN: "known",  # already classified, a duplicate, or failed before and still there
     ItemStatus.DEFERRED: "deferred",
 }
 # A scrape waits this long at most for the broker (connecting, then each reply): Prometheus
@@ -169,7 +169,7 @@ class SorterCollector:
             )
         ).one()
         out.gauge(
-            "abandoned_sweeps_total",
+            "abandoned_sweeps",
             "Sweeps ever abandoned: they made no progress for REFUND_SORTER_SWEEP_STALE_HOURS; "
             "their queued photos went to a later sweep.",
             abandoned,
@@ -187,6 +187,12 @@ class SorterCollector:
             "p-value below REFUND_SORTER_DRIFT_P_VALUE, is drift.",
             ["level"],
             {(level,): self.settings.drift_psi_threshold for level in drift.LEVELS},
+        )
+        out.gauge(
+            "failed_ratio_warning",
+            "REFUND_SORTER_NIGHTS_FAILED_WARNING: a last sweep's failed share above it is "
+            "marked on the review desk's Nights page and raises RefundSorterFailedShareHigh.",
+            self.settings.nights_failed_warning,
         )
 
         last = session.scalar(
@@ -217,36 +223,43 @@ class SorterCollector:
         )
         out.photos(
             "last_sweep_photos",
-            "Photos of the last sweep by status: ok (classified), failed, queued, skipped "
-            "(known already), deferred (still being written, left for a later sweep).",
+            "Photos of the last sweep by status: ok (classified), failed, queued, known "
+            "(known already: classified before, a duplicate, or failed before and still "
+            "there), deferred (still being written, left for a later sweep).",
             last,
         )
 
-        ok, flagged = session.execute(
-            select(func.count(), func.count().filter(Prediction.needs_review)).where(
-                Prediction.sweep_run_id == last.id, Prediction.status == ItemStatus.OK
+        is_ok = Prediction.status == ItemStatus.OK
+        ok, flagged, failed = session.execute(
+            select(
+                func.count().filter(is_ok),
+                func.count().filter(is_ok, Prediction.needs_review),
+                func.count().filter(Prediction.status == ItemStatus.FAILED),
+            ).where(
+                Prediction.sweep_run_id == last.id,
+                Prediction.status.in_((ItemStatus.OK, ItemStatus.FAILED)),
             )
         ).one()
-        settled = last.succeeded + last.failed
         if ok:
             out.gauge(
                 "last_sweep_flagged_ratio",
                 "Share of the last sweep's classified photos flagged for review (0 to 1).",
                 flagged / ok,
             )
-        if settled:
+        if (failed_share := nights.failed_share(ok, failed)) is not None:
             out.gauge(
                 "last_sweep_failed_ratio",
                 "Share of the last sweep's photos that failed, of those classified or failed "
                 "(0 to 1).",
-                last.failed / settled,
+                failed_share,
             )
-            if duration > 0:
-                out.gauge(
-                    "last_sweep_images_per_second",
-                    "Photos classified or failed per second of the last sweep, start to finish.",
-                    settled / duration,
-                )
+        settled = last.succeeded + last.failed
+        if settled and duration > 0:
+            out.gauge(
+                "last_sweep_images_per_second",
+                "Photos classified or failed per second of the last sweep, start to finish.",
+                settled / duration,
+            )
 
         categories = session.execute(
             select(Prediction.main_category, Prediction.sub_category, func.count())
@@ -366,7 +379,7 @@ class SorterCollector:
             try:
                 conn.ensure_connection(max_retries=0)  # one try: the next scrape is the retry
                 with conn.channel() as channel:
-                    ready = {queue: message_count(channel, queue) for queue in QUEUES}
+                    ready = {queue: queue_depth(channel, queue) for queue in QUEUES}
                     unacked = unacked_per_queue(channel)
             except (OperationalError, *conn.connection_errors) as exc:
                 url = self.app.conf.broker_url
@@ -403,15 +416,6 @@ class SorterCollector:
             ["version"],
             {(candidate.version,): 1} if candidate else {},
         )
-
-
-def message_count(channel, queue_name: str) -> int:
-    """Messages waiting in a queue (every priority's list), 0 for a queue the broker lacks:
-    Redis drops an empty list."""
-    try:
-        return channel.queue_declare(queue_name, passive=True).message_count
-    except ChannelError:
-        return 0
 
 
 def unacked_per_queue(channel) -> Counter:

@@ -41,12 +41,12 @@ def run_sweep(
 
     Files that are not images are recorded as failed and moved to ``failed/``, unless they
     are still being written (``refund_sorter.arrival``): those are recorded as deferred and
-    left for a later sweep. Images this model already classified are counted as skipped and
+    left for a later sweep. Images this model already classified are counted as known and
     moved to ``processed/``; a classified row whose file was left in ``incoming/`` (its move
     failed) is corrected to name where it goes now. Each move happens only after the row
     saying so is committed, and a move that fails leaves its row with no final path and the
     reason. A file whose bytes cannot be read is recorded as failed and left where it is, as
-    is one that cannot be moved; later sweeps count such a file as skipped rather than
+    is one that cannot be moved; later sweeps count such a file as known rather than
     record it again. What ``producer.scan`` leaves alone (links, vanished files, ...) is only
     logged. A sweep with nothing to classify is finished only after its moves, since
     finishing releases the lock.
@@ -95,7 +95,7 @@ def run_sweep(
                 unreadable=plan.unreadable,
                 queue=plan.queue,
                 live=live,
-                skipped=plan.skipped,
+                known=plan.known,
                 refiled=plan.refiled,
             )
         _log_plan(plan)
@@ -223,8 +223,8 @@ class _Plan:
     queue: list[crud.ScannedFile] = field(default_factory=list)
     moves: list[Move] = field(default_factory=list)
     refiled: list[tuple[Prediction, Path]] = field(default_factory=list)
-    skipped: int = 0
-    failed_before: int = 0  # of skipped: failed in an earlier sweep and still left here
+    known: int = 0  # found and left alone: known already
+    failed_before: int = 0  # of known: failed in an earlier sweep and still left here
 
 
 def _plan(
@@ -249,7 +249,7 @@ def _plan(
             )
         if f.error is not None and (str(f.path), f.content_hash) in recorded:
             # Recorded as failed by an earlier sweep and still here: one row is enough.
-            plan.skipped += 1
+            plan.known += 1
             plan.failed_before += 1
         elif why:  # left where it is, untouched, for a later sweep
             error = f"{f.error}; {why}"
@@ -265,9 +265,9 @@ def _plan(
                 plan.moves.append(Move(f.path, dest, (sweep_id, str(f.path))))
             plan.unreadable.append(crud.Unreadable(f.path, f.content_hash, f.error, dest))
         elif f.content_hash in seen:  # same bytes twice tonight: the copy waits a night
-            plan.skipped += 1
+            plan.known += 1
         elif (row := live.get(f.content_hash)) is not None and row.status == ItemStatus.OK:
-            plan.skipped += 1  # already classified by this model: file it with the others
+            plan.known += 1  # already classified by this model: file it with the others
             dest = processed_destination(
                 f.path, f.content_hash, settings, row.main_category, row.sub_category
             )

@@ -15,13 +15,13 @@ def sweep(self, trigger: str = "beat") -> dict:
     report = run_sweep(self.app.settings, dispatch=publish, trigger=trigger)
     run = report.run
     log.info(
-        "sweep %s %s: found %d, enqueued %d, failed %d, skipped %d%s",
+        "sweep %s %s: found %d, enqueued %d, failed %d, known %d%s",
         run.id,
         run.status,
         run.found,
         run.enqueued,
         run.failed,
-        run.skipped,
+        run.known,
         f" ({run.message})" if run.message else "",
     )
     return {"sweep_run": run.id, "status": run.status, "enqueued": run.enqueued}

@@ -127,14 +127,22 @@ def publish(items: list[WorkItem], countdown: float | None = None) -> None:
         raise UserError(redact(message)) from None
 
 
+def queue_depth(channel, queue_name: str) -> int:
+    """How many messages wait in a queue (every priority's list; not those workers hold
+    unacked), 0 for a queue the broker lacks: Redis drops an empty list, and one restarted
+    without its data has none."""
+    try:
+        return channel.queue_declare(queue_name, passive=True).message_count
+    except ChannelError:
+        return 0
+
+
 def classify_queue_depth() -> int:
-    """How many classify messages wait in the broker (not those workers hold unacked)."""
+    """How many classify messages wait in the broker: ``queue_depth`` of the classify queue."""
     with app.connection_for_read() as conn:
         try:
             with conn.channel() as channel:
-                return channel.queue_declare(CLASSIFY_QUEUE, passive=True).message_count
-        except ChannelError:
-            return 0  # no such queue: Redis drops an empty list, or restarted without its data
+                return queue_depth(channel, CLASSIFY_QUEUE)
         except conn.connection_errors as exc:
             message = f"cannot reach the broker at {app.conf.broker_url}: {exc}"
             raise UserError(redact(message)) from None

@@ -271,7 +271,8 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
         description="Failed share of the last night above which the review desk's Nights page "
-        "warns (and `refund-sorter report` with it).",
+        "warns (and `refund-sorter report` with it), and the alert RefundSorterFailedShareHigh "
+        "fires: the metrics endpoint exports it as refund_sorter_failed_ratio_warning.",
     )
 
     @field_validator("reviewers")

@@ -315,7 +315,7 @@ def record_scan(
     unreadable: list[Unreadable],
     queue: list[ScannedFile],
     live: dict[str, Prediction],
-    skipped: int,
+    known: int,
     refiled: list[tuple[Prediction, Path]],
 ) -> SweepRun:
     """Write what a sweep's scan decided, in the caller's transaction, and its counters.
@@ -363,7 +363,7 @@ def record_scan(
         row.final_path, row.error = str(dest), None
     run = session.get(SweepRun, sweep_id)
     statuses = Counter(f.status for f in unreadable)
-    run.found, run.enqueued, run.skipped = found, len(queue), skipped
+    run.found, run.enqueued, run.known = found, len(queue), known
     run.failed, run.deferred = statuses[ItemStatus.FAILED], statuses[ItemStatus.DEFERRED]
     run.pending = len(queue)
     run.updated_at = now

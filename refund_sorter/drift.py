@@ -1,40 +1,11 @@
-"""Drift: how far a night's predictions moved away from the nights before it.
+"""Drift: how far a night's predictions moved from its baseline, the nights before it.
 
-Owns the drift figures the metrics endpoint, the desk's nights pages and the night report
-show. For the main and the sub category, a night (sweep) is compared with its *baseline*:
-the ``ok`` predictions of the up to REFUND_SORTER_DRIFT_BASELINE_NIGHTS finished sweeps with
-at least one ``ok`` photo that started before it (skipped, running and abandoned sweeps,
-and failed or deferred rows, never count). Three figures per level:
-
-- the *population stability index* (PSI) of the night's predicted mix against the
-  baseline's, sum over categories of (p - q) ln(p / q), p the night's share and q the
-  baseline's. 0 for the same mix; about 0.1 reads as a moderate shift, 0.25 as a large one.
-  A category absent on one side has no logarithm, so a share of 0 is taken as ``EPSILON``
-  (1e-4, a hundredth of a percent) there: a category that appears or vanishes then adds
-  about share x ln(share / 1e-4), 0.31 for one at 5%, 0.05 for one at 1%;
-- the p-value of Pearson's chi-square test of homogeneity of the two mixes (night and
-  baseline counts as a 2 x categories table): how likely a difference at least this large
-  is if both came from the same mix. Approximate where a category expects under about five
-  photos on the night;
-- the two-sample Kolmogorov-Smirnov statistic of the night's confidences (main_confidence
-  or sub_confidence) against the baseline's, the largest gap between their cumulative
-  distributions, with its p-value: a model growing less (or more) sure of itself shows here
-  before any category moves.
-
-``drifted`` is set when the PSI is above REFUND_SORTER_DRIFT_PSI_THRESHOLD *and* the
-chi-square p-value below REFUND_SORTER_DRIFT_P_VALUE. The p-value alone is not the trigger:
-with thousands of photos a night every tiny shift is significant, and the p-value says only
-that the mix moved, never by how much; the PSI says how much, and the p-value keeps the
-sampling noise of a small night (a few dozen photos leave rare categories out by chance) from
-passing for drift.
-
-Everything is counted by the database, with GROUP BY over the night's and its baseline's rows
-(the index on (sweep_run_id, status) finds them); Python sees one row per category or per
-confidence bin, never one per photo. The KS statistic is taken from confidences binned in
-SQL at 0.001 (``KS_BINS``): the cumulative counts are compared at the bin edges only, so two
-confidences in one bin count as tied, and the statistic can come out below the exact one by at
-most the share of one bin, a slightly conservative test (a p-value a little too large, never
-too small).
+Owns the drift figures the metrics endpoint, the desk's Nights pages and the night report
+show: per level (main and sub category) the PSI of the category mix, the chi-square test's
+p-value, the Kolmogorov-Smirnov statistic of the confidences with its p-value, and whether
+the night ``drifted``. Every count comes from the database (GROUP BY), never one row per
+photo. What the baseline is, what each figure means and how to read a drifted night:
+docs/drift.md.
 """
 
 from collections import Counter, defaultdict

@@ -5,7 +5,7 @@ beat one ``sweep`` task per night and a stall check every minute; both sides imp
 and the payload from here, so neither imports the other.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 SWEEP_TASK = "refund_sorter.sweep"
@@ -52,6 +52,16 @@ class WorkItem:
         if not valid:
             raise ValueError(f"not a classify task's arguments: {args!r:.200}")
         return cls(*args)
+
+
+def by_model(items: Iterable[WorkItem]) -> dict[str, list[WorkItem]]:
+    """``items`` grouped by the model version each was enqueued for: the groups in the order
+    their versions first appear, each in the items' order. Whoever classifies them (a
+    worker's batch, local mode) runs each group through its own model."""
+    groups: dict[str, list[WorkItem]] = {}
+    for it in items:
+        groups.setdefault(it.model_version, []).append(it)
+    return groups
 
 
 def task_args(items: list["WorkItem"]) -> list:

@@ -1,14 +1,15 @@
-"""The review desk: a web page where people confirm or correct the photos the model was
-unsure of (``needs_review``), and the way their answers go back into training.
+"""The review desk: the pages where people confirm or correct the photos the model was unsure
+of and decide the blind audit, and the read-only figures built on their decisions.
 
-- ``app``: the FastAPI application: login, the queue of photos, decisions, the photos
-  themselves (``create_app``). Started by ``refund-sorter review-server``.
-- ``auth``: who may log in, the key that signs session cookies, CSRF tokens, the limit on
-  failed logins.
-- ``queue``: what the page reads: the next photo to review (leaving out those another
-  reviewer holds), the filters, a photo's history, the reviewer's last decision.
-- ``progress``: each reviewer's day and what is left, for the progress page.
-- ``training_set``: copying reviewed photos into a ``<main>/<sub>/`` folder for ``train``.
+- The desk: ``app`` (the FastAPI application, ``refund-sorter review-server``), ``auth``
+  (accounts, session cookies, CSRF, the login limit), ``queue`` (the photos left to decide),
+  ``progress`` (each reviewer's day and what is left).
+- What the decisions measure: ``accuracy`` (live accuracy from the blind audit),
+  ``threshold`` (the review threshold live photos suggest), ``comparison`` (a candidate
+  model against the serving one).
+- The nights: ``nights`` (the Nights pages' figures), ``plots`` (their plots), ``report``
+  (one night's page as one file).
+- Back into training: ``training_set`` (reviewed photos as a ``<main>/<sub>/`` folder).
 
 Every row is written by ``refund_sorter.crud``. Never imports PyTorch: the model's
 categories come from ``classifier.checkpoint_taxonomy``.

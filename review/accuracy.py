@@ -181,7 +181,9 @@ class Figures:
 
 
 @dataclass
-class Night:
+class NightAccuracy:
+    """One night's accuracy figures, from its blind audit: a row of the accuracy report."""
+
     sweep: int
     started_at: datetime
     figures: Figures
@@ -190,7 +192,7 @@ class Night:
 @dataclass
 class Report:
     since: date | None  # None: the last WINDOW nights
-    nights: list[Night]  # newest first
+    nights: list[NightAccuracy]  # newest first
     window: Figures
 
 
@@ -324,7 +326,7 @@ def report(session: Session, *, since: date | None = None, last: int = WINDOW) -
     of all of them together."""
     counts = night_counts(session, since=since, last=last)
     nights = [
-        Night(sweep, started, figures([(total, by_main)]))
+        NightAccuracy(sweep, started, figures([(total, by_main)]))
         for sweep, started, total, by_main in counts
     ]
     return Report(since, nights, figures([(total, by_main) for _, _, total, by_main in counts]))

@@ -8,7 +8,7 @@ rows in Python, and is read-only like ``queue``.
 Each night's figures:
 
 - photos by status: ``ok`` (classified), ``failed``, ``deferred`` (left for a later sweep:
-  still being written), ``queued`` (not classified yet), and ``skipped`` (already classified
+  still being written), ``queued`` (not classified yet), and ``known`` (already classified
   before: the sweep counts them, no row of their own);
 - the *flagged share*: of the photos classified, those flagged for review;
 - the *failed share*: of the photos the night settled (classified or failed), those failed;
@@ -37,8 +37,8 @@ from review import accuracy
 from review.accuracy import Estimate, Figures
 
 NIGHTS = 30  # nights on the Nights page
-SKIPPED = "skipped"  # photos classified before: counted by the sweep, no row of their own
-STATUSES = (ItemStatus.OK, ItemStatus.FAILED, ItemStatus.DEFERRED, ItemStatus.QUEUED, SKIPPED)
+KNOWN = "known"  # photos classified before: counted by the sweep, no row of their own
+STATUSES = (ItemStatus.OK, ItemStatus.FAILED, ItemStatus.DEFERRED, ItemStatus.QUEUED, KNOWN)
 HISTOGRAM_BINS = 20
 # The last night must have finished within this long: a sweep a night, and two hours for it
 # to run late.
@@ -51,7 +51,9 @@ NO_REASON = "no reason recorded"
 
 
 @dataclass(frozen=True)
-class Night:
+class NightFigures:
+    """One night's figures, as the Nights pages show them (listed above)."""
+
     sweep: int
     status: str  # running, finished or abandoned (skipped runs are no nights)
     model_version: str
@@ -78,7 +80,7 @@ class Night:
 
     @property
     def failed_share(self) -> float | None:
-        return self.photos[ItemStatus.FAILED] / self.settled if self.settled else None
+        return failed_share(self.photos[ItemStatus.OK], self.photos[ItemStatus.FAILED])
 
     @property
     def duration_seconds(self) -> float | None:
@@ -95,6 +97,22 @@ class Night:
     @property
     def drifted(self) -> bool:
         return self.drift is not None and any(d.drifted for d in self.drift.levels.values())
+
+
+def failed_share(ok: int, failed: int) -> float | None:
+    """The failed share of a night whose rows hold ``ok`` classified and ``failed`` failed
+    photos: of the photos it settled, those that failed; None when it settled none.
+
+    The one definition, for the Nights pages and the metrics endpoint alike. It is counted
+    from the night's rows, not from its sweep's counters (``sweep_runs.succeeded`` and
+    ``failed``, which the same transactions keep equal to them): the rows are what the
+    night's CSV and pages list, so the share is the one an operator can check against them,
+    and it costs no more, as ``ix_predictions_sweep_status`` answers a night's count by
+    status from the index alone and both readers count that night's rows for its flagged
+    share anyway.
+    """
+    settled = ok + failed
+    return failed / settled if settled else None
 
 
 @dataclass(frozen=True)
@@ -114,7 +132,7 @@ class Throughput:
 
 @dataclass(frozen=True)
 class NightDetail:
-    night: Night
+    night: NightFigures
     failures: list[Failure]  # most photos first
     histograms: dict[str, list[int]]  # level -> classified photos per confidence bin on [0, 1]
     throughput: Throughput
@@ -124,12 +142,14 @@ class NightDetail:
 class Headline:
     """The answer at the top of the Nights page: did last night work, and is it still right?"""
 
-    night: Night | None  # the last finished night
+    night: NightFigures | None  # the last finished night
     text: str
     warnings: list[str]
 
 
-def _nights(session: Session, runs: list[SweepRun], settings: Settings, drift: bool) -> list[Night]:
+def _nights(
+    session: Session, runs: list[SweepRun], settings: Settings, drift: bool
+) -> list[NightFigures]:
     ids = [r.id for r in runs]
     counts: dict[int, dict[str, int]] = {i: dict.fromkeys(STATUSES, 0) for i in ids}
     flagged = dict.fromkeys(ids, 0)
@@ -156,10 +176,10 @@ def _nights(session: Session, runs: list[SweepRun], settings: Settings, drift: b
     zone = ZoneInfo(settings.timezone)
     nights = []
     for r in runs:
-        counts[r.id][SKIPPED] = r.skipped
+        counts[r.id][KNOWN] = r.known
         started = as_utc(r.started_at)
         nights.append(
-            Night(
+            NightFigures(
                 sweep=r.id,
                 status=r.status,
                 model_version=r.model_version,
@@ -177,7 +197,7 @@ def _nights(session: Session, runs: list[SweepRun], settings: Settings, drift: b
 
 def recent(
     session: Session, settings: Settings, *, last: int = NIGHTS, drift: bool = True
-) -> list[Night]:
+) -> list[NightFigures]:
     """The ``last`` nights, newest first; ``drift=False`` leaves their drift out (None), for
     a reader that does not show it."""
     runs = list(
@@ -304,7 +324,7 @@ def duration_words(seconds: float | None) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def drift_words(n: Night) -> str:
+def drift_words(n: NightFigures) -> str:
     """ "drift ok", "drift over threshold", or why there is no figure."""
     if n.drift is None:
         return "no drift figure (no baseline night yet)" if n.classified else "no drift figure"
@@ -312,7 +332,7 @@ def drift_words(n: Night) -> str:
     return f"drift over threshold ({psi})" if n.drifted else f"drift ok ({psi})"
 
 
-def summary(n: Night) -> str:
+def summary(n: NightFigures) -> str:
     """ "finished, 1,234 photos, 1.2% failed, 9.4% flagged, drift ok (...)"."""
     parts = [n.status, f"{n.settled:,} photos"]
     if n.settled:
@@ -322,7 +342,7 @@ def summary(n: Night) -> str:
     return ", ".join(parts)
 
 
-def concerns(n: Night, settings: Settings) -> list[str]:
+def concerns(n: NightFigures, settings: Settings) -> list[str]:
     """What is off with one night: not finished, too many failures, a drifted mix."""
     found = []
     if n.status == SweepStatus.RUNNING:
@@ -352,7 +372,7 @@ def concerns(n: Night, settings: Settings) -> list[str]:
     return found
 
 
-def headline(nights: list[Night], settings: Settings, now: datetime) -> Headline:
+def headline(nights: list[NightFigures], settings: Settings, now: datetime) -> Headline:
     """The Nights page's answer, from the nights newest first (``recent``), and what is off:
     no finished night lately, a newer sweep that did not finish, too many failures, drift."""
     zone = ZoneInfo(settings.timezone)

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from models import ItemStatus
 from refund_sorter.config import Settings
-from review.nights import LEVELS, SKIPPED, STATUSES, Night, NightDetail, rate
+from review.nights import KNOWN, LEVELS, STATUSES, NightDetail, NightFigures, rate
 
 # The colours of review/static/review.css (:root), so that plots and page read as one.
 COLOURS = {
@@ -38,7 +38,7 @@ STATUS_COLOURS = {
     ItemStatus.FAILED: COLOURS["bad"],
     ItemStatus.DEFERRED: COLOURS["warn"],
     ItemStatus.QUEUED: COLOURS["muted"],
-    SKIPPED: COLOURS["line"],
+    KNOWN: COLOURS["line"],
 }
 TITLE, SMALL = 9.5, 7.5  # points
 TREND_SIZE = (3.4, 1.3)  # inches, at DPI: 340 x 130 pixels
@@ -109,7 +109,7 @@ def _percent(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
-def trend(name: str, nights: list[Night], settings: Settings) -> bytes:
+def trend(name: str, nights: list[NightFigures], settings: Settings) -> bytes:
     """One of TRENDS over ``nights`` (newest first, as ``review.nights.recent`` gives them),
     drawn oldest to newest; a night without the figure leaves a gap."""
     fig = _figure(*TREND_SIZE)
@@ -134,7 +134,7 @@ def trend(name: str, nights: list[Night], settings: Settings) -> bytes:
     return _svg(fig)
 
 
-def _photos(ax: Axes, x, nights: list[Night], settings: Settings, title: str) -> None:
+def _photos(ax: Axes, x, nights: list[NightFigures], settings: Settings, title: str) -> None:
     bottom = np.zeros(len(nights))
     for status in (ItemStatus.OK, ItemStatus.FAILED, ItemStatus.DEFERRED, ItemStatus.QUEUED):
         counts = np.array([n.photos[status] for n in nights], dtype=float)
@@ -155,7 +155,7 @@ def _share_line(ax: Axes, x, values: list, colour: str, warn_above: float | None
     ax.yaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=0))
 
 
-def _failed(ax: Axes, x, nights: list[Night], settings: Settings, title: str) -> None:
+def _failed(ax: Axes, x, nights: list[NightFigures], settings: Settings, title: str) -> None:
     values = [n.failed_share for n in nights]
     warn = settings.nights_failed_warning
     _share_line(ax, x, values, COLOURS["bad"], warn_above=warn)
@@ -163,27 +163,27 @@ def _failed(ax: Axes, x, nights: list[Night], settings: Settings, title: str) ->
     _head(ax, title, _last(values, _percent), COLOURS["bad"] if high else COLOURS["ink"])
 
 
-def _flagged(ax: Axes, x, nights: list[Night], settings: Settings, title: str) -> None:
+def _flagged(ax: Axes, x, nights: list[NightFigures], settings: Settings, title: str) -> None:
     values = [n.flagged_share for n in nights]
     _share_line(ax, x, values, COLOURS["accent"])
     _head(ax, title, _last(values, _percent))
 
 
-def _duration(ax: Axes, x, nights: list[Night], settings: Settings, title: str) -> None:
+def _duration(ax: Axes, x, nights: list[NightFigures], settings: Settings, title: str) -> None:
     values = [None if n.duration_seconds is None else n.duration_seconds / 60 for n in nights]
     ax.bar(x, _value(values), width=0.75, color=COLOURS["accent"])
     ax.set_ylabel("minutes", fontsize=SMALL, color=COLOURS["muted"])
     _head(ax, title, _last(values, lambda v: f"{v:,.0f} min"))
 
 
-def _throughput(ax: Axes, x, nights: list[Night], settings: Settings, title: str) -> None:
+def _throughput(ax: Axes, x, nights: list[NightFigures], settings: Settings, title: str) -> None:
     values = [n.images_per_second for n in nights]
     ax.plot(x, _value(values), color=COLOURS["accent"], linewidth=1.4, marker="o", markersize=2.5)
     ax.set_ylim(bottom=0)
     _head(ax, title, _last(values, lambda v: f"{rate(v)}/s"))
 
 
-def _accuracy(ax: Axes, x, nights: list[Night], settings: Settings, title: str) -> None:
+def _accuracy(ax: Axes, x, nights: list[NightFigures], settings: Settings, title: str) -> None:
     estimates = [n.accuracy.unflagged_sub if n.accuracy else None for n in nights]
     known = [(i, e) for i, e in zip(x, estimates, strict=True) if e and e.value is not None]
     if known:
@@ -211,7 +211,7 @@ def _accuracy(ax: Axes, x, nights: list[Night], settings: Settings, title: str) 
     _head(ax, title, latest)
 
 
-def _drift(ax: Axes, x, nights: list[Night], settings: Settings, title: str) -> None:
+def _drift(ax: Axes, x, nights: list[NightFigures], settings: Settings, title: str) -> None:
     psi_all = _value([n.drift.levels[lv].psi if n.drift else None for n in nights for lv in LEVELS])
     for level, colour in zip(LEVELS, (COLOURS["ink"], COLOURS["accent"]), strict=True):
         psi = _value([n.drift.levels[level].psi if n.drift else None for n in nights])

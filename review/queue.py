@@ -29,7 +29,10 @@ class Selection:
 
 
 @dataclass(frozen=True)
-class Night:
+class NightBacklog:
+    """One night's photos for the desk to decide (flagged or drawn for the audit), and how
+    many of them nobody has decided yet."""
+
     sweep: int
     started_at: datetime
     flagged: int  # photos flagged for review that night
@@ -112,7 +115,7 @@ def count_left(session: Session, selection: Selection) -> int:
     return session.scalar(select(func.count()).select_from(_to_review(selection).subquery()))
 
 
-def nights(session: Session, last: int = 60) -> list[Night]:
+def nights(session: Session, last: int = 60) -> list[NightBacklog]:
     """The last nights with photos to decide (flagged or drawn for audit), newest first, with
     how many are left."""
     rows = session.execute(
@@ -129,7 +132,7 @@ def nights(session: Session, last: int = 60) -> list[Night]:
         .order_by(SweepRun.id.desc())
         .limit(last)
     )
-    return [Night(*row) for row in rows]
+    return [NightBacklog(*row) for row in rows]
 
 
 def oldest_undecided(session: Session) -> Prediction | None:

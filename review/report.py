@@ -11,7 +11,7 @@ from review import nights
 from review.app import HERE, night_context, page_templates
 
 
-def night_report(settings: Settings, sweep: int | None = None) -> tuple[nights.Night, str]:
+def night_report(settings: Settings, sweep: int | None = None) -> tuple[nights.NightFigures, str]:
     """The night of ``sweep`` (default: the last night, the newest finished sweep) and its
     page as HTML; UserError for no such night."""
     with session_factory(settings.database_url)() as session:

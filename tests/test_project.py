@@ -1,12 +1,19 @@
 """Project-level promises: the README's test command is what CI runs, the producer, beat,
-migrations, the review desk and the metrics endpoint start without PyTorch, the packages
-import each other only downwards, and no two modules import each other."""
+migrations, the review desk and the metrics endpoint start without PyTorch, the migrations
+make what the models say (CHECK constraints included) on SQLite and PostgreSQL, statuses are
+enums the database holds to their values, the packages import each other only downwards, and
+no two modules import each other."""
 
 import ast
 import re
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +54,7 @@ from refund_sorter.config import Settings
 plots.trend("photos", [], Settings())   # the Nights pages draw with matplotlib alone
 from classifier.checkpoint_taxonomy import read_taxonomy
 read_taxonomy("assets/model/refund-sorter-resnet18.pt")   # the categories the desk offers
-import monitoring.server   # the metrics endpoint, which versions the model file
+import monitoring.server   # the metrics endpoint
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
 print("LEAKED", leaked)
 """
@@ -67,20 +74,202 @@ def test_the_desk_s_image_draws_plots_without_the_model_libraries():
     assert {"torch", "torchvision"} <= ml and not {"torch", "torchvision"} & base
 
 
-def test_migrations_match_the_models(tmp_path):
+ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)],
+)
+def empty_url(request, tmp_path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a throwaway PostgreSQL database."""
+    import psycopg
+
+    from refund_sorter.db import dispose
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+        yield url
+        dispose(url)
+        return
+    name = f"rs_project_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    try:
+        yield url
+    finally:
+        dispose(url)
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def migrated_url(empty_url) -> str:
+    """A database the migrations made, on SQLite and on PostgreSQL."""
+    from refund_sorter.db import upgrade
+
+    upgrade(empty_url)
+    return empty_url
+
+
+def check_constraints(tables) -> set[tuple[str, str | None, frozenset[str]]]:
+    """Each CHECK constraint as (table, name, the quoted values it names): alembic's
+    comparison leaves CHECK constraints out, and each database words them its own way."""
+    return {
+        (table, ck["name"], frozenset(re.findall(r"'(\w+)'", ck["sqltext"])))
+        for table, constraints in tables
+        for ck in constraints
+    }
+
+
+def test_migrations_match_the_models(migrated_url):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import CheckConstraint, inspect
 
     from models import Base
-    from refund_sorter.db import get_engine, upgrade
+    from refund_sorter.db import get_engine
 
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    upgrade(url)
-    with get_engine(url).connect() as conn:
+    with get_engine(migrated_url).connect() as conn:
         diff = compare_metadata(
             MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
         )
+        inspector = inspect(conn)
+        migrated = check_constraints(
+            (t, inspector.get_check_constraints(t)) for t in inspector.get_table_names()
+        )
     assert diff == []
+    modelled = check_constraints(
+        (
+            table.name,
+            [
+                {"name": c.name, "sqltext": str(c.sqltext)}
+                for c in table.constraints
+                if isinstance(c, CheckConstraint)
+            ],
+        )
+        for table in Base.metadata.sorted_tables
+    )
+    assert migrated == modelled
+    assert {name for _, name, _ in modelled} >= {"ck_sweep_runs_status", "ck_predictions_status"}
+
+
+def test_the_database_refuses_a_status_no_code_knows(migrated_url):
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from refund_sorter.db import get_engine
+
+    now = datetime.now(UTC)
+    sweep = text(
+        "INSERT INTO sweep_runs (status, trigger, model_version, started_at, updated_at,"
+        " found, enqueued, succeeded, failed, known, pending, deferred)"
+        " VALUES (:status, 'manual', 'v1', :now, :now, 0, 0, 0, 0, 0, 0, 0)"
+    )
+    photo = text(
+        "INSERT INTO predictions (content_hash, model_version, sweep_run_id, status, file_name,"
+        " original_path, needs_review, audited, created_at)"
+        " SELECT 'h', 'v1', MAX(id), :status, 'a.jpg', '/in/a.jpg', false, false, :now"
+        " FROM sweep_runs"
+    )
+    with get_engine(migrated_url).connect() as conn:
+        conn.execute(sweep, {"status": "finished", "now": now})
+        conn.execute(photo, {"status": "ok", "now": now})
+        for statement, table, bad in (
+            (sweep, "sweep_runs", "done"),
+            (photo, "predictions", "okay"),
+        ):
+            with pytest.raises(IntegrityError, match=f"ck_{table}_status"), conn.begin_nested():
+                conn.execute(statement, {"status": bad, "now": now})
+        assert conn.execute(text("SELECT COUNT(*) FROM predictions")).scalar_one() == 1
+
+
+def test_migration_0011_keeps_the_rows_both_ways(empty_url):
+    """The column rename and the constraints on tables that hold rows others reference:
+    SQLite copies each table (batch mode), and nothing may be lost or left unchecked."""
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from refund_sorter.db import alembic_config, get_engine, upgrade
+
+    upgrade(empty_url, "0010")
+    engine = get_engine(empty_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                'INSERT INTO sweep_runs (status, "trigger", model_version, started_at,'
+                " updated_at, found, enqueued, succeeded, failed, skipped, pending, deferred)"
+                " VALUES ('finished', 'beat', 'v1', :now, :now, 5, 1, 1, 0, 4, 0, 0)"
+            ),
+            {"now": datetime.now(UTC)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO predictions (content_hash, model_version, sweep_run_id, status,"
+                " file_name, original_path, needs_review, audited, created_at)"
+                " SELECT 'h', 'v1', id, 'ok', 'a.jpg', '/in/a.jpg', false, false, started_at"
+                " FROM sweep_runs"
+            )
+        )
+
+    upgrade(empty_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT known FROM sweep_runs")).scalar_one() == 4
+        assert conn.execute(text("SELECT COUNT(*) FROM predictions")).scalar_one() == 1
+        # Foreign keys are still enforced afterwards.
+        with pytest.raises(IntegrityError):
+            conn.execute(
+                text(
+                    "INSERT INTO predictions (content_hash, model_version, sweep_run_id, status,"
+                    " file_name, original_path, needs_review, audited, created_at)"
+                    " SELECT 'h2', 'v1', id + 1000, 'ok', 'b.jpg', '/in/b.jpg', false, false,"
+                    " started_at FROM sweep_runs"
+                )
+            )
+
+    command.downgrade(alembic_config(empty_url), "0010")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT skipped FROM sweep_runs")).scalar_one() == 4
+        assert conn.execute(text("SELECT COUNT(*) FROM predictions")).scalar_one() == 1
+
+
+def test_statuses_are_enums():
+    """Every class of named string values in models and the worker's outcomes is a StrEnum,
+    and every column holding one is held to its values by a CHECK constraint."""
+    from enum import StrEnum
+
+    import models
+    from worker import pipeline
+
+    plain = [
+        f"{module.__name__}.{name}"
+        for module in (models, pipeline)
+        for name, obj in vars(module).items()
+        if isinstance(obj, type)
+        and obj.__module__ == module.__name__
+        and not issubclass(obj, StrEnum)
+        and any(k.isupper() and isinstance(v, str) for k, v in vars(obj).items())
+    ]
+    assert plain == []
+    statuses = {
+        f"{module.__name__}.{name}"
+        for module in (models, pipeline)
+        for name, obj in vars(module).items()
+        if isinstance(obj, type) and issubclass(obj, StrEnum) and obj is not StrEnum
+    }
+    assert len(statuses) >= 5, statuses
+    unchecked = [
+        f"{table.name}.{column}"
+        for table in models.Base.metadata.sorted_tables
+        for column in ("status", "role", "action")
+        if column in table.c
+        and not any(
+            isinstance(c, models.CheckConstraint) and column in str(c.sqltext)
+            for c in table.constraints
+        )
+    ]
+    assert unchecked == []
 
 
 # What each package may not import, lazily inside a function or not: the producer and the

@@ -3,7 +3,7 @@
 from collections import Counter
 
 from refund_sorter.celery_app import app
-from worker.pipeline import IGNORED, REFUSED
+from worker.pipeline import NotStored
 
 
 def report_to_flower(name: str, tasks, outcome, runtime: float) -> None:
@@ -19,8 +19,9 @@ def report_to_flower(name: str, tasks, outcome, runtime: float) -> None:
         events.buffer_group = frozenset({"task"})
         events.buffer_limit = 3 * len(tasks) + 1  # flushed below, once
         for request, items, reasons in tasks:
-            counts = Counter(status_of.get(it, IGNORED) for it in items)
-            counts.update({REFUSED: len(reasons)} if reasons else {})
+            # Plain strings: the result is shown as its repr, and an enum's names its class.
+            counts = Counter(str(status_of.get(it, NotStored.IGNORED)) for it in items)
+            counts.update({str(NotStored.REFUSED): len(reasons)} if reasons else {})
             fields = {"uuid": request.id}
             events.send(
                 "task-received",

@@ -8,18 +8,15 @@ item was enqueued for, loaded from the model store as a worker loads it.
 from tqdm import tqdm
 
 from refund_sorter.config import Settings
-from refund_sorter.messages import Dispatch, WorkItem
+from refund_sorter.messages import Dispatch, WorkItem, by_model
 from worker.pipeline import ProcessState, load_classifier, process_batch
 
 
 def local_dispatch(settings: Settings, progress: bool = False) -> Dispatch:
     def dispatch(items: list[WorkItem]) -> None:
-        by_model: dict[str, list[WorkItem]] = {}
-        for it in items:  # one model per sweep: one group
-            by_model.setdefault(it.model_version, []).append(it)
         state = ProcessState.sharing_cores()
         with tqdm(total=len(items), desc="classifying", unit="img", disable=not progress) as bar:
-            for version, group in by_model.items():
+            for version, group in by_model(items).items():  # one model per sweep: one group
                 clf = load_classifier(settings, version)
                 for start in range(0, len(group), settings.batch_size):
                     chunk = group[start : start + settings.batch_size]

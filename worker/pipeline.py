@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,17 +37,21 @@ from refund_sorter.review_threshold import review_threshold_in_force
 from worker.shadow import CandidateSlot, Classified, shadow
 
 log = logging.getLogger(__name__)
-# An item's outcome when its result was not stored: already stored by a redelivered task,
-# or enqueued for another model.
-IGNORED = "ignored"
-# A task the producer did not send: its path lies outside incoming/, or its image is queued
-# under another path. Nothing is read, moved or written for it.
-REFUSED = "refused"
+
+
+class NotStored(StrEnum):
+    """An item's outcome when the batch stored no result for it (``ItemStatus`` otherwise)."""
+
+    # Already stored by a redelivered task, or enqueued for another model.
+    IGNORED = "ignored"
+    # A task the producer did not send: its path lies outside incoming/, or its image is
+    # queued under another path. Nothing is read, moved or written for it.
+    REFUSED = "refused"
 
 
 @dataclass
 class BatchOutcome:
-    # ItemStatus.OK, FAILED or DEFERRED, IGNORED or REFUSED, for each item of the batch
+    # ItemStatus.OK, FAILED or DEFERRED, NotStored.IGNORED or REFUSED, for each item
     statuses: list[tuple[WorkItem, str]] = field(default_factory=list)
     finished_sweeps: tuple[int, ...] = ()
 
@@ -67,11 +72,11 @@ class BatchOutcome:
 
     @property
     def ignored(self) -> int:
-        return self._count(IGNORED)
+        return self._count(NotStored.IGNORED)
 
     @property
     def refused(self) -> int:
-        return self._count(REFUSED)
+        return self._count(NotStored.REFUSED)
 
 
 def torch_threads(settings: Settings, processes: int = 1) -> int:
@@ -190,7 +195,7 @@ def process_batch(
         load_model,
     )
     statuses = [
-        (it, r.status if r.content_hash in stored else IGNORED)
+        (it, r.status if r.content_hash in stored else NotStored.IGNORED)
         for (it, _), r in zip(admitted, results, strict=True)
     ]
     return BatchOutcome(others + statuses, tuple(finished))
@@ -204,10 +209,10 @@ def admit(
     applied: dict[str, float],
 ) -> tuple[list[Admitted], list[tuple[WorkItem, str]], float]:
     """The items this worker acts on, each with its resolved path; the others, each
-    ``IGNORED`` (another model's, or nothing queued) or ``REFUSED`` (not what was queued);
-    and the review threshold in force for ``clf``'s model, read for every batch so that one
-    set meanwhile applies without a restart (logged when it differs from the one ``applied``
-    last, which it updates)."""
+    ``NotStored.IGNORED`` (another model's, or nothing queued) or ``REFUSED`` (not what was
+    queued); and the review threshold in force for ``clf``'s model, read for every batch so
+    that one set meanwhile applies without a restart (logged when it differs from the one
+    ``applied`` last, which it updates)."""
     with sessions() as session:
         queued = queued_paths(session, clf.version, (it.content_hash for it in items))
         threshold = review_threshold_in_force(
@@ -231,19 +236,19 @@ def admit(
                 it.path,
                 it.model_version,
             )
-            others.append((it, IGNORED))
+            others.append((it, NotStored.IGNORED))
         elif (src := inside(it.path, settings.incoming_dir)) is None:
             log.warning(
                 "refused %r (%r): not inside %s", it.path, it.content_hash, settings.incoming_dir
             )
-            others.append((it, REFUSED))
+            others.append((it, NotStored.REFUSED))
         elif it.content_hash not in queued:
             log.info(
                 "nothing queued for %r (%r): already stored, or never enqueued",
                 it.path,
                 it.content_hash,
             )
-            others.append((it, IGNORED))
+            others.append((it, NotStored.IGNORED))
         elif queued[it.content_hash] != it.path:
             log.warning(
                 "refused %r (%r): this image is queued as %s",
@@ -251,7 +256,7 @@ def admit(
                 it.content_hash,
                 queued[it.content_hash],
             )
-            others.append((it, REFUSED))
+            others.append((it, NotStored.REFUSED))
         else:
             admitted.append((it, src))
     return admitted, others, threshold.value

@@ -31,13 +31,13 @@ from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
 from refund_sorter.export import export_sweeps
-from refund_sorter.messages import CLASSIFY_TASK, WorkItem, read_task
+from refund_sorter.messages import CLASSIFY_TASK, WorkItem, by_model, read_task
 from worker.events import report_to_flower
 from worker.lifecycle import Node, stop_taking_images
 from worker.pipeline import (
-    IGNORED,
     BatchOutcome,
     ModelUnavailable,
+    NotStored,
     ProcessState,
     load_classifier,
     process_batch,
@@ -151,14 +151,12 @@ def classify(self, requests) -> None:
     refused = sum(len(reasons) for _, _, reasons in tasks)
     settings = self.app.settings
     started = time.monotonic()
-    by_model: dict[str, list[WorkItem]] = {}
-    for it in items:
-        by_model.setdefault(it.model_version, []).append(it)
+    groups = by_model(items)
     outcome = BatchOutcome()
     # Whether the batch is done with (not put back, not retried), to be logged and reported;
     # a batch of refused entries only is reported as such.
     classified = not items
-    for version, group in by_model.items():
+    for version, group in groups.items():
         try:
             clf = self.classifier_for(version)
             statuses = process_batch(group, clf, settings, self.process_state).statuses
@@ -166,7 +164,7 @@ def classify(self, requests) -> None:
             # No worker can classify for it. Its rows stay queued and its files untouched: the
             # stall check releases their sweep, and the next sweep takes them over.
             log.error("left %d images for model %s as they are: %s", len(group), version, exc)
-            outcome.statuses += [(it, IGNORED) for it in group]
+            outcome.statuses += [(it, NotStored.IGNORED) for it in group]
             classified = True
         except ModelUnavailable as exc:
             # Not the images' fault: put them back as they came, for a worker that has a model.
@@ -189,7 +187,7 @@ def classify(self, requests) -> None:
         outcome.failed,
         outcome.ignored,
         outcome.refused + refused,
-        ", ".join(by_model),
+        ", ".join(groups),
     )
     report_to_flower(self.name, tasks, outcome, time.monotonic() - started)
 

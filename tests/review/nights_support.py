@@ -36,10 +36,10 @@ def stage_night(
     failed: list[str] = (),
     deferred: int = 0,
     queued: int = 0,
-    skipped: int = 0,
+    known: int = 0,
 ) -> int:
     """One sweep run and its rows: ``photos`` classified evenly over ``duration``, one
-    failed row per error in ``failed``, ``deferred`` and ``queued`` rows, and ``skipped``
+    failed row per error in ``failed``, ``deferred`` and ``queued`` rows, and ``known``
     photos counted by the sweep alone. Returns the sweep's id."""
     finished = started_at + duration if status != SweepStatus.RUNNING else None
     run = SweepRun(
@@ -49,11 +49,11 @@ def stage_night(
         started_at=started_at,
         updated_at=finished or started_at,
         finished_at=None if status == SweepStatus.SKIPPED else finished,
-        found=len(photos) + len(failed) + deferred + queued + skipped,
+        found=len(photos) + len(failed) + deferred + queued + known,
         enqueued=len(photos) + queued,
         succeeded=len(photos),
         failed=len(failed),
-        skipped=skipped,
+        known=known,
         deferred=deferred,
         pending=queued,
     )
@@ -200,7 +200,7 @@ def stage_month(
             failed=[str(e) for e in errors],
             deferred=int(rng.integers(0, 3)),
             queued=4 if status == SweepStatus.ABANDONED else 0,
-            skipped=int(rng.integers(0, 12)),
+            known=int(rng.integers(0, 12)),
         )
         found.update(
             {0: {"last": sweep}, 8: {"station": sweep}, 19: {"abandoned": sweep}}.get(k, {})

@@ -81,7 +81,7 @@ def staged(tmp_path_factory, review_model, accounts):
                 photos=usual_mix(5),
                 queued=3,
             )
-            empty = stage_night(session, now - timedelta(hours=36), skipped=7)
+            empty = stage_night(session, now - timedelta(hours=36), known=7)
             last = stage_night(
                 session,
                 now - timedelta(hours=20),
@@ -90,7 +90,7 @@ def staged(tmp_path_factory, review_model, accounts):
                 photos=last_night,
                 failed=ERRORS,
                 deferred=1,
-                skipped=4,
+                known=4,
             )
         yield Staged(settings, old, skipped, abandoned, empty, last)
 
@@ -147,7 +147,7 @@ def test_the_nights_page_answers_for_the_last_night_and_lists_the_others(staged)
     assert 'class="headline warn"' in html
     assert "is still running" not in headline and "No night finished" not in headline
 
-    # classified, failed, later, queued, skipped, flagged, failed share, duration, photos/s,
+    # classified, failed, later, queued, known, flagged, failed share, duration, photos/s,
     # audit accuracy, drift, model
     row = cells(html, staged.last)
     assert row[0] == local_date(started).isoformat()
@@ -190,7 +190,7 @@ def test_one_night_in_full(staged):
         ["failed", "3"],
         ["deferred", "1"],
         ["queued", "0"],
-        ["skipped", "4"],
+        ["known", "4"],
     ]
     # Similar errors go together under their leading reason, most photos first.
     assert [r[:2] for r in table(html, "failures")] == [
@@ -324,11 +324,11 @@ def night(
     ok: int = 100,
     failed: int = 0,
     flagged: int = 10,
-) -> nights.Night:
+) -> nights.NightFigures:
     photos = dict.fromkeys(nights.STATUSES, 0) | {"ok": ok, "failed": failed}
     finished = started + timedelta(minutes=30) if status != SweepStatus.RUNNING else None
     counts = Counts(photos=ok, flagged=flagged)
-    return nights.Night(
+    return nights.NightFigures(
         sweep, status, "v", started, finished, started.date(), photos, flagged,
         figures([(counts, {})]) if ok else None, None,
     )  # fmt: skip

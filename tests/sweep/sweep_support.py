@@ -370,7 +370,7 @@ def check_finished_sweep(
     run = get_run(settings, run_id)
     n_img, n_bad = len(incoming.images), len(incoming.unreadable)
     assert run.status == SweepStatus.FINISHED, run.message
-    assert (run.found, run.succeeded, run.failed, run.skipped, run.deferred, run.pending) == (
+    assert (run.found, run.succeeded, run.failed, run.known, run.deferred, run.pending) == (
         n_img + n_bad,
         n_img,
         n_bad,
@@ -378,7 +378,7 @@ def check_finished_sweep(
         0,
         0,
     )
-    assert run.found == run.succeeded + run.failed + run.skipped + run.deferred
+    assert run.found == run.succeeded + run.failed + run.known + run.deferred
     # The producer catches the text file and the empty one; the truncated JPEG is enqueued.
     n_producer_failures = sum(
         1 for _, err in incoming.unreadable.values() if err in ("not an image", "empty file")

@@ -214,7 +214,7 @@ def test_a_running_sweep_makes_the_next_one_a_recorded_no_op(
     run = get_run(settings, report.run.id)
     assert run.status == "skipped"
     assert f"sweep {holder.id} still running" in run.message
-    assert (run.found, run.enqueued, run.failed, run.skipped, run.pending) == (0, 0, 0, 0, 0)
+    assert (run.found, run.enqueued, run.failed, run.known, run.pending) == (0, 0, 0, 0, 0)
     assert run.finished_at is not None
     assert dispatched == [] and report.enqueued == []
     assert files_under(settings.incoming_dir) == before

@@ -110,7 +110,7 @@ def test_a_worker_that_cannot_move_files_leaves_rows_that_say_so(
     (settings.processed_dir / DOCK).unlink()
     (settings.failed_dir / DOCK).unlink()
     second = run_sweep(settings, dispatch=publish, trigger="manual").run
-    assert (second.found, second.skipped, second.enqueued) == (len(nested) + 1, len(nested), 1)
+    assert (second.found, second.known, second.enqueued) == (len(nested) + 1, len(nested), 1)
     second = wait_for_run(settings, second.id, logs=[worker])
 
     assert (second.status, second.succeeded, second.failed) == ("finished", 0, 1)
@@ -166,7 +166,7 @@ def test_the_producers_moves_that_fail_leave_rows_that_say_so(
     # to file them: the folder is still blocked, so the rows still say where the files are.
     second = local_sweep(settings, classifier)
 
-    assert (second.found, second.skipped, second.enqueued, second.failed) == (
+    assert (second.found, second.known, second.enqueued, second.failed) == (
         len(nested) + 1,
         len(nested) + 1,
         0,
@@ -187,7 +187,7 @@ def test_the_producers_moves_that_fail_leave_rows_that_say_so(
     (settings.processed_dir / DOCK).unlink()
     third = local_sweep(settings, classifier)
 
-    assert (third.found, third.skipped, third.enqueued) == (len(nested) + 1, len(nested) + 1, 0)
+    assert (third.found, third.known, third.enqueued) == (len(nested) + 1, len(nested) + 1, 0)
     rows = all_predictions(settings)
     for rel, content_hash in nested.items():
         (p,) = [p for p in rows if p.content_hash == content_hash]
@@ -217,7 +217,7 @@ def test_rows_naming_a_file_that_is_not_there_are_corrected_by_the_next_sweep(
 
     second = local_sweep(settings, classifier)
 
-    assert (second.found, second.skipped, second.enqueued, second.succeeded) == (2, 2, 0, 0)
+    assert (second.found, second.known, second.enqueued, second.succeeded) == (2, 2, 0, 0)
     after = {p.content_hash: p for p in all_predictions(settings)}
     assert after.keys() == before.keys()
     renamed = taken.with_name(f"{taken.stem}-{taken_hash[:8]}{taken.suffix}")

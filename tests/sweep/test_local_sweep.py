@@ -55,8 +55,7 @@ def test_local_sweep_files_classifies_and_exports_everything(settings, tiny_mode
     assert run.trigger == "local"
     assert f"sweep {run.id}: found 53 files" in out
     assert (
-        "status finished: 50 classified, 3 failed, 0 skipped, 0 left for later, 0 still queued"
-        in out
+        "status finished: 50 classified, 3 failed, 0 known, 0 left for later, 0 still queued" in out
     )
     assert f"CSV: {sweep_csv(settings, run)}" in out
     rows = check_finished_sweep(settings, run.id, incoming, tiny_model.taxonomy)
@@ -68,7 +67,7 @@ def test_local_sweep_files_classifies_and_exports_everything(settings, tiny_mode
     cli("sweep", "--local")
     second = all_runs(settings)[-1]
     assert second.id != run.id
-    assert (second.status, second.found, second.enqueued, second.skipped, second.pending) == (
+    assert (second.status, second.found, second.enqueued, second.known, second.pending) == (
         "finished",
         0,
         0,
@@ -95,7 +94,7 @@ def test_a_photo_dropped_again_is_filed_without_a_new_row(settings):
     cli("sweep", "--local")
 
     run = all_runs(settings)[-1]
-    assert (run.status, run.found, run.skipped, run.enqueued, run.succeeded, run.failed) == (
+    assert (run.status, run.found, run.known, run.enqueued, run.succeeded, run.failed) == (
         "finished",
         2,
         2,
@@ -123,7 +122,7 @@ def test_the_same_photo_twice_in_one_night_is_classified_once(settings):
     cli("sweep", "--local")
 
     run = all_runs(settings)[-1]
-    assert (run.found, run.enqueued, run.skipped, run.succeeded, run.status) == (
+    assert (run.found, run.enqueued, run.known, run.succeeded, run.status) == (
         4,
         3,
         1,
@@ -135,7 +134,7 @@ def test_the_same_photo_twice_in_one_night_is_classified_once(settings):
     assert files_under(settings.incoming_dir) == {Path("zz-copy.jpg"): content_hash}
     cli("sweep", "--local")
     run = all_runs(settings)[-1]
-    assert (run.found, run.skipped, run.enqueued) == (1, 1, 0)
+    assert (run.found, run.known, run.enqueued) == (1, 1, 0)
     assert files_under(settings.incoming_dir) == {}
     assert files_under(settings.processed_dir)[Path("zz-copy.jpg")] == content_hash
     assert len(all_predictions(settings)) == 3

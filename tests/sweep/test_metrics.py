@@ -177,7 +177,7 @@ def stage_history(url: str) -> Staged:
       undecided, B2's both decided, B3's one decided, one decided and undone, one
       undecided; three audits decided (B2: one right, one wrong; B3: one right);
     - the last night: 8 ok (2 footwear/shoes, 3 bottomwear/pants, 3 topwear/shirts, 2 of
-      them flagged, 1 audited), 2 failed, 1 deferred, 4 skipped, 100 s long;
+      them flagged, 1 audited), 2 failed, 1 deferred, 4 known, 100 s long;
     - a skipped sweep after it, an abandoned one before B1, and a running sweep now.
 
     The desk's backlog: 1 (B1) + 2 (B3) + 3 (last night) = 6; the oldest is B1's photo.
@@ -215,7 +215,7 @@ def stage_history(url: str) -> Staged:
             enqueued=11,
             succeeded=8,
             failed=2,
-            skipped=4,
+            known=4,
             deferred=1,
             pending=0,
         )
@@ -289,7 +289,7 @@ def test_every_series_after_a_staged_night(
     assert value(samples, "running_sweep_started_timestamp_seconds") == (
         staged.running_started.timestamp()
     )
-    running = {"ok": 3, "failed": 1, "queued": 5, "skipped": 0, "deferred": 0}
+    running = {"ok": 3, "failed": 1, "queued": 5, "known": 0, "deferred": 0}
     for status, n in running.items():
         assert value(samples, "running_sweep_photos", status=status) == n
 
@@ -300,11 +300,13 @@ def test_every_series_after_a_staged_night(
         staged.last_started.timestamp() + 100
     )
     assert value(samples, "last_sweep_duration_seconds") == 100
-    last = {"ok": 8, "failed": 2, "queued": 0, "skipped": 4, "deferred": 1}
+    last = {"ok": 8, "failed": 2, "queued": 0, "known": 4, "deferred": 1}
     for status, n in last.items():
         assert value(samples, "last_sweep_photos", status=status) == n
     assert value(samples, "last_sweep_flagged_ratio") == 2 / 8
     assert value(samples, "last_sweep_failed_ratio") == 2 / 10
+    # The level the failed share alert compares it with: the desk's setting, exported.
+    assert value(samples, "failed_ratio_warning") == settings.nights_failed_warning == 0.05
     assert value(samples, "last_sweep_images_per_second") == 10 / 100
     categories = {
         ("footwear", "shoes"): 2,
@@ -320,7 +322,7 @@ def test_every_series_after_a_staged_night(
 
     assert value(samples, "baseline_nights") == 3
     assert value(samples, "baseline_flagged_ratio") == pytest.approx(0.2)
-    assert value(samples, "abandoned_sweeps_total") == 1
+    assert value(samples, "abandoned_sweeps") == 1
     assert value(samples, "last_abandoned_sweep_started_timestamp_seconds") == (
         staged.abandoned_started.timestamp()
     )
@@ -374,14 +376,14 @@ def test_a_night_with_no_photos_has_no_ratios(fresh_pg_url, broker_url, tmp_path
         before = s.sweep(SweepStatus.FINISHED, NOW - 2 * DAY, 60, succeeded=1)
         s.photo(before, label="footwear/shoes")
         # Every file known already: nothing classified, nothing failed.
-        last = s.sweep(SweepStatus.FINISHED, NOW - DAY, 5, found=3, skipped=3)
+        last = s.sweep(SweepStatus.FINISHED, NOW - DAY, 5, found=3, known=3)
     settings = make_settings(tmp_path, fresh_pg_url, broker_url)
 
     with serving(settings) as url:
         samples = scrape(url)
 
     assert value(samples, "last_sweep_id") == last.id
-    assert value(samples, "last_sweep_photos", status="skipped") == 3
+    assert value(samples, "last_sweep_photos", status="known") == 3
     assert value(samples, "last_sweep_photos", status="ok") == 0
     assert value(samples, "last_sweep_duration_seconds") == 5
     assert value(samples, "sweep_running") == 0

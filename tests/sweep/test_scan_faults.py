@@ -163,7 +163,7 @@ def test_an_unreadable_photo_is_recorded_once_and_the_night_goes_on(
 
     assert night.returncode == 0, night.stdout + night.stderr
     assert (
-        "status finished: 10 classified, 3 failed, 0 skipped, 0 left for later, 0 still queued"
+        "status finished: 10 classified, 3 failed, 0 known, 0 left for later, 0 still queued"
     ) in night.stdout
     (run,) = all_runs(settings)
     assert (run.found, run.enqueued, run.succeeded, run.failed) == (13, 10, 10, 3)
@@ -196,10 +196,10 @@ def test_an_unreadable_photo_is_recorded_once_and_the_night_goes_on(
 
     assert night.returncode == 0, night.stdout + night.stderr
     assert (
-        "status finished: 4 classified, 0 failed, 2 skipped, 0 left for later, 0 still queued"
+        "status finished: 4 classified, 0 failed, 2 known, 0 left for later, 0 still queued"
     ) in night.stdout
     run = all_runs(settings)[-1]
-    assert (run.found, run.enqueued, run.skipped, run.failed) == (6, 4, 2, 0)
+    assert (run.found, run.enqueued, run.known, run.failed) == (6, 4, 2, 0)
     rows = all_predictions(settings)
     assert sum(p.status == "failed" for p in rows) == 3  # no new row for what is still stuck
     ok = {p.content_hash: p for p in rows if p.status == "ok"}
@@ -362,7 +362,7 @@ def test_an_io_error_while_reading_gives_one_failed_row_and_the_file_stays(
     second = local_sweep(settings, classifier)
 
     assert (first.found, first.succeeded, first.failed) == (3, 2, 1)
-    assert (second.status, second.found, second.skipped, second.failed) == ("finished", 1, 1, 0)
+    assert (second.status, second.found, second.known, second.failed) == ("finished", 1, 1, 0)
     (row,) = [p for p in all_predictions(settings) if p.status == "failed"]
     assert row.sweep_run_id == first.id and row.final_path is None
     assert "cannot read file: input/output error" in row.error
@@ -422,7 +422,7 @@ def test_a_sweep_started_while_another_moves_thousands_of_files_waits_for_it(
     assert "error" not in second, (second["error"], messages)
     assert {r.status for r in runs.values()} == {"finished", "skipped"}, messages
     done = runs[first.id]
-    assert (done.found, done.failed, done.skipped, done.pending) == (n, n, 0, 0)
+    assert (done.found, done.failed, done.known, done.pending) == (n, n, 0, 0)
     waited = runs[second["run"].id]
     assert waited.status == "skipped" and f"sweep {first.id} still running" in waited.message
     assert second["items"] == []

@@ -140,7 +140,7 @@ def test_photos_written_slowly_during_the_sweep_are_left_for_later_then_classifi
     assert not settings.failed_dir.exists()
     # What the operator reads: the summary, the CSV and `runs`.
     assert "left for later 1 (still being written)" in out  # the producer's, at once
-    assert "status finished: 4 classified, 0 failed, 0 skipped, 2 left for later, 0 still" in out
+    assert "status finished: 4 classified, 0 failed, 0 known, 2 left for later, 0 still" in out
     for path, p in later.items():
         assert f"  left for later {path}: {p.error}" in out
     lines = read_csv(sweep_csv(settings, run))
@@ -159,7 +159,7 @@ def test_photos_written_slowly_during_the_sweep_are_left_for_later_then_classifi
     again = refund_sorter(settings, "sweep", "--wait")
 
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "status finished: 2 classified, 0 failed, 0 skipped, 0 left for later" in again.stdout
+    assert "status finished: 2 classified, 0 failed, 0 known, 0 left for later" in again.stdout
     assert files_under(settings.incoming_dir) == {}
     assert files_under(settings.processed_dir) == {
         **ready,
@@ -233,7 +233,7 @@ def test_the_readme_first_command_leaves_the_damaged_sample_for_later(
     first = CliRunner().invoke(main, ["sweep", "--local"], catch_exceptions=False)
 
     assert first.exit_code == 0, first.output
-    assert f"status finished: {len(samples) - 1} classified, 0 failed, 0 skipped, 1 left" in (
+    assert f"status finished: {len(samples) - 1} classified, 0 failed, 0 known, 1 left" in (
         first.output
     )
     damaged = settings.incoming_dir / "damaged-upload.jpg"
@@ -244,6 +244,6 @@ def test_the_readme_first_command_leaves_the_damaged_sample_for_later(
     second = CliRunner().invoke(main, ["sweep", "--local"], catch_exceptions=False)
 
     assert second.exit_code == 0, second.output
-    assert "status finished: 0 classified, 1 failed, 0 skipped, 0 left for later" in (second.output)
+    assert "status finished: 0 classified, 1 failed, 0 known, 0 left for later" in (second.output)
     assert files_under(settings.failed_dir).keys() == {Path("damaged-upload.jpg")}
     assert files_under(settings.incoming_dir) == {}
