@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from classifier.checkpoint_taxonomy import FORMAT, READABLE_FORMATS
-from classifier.taxonomy import Taxonomy
-from classifier.version import model_version
 from refund_sorter.errors import UserError
+from refund_sorter.taxonomy import Taxonomy
+from registry.checkpoint_taxonomy import FORMAT, READABLE_FORMATS
+from registry.version import model_version
 
 # The review threshold of a model that did not choose its own: the one every worker used
 # before models carried theirs.

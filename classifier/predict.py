@@ -22,9 +22,9 @@ from classifier.checkpoint import Checkpoint, load_checkpoint
 from classifier.int8 import int8_network, passes
 from classifier.network import ARCH, DualHeadNet
 from classifier.presets import EvalPreset, normalize
-from classifier.taxonomy import Taxonomy
 from refund_sorter.config import PRECISIONS
 from refund_sorter.errors import UserError
+from refund_sorter.taxonomy import Taxonomy
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from classifier.data import load_images
 from classifier.int8 import int8_network, passes, with_observers
 from classifier.predict import build_network, forward_decide
 from classifier.presets import EvalPreset
-from classifier.taxonomy import read_layout
 from refund_sorter.errors import UserError
+from refund_sorter.taxonomy import read_layout
 
 
 def _ranges(observed: nn.Module) -> dict[str, torch.Tensor]:

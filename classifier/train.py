@@ -8,7 +8,7 @@ After the last epoch the saved (best) checkpoint is calibrated on photos held ou
 training: the ``--calibration-split`` of DATA_DIR, or the held-out fold with ``--folds K
 --fold I``. Its temperature and the review threshold that reaches ``--review-target`` are
 stored in it. A fold's figures also go to a JSON file beside the model, for
-``refund-sorter cv-summary`` (``classifier.crossval``).
+``refund-sorter cv-summary`` (``training.crossval``).
 """
 
 import time
@@ -32,7 +32,6 @@ from classifier.calibration import (
     outcomes,
 )
 from classifier.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from classifier.crossval import write_fold_result
 from classifier.data import LoadedImages, load_images
 from classifier.network import ARCH, IMAGENET_MEAN, IMAGENET_STD, DualHeadNet, load_backbone_weights
 from classifier.predict import (
@@ -50,11 +49,12 @@ from classifier.presets import (
     normalize,
     to_square,
 )
-from classifier.recipe import TrainConfig
-from classifier.splits import LabelledFiles, fold_split, split_validation
-from classifier.taxonomy import Taxonomy, read_layout, relabel
 from refund_sorter.errors import UserError
 from refund_sorter.images import sha256_file
+from refund_sorter.taxonomy import Taxonomy, read_layout, relabel
+from training.crossval import write_fold_result
+from training.recipe import TrainConfig
+from training.splits import LabelledFiles, fold_split, split_validation
 
 
 @dataclass

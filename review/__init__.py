@@ -11,5 +11,5 @@ unsure of (``needs_review``), and the way their answers go back into training.
 - ``training_set``: copying reviewed photos into a ``<main>/<sub>/`` folder for ``train``.
 
 Every row is written by ``refund_sorter.crud``. Never imports PyTorch: the model's
-categories come from ``classifier.checkpoint_taxonomy``.
+categories come from ``registry.checkpoint_taxonomy``.
 """

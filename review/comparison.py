@@ -42,13 +42,13 @@ from pathlib import Path
 from sqlalchemy import Select, and_, case, func, select
 from sqlalchemy.orm import Session
 
-from classifier import registry
-from classifier.checkpoint_taxonomy import read_payload
 from models import ItemStatus, ModelVersion, Prediction, ShadowPrediction, SweepRun
 from refund_sorter import crud
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
+from registry import registry
+from registry.checkpoint_taxonomy import read_payload
 from review.accuracy import Estimate, Stratum, proportion, share, stratified
 
 MCNEMAR = "McNemar's exact test, stratified by night and flag (discordant photos pooled)"
@@ -443,7 +443,7 @@ class Compared:
 def models_compared(settings: Settings, version: str | None = None) -> Compared:
     """The registered candidate (or the registered ``version``) and the serving model, with
     their files in the model store; UserError, in plain words, when either is missing."""
-    serving = registry.serving_model(settings)
+    serving = registry.ensure_serving_model(settings)
     with session_factory(settings.database_url)() as session:
         if version is None:
             candidate = crud.candidate_model(session)
@@ -461,8 +461,8 @@ def models_compared(settings: Settings, version: str | None = None) -> Compared:
     return Compared(
         candidate,
         serving,
-        registry.model_file(settings, candidate.version),
-        registry.model_file(settings, serving.version),
+        registry.ensure_model_file(settings, candidate.version),
+        registry.ensure_model_file(settings, serving.version),
     )
 
 

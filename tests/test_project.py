@@ -45,7 +45,7 @@ import review.app, review.training_set, review.report   # the review desk, its e
 from review import plots
 from refund_sorter.config import Settings
 plots.trend("photos", [], Settings())   # the Nights pages draw with matplotlib alone
-from classifier.checkpoint_taxonomy import read_taxonomy
+from registry.checkpoint_taxonomy import read_taxonomy
 read_taxonomy("assets/model/refund-sorter-resnet18.pt")   # the categories the desk offers
 import monitoring.server   # the metrics endpoint, which versions the model file
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
@@ -85,19 +85,22 @@ def test_migrations_match_the_models(tmp_path):
 
 # What each package may not import, lazily inside a function or not: the producer and the
 # workers share only the core's message contract, and the core imports no role above it.
-# The review desk is a role of its own: it shares the core, reads the model's categories
-# through classifier's torch-free modules, and no other package imports it but cli and the
-# metrics endpoint (monitoring), which reads its backlog and accuracy queries. Only cli
-# imports monitoring.
+# The review desk is a role of its own: it shares the core and the model registry, and no
+# other package imports it but cli and the metrics endpoint (monitoring), which reads its
+# backlog and accuracy queries. Only cli imports monitoring. The model registry and the
+# training plan sit on the core, below every role; classifier (PyTorch) sits on them.
+ROLES = {"producer", "worker", "cli", "review", "monitoring"}
 FORBIDDEN_IMPORTS = {
     "producer": {"worker", "cli", "review", "monitoring"},
     "worker": {"producer", "cli", "review", "monitoring"},
     "review": {"producer", "worker", "cli", "monitoring"},
     "monitoring": {"producer", "worker", "cli"},
-    "refund_sorter": {"producer", "worker", "cli", "classifier", "review", "monitoring"},
-    "models": {"producer", "worker", "cli", "classifier", "review", "monitoring"},
-    "migrations": {"producer", "worker", "cli", "classifier", "review", "monitoring"},
-    "classifier": {"producer", "worker", "cli", "review", "monitoring"},
+    "refund_sorter": ROLES | {"classifier", "registry", "training"},
+    "models": ROLES | {"classifier", "registry", "training"},
+    "migrations": ROLES | {"classifier", "registry", "training"},
+    "registry": ROLES | {"classifier", "training"},
+    "training": ROLES | {"classifier", "registry", "models"},
+    "classifier": ROLES | {"models"},
 }
 
 
@@ -125,6 +128,42 @@ def test_the_import_check_sees_lazy_imports(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from worker.pipeline import process_batch\n")
     assert imported_packages(module) == {"worker"}
+
+
+# The modules that talk to the database: classifier is PyTorch alone and reaches none of
+# them, not even through a module it imports.
+DATABASE_MODULES = ("refund_sorter.crud", "refund_sorter.db", "models")
+
+
+def reached(graph: dict[str, set[str]], start: set[str]) -> set[str]:
+    """The modules ``start`` imports, directly or through others, and ``start`` itself."""
+    seen, todo = set(), list(start)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += graph.get(module, ())
+    return seen
+
+
+def test_classifier_imports_no_database_module():
+    graph = module_imports(ROOT, sorted({*FORBIDDEN_IMPORTS, "cli"}))
+    classifier = {m for m in graph if m.split(".")[0] == "classifier"}
+    assert "classifier.train" in classifier  # the graph holds the package
+    found = reached(graph, classifier)
+    assert "registry.checkpoint_taxonomy" in found  # the graph follows imports out of it
+    database = sorted(
+        m for m in found if any(m == d or m.startswith(f"{d}.") for d in DATABASE_MODULES)
+    )
+    assert database == []
+    # Nor SQLAlchemy itself, in any module classifier reaches.
+    sqlalchemy = sorted(m for m in found if "sqlalchemy" in imported_packages(module_path(m)))
+    assert sqlalchemy == []
+
+
+def module_path(module: str) -> Path:
+    path = ROOT.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
 def module_imports(root: Path, packages: list[str]) -> dict[str, set[str]]:

@@ -28,7 +28,6 @@ from sweep_support import (
     wait_for_run,
 )
 
-from classifier import registry
 from cli import main
 from models import ItemStatus, ModelRole, Prediction, PromotionAction, SweepRun, SweepStatus
 from producer.sweep import resume_stalled_sweep, run_sweep
@@ -36,6 +35,7 @@ from refund_sorter import crud
 from refund_sorter.celery_app import publish
 from refund_sorter.db import session_factory, upgrade
 from refund_sorter.errors import UserError
+from registry import registry
 
 DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)]
 
@@ -246,7 +246,7 @@ def test_plain_errors_change_nothing(
     settings = make_settings()
     use_settings(settings)
     upgrade(settings.database_url)
-    registry.serving_model(settings)
+    registry.ensure_serving_model(settings)
     (tmp_path / "notes.pt").write_text("a shopping list, not a model\n")
     names = {
         "a": tiny_model.version,
@@ -513,7 +513,7 @@ def test_a_sweep_that_starts_during_a_promotion_waits_and_takes_the_new_model(
     read which model serves."""
     settings = make_settings(fresh_pg_url)
     (b_path, b), _ = other_models
-    registry.serving_model(settings)
+    registry.ensure_serving_model(settings)
     registry.register(settings, b_path, "anna")
     add_images(Incoming(settings.incoming_dir), 5, seed=65)
     sessions = session_factory(settings.database_url)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from classifier.splits import fold_split, stratified_folds
+from training.splits import fold_split, stratified_folds
 
 # 4 categories of 23, 17, 9 and 2 files
 FILES = [

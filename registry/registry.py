@@ -5,12 +5,12 @@ review desk and ``refund-sorter model`` use it without PyTorch; its rows are wri
 
 It owns three answers:
 
-- Which model serves (``serving_model``): the registry's serving row. When there is none (a
+- Which model serves (``ensure_serving_model``): the registry's serving row. When there is none (a
   new install, or the first start after the upgrade that created the registry), the file at
   REFUND_SORTER_MODEL_PATH is stored and made to serve, by whichever process asks first.
   After that the registry wins: a different file at REFUND_SORTER_MODEL_PATH serves nothing,
   and ``model_path_disagreement`` says so for the logs and ``refund-sorter model list``.
-- Where a version's file is (``model_file``): the store holds one file per version, named by
+- Where a version's file is (``ensure_model_file``): the store holds one file per version, named by
   it, written once and atomically; any registered version with a file there can be loaded
   by any worker at any time.
 - How the serving model changes (``register``, ``promote``, ``rollback``): a promotion
@@ -32,13 +32,13 @@ from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 
-from classifier.checkpoint_taxonomy import checkpoint_figures, read_payload
-from classifier.version import model_version
 from models import ModelPromotion, ModelVersion, PromotionAction, SweepRun, utcnow
 from refund_sorter import crud
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
+from registry.checkpoint_taxonomy import checkpoint_figures, read_payload
+from registry.version import model_version
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _file_of(settings: Settings, entry: ModelVersion) -> Path | None:
     return Path(settings.model_store) / name
 
 
-def model_file(settings: Settings, version: str) -> Path:
+def ensure_model_file(settings: Settings, version: str) -> Path:
     """The store's file of the registered model ``version``; NotInStore when the registry
     does not know it or has no file for it."""
     with session_factory(settings.database_url)() as session:
@@ -133,7 +133,7 @@ def model_file(settings: Settings, version: str) -> Path:
 def servable(settings: Settings, version: str) -> bool:
     """Whether a worker can classify for ``version``: registered, its file in the store."""
     try:
-        model_file(settings, version)
+        ensure_model_file(settings, version)
     except NotInStore:
         return False
     return True
@@ -142,7 +142,7 @@ def servable(settings: Settings, version: str) -> bool:
 # -------------------------------------------------------------------- the serving model
 
 
-def serving_model(settings: Settings) -> ModelVersion:
+def ensure_serving_model(settings: Settings) -> ModelVersion:
     """The registry's serving model. With none yet, the file at REFUND_SORTER_MODEL_PATH is
     stored and serves from now on (a new install's first model; after the upgrade that made
     the registry, the model the sweeps used unless the file was replaced since). UserError
@@ -179,17 +179,17 @@ def _first_serving_if_any(settings: Settings) -> None:
     and no usable REFUND_SORTER_MODEL_PATH file is no error here: a model registered now can
     be promoted to be the first."""
     with contextlib.suppress(UserError):
-        serving_model(settings)
+        ensure_serving_model(settings)
 
 
 def serving_version(settings: Settings) -> str:
     """The version of the model this deployment serves; UserError when there is none."""
-    return serving_model(settings).version
+    return ensure_serving_model(settings).version
 
 
 def serving_file(settings: Settings) -> Path:
     """The store's file of the serving model (its categories are the review desk's)."""
-    return model_file(settings, serving_version(settings))
+    return ensure_model_file(settings, serving_version(settings))
 
 
 def model_path_disagreement(settings: Settings, serving: str) -> str | None:
@@ -309,7 +309,7 @@ def rollback(
 ) -> Promotion:
     """Make the version that served before the serving model serve again (the one its
     promotion replaced), the way ``promote`` does."""
-    serving = serving_model(settings)
+    serving = ensure_serving_model(settings)
     with session_factory(settings.database_url)() as session:
         target = crud.rollback_target(session)
         entry = crud.model_entry(session, target) if target else None
@@ -334,7 +334,7 @@ def _serve(
     """Check ``entry``'s file, then make it serve in one transaction holding the sweep lock."""
     version = entry.version
     _first_serving_if_any(settings)  # recorded as the first before it is replaced
-    path = model_file(settings, version)
+    path = ensure_model_file(settings, version)
     found = model_version(path)
     if found != version:
         raise UserError(

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from classifier.taxonomy import Taxonomy, read_layout
 from refund_sorter.errors import UserError
+from refund_sorter.taxonomy import Taxonomy, read_layout
 
 
 def touch(path, content: bytes = b"x"):

@@ -4,7 +4,7 @@
 DATA but fold I, validates and calibrates on fold I, and writes ``DIR/fold-I.cv.json`` beside
 the model. Folds run one at a time, in any order, on any machine. ``refund-sorter
 cv-summary DIR`` then prints each fold's figures and their mean, and can write them as JSON.
-The folds themselves are dealt by ``classifier.splits.stratified_folds``.
+The folds themselves are dealt by ``training.splits.stratified_folds``.
 
 Torch-free: summarising reads JSON only.
 """
