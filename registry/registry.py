@@ -24,7 +24,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models import ModelPromotion, ModelVersion, PromotionAction, SweepRun, utcnow
 from refund_sorter import crud
+from refund_sorter.atomic import atomic_write
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
@@ -66,24 +66,20 @@ def _publish(settings: Settings, source: Path, version: str) -> str:
         return name
     try:
         store.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=store, prefix=f".{name}.")
     except OSError as exc:
         raise UserError(f"cannot write to the model store {store}: {exc}") from None
     try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+        with atomic_write(dest, "wb", fsync=True) as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out)
             out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the other roles' users
-        copied = model_version(Path(tmp))
-        if copied != version:
-            raise UserError(f"{source} changed while it was stored (now model {copied}); try again")
-        os.replace(tmp, dest)
+            os.fchmod(out.fileno(), 0o644)  # readable by the other roles' users, whatever the umask
+            copied = model_version(Path(out.name))
+            if copied != version:
+                raise UserError(
+                    f"{source} changed while it was stored (now model {copied}); try again"
+                )
     except OSError as exc:
         raise UserError(f"cannot store {source} in the model store {store}: {exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return name
 
 

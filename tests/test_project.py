@@ -243,3 +243,65 @@ def test_the_cycle_check_sees_a_cycle_through_a_lazy_import(tmp_path):
 
     assert graph["pkg.c"] == {"pkg.a"}
     assert import_cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
+
+
+# A hand-made atomic write: a temporary file created, flushed to the disk, renamed into place.
+# refund_sorter/atomic.py is the one module that does that; moving a file (files.py, a
+# training copy exported under an earlier answer) is no write and may rename.
+ATOMIC_WRITE = ROOT / "refund_sorter" / "atomic.py"
+TEMPORARY_FILES = {"tempfile.mkstemp", "tempfile.NamedTemporaryFile", "os.fsync"}
+RENAMES = {"os.replace", "os.rename", "shutil.move"}
+
+
+def hand_made_atomic_writes(path: Path) -> list[str]:
+    """The calls in ``path`` that make a temporary file, flush one to the disk, or rename a
+    file whose name says it is temporary (``tmp``, ``temp``, ``part``), as source text."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        called = ast.unparse(node.func)
+        if called in TEMPORARY_FILES:
+            found.append(ast.unparse(node))
+            continue
+        if called in RENAMES and node.args:
+            source = node.args[0]
+        elif (
+            isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("replace", "rename")
+            and len(node.args) == 1
+            and not node.keywords
+        ):
+            source = node.func.value  # Path.replace(target), Path.rename(target)
+        else:
+            continue
+        if re.search(r"tmp|temp|part", ast.unparse(source), re.IGNORECASE):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_atomic_writes_are_the_helper_s_alone():
+    packages = sorted({*FORBIDDEN_IMPORTS, "cli"})
+    found = {
+        str(path.relative_to(ROOT)): calls
+        for package in packages
+        for path in (ROOT / package).rglob("*.py")
+        if path != ATOMIC_WRITE and (calls := hand_made_atomic_writes(path))
+    }
+    assert found == {}
+    assert hand_made_atomic_writes(ATOMIC_WRITE)  # the check sees the helper's own
+
+
+def test_the_atomic_write_check_sees_each_hand_made_form(tmp_path):
+    forms = [
+        "tempfile.mkstemp(dir=d)",
+        "os.replace(tmp, path)",
+        "tmp.replace(path)",
+        "os.rename(part, dest)",
+        "Path(temp_name).rename(dest)",
+        "os.fsync(out.fileno())",
+    ]
+    moves = ["os.replace(before, dest)", "os.rename(path, dest)", "text.replace('a', 'b')"]
+    module = tmp_path / "m.py"
+    module.write_text("\n".join([*forms, *moves]) + "\n")
+    assert hand_made_atomic_writes(module) == forms

@@ -10,11 +10,10 @@ Torch-free: summarising reads JSON only.
 """
 
 import json
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
+from refund_sorter.atomic import atomic_write
 from refund_sorter.errors import UserError
 
 KIND = "refund-sorter-cv-fold/1"
@@ -30,10 +29,8 @@ def fold_result_path(model_path: Path) -> Path:
 def write_fold_result(model_path: Path, result: dict) -> Path:
     """Write one fold's figures beside its model (atomically) and return the file's path."""
     path = fold_result_path(model_path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
+    with atomic_write(path) as fh:
         json.dump({"kind": KIND, **result}, fh, indent=2)
-    os.replace(tmp, path)
     return path
 
 
