@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from cli.common import friendly
-from cli.comparison import gate_options, gate_promotion
+from cli.comparison import gate_options, show_gate
 from refund_sorter.config import get_settings
 from refund_sorter.db import check_schema, session_factory
 from refund_sorter.errors import UserError
@@ -189,10 +189,23 @@ def promote(
     by = recorded_name(by)
     settings = get_settings()
     check_schema(settings.database_url)
-    reason = gate_promotion(settings, version, data_dir, force, reason)
-    result = registry.promote(
-        settings, version, by, wait=wait, timeout=timeout, reason=reason, echo=click.echo
-    )
+    folder = show_gate(settings, version, data_dir, force, reason)
+    try:
+        result = registry.promote(
+            settings,
+            version,
+            by,
+            wait=wait,
+            timeout=timeout,
+            folder=folder,
+            force_reason=reason if force else None,
+            echo=click.echo,
+        )
+    except registry.GateRefused:
+        raise UserError(
+            f"model {version} is not promoted: the gate refuses it (figures above). Promote "
+            'it anyway with --force --reason "why", which the registry records'
+        ) from None
     say_served(result, "promoted")
 
 

@@ -4,5 +4,5 @@
 
 A role of its own, like the review desk: it reads the core's tables and the broker, the
 desk's queries (its backlog and its accuracy report) and which model is served
-(``registry.version``, torch-free), and writes nothing. Only ``cli`` imports it.
+(``classifier.version``, torch-free), and writes nothing. Only ``cli`` imports it.
 """

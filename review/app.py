@@ -46,6 +46,7 @@ from refund_sorter.files import inside
 from refund_sorter.images import UnreadableImage, sniff
 from refund_sorter.taxonomy import Taxonomy
 from registry.checkpoint_taxonomy import read_taxonomy
+from registry.gate import gate
 from registry.registry import serving_file
 from review import accuracy, auth, comparison, nights, plots, progress, queue
 from review.auth import authenticate, csrf_token, csrf_valid, reviewers, session_secret
@@ -609,7 +610,7 @@ def models_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Response
     try:
         compared = comparison.models_compared(settings)
         live = comparison.live_comparison(settings, compared)
-        decision = comparison.gate(
+        decision = gate(
             live, None, p_value=settings.gate_p_value, min_labelled=settings.gate_min_labelled
         )
         missing = None

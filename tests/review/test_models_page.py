@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from sweep_support import TinyModel, build_settings, postgres_database, save_random_model
 
 from registry import registry
-from review.comparison import MCNEMAR, exact_binomial_p
+from registry.gate import MCNEMAR, exact_binomial_p
 
 pytestmark = pytest.mark.services
 

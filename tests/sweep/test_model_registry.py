@@ -1,4 +1,4 @@
-"""The model registry with the sweeps it serves (classifier/registry.py, cli/registry.py):
+"""The model registry with the sweeps it serves (registry/registry.py, cli/registry.py):
 the first serving model of a new install, `refund-sorter model register | list | promote |
 rollback` and what each records, an upgraded database's versions, workers that switch to a
 promoted model without a restart, and promotions ordered with the sweeps by the sweep lock.
@@ -198,7 +198,7 @@ def test_rollback_goes_back_one_promotion_at_a_time(settings, tiny_model, other_
     (b_path, b), (c_path, c) = other_models
     for path, version in ((b_path, b), (c_path, c)):
         registry.register(settings, path, "anna")
-        registry.promote(settings, version, "anna")
+        registry.promote(settings, version, "anna", force_reason=PAST_THE_GATE[-1])
 
     served = [registry.rollback(settings, "ben").entry.version for _ in range(2)]
 
@@ -206,8 +206,27 @@ def test_rollback_goes_back_one_promotion_at_a_time(settings, tiny_model, other_
     with pytest.raises(UserError, match="nothing to roll back to"):
         registry.rollback(settings, "ben")
     # Promoting a retired model again is a promotion like any other; rollback undoes it.
-    registry.promote(settings, c, "carl")
+    registry.promote(settings, c, "carl", force_reason=PAST_THE_GATE[-1])
     assert registry.rollback(settings, "carl").entry.version == a
+
+
+def test_every_promotion_goes_through_the_gate_and_a_rollback_does_not(
+    settings, tiny_model, other_models
+):
+    a = tiny_model.version
+    (b_path, b), _ = other_models
+    registry.register(settings, b_path, "anna")
+
+    # Called directly, not through the command line: the gate still judges, and refuses a
+    # candidate no person has labelled a photo for.
+    with pytest.raises(registry.GateRefused, match="too few labelled photos") as refused:
+        registry.promote(settings, b, "anna")
+    assert not refused.value.decision.passed
+    assert registry.ensure_serving_model(settings).version == a
+
+    forced = registry.promote(settings, b, "anna", force_reason=" peak season ")
+    assert forced.change.reason == "peak season"
+    assert registry.rollback(settings, "ben").entry.version == a  # not gated
 
 
 def test_one_candidate_at_a_time(settings, other_models):
