@@ -280,7 +280,7 @@ def evaluate_loaded(
     main_ok = sub_ok = 0
     for start in range(0, len(data.labels), batch_size):
         batch = data.images[start : start + batch_size]
-        sub_idx, _, main_idx, _ = forward_decide(
+        decided = forward_decide(
             net,
             batch,
             IMAGENET_MEAN,
@@ -291,8 +291,8 @@ def evaluate_loaded(
             precision,
         )
         labels = data.labels[start : start + batch_size].to(device)
-        sub_ok += int((sub_idx == labels).sum())
-        main_ok += int((main_idx == sub_to_main[labels]).sum())
+        sub_ok += int((decided.sub == labels).sum())
+        main_ok += int((decided.main == sub_to_main[labels]).sum())
     n = max(1, len(data.labels))
     return {"main_accuracy": main_ok / n, "sub_accuracy": sub_ok / n}
 

@@ -1,4 +1,4 @@
-"""classifier/taxonomy.py: the category tree read from a data folder's layout."""
+"""refund_sorter/taxonomy.py: the category tree read from a data folder's layout."""
 
 import json
 import re

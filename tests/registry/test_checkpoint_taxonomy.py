@@ -1,4 +1,4 @@
-"""classifier/checkpoint_taxonomy.py: the categories and figures of a model file, read
+"""registry/checkpoint_taxonomy.py: the categories and figures of a model file, read
 without PyTorch, are the ones PyTorch reads; and reading a file never runs code from it."""
 
 import io

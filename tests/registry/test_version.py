@@ -1,5 +1,5 @@
-"""classifier/version.py: a model's version, hashed once per model file, and which work is
-for which model (which model serves: tests/classifier/test_registry.py)."""
+"""registry/version.py: a model's version, hashed once per model file, and which work is
+for which model (which model serves: tests/sweep/test_model_registry.py)."""
 
 import hashlib
 import os

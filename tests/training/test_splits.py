@@ -1,4 +1,4 @@
-"""classifier/splits.py: the folds of a cross-validation are stratified, disjoint, complete
+"""training/splits.py: the folds of a cross-validation are stratified, disjoint, complete
 and fixed by their seed."""
 
 import random
