@@ -1,6 +1,7 @@
 """Project-level promises: the README's test command is what CI runs, the producer, beat,
 migrations, the review desk and the metrics endpoint start without PyTorch, the packages
-import each other only downwards, and no two modules import each other."""
+import each other only downwards, classifier reaches no database module, no two modules
+import each other, and files are written atomically by one helper alone."""
 
 import ast
 import re
