@@ -8,6 +8,8 @@ WORKDIR /app
 COPY pyproject.toml constraints.txt README.md alembic.ini ./
 COPY refund_sorter ./refund_sorter
 COPY cli ./cli
+COPY registry ./registry
+COPY training ./training
 COPY classifier ./classifier
 COPY worker ./worker
 COPY producer ./producer

@@ -487,10 +487,10 @@ def shadow_sweep(home: Home, processes: int, candidate: Path | None, warmup: int
     last shadow row is written too: a batch's shadow run follows its filing."""
     from sqlalchemy import func, select
 
-    from classifier import registry
     from models import ItemStatus, Prediction, ShadowPrediction
     from refund_sorter.db import session_factory
     from refund_sorter.shadow import shadow_probability
+    from registry import registry
 
     settings = home.settings()
     if candidate is not None:

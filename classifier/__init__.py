@@ -1,12 +1,8 @@
-"""The dual-head clothing classifier. One concern per module:
+"""The dual-head clothing classifier: PyTorch alone, one concern per module, as in
+torchvision's ``references/classification``. It imports no database module: which model
+serves is the model registry's (``registry``), the training plan is ``training``'s, the
+category tree the core's (``refund_sorter.taxonomy``).
 
-- ``recipe``: the training settings and their defaults (``TrainConfig``). Torch-free.
-- ``splits``: validation and calibration splits and cross-validation folds of a data
-  folder, stratified by sub category. Torch-free.
-- ``crossval``: one JSON result per cross-validation fold, and their summary. Torch-free.
-- ``taxonomy``: the category tree read from a data folder, and relabelling one folder's
-  images onto another tree (``relabel``). Torch-free.
-- ``version``: a model's version, from its file's bytes. Torch-free.
 - ``network``: the ResNet18 with a main and a sub head, and backbone initialisation.
 - ``checkpoint``: the model file: what it holds, safe loading, atomic saving.
 - ``presets``: train and eval preprocessing (the eval one is what the workers use), and
@@ -26,6 +22,7 @@
 - ``evaluate``: the evaluation report, its confusion matrices, reliability diagram and
   coverage against accuracy.
 
-Only the torch-free modules may be imported at startup by code that must start without
-PyTorch (the producer, Celery beat, migrations, the CLI); import the others lazily.
+Every module imports PyTorch: code that must start without it (the producer, Celery beat,
+migrations, the review desk, the CLI) imports these lazily, inside the function that needs
+them.
 """

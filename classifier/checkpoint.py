@@ -11,19 +11,18 @@ files, rather than classifying with their confidences uncalibrated.
 """
 
 import math
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from classifier.checkpoint_taxonomy import FORMAT, READABLE_FORMATS
-from classifier.taxonomy import Taxonomy
-from classifier.version import model_version
+from refund_sorter.atomic import atomic_write
 from refund_sorter.errors import UserError
+from refund_sorter.taxonomy import Taxonomy
+from registry.checkpoint_taxonomy import FORMAT, READABLE_FORMATS
+from registry.version import model_version
 
 # The review threshold of a model that did not choose its own: the one every worker used
 # before models carried theirs.
@@ -74,17 +73,10 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> str:
     """Write atomically (a reader never sees half a file) and return the model version."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        # Through a file object: given a path, torch.save names the archive's inner folder
-        # after the file, so the same model saved under two names would get two versions.
-        with open(tmp, "wb") as fh:
-            torch.save(checkpoint.to_payload(), fh)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # Through a file object: given a path, torch.save names the archive's inner folder after
+    # the file, so the same model saved under two names would get two versions.
+    with atomic_write(path, "wb") as fh:
+        torch.save(checkpoint.to_payload(), fh)
     checkpoint.version = model_version(path)
     return checkpoint.version
 

@@ -22,8 +22,8 @@ from classifier.calibration import (
 )
 from classifier.data import load_images
 from classifier.predict import Classification, Classifier
-from classifier.taxonomy import read_layout, relabel
 from refund_sorter.images import sha256_file
+from refund_sorter.taxonomy import read_layout, relabel
 
 DEFAULT_TARGET = 0.97  # for a model that records no review target of its own
 

@@ -14,6 +14,7 @@ honest without changing any decision.
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -22,9 +23,9 @@ from classifier.checkpoint import Checkpoint, load_checkpoint
 from classifier.int8 import int8_network, passes
 from classifier.network import ARCH, DualHeadNet
 from classifier.presets import EvalPreset, normalize
-from classifier.taxonomy import Taxonomy
 from refund_sorter.config import PRECISIONS
 from refund_sorter.errors import UserError
+from refund_sorter.taxonomy import Taxonomy
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,16 @@ def forward_logits(
     return main_logits.float(), sub_logits.float()
 
 
+class Decision(NamedTuple):
+    """A batch's decisions, each of shape (B,), and the joint probabilities behind them."""
+
+    sub: torch.Tensor  # sub category index
+    sub_confidence: torch.Tensor
+    main: torch.Tensor  # main category index
+    main_confidence: torch.Tensor
+    joint: torch.Tensor  # (B, n_sub): the runners-up come from here
+
+
 @torch.inference_mode()
 def forward_decide(
     net: DualHeadNet,
@@ -157,15 +168,16 @@ def forward_decide(
     device: torch.device,
     precision: str = "auto",
     temperature: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """uint8 images prepared by ``EvalPreset`` -> (sub index, sub confidence, main index,
-    main confidence), each of shape (B,). ``net`` must be in eval mode.
+) -> Decision:
+    """uint8 images prepared by ``EvalPreset`` -> their ``Decision``. ``net`` must be in
+    eval mode.
 
-    Inference and training's validation both decide through here, so the accuracy measured
-    while training is the accuracy the workers get.
+    Inference (``Classifier.predict_tensors``), training's validation and the int8 check all
+    decide through here, so the accuracy measured while training is the accuracy the
+    workers get.
     """
     joint = forward_joint(net, batch, mean, std, sub_to_main, device, precision, temperature)
-    return decide(joint, sub_to_main, n_main)
+    return Decision(*decide(joint, sub_to_main, n_main), joint)
 
 
 @torch.inference_mode()
@@ -265,19 +277,18 @@ class Classifier:
         threshold = self.review_threshold if review_threshold is None else review_threshold
         if isinstance(batch, list):
             batch = torch.stack(batch)
-        joint = forward_joint(
+        decided = forward_decide(
             self.net,
             batch,
             self.checkpoint.mean,
             self.checkpoint.std,
             self.sub_to_main,
+            len(self.taxonomy.main),
             self.device,
             self.precision,
             self.temperature,
         )
-        sub_idx, sub_conf, main_idx, main_conf = decide(
-            joint, self.sub_to_main, len(self.taxonomy.main)
-        )
+        joint = decided.joint
         top_p, top_idx = joint.topk(min(TOP_SUBS, joint.shape[1]), dim=1)
         return [
             Classification(
@@ -289,10 +300,10 @@ class Classifier:
                 tuple(self._named(i, p) for i, p in zip(ti, tp, strict=True)),
             )
             for s, sc, m, mc, ti, tp in zip(
-                sub_idx.tolist(),
-                sub_conf.tolist(),
-                main_idx.tolist(),
-                main_conf.tolist(),
+                decided.sub.tolist(),
+                decided.sub_confidence.tolist(),
+                decided.main.tolist(),
+                decided.main_confidence.tolist(),
                 top_idx.tolist(),
                 top_p.tolist(),
                 strict=True,

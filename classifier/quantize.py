@@ -21,8 +21,8 @@ from classifier.data import load_images
 from classifier.int8 import int8_network, passes, with_observers
 from classifier.predict import build_network, forward_decide
 from classifier.presets import EvalPreset
-from classifier.taxonomy import read_layout
 from refund_sorter.errors import UserError
+from refund_sorter.taxonomy import read_layout
 
 
 def _ranges(observed: nn.Module) -> dict[str, torch.Tensor]:
@@ -46,7 +46,7 @@ def _decided(net: nn.Module, images: torch.Tensor, ckpt: Checkpoint, batch: int 
     sub_to_main = torch.tensor(ckpt.taxonomy.sub_to_main)
     mains, subs = [], []
     for i in range(0, len(images), batch):
-        sub, _, main, _ = forward_decide(
+        decided = forward_decide(
             net,
             images[i : i + batch],
             ckpt.mean,
@@ -56,8 +56,8 @@ def _decided(net: nn.Module, images: torch.Tensor, ckpt: Checkpoint, batch: int 
             torch.device("cpu"),
             "fp32",
         )
-        mains.append(main)
-        subs.append(sub)
+        mains.append(decided.main)
+        subs.append(decided.sub)
     return torch.cat(mains), torch.cat(subs)
 
 

@@ -8,7 +8,7 @@ After the last epoch the saved (best) checkpoint is calibrated on photos held ou
 training: the ``--calibration-split`` of DATA_DIR, or the held-out fold with ``--folds K
 --fold I``. Its temperature and the review threshold that reaches ``--review-target`` are
 stored in it. A fold's figures also go to a JSON file beside the model, for
-``refund-sorter cv-summary`` (``classifier.crossval``).
+``refund-sorter cv-summary`` (``training.crossval``).
 """
 
 import time
@@ -32,7 +32,6 @@ from classifier.calibration import (
     outcomes,
 )
 from classifier.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from classifier.crossval import write_fold_result
 from classifier.data import LoadedImages, load_images
 from classifier.network import ARCH, IMAGENET_MEAN, IMAGENET_STD, DualHeadNet, load_backbone_weights
 from classifier.predict import (
@@ -50,11 +49,12 @@ from classifier.presets import (
     normalize,
     to_square,
 )
-from classifier.recipe import TrainConfig
-from classifier.splits import LabelledFiles, fold_split, split_validation
-from classifier.taxonomy import Taxonomy, read_layout, relabel
 from refund_sorter.errors import UserError
 from refund_sorter.images import sha256_file
+from refund_sorter.taxonomy import Taxonomy, read_layout, relabel
+from training.crossval import write_fold_result
+from training.recipe import TrainConfig
+from training.splits import LabelledFiles, fold_split, split_validation
 
 
 @dataclass
@@ -280,7 +280,7 @@ def evaluate_loaded(
     main_ok = sub_ok = 0
     for start in range(0, len(data.labels), batch_size):
         batch = data.images[start : start + batch_size]
-        sub_idx, _, main_idx, _ = forward_decide(
+        decided = forward_decide(
             net,
             batch,
             IMAGENET_MEAN,
@@ -291,8 +291,8 @@ def evaluate_loaded(
             precision,
         )
         labels = data.labels[start : start + batch_size].to(device)
-        sub_ok += int((sub_idx == labels).sum())
-        main_ok += int((main_idx == sub_to_main[labels]).sum())
+        sub_ok += int((decided.sub == labels).sum())
+        main_ok += int((decided.main == sub_to_main[labels]).sum())
     n = max(1, len(data.labels))
     return {"main_accuracy": main_ok / n, "sub_accuracy": sub_ok / n}
 

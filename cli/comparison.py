@@ -1,6 +1,7 @@
-"""``refund-sorter model compare [--data DIR] [--json]``, and the gate in front of ``model
-promote`` (``--data``, ``--force --reason``): the candidate against the serving model, on the
-live nights since it was registered and on a labelled folder (``review.comparison``).
+"""``refund-sorter model compare [--data DIR] [--json]``, and what ``model promote`` shows of
+its gate (``--data``, ``--force --reason``): the candidate against the serving model, on the
+live nights since it was registered and on a labelled folder (``review.comparison``); the
+gate itself runs in ``registry.promote``.
 
 Only ``--data`` imports PyTorch (both models run on the folder); the live comparison reads
 the database alone.
@@ -68,7 +69,8 @@ def compare(data_dir: Path | None, as_json: bool) -> None:
 
 def run_comparison(settings: Settings, compared, data_dir: Path | None):
     """The live comparison, the folder's (with ``data_dir``) and the gate's decision."""
-    from review.comparison import gate, live_comparison
+    from registry.gate import gate
+    from review.comparison import live_comparison
 
     live = live_comparison(settings, compared)
     folder = folder_comparison(settings, compared, data_dir) if data_dir else None
@@ -84,7 +86,8 @@ def folder_comparison(settings: Settings, compared, data_dir: Path):
     from classifier.checkpoint import load_checkpoint
     from classifier.evaluate import answer_folder
     from refund_sorter.review_threshold import review_threshold_in_force
-    from review.comparison import folder_figures, training_hashes
+    from registry.gate import training_hashes
+    from review.comparison import folder_figures
 
     models = {}
     with session_factory(settings.database_url)() as session:
@@ -129,12 +132,12 @@ def as_json_text(live, folder, decision) -> str:
     )
 
 
-def gate_promotion(
+def show_gate(
     settings: Settings, version: str, data_dir: Path | None, force: bool, reason: str | None
-) -> str | None:
-    """``model promote``'s gate: compare ``version`` with the serving model and print the
-    figures; UserError when the gate refuses it and ``force`` is not given. Returns the
-    reason to record: the one given with --force when the gate refused, else None."""
+):
+    """What ``model promote`` shows before it promotes: ``version`` compared with the serving
+    model, and the gate's decision, printed. Returns the folder's figures (with
+    ``data_dir``), which the promotion's gate counts too (``registry.promote`` decides)."""
     from review.comparison import models_compared
 
     if reason is not None and not reason.strip():
@@ -154,15 +157,9 @@ def gate_promotion(
     live, folder, decision = run_comparison(settings, compared, data_dir)
     for line in comparison_lines(compared, live, folder, decision, promoting=True):
         click.echo(line)
-    if decision.passed:
-        return None
-    if not force:
-        raise UserError(
-            f"model {version} is not promoted: the gate refuses it (figures above). Promote "
-            'it anyway with --force --reason "why", which the registry records'
-        )
-    click.secho(f"promoting against the gate, by --force: {reason}", fg="yellow", err=True)
-    return reason.strip()
+    if not decision.passed and force:
+        click.secho(f"promoting against the gate, by --force: {reason}", fg="yellow", err=True)
+    return folder
 
 
 # ------------------------------------------------------------------------------ the table

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from classifier.recipe import AUTO_AUGMENTS, TRAIN_PRECISIONS, TrainConfig
 from cli.common import device_option, friendly, mapping_option, precision_option
+from training.recipe import AUTO_AUGMENTS, TRAIN_PRECISIONS, TrainConfig
 
 DEFAULTS = TrainConfig()
 OUTPUT_FILE = click.Path(path_type=Path, dir_okay=False)
@@ -158,7 +158,7 @@ def train(data_dirs, out, int8, **recipe) -> None:
 def cv_summary(results, out) -> None:
     """Summarise a cross-validation: RESULTS are the .cv.json files that train --folds K
     --fold I wrote, or folders holding them. Prints each fold's figures and their mean."""
-    from classifier.crossval import read_fold_results, summarise
+    from training.crossval import read_fold_results, summarise
 
     summary = summarise(read_fold_results(list(results)))
     done = len(summary["per_fold"])

@@ -1,5 +1,5 @@
 """Model registry commands: ``refund-sorter model list | register FILE | promote VERSION |
-rollback``, for whoever decides which model serves (``classifier.registry``).
+rollback``, for whoever decides which model serves (``registry.registry``).
 
 Only ``register`` imports PyTorch (it loads the checkpoint, as a worker would, to check it);
 the others start without it.
@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from cli.common import friendly
-from cli.comparison import gate_options, gate_promotion
+from cli.comparison import gate_options, show_gate
 from refund_sorter.config import get_settings
 from refund_sorter.db import check_schema, session_factory
 from refund_sorter.errors import UserError
@@ -58,14 +58,14 @@ def list_models(as_json: bool) -> None:
     """List the registered model versions, newest first, with their role, who registered
     and promoted them, and the figures each checkpoint carries; then the last changes of the
     serving model."""
-    from classifier import registry
     from refund_sorter import crud
+    from registry import registry
 
     settings = get_settings()
     check_schema(settings.database_url)
     notes = []
     try:
-        serving = registry.serving_model(settings)
+        serving = registry.ensure_serving_model(settings)
         if note := registry.model_path_disagreement(settings, serving.version):
             notes.append(note)
     except UserError as exc:
@@ -136,8 +136,8 @@ def list_models(as_json: bool) -> None:
 def register(file: Path, by: str | None, replace: bool) -> None:
     """Check the checkpoint FILE by loading it, copy it into the model store and register it
     as the candidate. It serves only once promoted (refund-sorter model promote)."""
-    from classifier import registry
     from classifier.checkpoint import load_checkpoint
+    from registry import registry
 
     by = recorded_name(by)
     settings = get_settings()
@@ -184,15 +184,28 @@ def promote(
     First the gate: VERSION is compared with the serving model (as `model compare`, and on
     --data DIR) and refused, with the figures, when it is worse beyond noise or has too few
     labelled photos, unless --force --reason "..." (recorded)."""
-    from classifier import registry
+    from registry import registry
 
     by = recorded_name(by)
     settings = get_settings()
     check_schema(settings.database_url)
-    reason = gate_promotion(settings, version, data_dir, force, reason)
-    result = registry.promote(
-        settings, version, by, wait=wait, timeout=timeout, reason=reason, echo=click.echo
-    )
+    folder = show_gate(settings, version, data_dir, force, reason)
+    try:
+        result = registry.promote(
+            settings,
+            version,
+            by,
+            wait=wait,
+            timeout=timeout,
+            folder=folder,
+            force_reason=reason if force else None,
+            echo=click.echo,
+        )
+    except registry.GateRefused:
+        raise UserError(
+            f"model {version} is not promoted: the gate refuses it (figures above). Promote "
+            'it anyway with --force --reason "why", which the registry records'
+        ) from None
     say_served(result, "promoted")
 
 
@@ -203,7 +216,7 @@ def promote(
 def rollback(by: str | None, wait: bool, timeout: float) -> None:
     """Make the model that served before the serving one serve again (the one its promotion
     replaced; once more goes one further back). Ordered with the sweeps as promote is."""
-    from classifier import registry
+    from registry import registry
 
     by = recorded_name(by)
     settings = get_settings()

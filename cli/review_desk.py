@@ -255,9 +255,9 @@ def change_threshold(
     """``threshold --set`` and ``--clear``: one model version's threshold, before and after."""
     import getpass
 
-    from classifier.registry import serving_version
     from refund_sorter import crud
     from refund_sorter.review_threshold import SETTING, describe_set
+    from registry.registry import serving_version
 
     if new_value is not None and clear:
         raise UserError("give --set or --clear, not both")
@@ -306,8 +306,8 @@ def change_threshold(
 def suggest_threshold(settings, target: float, since) -> None:
     """``threshold`` without --set or --clear: the suggestion, beside the threshold in force."""
     from classifier.checkpoint import load_checkpoint
-    from classifier.registry import serving_file
     from refund_sorter.review_threshold import review_threshold_in_force
+    from registry.registry import serving_file
     from review.accuracy import share, window
     from review.threshold import live_confidences, suggest
 

@@ -294,7 +294,7 @@ class ModelVersion(Base):
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     retired_by: Mapped[str | None] = mapped_column(String(128))
     # What the checkpoint says of itself: validation accuracy, photo counts, calibration
-    # (classifier.checkpoint_taxonomy.checkpoint_figures). None when the file is unknown.
+    # (registry.checkpoint_taxonomy.checkpoint_figures). None when the file is unknown.
     figures: Mapped[dict | None] = mapped_column(JSON(none_as_null=True))
     # Why it was promoted although the promotion's checks advised against it.
     reason: Mapped[str | None] = mapped_column(Text)

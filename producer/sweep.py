@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from classifier.registry import model_file, model_path_disagreement, servable, serving_model
 from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
 from producer.scan import Found, scan
 from refund_sorter import crud
@@ -22,6 +21,12 @@ from refund_sorter.files import destination, processed_destination
 from refund_sorter.filing import Move, file_committed
 from refund_sorter.images import sha256_file
 from refund_sorter.messages import Dispatch, WorkItem
+from registry.registry import (
+    ensure_model_file,
+    ensure_serving_model,
+    model_path_disagreement,
+    servable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +60,8 @@ def run_sweep(
     # A new install's first model is stored and made to serve here; and the serving model's
     # file must be in the store before photos are enqueued for it (a promotion checks the
     # same of the model it makes serve).
-    serving = serving_model(settings)
-    model_file(settings, serving.version)
+    serving = ensure_serving_model(settings)
+    ensure_model_file(settings, serving.version)
     if note := model_path_disagreement(settings, serving.version):
         log.warning(note)
     with sessions.begin() as session:

@@ -18,6 +18,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import ItemStatus, Prediction, SweepRun
+from refund_sorter.atomic import atomic_write
 from refund_sorter.crud import as_utc, latest_reviews
 
 log = logging.getLogger(__name__)
@@ -149,10 +150,8 @@ def export_sweep(session: Session, sweep_id: int, export_dir: Path) -> Path:
     """Write the CSV of one sweep (atomically: a reader never sees half a file)."""
     path = sweep_csv_path(session.get(SweepRun, sweep_id), export_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.part")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_write(path, "w", newline="", encoding="utf-8") as fh:
         write_csv(session, ExportFilter(sweep_run=sweep_id), fh)
-    tmp.replace(path)
     return path
 
 

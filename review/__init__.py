@@ -12,5 +12,5 @@ of and decide the blind audit, and the read-only figures built on their decision
 - Back into training: ``training_set`` (reviewed photos as a ``<main>/<sub>/`` folder).
 
 Every row is written by ``refund_sorter.crud``. Never imports PyTorch: the model's
-categories come from ``classifier.checkpoint_taxonomy``.
+categories come from ``registry.checkpoint_taxonomy``.
 """

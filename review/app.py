@@ -37,9 +37,6 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
-from classifier.checkpoint_taxonomy import read_taxonomy
-from classifier.registry import serving_file
-from classifier.taxonomy import Taxonomy
 from models import ItemStatus, Prediction, SweepRun, utcnow
 from refund_sorter import crud
 from refund_sorter.config import Settings
@@ -47,6 +44,10 @@ from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
 from refund_sorter.files import inside
 from refund_sorter.images import UnreadableImage, sniff
+from refund_sorter.taxonomy import Taxonomy
+from registry.checkpoint_taxonomy import read_taxonomy
+from registry.gate import gate
+from registry.registry import serving_file
 from review import accuracy, auth, comparison, nights, plots, progress, queue
 from review.auth import authenticate, csrf_token, csrf_valid, reviewers, session_secret
 
@@ -609,7 +610,7 @@ def models_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Response
     try:
         compared = comparison.models_compared(settings)
         live = comparison.live_comparison(settings, compared)
-        decision = comparison.gate(
+        decision = gate(
             live, None, p_value=settings.gate_p_value, min_labelled=settings.gate_min_labelled
         )
         missing = None

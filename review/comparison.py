@@ -1,6 +1,6 @@
-"""A candidate model against the serving one, and the promotion gate that reads the result.
-
-Two sources, the same figures where both have them:
+"""A candidate model against the serving one, as people see it (``model compare``, the desk's
+Models page): the figures with their intervals. Two sources, the same figures where both
+have them:
 
 - *live*: the nights (sweeps) started since the candidate was registered. While it is
   registered the workers run it in the serving model's shadow (``shadow_predictions``) on
@@ -13,12 +13,9 @@ Two sources, the same figures where both have them:
     photos shadowed for certain (chance 1) add no sampling error. Until one of the other
     photos is shadowed there is no estimate: it would be that of the flagged and audited
     photos alone, with no interval to show it.
-  - *accuracy* of both models on the photos people labelled (the latest review not undone
-    of a flagged photo, and the decided audits), each night's flagged and unflagged stratum
-    weighted by its share of the photos exactly as ``review.accuracy`` weights them; and the
-    paired test (``MCNEMAR``): McNemar's exact test within each stratum, combined as the
-    exact binomial test on the discordant photos pooled over the strata (under the null
-    each discordant photo favours either model with probability 1/2 in every stratum).
+  - *accuracy* of both models on the photos people labelled, with its interval as
+    ``review.accuracy`` weights the strata, and the paired test: the promotion gate's
+    tallies (``registry.gate``).
   - the serving model's flagged share is counted on every photo (no sampling); *speed* is
     the median over the shadowed photos of each model's forward time per photo.
 - *folder* (``--data DIR``): both models on a labelled folder; every photo counts alike
@@ -28,173 +25,47 @@ Photos whose content hash is among the candidate's training, validation or calib
 photos (its checkpoint's ``meta["content_hashes"]``) are left out of every figure, and
 counted: a model must not win on photos it learned.
 
-``gate`` is the one place that decides whether a comparison lets a candidate serve.
-Torch-free: the review desk shows the live comparison.
+Whether a comparison lets a candidate serve is ``registry.gate.gate``'s decision, which
+``registry.promote`` runs. Torch-free: the review desk shows the live comparison.
 """
 
-import math
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
-from classifier import registry
-from classifier.checkpoint_taxonomy import read_payload
-from models import ItemStatus, ModelVersion, Prediction, ShadowPrediction, SweepRun
+from models import ModelVersion, Prediction, ShadowPrediction
 from refund_sorter import crud
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
+from registry import registry
+from registry.gate import (
+    LEVELS,
+    Labelled,
+    Paired,
+    grouped_without,
+    labelled_tallies,
+    paired_photos,
+    paired_strata,
+    served,
+    training_hashes,
+)
 from review.accuracy import Estimate, Stratum, proportion, share, stratified
 
-MCNEMAR = "McNemar's exact test, stratified by night and flag (discordant photos pooled)"
-MCNEMAR_ONE = "McNemar's exact test"
 HAJEK = "hajek"
 CENSUS = "every photo"  # counted on every photo, not estimated from a sample
-LEVELS = ("main", "sub")
 
 
 # ------------------------------------------------------------------------------ statistics
 
 
-def exact_binomial_p(k: int, n: int) -> float:
-    """Two-sided p-value of ``k`` successes in ``n`` trials against probability 1/2: twice
-    the smaller tail, at most 1. Exact in integers, so it holds for any ``n``."""
-    k, n = int(k), int(n)
-    if n == 0:
-        return 1.0
-    low = sum(math.comb(n, i) for i in range(min(k, n - k) + 1))
-    return min(1.0, 2 * low / 2**n)
-
-
-@dataclass(frozen=True)
-class Discordant:
-    """The labelled photos one model had right and the other wrong, in one stratum."""
-
-    candidate_only: int = 0  # the candidate right, the serving model wrong
-    serving_only: int = 0
-
-    @property
-    def p_value(self) -> float:
-        """McNemar's exact test: the discordant photos split as a fair coin would?"""
-        return exact_binomial_p(self.candidate_only, self.candidate_only + self.serving_only)
-
-
-@dataclass(frozen=True)
-class StratumPair:
-    """One night's flagged or unflagged stratum, on one level."""
-
-    sweep: int
-    flagged: bool
-    photos: int
-    labelled: int
-    serving_right: int
-    candidate_right: int
-    candidate_only: int
-    serving_only: int
-    p_value: float  # McNemar's exact test within the stratum
-
-
-@dataclass(frozen=True)
-class Paired:
-    """Both models' accuracy on one level, on the same labelled photos, and the paired test."""
-
-    level: str
-    serving: Estimate
-    candidate: Estimate
-    candidate_only: int  # labelled photos the candidate had right and the serving model wrong
-    serving_only: int
-    p_value: float
-    test: str
-    strata: list[StratumPair] = field(default_factory=list)
-
-    @property
-    def candidate_worse(self) -> bool:
-        """The candidate's accuracy is the lower one (whatever the noise)."""
-        if self.candidate.value is None or self.serving.value is None:
-            return False
-        return self.candidate.value < self.serving.value
-
-
-@dataclass(frozen=True)
-class Labelled:
-    """One photo a person labelled, with whether each model had it right, in its stratum."""
-
-    sweep: int
-    flagged: bool  # by the serving model: the stratum
-    serving: tuple[bool, bool]  # right on (main, sub)
-    candidate: tuple[bool, bool]
-
-
-def paired_strata(
-    photos: Iterable[Labelled], sizes: dict[tuple[int, bool], int], level: str
-) -> Paired:
-    """Both models' accuracy on ``level`` over the strata (night, flagged) of ``sizes``
-    (each stratum's number of photos), from the labelled ``photos``, and the paired test."""
-    i = LEVELS.index(level)
-    tally: dict[tuple[int, bool], Counter] = {key: Counter() for key in sizes}
-    for p in photos:
-        c = tally.setdefault((p.sweep, p.flagged), Counter())
-        s, k = bool(p.serving[i]), bool(p.candidate[i])
-        c["labelled"] += 1
-        c["serving"] += s
-        c["candidate"] += k
-        c["candidate_only"] += k and not s
-        c["serving_only"] += s and not k
-    strata = []
-    for (sweep, flagged), c in sorted(tally.items()):
-        d = Discordant(c["candidate_only"], c["serving_only"])
-        photos_in = max(sizes.get((sweep, flagged), 0), c["labelled"])
-        strata.append(
-            StratumPair(
-                sweep,
-                flagged,
-                photos_in,
-                c["labelled"],
-                c["serving"],
-                c["candidate"],
-                d.candidate_only,
-                d.serving_only,
-                d.p_value,
-            )
-        )
-
-    def accuracy(right: str) -> Estimate:
-        return stratified(
-            (Stratum(s.photos, s.labelled, getattr(s, right)) for s in strata), filed=False
-        )
-
-    pooled = Discordant(sum(s.candidate_only for s in strata), sum(s.serving_only for s in strata))
-    return Paired(
-        level,
-        accuracy("serving_right"),
-        accuracy("candidate_right"),
-        pooled.candidate_only,
-        pooled.serving_only,
-        pooled.p_value,
-        MCNEMAR,
-        strata,
-    )
-
-
-def paired_photos(serving: Sequence[bool], candidate: Sequence[bool], level: str) -> Paired:
-    """Both models' accuracy on ``level`` on the same photos, each counting alike (a labelled
-    folder), and McNemar's exact test."""
-    pairs = [(bool(s), bool(k)) for s, k in zip(serving, candidate, strict=True)]
-    d = Discordant(sum(k and not s for s, k in pairs), sum(s and not k for s, k in pairs))
-    return Paired(
-        level,
-        proportion(sum(s for s, _ in pairs), len(pairs)),
-        proportion(sum(k for _, k in pairs), len(pairs)),
-        d.candidate_only,
-        d.serving_only,
-        d.p_value,
-        MCNEMAR_ONE,
-    )
+def _stratified(strata: Iterable[tuple[int, int, int]]) -> Estimate:
+    """A model's accuracy over strata of (photos, labelled, right), with its interval."""
+    return stratified((Stratum(*s) for s in strata), filed=False)
 
 
 @dataclass(frozen=True)
@@ -346,7 +217,9 @@ def live_figures(t: Tallies) -> Live:
     """The live comparison's figures from its tallies."""
     photos = sum(t.sizes.values())
     flagged = sum(n for (_, is_flagged), n in t.sizes.items() if is_flagged)
-    main, sub = (paired_strata(t.labelled, t.sizes, level) for level in LEVELS)
+    main, sub = (
+        paired_strata(t.labelled, t.sizes, level, accuracy=_stratified) for level in LEVELS
+    )
     # The photos shadowed only by chance stand for all the others; with none drawn yet the
     # estimates would be those of the flagged and audited photos alone, with no interval.
     drawn = any(g.photos and g.chance < 1 for g in t.groups)
@@ -400,7 +273,8 @@ def folder_figures(found, data_dir: str) -> Folder:
         return proportion(sum(a.needs_review for a in answers.answers), len(answers.answers))
 
     main, sub = (
-        paired_photos(right(serving, level), right(candidate, level), level) for level in LEVELS
+        paired_photos(right(serving, level), right(candidate, level), level, share=proportion)
+        for level in LEVELS
     )
     return Folder(
         data_dir=data_dir,
@@ -425,10 +299,6 @@ def folder_figures(found, data_dir: str) -> Folder:
 
 # ------------------------------------------------------------------------ the live reads
 
-# Content hashes asked about per statement (bound parameters) when training photos are
-# subtracted from a count.
-HASH_CHUNK = 2000
-
 
 @dataclass(frozen=True)
 class Compared:
@@ -443,7 +313,7 @@ class Compared:
 def models_compared(settings: Settings, version: str | None = None) -> Compared:
     """The registered candidate (or the registered ``version``) and the serving model, with
     their files in the model store; UserError, in plain words, when either is missing."""
-    serving = registry.serving_model(settings)
+    serving = registry.ensure_serving_model(settings)
     with session_factory(settings.database_url)() as session:
         if version is None:
             candidate = crud.candidate_model(session)
@@ -461,37 +331,9 @@ def models_compared(settings: Settings, version: str | None = None) -> Compared:
     return Compared(
         candidate,
         serving,
-        registry.model_file(settings, candidate.version),
-        registry.model_file(settings, serving.version),
+        registry.ensure_model_file(settings, candidate.version),
+        registry.ensure_model_file(settings, serving.version),
     )
-
-
-def training_hashes(model_file: Path) -> set[str] | None:
-    """The content hashes of every photo the model at ``model_file`` trained, validated or
-    calibrated on; None when its checkpoint does not list them (trained before they were
-    recorded)."""
-    meta = read_payload(model_file).get("meta")
-    hashes = meta.get("content_hashes") if isinstance(meta, dict) else None
-    return set(hashes) if isinstance(hashes, list) else None
-
-
-def _grouped(
-    session: Session, statement: Select, keys: int, hashes: Sequence[str]
-) -> tuple[dict[tuple, list[int]], dict[tuple, list[int]]]:
-    """The rows of a grouped ``statement`` (``keys`` key columns, then counts) less those of
-    the photos whose content hash is in ``hashes``, and those left out, both by key."""
-    kept: dict[tuple, list[int]] = {}
-    for row in session.execute(statement):
-        kept[tuple(row[:keys])] = [int(v or 0) for v in row[keys:]]
-    left: dict[tuple, list[int]] = {}
-    for start in range(0, len(hashes), HASH_CHUNK):
-        chunk = hashes[start : start + HASH_CHUNK]
-        for row in session.execute(statement.where(Prediction.content_hash.in_(chunk))):
-            key, values = tuple(row[:keys]), [int(v or 0) for v in row[keys:]]
-            before = left.get(key, [0] * len(values))
-            left[key] = [a + b for a, b in zip(before, values, strict=True)]
-            kept[key] = [a - b for a, b in zip(kept[key], values, strict=True)]
-    return kept, left
 
 
 def live_tallies(
@@ -499,54 +341,22 @@ def live_tallies(
 ) -> Tallies:
     """Read the live comparison of model ``candidate`` against ``serving``: the photos the
     serving model classified in the sweeps started at ``since`` or later, less those whose
-    content hash is in ``hashes``. Counts by SQL aggregates; the labelled photos row by row."""
-    known = hashes is not None
-    hashes = hashes or set()
-    learned = sorted(hashes)
-    nights = (
-        select(SweepRun.id)
-        .where(SweepRun.started_at >= since, SweepRun.model_version == serving)
-        .scalar_subquery()
+    content hash is in ``hashes``. The labelled photos are the gate's tallies
+    (``registry.gate.labelled_tallies``); the shadowed ones are counted here, by SQL
+    aggregates."""
+    found = labelled_tallies(
+        session, candidate=candidate, serving=serving, since=since, hashes=hashes
     )
-    served = and_(
-        Prediction.status == ItemStatus.OK,
-        # As the unique index's predicate, so that the index serves the lookups by hash.
-        Prediction.status.not_in((ItemStatus.FAILED, ItemStatus.DEFERRED)),
-        Prediction.model_version == serving,
-        Prediction.sweep_run_id.in_(nights),
-    )
-    review = crud.latest_reviews()
-    strata, strata_left = _grouped(
-        session,
-        select(
-            Prediction.sweep_run_id,
-            Prediction.needs_review,
-            Prediction.audited,
-            func.count(),
-            func.count(review.c.prediction_id),
-        )
-        .outerjoin(review, review.c.prediction_id == Prediction.id)
-        .where(served)
-        .group_by(Prediction.sweep_run_id, Prediction.needs_review, Prediction.audited),
-        3,
-        learned,
-    )
-    sizes: dict[tuple[int, bool], int] = {}
-    audits_undecided = others = 0
-    for (sweep, flagged, audited), (photos, decided) in strata.items():
-        sizes[(sweep, bool(flagged))] = sizes.get((sweep, bool(flagged)), 0) + photos
-        if audited and not flagged:
-            audits_undecided += photos - decided
-        elif not flagged:
-            others += photos
-
+    learned = sorted(hashes or ())
     shadow = ShadowPrediction
     answered = and_(
-        shadow.prediction_id == Prediction.id, shadow.model_version == candidate, served
+        shadow.prediction_id == Prediction.id,
+        shadow.model_version == candidate,
+        served(serving, since),
     )
     same_main = shadow.main_category == Prediction.main_category
     same_sub = and_(same_main, shadow.sub_category == Prediction.sub_category)
-    groups, groups_left = _grouped(
+    groups, groups_left = grouped_without(
         session,
         select(
             shadow.shadow_probability,
@@ -560,7 +370,7 @@ def live_tallies(
         1,
         learned,
     )
-    seconds, _ = _grouped(
+    seconds, _ = grouped_without(
         session,
         select(shadow.serving_seconds, shadow.candidate_seconds, func.count())
         .where(answered)
@@ -568,58 +378,24 @@ def live_tallies(
         2,
         learned,
     )
-
-    labelled, without, learned_labelled = [], 0, 0
-    rows = session.execute(
-        select(
-            Prediction.sweep_run_id,
-            Prediction.needs_review,
-            Prediction.content_hash,
-            Prediction.main_category,
-            Prediction.sub_category,
-            review.c.main_category,
-            review.c.sub_category,
-            shadow.main_category,
-            shadow.sub_category,
-        )
-        .join(review, review.c.prediction_id == Prediction.id)
-        .outerjoin(
-            shadow, and_(shadow.prediction_id == Prediction.id, shadow.model_version == candidate)
-        )
-        .where(served, Prediction.needs_review | Prediction.audited)
-    )
-    for sweep, flagged, content, s_main, s_sub, main, sub, c_main, c_sub in rows:
-        if content in hashes:
-            learned_labelled += 1
-        elif c_main is None:
-            without += 1
-        else:
-            labelled.append(
-                Labelled(
-                    sweep,
-                    bool(flagged),
-                    (s_main == main, s_main == main and s_sub == sub),
-                    (c_main == main, c_main == main and c_sub == sub),
-                )
-            )
     return Tallies(
         candidate=candidate,
         serving=serving,
         since=crud.as_utc(since).isoformat(timespec="seconds"),
-        nights=len({sweep for sweep, _ in sizes}),
-        sizes=sizes,
-        labelled=labelled,
-        labelled_without_candidate=without,
-        audits_undecided=audits_undecided,
+        nights=len({sweep for sweep, _ in found.sizes}),
+        sizes=found.sizes,
+        labelled=found.labelled,
+        labelled_without_candidate=found.labelled_without_candidate,
+        audits_undecided=found.audits_undecided,
         groups=[ShadowGroup(chance, *counts) for (chance,), counts in groups.items()],
         seconds=[(s, c, n) for (s, c), (n,) in seconds.items()],
         left_out=LeftOut(
-            photos=sum(v[0] for v in strata_left.values()),
+            photos=found.photos_learned,
             shadowed=sum(v[0] for v in groups_left.values()),
-            labelled=learned_labelled,
+            labelled=found.labelled_learned,
         ),
-        training_photos_known=known,
-        others=others,
+        training_photos_known=hashes is not None,
+        others=found.others,
     )
 
 
@@ -635,59 +411,3 @@ def live_comparison(settings: Settings, compared: Compared) -> Live:
             hashes=hashes,
         )
     return live_figures(tallies)
-
-
-# --------------------------------------------------------------------------------- the gate
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    """Whether the comparison lets the candidate serve, and why not."""
-
-    passed: bool
-    reasons: list[str]  # why it is refused (none when it passes)
-    p_value: float  # the paired test's p below which a lower accuracy counts as worse
-    min_labelled: int
-    judged_on: list[str]  # the sources with enough labelled photos: "live", "folder"
-
-
-def gate(
-    live: Live | None, folder: Folder | None, *, p_value: float, min_labelled: int
-) -> GateDecision:
-    """Refuse a candidate that is worse than the serving model beyond noise on the labelled
-    live photos or on the folder (accuracy lower on either level, the paired test's p-value
-    below ``p_value``), or that has too few labelled photos to judge: fewer than
-    ``min_labelled`` labelled live photos, unless the folder has that many photos."""
-    reasons, judged_on = [], []
-    for name, found in (("live", live), ("folder", folder)):
-        if found is None:
-            continue
-        for paired in (found.main, found.sub):
-            if paired.candidate_worse and paired.p_value < p_value:
-                reasons.append(
-                    f"{name}: the candidate's {paired.level} accuracy "
-                    f"{_percent(paired.candidate)} is below the serving model's "
-                    f"{_percent(paired.serving)} beyond noise ({paired.serving_only} "
-                    f"photos only the serving model had right, {paired.candidate_only} only "
-                    f"the candidate: McNemar's exact p = {paired.p_value:.2g} < {p_value})"
-                )
-        if _count(found) >= min_labelled:
-            judged_on.append(name)
-    if not judged_on:
-        have = f"{live.labelled} labelled live photos" if live else "no live comparison"
-        if folder is not None:
-            have += f" and {folder.photos} photos in {folder.data_dir}"
-        reasons.append(
-            f"too few labelled photos to judge: {have}, {min_labelled} needed "
-            "(REFUND_SORTER_GATE_MIN_LABELLED) in the live nights, or in --data DIR when "
-            "the live ones are too few"
-        )
-    return GateDecision(not reasons, reasons, p_value, min_labelled, judged_on)
-
-
-def _count(found: Live | Folder) -> int:
-    return found.labelled if isinstance(found, Live) else found.photos
-
-
-def _percent(estimate: Estimate) -> str:
-    return "n/a" if estimate.value is None else f"{100 * estimate.value:.1f}%"

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from models import Prediction
+from refund_sorter.atomic import atomic_write
 from refund_sorter.crud import latest_reviews
 
 
@@ -101,13 +102,11 @@ def export_training_set(
             os.replace(before, dest)
             report.moved += 1
         else:
-            part = dest.with_name(f".{dest.name}.part")  # hidden: training skips it
             try:
-                shutil.copyfile(photo.path, part)
+                with open(photo.path, "rb") as src, atomic_write(dest, "wb") as out:
+                    shutil.copyfileobj(src, out)
             except OSError as exc:
-                part.unlink(missing_ok=True)
                 report.missing.append((str(photo.path), exc.strerror or str(exc)))
                 continue
-            os.replace(part, dest)
         report.copied[f"{photo.main}/{photo.sub}"] += 1
     return report

@@ -219,7 +219,7 @@ def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bottoms/{jeans,skirt}, 32 px input. Enough to test anything but accuracy."""
     from model_support import save_random_model
 
-    from classifier.taxonomy import Taxonomy
+    from refund_sorter.taxonomy import Taxonomy
 
     taxonomy = Taxonomy(
         main=("bottoms", "tops"),
@@ -243,8 +243,8 @@ def train_small_model(root: Path, seed: int = 0, precision: str = "auto"):
     """Train ``SMALL_RECIPE`` on generated images under ``root``; returns (summary,
     held-out folder, echoed lines). The held-out folder also holds 3 images of tops/vest, a
     class the training data lacks."""
-    from classifier.recipe import TrainConfig
     from classifier.train import train
+    from training.recipe import TrainConfig
 
     train_dir = write_dataset(root / "train", dict.fromkeys(CLASS_STYLES, 24), seed=0)
     held_out = write_dataset(root / "held_out", dict.fromkeys(CLASS_STYLES, 8), seed=1)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from classifier.taxonomy import Taxonomy
+from refund_sorter.taxonomy import Taxonomy
 
 
 def save_random_model(

@@ -25,7 +25,7 @@ from cli import main
 from models import ModelPromotion, ModelVersion
 from refund_sorter.config import get_settings
 from refund_sorter.db import session_factory
-from review.comparison import MCNEMAR, exact_binomial_p
+from registry.gate import MCNEMAR, exact_binomial_p
 
 pytestmark = pytest.mark.services
 

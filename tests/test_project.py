@@ -1,8 +1,9 @@
 """Project-level promises: the README's test command is what CI runs, the producer, beat,
 migrations, the review desk and the metrics endpoint start without PyTorch, the migrations
 make what the models say (CHECK constraints included) on SQLite and PostgreSQL, statuses are
-enums the database holds to their values, the packages import each other only downwards, and
-no two modules import each other."""
+enums the database holds to their values, the packages import each other only downwards,
+classifier reaches no database module, no two modules import each other, and files are
+written atomically by one helper alone."""
 
 import ast
 import re
@@ -52,7 +53,7 @@ import review.app, review.training_set, review.report   # the review desk, its e
 from review import plots
 from refund_sorter.config import Settings
 plots.trend("photos", [], Settings())   # the Nights pages draw with matplotlib alone
-from classifier.checkpoint_taxonomy import read_taxonomy
+from registry.checkpoint_taxonomy import read_taxonomy
 read_taxonomy("assets/model/refund-sorter-resnet18.pt")   # the categories the desk offers
 import monitoring.server   # the metrics endpoint
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
@@ -274,19 +275,22 @@ def test_statuses_are_enums():
 
 # What each package may not import, lazily inside a function or not: the producer and the
 # workers share only the core's message contract, and the core imports no role above it.
-# The review desk is a role of its own: it shares the core, reads the model's categories
-# through classifier's torch-free modules, and no other package imports it but cli and the
-# metrics endpoint (monitoring), which reads its backlog and accuracy queries. Only cli
-# imports monitoring.
+# The review desk is a role of its own: it shares the core and the model registry, and no
+# other package imports it but cli and the metrics endpoint (monitoring), which reads its
+# backlog and accuracy queries. Only cli imports monitoring. The model registry and the
+# training plan sit on the core, below every role; classifier (PyTorch) sits on them.
+ROLES = {"producer", "worker", "cli", "review", "monitoring"}
 FORBIDDEN_IMPORTS = {
     "producer": {"worker", "cli", "review", "monitoring"},
     "worker": {"producer", "cli", "review", "monitoring"},
     "review": {"producer", "worker", "cli", "monitoring"},
     "monitoring": {"producer", "worker", "cli"},
-    "refund_sorter": {"producer", "worker", "cli", "classifier", "review", "monitoring"},
-    "models": {"producer", "worker", "cli", "classifier", "review", "monitoring"},
-    "migrations": {"producer", "worker", "cli", "classifier", "review", "monitoring"},
-    "classifier": {"producer", "worker", "cli", "review", "monitoring"},
+    "refund_sorter": ROLES | {"classifier", "registry", "training"},
+    "models": ROLES | {"classifier", "registry", "training"},
+    "migrations": ROLES | {"classifier", "registry", "training"},
+    "registry": ROLES | {"classifier", "training"},
+    "training": ROLES | {"classifier", "registry", "models"},
+    "classifier": ROLES | {"models"},
 }
 
 
@@ -314,6 +318,42 @@ def test_the_import_check_sees_lazy_imports(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from worker.pipeline import process_batch\n")
     assert imported_packages(module) == {"worker"}
+
+
+# The modules that talk to the database: classifier is PyTorch alone and reaches none of
+# them, not even through a module it imports.
+DATABASE_MODULES = ("refund_sorter.crud", "refund_sorter.db", "models")
+
+
+def reached(graph: dict[str, set[str]], start: set[str]) -> set[str]:
+    """The modules ``start`` imports, directly or through others, and ``start`` itself."""
+    seen, todo = set(), list(start)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += graph.get(module, ())
+    return seen
+
+
+def test_classifier_imports_no_database_module():
+    graph = module_imports(ROOT, sorted({*FORBIDDEN_IMPORTS, "cli"}))
+    classifier = {m for m in graph if m.split(".")[0] == "classifier"}
+    assert "classifier.train" in classifier  # the graph holds the package
+    found = reached(graph, classifier)
+    assert "registry.checkpoint_taxonomy" in found  # the graph follows imports out of it
+    database = sorted(
+        m for m in found if any(m == d or m.startswith(f"{d}.") for d in DATABASE_MODULES)
+    )
+    assert database == []
+    # Nor SQLAlchemy itself, in any module classifier reaches.
+    sqlalchemy = sorted(m for m in found if "sqlalchemy" in imported_packages(module_path(m)))
+    assert sqlalchemy == []
+
+
+def module_path(module: str) -> Path:
+    path = ROOT.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
 def module_imports(root: Path, packages: list[str]) -> dict[str, set[str]]:
@@ -393,3 +433,65 @@ def test_the_cycle_check_sees_a_cycle_through_a_lazy_import(tmp_path):
 
     assert graph["pkg.c"] == {"pkg.a"}
     assert import_cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
+
+
+# A hand-made atomic write: a temporary file created, flushed to the disk, renamed into place.
+# refund_sorter/atomic.py is the one module that does that; moving a file (files.py, a
+# training copy exported under an earlier answer) is no write and may rename.
+ATOMIC_WRITE = ROOT / "refund_sorter" / "atomic.py"
+TEMPORARY_FILES = {"tempfile.mkstemp", "tempfile.NamedTemporaryFile", "os.fsync"}
+RENAMES = {"os.replace", "os.rename", "shutil.move"}
+
+
+def hand_made_atomic_writes(path: Path) -> list[str]:
+    """The calls in ``path`` that make a temporary file, flush one to the disk, or rename a
+    file whose name says it is temporary (``tmp``, ``temp``, ``part``), as source text."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        called = ast.unparse(node.func)
+        if called in TEMPORARY_FILES:
+            found.append(ast.unparse(node))
+            continue
+        if called in RENAMES and node.args:
+            source = node.args[0]
+        elif (
+            isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("replace", "rename")
+            and len(node.args) == 1
+            and not node.keywords
+        ):
+            source = node.func.value  # Path.replace(target), Path.rename(target)
+        else:
+            continue
+        if re.search(r"tmp|temp|part", ast.unparse(source), re.IGNORECASE):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_atomic_writes_are_the_helper_s_alone():
+    packages = sorted({*FORBIDDEN_IMPORTS, "cli"})
+    found = {
+        str(path.relative_to(ROOT)): calls
+        for package in packages
+        for path in (ROOT / package).rglob("*.py")
+        if path != ATOMIC_WRITE and (calls := hand_made_atomic_writes(path))
+    }
+    assert found == {}
+    assert hand_made_atomic_writes(ATOMIC_WRITE)  # the check sees the helper's own
+
+
+def test_the_atomic_write_check_sees_each_hand_made_form(tmp_path):
+    forms = [
+        "tempfile.mkstemp(dir=d)",
+        "os.replace(tmp, path)",
+        "tmp.replace(path)",
+        "os.rename(part, dest)",
+        "Path(temp_name).rename(dest)",
+        "os.fsync(out.fileno())",
+    ]
+    moves = ["os.replace(before, dest)", "os.rename(path, dest)", "text.replace('a', 'b')"]
+    module = tmp_path / "m.py"
+    module.write_text("\n".join([*forms, *moves]) + "\n")
+    assert hand_made_atomic_writes(module) == forms

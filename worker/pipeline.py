@@ -20,8 +20,6 @@ from typing import NamedTuple
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from classifier.registry import model_file
-from classifier.version import is_for_model
 from models import ItemStatus
 from refund_sorter.arrival import still_being_written
 from refund_sorter.audit import is_audited, sub_margin
@@ -34,6 +32,8 @@ from refund_sorter.filing import Move, file_committed
 from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
 from refund_sorter.messages import WorkItem
 from refund_sorter.review_threshold import review_threshold_in_force
+from registry.registry import ensure_model_file
+from registry.version import is_for_model
 from worker.shadow import CandidateSlot, Classified, shadow
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def load_classifier(settings: Settings, version: str, processes: int = 1):
     is another model."""
     import torch
 
-    path = model_file(settings, version)
+    path = ensure_model_file(settings, version)
     torch.set_num_threads(torch_threads(settings, processes))
     return _load(settings, path, version)
 
@@ -122,7 +122,7 @@ def load_model(settings: Settings, version: str):
     """The model ``version`` from the model store, loaded as ``load_classifier`` loads it but
     leaving this process's threads as they are: a shadow run's candidate (``worker.shadow``)
     runs beside the serving model. The same errors."""
-    return _load(settings, model_file(settings, version), version)
+    return _load(settings, ensure_model_file(settings, version), version)
 
 
 def _load(settings: Settings, path: Path, version: str):

@@ -23,7 +23,6 @@ from typing import ClassVar
 
 from celery_batches import Batches
 
-from classifier.registry import NotInStore, model_path_disagreement, serving_version
 from models import utcnow
 from refund_sorter import crud
 from refund_sorter.celery_app import app, publish
@@ -32,6 +31,7 @@ from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
 from refund_sorter.export import export_sweeps
 from refund_sorter.messages import CLASSIFY_TASK, WorkItem, by_model, read_task
+from registry.registry import NotInStore, model_path_disagreement, serving_version
 from worker.events import report_to_flower
 from worker.lifecycle import Node, stop_taking_images
 from worker.pipeline import (

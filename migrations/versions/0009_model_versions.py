@@ -68,7 +68,7 @@ def _fill_from_rows() -> None:
     """Every version a sweep ran with or a row was classified by becomes a retired entry,
     registered when it first appears on a row. Their files were never stored, so none can
     serve yet: the first process that asks which model serves stores the file at
-    REFUND_SORTER_MODEL_PATH and makes it serve (classifier.registry), and that file is
+    REFUND_SORTER_MODEL_PATH and makes it serve (registry.registry), and that file is
     the last sweep's model unless it was replaced since."""
     sweeps = sa.table(
         "sweep_runs",

@@ -31,8 +31,8 @@ from classifier.network import (
     load_backbone_weights,
 )
 from classifier.predict import build_network
-from classifier.taxonomy import Taxonomy
 from refund_sorter.errors import UserError
+from refund_sorter.taxonomy import Taxonomy
 
 TAXONOMY = Taxonomy(("bottoms", "tops"), ("jeans", "skirt", "shirt"), (0, 0, 1))
 

@@ -161,7 +161,8 @@ def test_two_models_answer_the_same_photos_of_a_folder(
 ):
     from classifier.checkpoint import load_checkpoint as load
     from classifier.evaluate import answer_folder
-    from review.comparison import folder_figures, gate
+    from registry.gate import gate
+    from review.comparison import folder_figures
 
     summary, _, _ = trained_model
     data = make_dataset(tmp_path / "data", dict.fromkeys(CLASSES, 10), seed=7)

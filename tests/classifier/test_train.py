@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from classifier.checkpoint import load_checkpoint, model_version
-from classifier.recipe import TrainConfig
-from classifier.taxonomy import read_layout
 from classifier.train import calibrate, split_validation, train
 from refund_sorter.errors import UserError
 from refund_sorter.images import sha256_file
+from refund_sorter.taxonomy import read_layout
+from training.recipe import TrainConfig
 
 
 @pytest.mark.slow

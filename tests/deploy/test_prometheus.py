@@ -18,10 +18,10 @@ import pytest
 import yaml
 from sweep_support import REPO_ROOT, ServiceProcess, free_port, service_env
 
-from classifier.registry import serving_version
 from models import ItemStatus, Prediction, SweepRun, SweepStatus
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
+from registry.registry import serving_version
 
 DEPLOY = REPO_ROOT / "deploy" / "prometheus"
 RULES = DEPLOY / "rules.yml"

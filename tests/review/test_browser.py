@@ -41,7 +41,7 @@ SAMPLES = REPO_ROOT / "assets/samples"
 def night(tmp_path_factory, accounts):
     """One local sweep of the sample photos by the shipped model; below 0.9 is flagged."""
     from classifier.predict import Classifier
-    from classifier.version import model_version
+    from registry.version import model_version
 
     model = TinyModel(SHIPPED_MODEL, model_version(SHIPPED_MODEL), None, 0.9)
     with postgres_database() as url:

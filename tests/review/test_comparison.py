@@ -3,22 +3,24 @@
 import numpy as np
 import pytest
 
+from registry.gate import (
+    MCNEMAR,
+    Labelled,
+    exact_binomial_p,
+    gate,
+    paired_photos,
+    paired_strata,
+)
 from review.accuracy import Estimate
 from review.comparison import (
     HAJEK,
-    MCNEMAR,
-    Labelled,
     LeftOut,
     ShadowGroup,
     Tallies,
-    exact_binomial_p,
     figure,
-    gate,
     hajek,
     live_figures,
     median,
-    paired_photos,
-    paired_strata,
 )
 
 

@@ -11,8 +11,8 @@ from model_support import save_scaled_model
 from pydantic import SecretStr
 from sweep_support import TinyModel, build_settings, postgres_database, save_random_model
 
-from classifier import registry
-from review.comparison import MCNEMAR, exact_binomial_p
+from registry import registry
+from registry.gate import MCNEMAR, exact_binomial_p
 
 pytestmark = pytest.mark.services
 

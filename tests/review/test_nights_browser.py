@@ -35,7 +35,7 @@ IMAGES_SHOWN = (
 
 @pytest.fixture(scope="module")
 def month(tmp_path_factory, accounts):
-    from classifier.version import model_version
+    from registry.version import model_version
 
     version = model_version(SHIPPED_MODEL)
     model = TinyModel(SHIPPED_MODEL, version, None, 0.6)

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from desk_support import decide, logged_in, prediction
 from sweep_support import files_under
 
-from classifier.taxonomy import read_layout
 from cli import main
+from refund_sorter.taxonomy import read_layout
 
 pytestmark = pytest.mark.services
 

@@ -192,7 +192,7 @@ def save_random_model(
 ):
     from model_support import save_random_model as save
 
-    from classifier.taxonomy import Taxonomy
+    from refund_sorter.taxonomy import Taxonomy
 
     taxonomy = Taxonomy(
         main=("bottoms", "tops"),

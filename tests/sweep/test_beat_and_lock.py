@@ -33,7 +33,6 @@ from sweep_support import (
     sweep_csv,
 )
 
-from classifier import registry
 from models import SweepRun, utcnow
 from producer.sweep import run_sweep
 from refund_sorter import crud
@@ -48,6 +47,7 @@ from refund_sorter.messages import (
     SWEEP_TASK,
     WorkItem,
 )
+from registry import registry
 from worker.local import local_dispatch
 from worker.pipeline import process_batch
 
@@ -191,7 +191,7 @@ def test_the_beat_task_records_a_beat_sweep_and_queues_its_images(
 
 def insert_running_sweep(settings, tiny_model) -> SweepRun:
     sessions = session_factory(settings.database_url)
-    registry.serving_model(settings)  # a new install's first model: the tiny one
+    registry.ensure_serving_model(settings)  # a new install's first model: the tiny one
     run = begin_sweep(sessions, "beat")
     assert (run.status, run.model_version) == ("running", tiny_model.version)
     return run

@@ -1,4 +1,4 @@
-"""The model registry with the sweeps it serves (classifier/registry.py, cli/registry.py):
+"""The model registry with the sweeps it serves (registry/registry.py, cli/registry.py):
 the first serving model of a new install, `refund-sorter model register | list | promote |
 rollback` and what each records, an upgraded database's versions, workers that switch to a
 promoted model without a restart, and promotions ordered with the sweeps by the sweep lock.
@@ -28,7 +28,6 @@ from sweep_support import (
     wait_for_run,
 )
 
-from classifier import registry
 from cli import main
 from models import ItemStatus, ModelRole, Prediction, PromotionAction, SweepStatus
 from producer.sweep import resume_stalled_sweep, run_sweep
@@ -36,6 +35,7 @@ from refund_sorter import crud
 from refund_sorter.celery_app import publish
 from refund_sorter.db import session_factory, upgrade
 from refund_sorter.errors import UserError
+from registry import registry
 
 DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)]
 
@@ -198,7 +198,7 @@ def test_rollback_goes_back_one_promotion_at_a_time(settings, tiny_model, other_
     (b_path, b), (c_path, c) = other_models
     for path, version in ((b_path, b), (c_path, c)):
         registry.register(settings, path, "anna")
-        registry.promote(settings, version, "anna")
+        registry.promote(settings, version, "anna", force_reason=PAST_THE_GATE[-1])
 
     served = [registry.rollback(settings, "ben").entry.version for _ in range(2)]
 
@@ -206,8 +206,27 @@ def test_rollback_goes_back_one_promotion_at_a_time(settings, tiny_model, other_
     with pytest.raises(UserError, match="nothing to roll back to"):
         registry.rollback(settings, "ben")
     # Promoting a retired model again is a promotion like any other; rollback undoes it.
-    registry.promote(settings, c, "carl")
+    registry.promote(settings, c, "carl", force_reason=PAST_THE_GATE[-1])
     assert registry.rollback(settings, "carl").entry.version == a
+
+
+def test_every_promotion_goes_through_the_gate_and_a_rollback_does_not(
+    settings, tiny_model, other_models
+):
+    a = tiny_model.version
+    (b_path, b), _ = other_models
+    registry.register(settings, b_path, "anna")
+
+    # Called directly, not through the command line: the gate still judges, and refuses a
+    # candidate no person has labelled a photo for.
+    with pytest.raises(registry.GateRefused, match="too few labelled photos") as refused:
+        registry.promote(settings, b, "anna")
+    assert not refused.value.decision.passed
+    assert registry.ensure_serving_model(settings).version == a
+
+    forced = registry.promote(settings, b, "anna", force_reason=" peak season ")
+    assert forced.change.reason == "peak season"
+    assert registry.rollback(settings, "ben").entry.version == a  # not gated
 
 
 def test_one_candidate_at_a_time(settings, other_models):
@@ -246,7 +265,7 @@ def test_plain_errors_change_nothing(
     settings = make_settings()
     use_settings(settings)
     upgrade(settings.database_url)
-    registry.serving_model(settings)
+    registry.ensure_serving_model(settings)
     (tmp_path / "notes.pt").write_text("a shopping list, not a model\n")
     names = {
         "a": tiny_model.version,
@@ -517,7 +536,7 @@ def test_a_sweep_that_starts_during_a_promotion_waits_and_takes_the_new_model(
     read which model serves."""
     settings = make_settings(fresh_pg_url)
     (b_path, b), _ = other_models
-    registry.serving_model(settings)
+    registry.ensure_serving_model(settings)
     registry.register(settings, b_path, "anna")
     add_images(Incoming(settings.incoming_dir), 5, seed=65)
     sessions = session_factory(settings.database_url)

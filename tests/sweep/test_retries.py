@@ -76,8 +76,8 @@ def test_a_worker_loads_each_model_from_the_store_as_its_tasks_ask(
     make_settings, tmp_path, monkeypatch
 ):
     import worker.tasks as tasks
-    from classifier import registry
-    from classifier.registry import NotInStore
+    from registry import registry
+    from registry.registry import NotInStore
 
     versions = [save_random_model(tmp_path / f"m{seed}.pt", seed=seed)[0] for seed in (1, 2, 3)]
     settings = make_settings(model_path=tmp_path / "m1.pt", device="cpu")

@@ -4,7 +4,7 @@ needs it.
 A model's version is derived from its file's bytes (``model_version``): every row, task and
 registry entry names a model by it. Whether a task is work for a given model
 (``is_for_model``) is asked here by a worker's batch. Which model serves, and where each
-version's file is, is the model registry's answer (``classifier.registry``).
+version's file is, is the model registry's answer (``registry.registry``).
 """
 
 import os

@@ -13,8 +13,8 @@ import pickle
 import zipfile
 from pathlib import Path
 
-from classifier.taxonomy import Taxonomy
 from refund_sorter.errors import UserError
+from refund_sorter.taxonomy import Taxonomy
 
 # The format checkpoints are written in, and those that still load (classifier.checkpoint
 # reads them from here). Format 1 had no calibration: temperature 1, the old threshold.

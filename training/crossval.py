@@ -4,17 +4,16 @@
 DATA but fold I, validates and calibrates on fold I, and writes ``DIR/fold-I.cv.json`` beside
 the model. Folds run one at a time, in any order, on any machine. ``refund-sorter
 cv-summary DIR`` then prints each fold's figures and their mean, and can write them as JSON.
-The folds themselves are dealt by ``classifier.splits.stratified_folds``.
+The folds themselves are dealt by ``training.splits.stratified_folds``.
 
 Torch-free: summarising reads JSON only.
 """
 
 import json
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
+from refund_sorter.atomic import atomic_write
 from refund_sorter.errors import UserError
 
 KIND = "refund-sorter-cv-fold/1"
@@ -30,10 +29,8 @@ def fold_result_path(model_path: Path) -> Path:
 def write_fold_result(model_path: Path, result: dict) -> Path:
     """Write one fold's figures beside its model (atomically) and return the file's path."""
     path = fold_result_path(model_path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
+    with atomic_write(path) as fh:
         json.dump({"kind": KIND, **result}, fh, indent=2)
-    os.replace(tmp, path)
     return path
 
 

@@ -1,12 +1,12 @@
-"""classifier/taxonomy.py: the category tree read from a data folder's layout."""
+"""refund_sorter/taxonomy.py: the category tree read from a data folder's layout."""
 
 import json
 import re
 
 import pytest
 
-from classifier.taxonomy import Taxonomy, read_layout
 from refund_sorter.errors import UserError
+from refund_sorter.taxonomy import Taxonomy, read_layout
 
 
 def touch(path, content: bytes = b"x"):

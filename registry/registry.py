@@ -1,30 +1,25 @@
 """The model registry: the model versions this deployment knows, the one that serves, and
-their files in the model store (REFUND_SORTER_MODEL_STORE). Torch-free: the producer, the
-review desk and ``refund-sorter model`` use it without PyTorch; its rows are written by
-``refund_sorter.crud``.
+their files in the model store (REFUND_SORTER_MODEL_STORE); its rows are written by
+``refund_sorter.crud``. It owns three answers (docs/training.md tells the whole story):
 
-It owns three answers:
-
-- Which model serves (``serving_model``): the registry's serving row. When there is none (a
-  new install, or the first start after the upgrade that created the registry), the file at
-  REFUND_SORTER_MODEL_PATH is stored and made to serve, by whichever process asks first.
-  After that the registry wins: a different file at REFUND_SORTER_MODEL_PATH serves nothing,
-  and ``model_path_disagreement`` says so for the logs and ``refund-sorter model list``.
-- Where a version's file is (``model_file``): the store holds one file per version, named by
-  it, written once and atomically; any registered version with a file there can be loaded
-  by any worker at any time.
+- Which model serves (``ensure_serving_model``): the registry's serving row; with none yet,
+  the file at REFUND_SORTER_MODEL_PATH is stored and made to serve, by whichever process
+  asks first (so asking may write). After that the registry wins, and
+  ``model_path_disagreement`` says when that file is another model.
+- Where a version's file is (``ensure_model_file``): one file per version in the store,
+  written once and atomically, and filled from REFUND_SORTER_MODEL_PATH when that file is
+  the version the store lacks (so asking may write).
 - How the serving model changes (``register``, ``promote``, ``rollback``): a promotion
-  checks the version's file in the store, then is one transaction that holds the sweep lock
-  (``crud.take_sweep_lock``), the lock the producer takes before it reads which model
-  serves. So a promotion never lands inside a sweep: it waits for the running one to
-  finish (or says how long that would be), and every sweep is one model's work.
+  passes the promotion gate (``registry.gate``) or is forced with a recorded reason; a
+  rollback is not gated. Either is one transaction that holds the sweep lock
+  (``crud.take_sweep_lock``), so it never lands inside a sweep: every sweep is one model's
+  work.
 """
 
 import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,13 +27,15 @@ from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 
-from classifier.checkpoint_taxonomy import checkpoint_figures, read_payload
-from classifier.version import model_version
 from models import ModelPromotion, ModelVersion, PromotionAction, SweepRun, utcnow
 from refund_sorter import crud
+from refund_sorter.atomic import atomic_write
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
+from registry.checkpoint_taxonomy import checkpoint_figures, read_payload
+from registry.gate import FolderSource, GateDecision, judge
+from registry.version import model_version
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +63,20 @@ def _publish(settings: Settings, source: Path, version: str) -> str:
         return name
     try:
         store.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=store, prefix=f".{name}.")
     except OSError as exc:
         raise UserError(f"cannot write to the model store {store}: {exc}") from None
     try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+        with atomic_write(dest, "wb", fsync=True) as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out)
             out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the other roles' users
-        copied = model_version(Path(tmp))
-        if copied != version:
-            raise UserError(f"{source} changed while it was stored (now model {copied}); try again")
-        os.replace(tmp, dest)
+            os.fchmod(out.fileno(), 0o644)  # readable by the other roles' users, whatever the umask
+            copied = model_version(Path(out.name))
+            if copied != version:
+                raise UserError(
+                    f"{source} changed while it was stored (now model {copied}); try again"
+                )
     except OSError as exc:
         raise UserError(f"cannot store {source} in the model store {store}: {exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return name
 
 
@@ -114,9 +107,10 @@ def _file_of(settings: Settings, entry: ModelVersion) -> Path | None:
     return Path(settings.model_store) / name
 
 
-def model_file(settings: Settings, version: str) -> Path:
-    """The store's file of the registered model ``version``; NotInStore when the registry
-    does not know it or has no file for it."""
+def ensure_model_file(settings: Settings, version: str) -> Path:
+    """The store's file of the registered model ``version``, stored first (a file copied, its
+    row updated) when the store lacks it and REFUND_SORTER_MODEL_PATH is that version;
+    NotInStore when the registry does not know it or has no file for it."""
     with session_factory(settings.database_url)() as session:
         entry = crud.model_entry(session, version)
     if entry is None:
@@ -133,7 +127,7 @@ def model_file(settings: Settings, version: str) -> Path:
 def servable(settings: Settings, version: str) -> bool:
     """Whether a worker can classify for ``version``: registered, its file in the store."""
     try:
-        model_file(settings, version)
+        ensure_model_file(settings, version)
     except NotInStore:
         return False
     return True
@@ -142,7 +136,7 @@ def servable(settings: Settings, version: str) -> bool:
 # -------------------------------------------------------------------- the serving model
 
 
-def serving_model(settings: Settings) -> ModelVersion:
+def ensure_serving_model(settings: Settings) -> ModelVersion:
     """The registry's serving model. With none yet, the file at REFUND_SORTER_MODEL_PATH is
     stored and serves from now on (a new install's first model; after the upgrade that made
     the registry, the model the sweeps used unless the file was replaced since). UserError
@@ -179,17 +173,19 @@ def _first_serving_if_any(settings: Settings) -> None:
     and no usable REFUND_SORTER_MODEL_PATH file is no error here: a model registered now can
     be promoted to be the first."""
     with contextlib.suppress(UserError):
-        serving_model(settings)
+        ensure_serving_model(settings)
 
 
 def serving_version(settings: Settings) -> str:
-    """The version of the model this deployment serves; UserError when there is none."""
-    return serving_model(settings).version
+    """The version of the model this deployment serves (``ensure_serving_model``'s, so it
+    may record the first); UserError when there is none."""
+    return ensure_serving_model(settings).version
 
 
 def serving_file(settings: Settings) -> Path:
-    """The store's file of the serving model (its categories are the review desk's)."""
-    return model_file(settings, serving_version(settings))
+    """The store's file of the serving model (its categories are the review desk's), as
+    ``ensure_model_file`` finds or stores it."""
+    return ensure_model_file(settings, serving_version(settings))
 
 
 def model_path_disagreement(settings: Settings, serving: str) -> str | None:
@@ -274,6 +270,18 @@ class Promotion:
     waited: float = 0.0  # seconds spent waiting for a running sweep
 
 
+class GateRefused(UserError):
+    """The promotion gate refuses the candidate (``decision`` says why)."""
+
+    def __init__(self, version: str, decision: GateDecision):
+        self.version, self.decision = version, decision
+        super().__init__(
+            f"model {version} is not promoted: the gate refuses it: "
+            f"{'; '.join(decision.reasons)}. Promote it anyway with a reason, which the "
+            'registry records (refund-sorter model promote --force --reason "why")'
+        )
+
+
 def promote(
     settings: Settings,
     version: str,
@@ -281,13 +289,20 @@ def promote(
     *,
     wait: bool = False,
     timeout: float = 3600.0,
-    reason: str | None = None,
+    folder: FolderSource | None = None,
+    force_reason: str | None = None,
     echo: Callable[[str], None] = log.info,
 ) -> Promotion:
-    """Make the registered ``version`` serve from the next sweep on. The one path by which
-    the serving model changes, a rollback's too: what a promotion must pass is checked here,
-    before the sweep lock is taken. While a sweep runs, UserError with its figures, or with
-    ``wait`` the promotion waits (up to ``timeout`` seconds) for it to finish."""
+    """Make the registered ``version`` serve from the next sweep on, through the promotion
+    gate (``registry.gate``): compared with the serving model on the labelled live photos,
+    and on ``folder`` when the caller measured both models on one, GateRefused when it is
+    worse beyond noise or has too few labelled photos. ``force_reason`` promotes a refused
+    version anyway and is recorded (ignored when the gate lets it pass). A version that
+    serves already, or the first to serve, has nothing to be judged against. Then, while a
+    sweep runs, UserError with its figures, or with ``wait`` the promotion waits (up to
+    ``timeout`` seconds) for it to finish."""
+    if force_reason is not None and not force_reason.strip():
+        raise UserError("a promotion against the gate needs a reason, in a few words")
     with session_factory(settings.database_url)() as session:
         entry = crud.model_entry(session, version)
         known = [e.version for e in crud.model_entries(session)]
@@ -296,6 +311,17 @@ def promote(
             f"unknown model version {version!r}: registered are "
             f"{', '.join(known) or 'none'} (refund-sorter model list)"
         )
+    _first_serving_if_any(settings)  # a new install's first model is the one to beat
+    with session_factory(settings.database_url)() as session:
+        serving = crud.serving_model(session)
+    reason = None
+    if serving is not None and serving.version != version:
+        candidate_file = ensure_model_file(settings, version)
+        decision = judge(settings, entry, serving, candidate_file, folder)
+        if not decision.passed:
+            if force_reason is None:
+                raise GateRefused(version, decision)
+            reason = force_reason.strip()
     return _serve(settings, entry, by, PromotionAction.PROMOTE, reason, wait, timeout, echo)
 
 
@@ -308,8 +334,9 @@ def rollback(
     echo: Callable[[str], None] = log.info,
 ) -> Promotion:
     """Make the version that served before the serving model serve again (the one its
-    promotion replaced), the way ``promote`` does."""
-    serving = serving_model(settings)
+    promotion replaced), the way ``promote`` does but without the gate: it is the way back
+    when a promoted model misbehaves."""
+    serving = ensure_serving_model(settings)
     with session_factory(settings.database_url)() as session:
         target = crud.rollback_target(session)
         entry = crud.model_entry(session, target) if target else None
@@ -334,7 +361,7 @@ def _serve(
     """Check ``entry``'s file, then make it serve in one transaction holding the sweep lock."""
     version = entry.version
     _first_serving_if_any(settings)  # recorded as the first before it is replaced
-    path = model_file(settings, version)
+    path = ensure_model_file(settings, version)
     found = model_version(path)
     if found != version:
         raise UserError(

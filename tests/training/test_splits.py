@@ -1,4 +1,4 @@
-"""classifier/splits.py: the folds of a cross-validation are stratified, disjoint, complete
+"""training/splits.py: the folds of a cross-validation are stratified, disjoint, complete
 and fixed by their seed."""
 
 import random
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from classifier.splits import fold_split, stratified_folds
+from training.splits import fold_split, stratified_folds
 
 # 4 categories of 23, 17, 9 and 2 files
 FILES = [

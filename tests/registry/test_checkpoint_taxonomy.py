@@ -1,4 +1,4 @@
-"""classifier/checkpoint_taxonomy.py: the categories and figures of a model file, read
+"""registry/checkpoint_taxonomy.py: the categories and figures of a model file, read
 without PyTorch, are the ones PyTorch reads; and reading a file never runs code from it."""
 
 import io
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from classifier import checkpoint, checkpoint_taxonomy
+from classifier import checkpoint
 from classifier.checkpoint import load_checkpoint
-from classifier.checkpoint_taxonomy import checkpoint_figures, read_payload, read_taxonomy
 from refund_sorter.errors import UserError
+from registry import checkpoint_taxonomy
+from registry.checkpoint_taxonomy import checkpoint_figures, read_payload, read_taxonomy
 
 SHIPPED = Path(__file__).resolve().parents[2] / "assets/model/refund-sorter-resnet18.pt"
 

@@ -1,26 +1,26 @@
-"""classifier/version.py: a model's version, hashed once per model file, and which work is
-for which model (which model serves: tests/classifier/test_registry.py)."""
+"""registry/version.py: a model's version, hashed once per model file, and which work is
+for which model (which model serves: tests/sweep/test_model_registry.py)."""
 
 import hashlib
 import os
 
 import pytest
 
-import classifier.version
-from classifier.version import is_for_model, model_version
+import registry.version
+from registry.version import is_for_model, model_version
 
 
 @pytest.fixture
 def hashes(monkeypatch) -> list[str]:
     """The files hashed from now on (the real hash still runs)."""
     hashed = []
-    real = classifier.version.sha256_file
+    real = registry.version.sha256_file
 
     def counting(source):
         hashed.append(source.name)
         return real(source)
 
-    monkeypatch.setattr(classifier.version, "sha256_file", counting)
+    monkeypatch.setattr(registry.version, "sha256_file", counting)
     return hashed
 
 

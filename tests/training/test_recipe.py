@@ -1,5 +1,5 @@
-"""classifier/__init__.py's promise: the modules the CLI and producer import at startup
-do not pull in PyTorch."""
+"""The torch-free modules (the training plan, the model registry, the category tree): the
+modules the CLI and producer import at startup do not pull in PyTorch."""
 
 import subprocess
 import sys
@@ -13,11 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize(
     "module",
     [
-        "classifier.recipe",
-        "classifier.taxonomy",
-        "classifier.version",
-        "classifier.splits",
-        "classifier.crossval",
+        "training.recipe",
+        "refund_sorter.taxonomy",
+        "registry.registry",
+        "registry.checkpoint_taxonomy",
+        "registry.version",
+        "training.splits",
+        "training.crossval",
     ],
 )
 def test_torch_free_modules_do_not_import_torch(module):
