@@ -1,9 +1,9 @@
 """CSV export of the predictions table, streamed so a million rows use constant memory.
 
 ``write_csv`` is the one CSV writer: the per-sweep CSV and ``refund-sorter export`` both
-go through it, so both are safe to open in a spreadsheet. ``export_sweeps`` is the one
-trigger of the night's CSV: the producer and the workers call it once a sweep has ended and
-its rows tell where its files are.
+go through it, so both are safe to open in a spreadsheet. ``export_sweeps`` writes the CSV of
+the sweeps that ended: called where a night finishes, after its last files moved
+(``refund_sorter.filing``), and where one is abandoned.
 """
 
 import csv

@@ -15,7 +15,7 @@ sweep.
 
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from datetime import timedelta
 from itertools import groupby
 from operator import attrgetter
@@ -29,7 +29,7 @@ from refund_sorter.celery_app import app, publish
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
-from refund_sorter.export import export_sweeps
+from refund_sorter.filing import file_committed
 from refund_sorter.messages import CLASSIFY_TASK, WorkItem, by_model, read_task
 from registry.registry import NotInStore, model_path_disagreement, serving_version
 from worker.events import report_to_flower
@@ -237,10 +237,11 @@ def _give_up(items: list[WorkItem], error: str, settings: Settings) -> None:
     sessions = session_factory(settings.database_url)
     try:
         with sessions.begin() as session:
-            finished = crud.record_failures(session, items, error)
+            stored = crud.record_failures(session, items, error)
+        # Their files stay where they are: nothing to move, and the nights they complete end.
+        file_committed(sessions, [], Counter(stored.values()), settings.export_dir)
     except Exception as exc:
-        # The database is down too: drop the messages. The rows stay queued, and the stall
-        # check publishes them again once the database is back and the sweep looks stalled.
-        log.error("could not mark %d images failed (%s); they stay queued", len(items), exc)
-        return
-    export_sweeps(sessions, finished, settings.export_dir)
+        # The database is down too: drop the messages. Rows still queued are published again
+        # by the stall check once the database is back and the sweep looks stalled; rows
+        # marked failed and not yet counted as filed are counted when it settles the sweep.
+        log.error("could not mark %d images failed (%s)", len(items), exc)
