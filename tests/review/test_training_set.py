@@ -14,7 +14,7 @@ from sweep_support import files_under
 from classifier.taxonomy import read_layout
 from cli import main
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.model]
 
 
 def export(out: Path, *args: str) -> str:
