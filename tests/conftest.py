@@ -12,6 +12,15 @@ runs without any of them. The guard fails a test that lacks the marker for what 
 that asks for a fixture of the servers, connects to port 5432 or 6379 (through Python's
 sockets, or through ``psycopg.connect`` for libpq's), or launches one of those programs.
 Processes a test starts get their servers from those fixtures, so the guard sees them there.
+
+A test that loads or trains a model says so with the marker ``model``: what a model outputs
+depends on the CPU (its instructions, and the precision ``auto`` picks there), so the
+README's test command runs these tests a second time as an AVX2-only CPU computes
+(tests/avx2-pass.sh). Models of random weights count too: their confidences lie close
+together, where the CPU's rounding reorders them. The guard fails a test without the marker
+that asks for a fixture that loads or trains a model (the workers and CLI processes a test
+starts get their model from one), or that loads a model file with PyTorch or trains in its
+own process.
 """
 
 import hashlib
@@ -38,8 +47,20 @@ PROGRAMS = {
 }
 # The sweep tests' fixtures that hand out a database or a Redis (tests/sweep/conftest.py).
 SERVER_FIXTURES = {"pg_url", "fresh_pg_url", "make_pg_database", "broker_url", "redis_server"}
+# The fixtures that load or train a model (the rest of the suite builds on them: the sweep
+# tests' settings name ``tiny_model``'s file, the review desk's nights are ``review_model``'s).
+MODEL_FIXTURES = {"trained_model", "tiny_model", "review_model"}
+# Where a model runs in the test's own process: PyTorch reading a model file, or training.
+MODEL_FRAMES = {
+    ("torch.serialization", "load"): "a model file (torch.load)",
+    ("classifier.train", "train"): "a network in training",
+}
 
-_running: dict = {"item": None, "used": {}}  # the test in setup or call, what it used unmarked
+_running: dict = {
+    "item": None,
+    "used": {},
+    "watch_models": False,
+}  # the test in setup or call, what it used unmarked
 
 
 def _uses(marker: str, what: str) -> None:
@@ -58,6 +79,21 @@ def _audit(event: str, args: tuple) -> None:
         name = Path(os.fsdecode(executable or argv[0])).name
         if name in PROGRAMS:
             _uses(PROGRAMS[name], name)
+    elif event == "open" and _running["watch_models"] and "torch" in sys.modules:
+        what = _model_frame()
+        if what is not None:
+            _uses("model", what)
+
+
+def _model_frame() -> str | None:
+    """What a file is opened for, when PyTorch loads it as a model or training runs."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        what = MODEL_FRAMES.get((frame.f_globals.get("__name__"), frame.f_code.co_name))
+        if what is not None:
+            return what
+        frame = frame.f_back
+    return None
 
 
 _psycopg_connect = psycopg.connect
@@ -79,7 +115,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def _check(item: pytest.Item) -> None:
     """After a test's setup or call: fail it when it used what it has no marker for."""
     used = _running["used"]
-    _running.update(item=None, used={})
+    _running.update(item=None, used={}, watch_models=False)
     if used:
         pytest.fail(
             "; ".join(f"{item.nodeid} {_missing(marker, what)}" for marker, what in used.items()),
@@ -94,13 +130,19 @@ def _missing(marker: str, what: str) -> str:
     )
 
 
+def _watch(item: pytest.Item) -> None:
+    # Looking at the stack on every file opened is for tests that lack the marker alone.
+    _running.update(item=item, used={}, watch_models=item.get_closest_marker("model") is None)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item):
-    fixtures = sorted(SERVER_FIXTURES & set(item.fixturenames))
-    if fixtures and item.get_closest_marker("services") is None:
-        what = f"the fixture {fixtures[0]}"
-        pytest.fail(f"{item.nodeid} {_missing('services', what)}", pytrace=False)
-    _running.update(item=item, used={})
+    for marker, names in (("services", SERVER_FIXTURES), ("model", MODEL_FIXTURES)):
+        fixtures = sorted(names & set(item.fixturenames))
+        if fixtures and item.get_closest_marker(marker) is None:
+            what = f"the fixture {fixtures[0]}"
+            pytest.fail(f"{item.nodeid} {_missing(marker, what)}", pytrace=False)
+    _watch(item)
     try:
         return (yield)
     finally:
@@ -109,7 +151,7 @@ def pytest_runtest_setup(item: pytest.Item):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
-    _running.update(item=item, used={})
+    _watch(item)
     try:
         return (yield)
     finally:

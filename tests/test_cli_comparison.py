@@ -27,7 +27,7 @@ from refund_sorter.config import get_settings
 from refund_sorter.db import session_factory
 from registry.gate import MCNEMAR, exact_binomial_p
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.model]
 
 
 def run(*args) -> Result:

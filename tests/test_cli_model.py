@@ -36,6 +36,7 @@ def assert_clean_failure(result: Result) -> None:
 # --- train --------------------------------------------------------------------------------------
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_train_skips_unreadable_files_names_them_and_counts_them(
     tmp_path, make_dataset, make_broken_files
@@ -54,6 +55,7 @@ def test_train_skips_unreadable_files_names_them_and_counts_them(
     assert "validation accuracy: main " in result.output
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_train_notes_empty_folders_and_stray_files(tmp_path, make_dataset):
     data = make_dataset(tmp_path / "data", {"tops/shirt": 4, "bottoms/jeans": 4})
@@ -72,6 +74,7 @@ def test_train_notes_empty_folders_and_stray_files(tmp_path, make_dataset):
     assert "sweater" not in load_checkpoint(out).taxonomy.sub
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_train_reads_several_data_folders_as_one_and_records_each(tmp_path, make_dataset):
     """The base set plus a folder of reviewed photos, as export-training-set writes it: a
@@ -94,6 +97,7 @@ def test_train_reads_several_data_folders_as_one_and_records_each(tmp_path, make
     assert len(checkpoint.meta["content_hashes"]) == 20
 
 
+@pytest.mark.model
 def test_train_on_the_same_folder_twice_fails_with_an_error_line(tmp_path, make_dataset):
     data = make_dataset(tmp_path / "data", {"tops/shirt": 4, "bottoms/jeans": 4})
 
@@ -122,6 +126,7 @@ def test_train_on_a_missing_folder_fails_with_an_error_line(tmp_path):
     assert f"error: data folder not found: {tmp_path / 'no_such_data'}" in result.output
 
 
+@pytest.mark.model
 def test_train_with_imagenet_weights_offline_fails_with_advice(tmp_path, make_dataset, monkeypatch):
     data = make_dataset(tmp_path / "data", {"tops/shirt": 3, "bottoms/jeans": 3})
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
@@ -149,6 +154,7 @@ def photo_and_junk(tmp_path, make_image):
     return good, junk
 
 
+@pytest.mark.model
 def test_classify_prints_a_row_per_file_and_fails_when_one_is_broken(
     random_checkpoint, photo_and_junk
 ):
@@ -169,6 +175,7 @@ def test_classify_prints_a_row_per_file_and_fails_when_one_is_broken(
     assert review == (["review"] if float(sub_conf) < 0.6 else [])
 
 
+@pytest.mark.model
 def test_classify_json_lists_failures_with_their_error(random_checkpoint, photo_and_junk):
     good, junk = photo_and_junk
 
@@ -186,6 +193,7 @@ def test_classify_json_lists_failures_with_their_error(random_checkpoint, photo_
     assert "not an image" in failed["error"]
 
 
+@pytest.mark.model
 def test_classify_good_images_exits_zero(random_checkpoint, tmp_path, make_image):
     images = [make_image(tmp_path / f"{i}.png", colour=(i * 60, 90, 30)) for i in range(3)]
 
@@ -197,6 +205,7 @@ def test_classify_good_images_exits_zero(random_checkpoint, tmp_path, make_image
     assert all(p["status"] == "ok" for p in predictions)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_classify_runs_in_the_precision_asked_for(
     random_checkpoint, tmp_path, make_image, precision
@@ -209,6 +218,7 @@ def test_classify_runs_in_the_precision_asked_for(
     assert json.loads(result.stdout)["precision"] == precision
 
 
+@pytest.mark.model
 def test_fp16_on_a_cpu_is_a_plain_error(random_checkpoint, tmp_path, make_image):
     image = make_image(tmp_path / "a.png")
 
@@ -240,6 +250,7 @@ class Trap:
         return (os.system, (self.command,))
 
 
+@pytest.mark.model
 def test_evaluate_refuses_an_unsafe_checkpoint(tmp_path, make_dataset):
     data = make_dataset(tmp_path / "data", {"tops/shirt": 1, "bottoms/jeans": 1})
     marker = tmp_path / "pwned"
@@ -258,6 +269,7 @@ def test_evaluate_refuses_an_unsafe_checkpoint(tmp_path, make_dataset):
     assert not report.exists()
 
 
+@pytest.mark.model
 def test_evaluate_prints_a_summary_and_writes_the_report(
     random_checkpoint, tmp_path, make_dataset, make_broken_files
 ):
@@ -309,6 +321,7 @@ def test_train_refuses_a_folder_as_the_model_file(tmp_path, make_dataset):
 # --- the recipe's knobs, cross-validation -------------------------------------------------------
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_train_with_every_knob_on_records_them_in_the_model(tmp_path, make_dataset):
     data = make_dataset(tmp_path / "data", {"tops/shirt": 8, "bottoms/jeans": 8})
@@ -417,6 +430,7 @@ def two_folds(tmp_path_factory, make_dataset):
     return root, data, outputs
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_folds_run_one_at_a_time_then_summarise(two_folds):
     root, _, outputs = two_folds
@@ -454,6 +468,7 @@ def header_index(header: str, name: str) -> int:
     return header.split().index(name)
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_cv_summary_refuses_folds_of_different_recipes(two_folds, tmp_path):
     root, _, _ = two_folds
@@ -468,6 +483,7 @@ def test_cv_summary_refuses_folds_of_different_recipes(two_folds, tmp_path):
     assert "were trained with other settings: lr 0.01 vs 0.002" in result.output
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_cv_summary_refuses_a_fold_twice(two_folds):
     root, _, _ = two_folds
@@ -514,6 +530,7 @@ def fresh_settings(monkeypatch):
     get_settings_cache_clear()
 
 
+@pytest.mark.model
 def test_classify_marks_for_review_by_the_models_threshold_unless_set(
     random_checkpoint, tmp_path, make_image, fresh_settings
 ):

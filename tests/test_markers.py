@@ -1,7 +1,7 @@
-"""tests/conftest.py's guard: a test that opens PostgreSQL or Redis, or starts chromium,
-docker-compose, prometheus or promtool, without the marker that says so, fails; with it, it
-runs. Checked on a small generated test file run by pytest in a process of its own, with the
-real conftest."""
+"""tests/conftest.py's guard: a test that opens PostgreSQL or Redis, starts chromium,
+docker-compose, prometheus or promtool, or loads or trains a model, without the marker that
+says so, fails; with it, it runs. Checked on a small generated test file run by pytest in a
+process of its own, with the real conftest."""
 
 import os
 import subprocess
@@ -110,6 +110,53 @@ def test_a_fixture_that_opens_redis_unmarked(opens_redis):
 
 def test_nothing_of_the_sort():
     socket.socketpair()[0].close()
+
+
+@pytest.fixture
+def tiny_model():
+    return "tiny.pt"  # the sweep tests' fixture of that name loads a model
+
+
+def test_a_model_fixture_unmarked(tiny_model):
+    pass
+
+
+def save_and_load(path):
+    import torch
+
+    torch.save({{"weight": torch.zeros(2)}}, path)
+    return torch.load(path, weights_only=True)
+
+
+def test_a_model_file_loaded_unmarked(tmp_path):
+    save_and_load(tmp_path / "m.pt")
+
+
+def start_training(data):
+    from classifier.recipe import TrainConfig
+    from classifier.train import train
+    from refund_sorter.errors import UserError
+
+    (data / "tops" / "shirt").mkdir(parents=True)
+    (data / "tops" / "shirt" / "a.png").write_text("not an image")
+    with pytest.raises(UserError):
+        train(data, data / "m.pt", TrainConfig(device="cpu"), echo=lambda _: None)
+
+
+def test_a_training_unmarked(tmp_path):
+    start_training(tmp_path / "data")
+
+
+@pytest.mark.model
+def test_a_model_fixture_a_model_file_and_a_training_marked(tiny_model, tmp_path):
+    save_and_load(tmp_path / "m.pt")
+    start_training(tmp_path / "data")
+
+
+def test_a_model_file_written_but_not_loaded(tmp_path):
+    import torch
+
+    torch.save({{"weight": torch.zeros(2)}}, tmp_path / "m.pt")
 """
 
 
@@ -135,7 +182,7 @@ def test_an_unmarked_test_that_uses_a_server_or_a_program_fails(tmp_path):
 
     out = result.stdout
     assert result.returncode == 1, out + result.stderr
-    assert "6 failed, 6 passed, 2 errors" in out, out
+    assert "8 failed, 8 passed, 3 errors" in out, out
     for test, what, marker in (
         ("test_redis_unmarked", "Redis (port 6379)", "services"),
         ("test_postgresql_unmarked", "PostgreSQL", "services"),
@@ -145,7 +192,11 @@ def test_an_unmarked_test_that_uses_a_server_or_a_program_fails(tmp_path):
         ("test_promtool_unmarked", "promtool", "prometheus"),
         ("test_a_server_fixture_unmarked", "the fixture broker_url", "services"),
         ("test_a_fixture_that_opens_redis_unmarked", "Redis (port 6379)", "services"),
+        ("test_a_model_fixture_unmarked", "the fixture tiny_model", "model"),
+        ("test_a_model_file_loaded_unmarked", "a model file (torch.load)", "model"),
+        ("test_a_training_unmarked", "a network in training", "model"),
     ):
         message = f"test_generated.py::{test} uses {what} but is not marked {marker!r}"
         assert message in out, out
     assert "test_nothing_of_the_sort" not in out
+    assert "test_a_model_file_written_but_not_loaded" not in out

@@ -67,6 +67,7 @@ def sha12(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
+@pytest.mark.model
 def test_round_trip_keeps_everything_inference_needs(net, tmp_path):
     path = tmp_path / "models" / "model.pt"  # the folder does not exist yet
 
@@ -96,6 +97,7 @@ def test_version_is_the_start_of_the_files_sha256(net, tmp_path):
     assert version_c == sha12(c) != version_a, "other content, other version"
 
 
+@pytest.mark.model
 def test_weights_are_stored_as_float16_and_give_nearly_the_same_outputs(net, tmp_path):
     path = tmp_path / "model.pt"
     save_checkpoint(make_checkpoint(net), path)
@@ -127,6 +129,7 @@ def test_weights_are_stored_as_float16_and_give_nearly_the_same_outputs(net, tmp
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.model
 def test_round_trip_keeps_the_temperature_and_the_review_threshold(net, tmp_path):
     checkpoint = make_checkpoint(net)
     checkpoint.temperature, checkpoint.review_threshold = 1.7, 0.43
@@ -139,6 +142,7 @@ def test_round_trip_keeps_the_temperature_and_the_review_threshold(net, tmp_path
     assert torch.load(path, weights_only=True)["format"] == "refund-sorter-checkpoint/2"
 
 
+@pytest.mark.model
 def test_a_new_checkpoint_without_calibration_has_the_defaults(net, tmp_path):
     save_checkpoint(make_checkpoint(net), tmp_path / "m.pt")
 
@@ -147,6 +151,7 @@ def test_a_new_checkpoint_without_calibration_has_the_defaults(net, tmp_path):
     assert (loaded.temperature, loaded.review_threshold) == (1.0, DEFAULT_REVIEW_THRESHOLD)
 
 
+@pytest.mark.model
 def test_a_format_1_checkpoint_loads_with_temperature_1_and_the_old_threshold(net, tmp_path):
     # What save_checkpoint wrote before checkpoints carried a calibration.
     payload = make_checkpoint(net).to_payload()
@@ -161,12 +166,14 @@ def test_a_format_1_checkpoint_loads_with_temperature_1_and_the_old_threshold(ne
     assert loaded.taxonomy == TAXONOMY
 
 
+@pytest.mark.model
 def test_the_shipped_model_predates_calibration_and_loads_with_the_defaults():
     loaded = load_checkpoint(ROOT / "assets" / "model" / "refund-sorter-resnet18.pt")
 
     assert (loaded.temperature, loaded.review_threshold) == (1.0, 0.6)
 
 
+@pytest.mark.model
 def test_a_checkpoint_of_a_newer_format_is_refused_with_a_reason(net, tmp_path):
     payload = make_checkpoint(net).to_payload()
     payload["format"] = "refund-sorter-checkpoint/3"
@@ -179,6 +186,7 @@ def test_a_checkpoint_of_a_newer_format_is_refused_with_a_reason(net, tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "calibration",
     [
@@ -229,6 +237,7 @@ class Trap:
         return (os.system, (self.command,))
 
 
+@pytest.mark.model
 def test_a_checkpoint_that_would_run_code_is_refused(net, tmp_path):
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pt"
@@ -244,6 +253,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(net, tmp_path):
     assert "system" in str(info.value)  # names what it refused
 
 
+@pytest.mark.model
 def test_a_checkpoint_with_custom_objects_is_refused(tmp_path):
     path = tmp_path / "custom.pt"
     torch.save({"format": "refund-sorter-checkpoint/1", "extra": Garment()}, path)
@@ -252,6 +262,7 @@ def test_a_checkpoint_with_custom_objects_is_refused(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.model
 def test_a_plain_torch_file_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save({"weight": torch.zeros(2)}, path)
@@ -277,6 +288,7 @@ def test_a_file_that_is_not_a_checkpoint_is_refused_as_such(tmp_path, content):
     assert "could run code" not in message  # not mistaken for an attack
 
 
+@pytest.mark.model
 def test_a_zip_that_is_not_a_torch_file_is_not_readable(tmp_path):
     path = tmp_path / "photos.pt"
     with zipfile.ZipFile(path, "w") as archive:
@@ -318,6 +330,7 @@ def test_pretrained_none_keeps_the_random_initialisation():
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
+@pytest.mark.model
 def test_a_local_torchvision_weights_file_is_loaded_into_the_backbone(tmp_path, torchvision_state):
     path = tmp_path / "resnet18.pth"
     torch.save(torchvision_state, path)
@@ -331,6 +344,7 @@ def test_a_local_torchvision_weights_file_is_loaded_into_the_backbone(tmp_path, 
     assert isinstance(net.backbone.fc, torch.nn.Identity)  # the classifier of ImageNet is dropped
 
 
+@pytest.mark.model
 def test_a_refund_sorter_checkpoint_can_start_a_new_training(net, tmp_path):
     path = tmp_path / "previous.pt"
     save_checkpoint(make_checkpoint(net), path)
@@ -342,6 +356,7 @@ def test_a_refund_sorter_checkpoint_can_start_a_new_training(net, tmp_path):
     assert backbone_equals(fresh, expected)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "content",
     [
@@ -386,6 +401,7 @@ def test_imagenet_without_network_says_what_to_do(tmp_path, monkeypatch):
     assert "Traceback" not in message
 
 
+@pytest.mark.model
 def test_imagenet_weights_in_the_hub_cache_are_used_offline(
     tmp_path, monkeypatch, torchvision_state
 ):

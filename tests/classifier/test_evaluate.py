@@ -28,6 +28,7 @@ def trace(matrix):
     return sum(matrix[i][i] for i in range(len(matrix)))
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_evaluation_report_of_a_trained_model(trained_model, held_out_copy, tmp_path):
     summary, _, _ = trained_model
@@ -98,6 +99,7 @@ def test_evaluation_report_of_a_trained_model(trained_model, held_out_copy, tmp_
     }
 
 
+@pytest.mark.model
 def test_evaluating_only_unknown_folders_scores_nothing(random_checkpoint, make_dataset, tmp_path):
     data = make_dataset(tmp_path / "data", {"shoes/boots": 2, "tops/vest": 1})
     report_path = tmp_path / "eval.json"
@@ -113,6 +115,7 @@ def test_evaluating_only_unknown_folders_scores_nothing(random_checkpoint, make_
     assert all(png.is_file() for png in plot_paths(report_path).values())
 
 
+@pytest.mark.model
 def test_ece_after_is_measured_at_the_models_temperature(random_checkpoint, make_dataset, tmp_path):
     data = make_dataset(tmp_path / "data", {"tops/shirt": 6, "bottoms/jeans": 6, "tops/sweater": 6})
     # The same model with every logit 3 times as large and a temperature of 3 stored.
@@ -155,6 +158,7 @@ def test_a_class_never_seen_nor_predicted_scores_zero_without_dividing_by_zero()
     assert stats["b"] == {"precision": 0.0, "recall": 0.0, "support": 0}
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_two_models_answer_the_same_photos_of_a_folder(
     trained_model, random_checkpoint, make_dataset, make_broken_files, tmp_path

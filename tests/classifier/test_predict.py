@@ -98,6 +98,7 @@ def photos() -> list[Image.Image]:
     ]
 
 
+@pytest.mark.model
 def test_classifier_predictions_are_consistent_with_the_taxonomy(random_checkpoint):
     clf = Classifier.from_path(random_checkpoint, device="cpu")
     tax = clf.taxonomy
@@ -114,6 +115,7 @@ def test_classifier_predictions_are_consistent_with_the_taxonomy(random_checkpoi
     assert len(clf.version) == 12
 
 
+@pytest.mark.model
 def test_the_next_best_sub_categories_start_with_the_decision(random_checkpoint):
     clf = Classifier.from_path(random_checkpoint, device="cpu")
     tax = clf.taxonomy
@@ -129,6 +131,7 @@ def test_the_next_best_sub_categories_start_with_the_decision(random_checkpoint)
             assert tax.index_of(main, sub) is not None, f"{sub} is not under {main}"
 
 
+@pytest.mark.model
 def test_a_prediction_does_not_depend_on_the_rest_of_the_batch(random_checkpoint):
     clf = Classifier.from_path(random_checkpoint, device="cpu")
     images = photos()
@@ -141,6 +144,7 @@ def test_a_prediction_does_not_depend_on_the_rest_of_the_batch(random_checkpoint
         assert a.main_confidence == pytest.approx(b.main_confidence, abs=0.02)
 
 
+@pytest.mark.model
 def test_an_empty_batch_gives_no_predictions(random_checkpoint):
     assert Classifier.from_path(random_checkpoint, device="cpu").predict_images([]) == []
 
@@ -165,6 +169,7 @@ def test_auto_precision_uses_bf16_only_where_the_cpu_computes_it_natively(monkey
         resolve_precision("fp16", cpu)
 
 
+@pytest.mark.model
 def test_each_cpu_precision_classifies_and_agrees_with_fp32(random_checkpoint):
     rng = np.random.default_rng(4)
     images = [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(8)]
@@ -180,6 +185,7 @@ def test_each_cpu_precision_classifies_and_agrees_with_fp32(random_checkpoint):
 # --- calibration at inference ------------------------------------------------------------------
 
 
+@pytest.mark.model
 def test_the_stored_temperature_undoes_scaled_logits(random_checkpoint, tmp_path):
     save_scaled_model(random_checkpoint, tmp_path / "hot.pt", 4.0)
     save_scaled_model(random_checkpoint, tmp_path / "calibrated.pt", 4.0, temperature=4.0)
@@ -220,6 +226,7 @@ def test_a_temperature_never_changes_the_decision():
     assert confidences == sorted(confidences, reverse=True)  # hotter is less sure
 
 
+@pytest.mark.model
 def test_the_review_threshold_is_the_setting_when_given_else_the_models(
     random_checkpoint, tmp_path
 ):
@@ -234,6 +241,7 @@ def test_the_review_threshold_is_the_setting_when_given_else_the_models(
     assert threshold(tmp_path / "chosen.pt", 0.0) == 0.0  # zero is a setting too, not "unset"
 
 
+@pytest.mark.model
 def test_a_prediction_needs_review_below_the_threshold_in_force(random_checkpoint):
     def predictions(setting=None):
         clf = Classifier.from_path(random_checkpoint, "cpu", review_threshold=setting)
@@ -249,6 +257,7 @@ def test_a_prediction_needs_review_below_the_threshold_in_force(random_checkpoin
         assert {p.needs_review for p in got} == flagged
 
 
+@pytest.mark.model
 def test_logits_come_in_batches_and_match_the_decisions(random_checkpoint):
     clf = Classifier.from_path(random_checkpoint, device="cpu", precision="fp32")
     images = torch.stack([clf.preset(img) for img in photos()])

@@ -35,6 +35,7 @@ def int8_model(trained_model, tmp_path_factory):
     return out, held_out, result.output
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_quantize_stores_ranges_and_the_measured_agreement(int8_model, trained_model):
     path, _, output = int8_model
@@ -55,6 +56,7 @@ def test_quantize_stores_ranges_and_the_measured_agreement(int8_model, trained_m
         assert torch.equal(value, ckpt.state_dict[key]), key
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_int8_classifies_like_fp32(int8_model):
     path, held_out, _ = int8_model
@@ -85,6 +87,7 @@ def test_auto_takes_int8_only_when_its_agreement_passes_the_rule(monkeypatch):
     assert resolve_precision("int8", CPU, bad) == "int8"  # asked for: the operator decides
 
 
+@pytest.mark.model
 def test_int8_without_a_calibration_or_on_a_gpu_is_a_user_error(random_checkpoint):
     with pytest.raises(UserError, match="no int8 calibration; make one with: refund-sorter"):
         Classifier.from_path(random_checkpoint, "cpu", "int8")
@@ -92,6 +95,7 @@ def test_int8_without_a_calibration_or_on_a_gpu_is_a_user_error(random_checkpoin
         resolve_precision("int8", torch.device("cuda"), {"agreement": {"main": 1, "sub": 1}})
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_ranges_of_another_network_are_refused(int8_model, random_checkpoint):
     ranges = load_checkpoint(int8_model[0]).int8["ranges"]
@@ -101,6 +105,7 @@ def test_ranges_of_another_network_are_refused(int8_model, random_checkpoint):
         int8_network(build_network(other), ranges, other.image_size)
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_evaluate_reports_every_mode_with_its_agreement(int8_model, tmp_path):
     path, held_out, _ = int8_model
@@ -119,6 +124,7 @@ def test_evaluate_reports_every_mode_with_its_agreement(int8_model, tmp_path):
     assert "int8: main" in result.output and "agreement with fp32" in result.output
 
 
+@pytest.mark.model
 def test_quantize_with_too_few_photos_is_a_plain_error(random_checkpoint, tmp_path, make_image):
     make_image(tmp_path / "data" / "tops" / "shirt" / "a.png")
     out = tmp_path / "q.pt"

@@ -16,6 +16,7 @@ from refund_sorter.taxonomy import read_layout
 from training.recipe import TrainConfig
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_training_beats_chance_on_held_out_images(trained_model):
     summary, _, _ = trained_model
@@ -32,6 +33,7 @@ def test_training_beats_chance_on_held_out_images(trained_model):
     assert 1 <= summary.best_epoch <= 4
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_training_saves_the_best_epoch_with_everything_inference_needs(trained_model):
     summary, held_out, _ = trained_model
@@ -57,6 +59,7 @@ def test_training_saves_the_best_epoch_with_everything_inference_needs(trained_m
     assert meta["args"]["epochs"] == 4
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_training_tells_what_it_does(trained_model):
     summary, _, lines = trained_model
@@ -105,6 +108,7 @@ def test_a_tiny_fraction_still_validates_on_every_category():
 # --- failing early, with a message --------------------------------------------------------------
 
 
+@pytest.mark.model
 def test_only_unreadable_images_is_a_user_error(tmp_path, make_broken_files):
     make_broken_files(tmp_path / "data" / "tops" / "shirt")
     make_broken_files(tmp_path / "data" / "bottoms" / "jeans")
@@ -117,6 +121,7 @@ def test_only_unreadable_images_is_a_user_error(tmp_path, make_broken_files):
     assert not (tmp_path / "m.pt").exists()
 
 
+@pytest.mark.model
 def test_unreadable_validation_images_are_a_user_error(tmp_path, make_dataset, make_broken_files):
     data = make_dataset(tmp_path / "data", {"tops/shirt": 3, "bottoms/jeans": 3})
     make_broken_files(tmp_path / "val" / "tops" / "shirt")
@@ -137,6 +142,7 @@ def test_a_missing_validation_folder_is_a_user_error(tmp_path, make_dataset):
 # --- calibration after training ------------------------------------------------------------------
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_the_saved_model_carries_the_calibration_fitted_on_held_out_images(trained_model):
     summary, _, lines = trained_model
@@ -176,6 +182,7 @@ def images_the_model_gets_wrong(model_path, n: int = 6):
     return LoadedImages(images, torch.tensor(labels))
 
 
+@pytest.mark.model
 def test_a_target_no_threshold_reaches_flags_everything_and_says_so(random_checkpoint, tmp_path):
     path = tmp_path / "model.pt"
     shutil.copy(random_checkpoint, path)
@@ -195,6 +202,7 @@ def test_a_target_no_threshold_reaches_flags_everything_and_says_so(random_check
     assert checkpoint.meta["calibration"] == found
 
 
+@pytest.mark.model
 def test_without_calibration_images_the_model_keeps_the_defaults(random_checkpoint, tmp_path):
     from classifier.data import LoadedImages
 
@@ -219,6 +227,7 @@ def float_weights(path) -> dict:
     return {k: v.float() for k, v in state.items() if v.is_floating_point()}
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_model_ema_validates_and_saves_the_averaged_weights(tmp_path, make_dataset):
     data = make_dataset(tmp_path / "data", dict.fromkeys(["tops/shirt", "bottoms/jeans"], 10))
@@ -241,6 +250,7 @@ def test_model_ema_validates_and_saves_the_averaged_weights(tmp_path, make_datas
     assert not torch.allclose(sluggish[head], plain[head], atol=1e-3)
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_fold_training_validates_and_calibrates_on_the_held_out_fold(tmp_path, make_dataset):
     data = make_dataset(tmp_path / "data", dict.fromkeys(["tops/shirt", "bottoms/jeans"], 9))
@@ -268,6 +278,7 @@ def test_fold_training_validates_and_calibrates_on_the_held_out_fold(tmp_path, m
     assert any("(fold 2 of 3, also the calibration data)" in line for line in lines)
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_training_runs_in_the_precision_asked_for(tmp_path, make_dataset, monkeypatch):
     from classifier import predict

@@ -22,12 +22,14 @@ def test_the_format_tags_agree():
     assert checkpoint.FORMAT in checkpoint.READABLE_FORMATS
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("which", ["random", "shipped"])
 def test_the_taxonomy_is_the_one_torch_loads(which, random_checkpoint):
     path = random_checkpoint if which == "random" else SHIPPED
     assert read_taxonomy(path) == load_checkpoint(path).taxonomy
 
 
+@pytest.mark.model
 def test_the_figures_are_what_the_checkpoint_says_of_itself():
     loaded = load_checkpoint(SHIPPED)
 

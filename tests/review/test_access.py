@@ -11,7 +11,7 @@ from sqlalchemy import update
 from models import Prediction
 from refund_sorter.db import session_factory
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.model]
 
 
 def test_every_page_but_the_login_needs_a_reviewer(nights):

@@ -85,6 +85,7 @@ def test_development_makes_do_with_a_random_key_and_says_so(caplog):
     assert session_secret(Settings(review_secret_key=SecretStr(GOOD_KEY))) == GOOD_KEY
 
 
+@pytest.mark.model
 def test_the_server_does_not_start_without_reviewers_or_key(
     review_model, use_settings, tmp_path, accounts
 ):

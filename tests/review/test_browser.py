@@ -32,7 +32,7 @@ from sweep_support import (
 from cli import main
 from refund_sorter.images import sha256_bytes
 
-pytestmark = [pytest.mark.services, pytest.mark.browser]
+pytestmark = [pytest.mark.services, pytest.mark.browser, pytest.mark.model]
 SHIPPED_MODEL = REPO_ROOT / "assets/model/refund-sorter-resnet18.pt"
 SAMPLES = REPO_ROOT / "assets/samples"
 

@@ -23,7 +23,7 @@ from models import Prediction
 from refund_sorter.crud import as_utc
 from refund_sorter.db import session_factory
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.model]
 
 
 def undecided(nights, sweep: int) -> list[int]:

@@ -13,7 +13,7 @@ from sqlalchemy import delete, select, update
 from models import LoginFailures
 from refund_sorter.db import session_factory
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.model]
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from sweep_support import TinyModel, build_settings, postgres_database, save_ran
 from registry import registry
 from registry.gate import MCNEMAR, exact_binomial_p
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.model]
 
 
 @pytest.fixture(scope="module")

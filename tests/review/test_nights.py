@@ -124,6 +124,7 @@ def local_date(moment: datetime) -> date:
     return moment.astimezone(ZoneInfo(ZONE)).date()
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_the_nights_page_answers_for_the_last_night_and_lists_the_others(staged):
     client = logged_in(staged.settings)
@@ -176,6 +177,7 @@ def test_the_nights_page_answers_for_the_last_night_and_lists_the_others(staged)
     assert '<a class="nav" href="/nights">Nights</a>' in html
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_one_night_in_full(staged):
     client = logged_in(staged.settings)
@@ -222,6 +224,7 @@ def test_one_night_in_full(staged):
         assert f"No night has the sweep number {missing}" in response.text
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_the_night_s_reads_match_the_staged_rows(staged):
     with session_factory(staged.settings.database_url)() as session:
@@ -239,6 +242,7 @@ def test_the_night_s_reads_match_the_staged_rows(staged):
     assert abandoned.night.duration_seconds is None and abandoned.night.images_per_second is None
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_the_plots_are_svg_images_served_by_the_desk(staged):
     client = logged_in(staged.settings)
@@ -258,6 +262,7 @@ def test_the_plots_are_svg_images_served_by_the_desk(staged):
     assert client.get(f"/nights/{staged.skipped}/plots/status.svg").status_code == 404
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_nobody_sees_the_nights_without_a_login(staged):
     client = desk_client(staged.settings)
@@ -273,6 +278,7 @@ def test_nobody_sees_the_nights_without_a_login(staged):
         assert b"<svg" not in response.content
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_the_report_is_one_self_contained_file(staged, use_settings, tmp_path):
     use_settings(staged.settings)
@@ -302,6 +308,7 @@ def test_the_report_is_one_self_contained_file(staged, use_settings, tmp_path):
     assert "Finished, 0 photos" in text_of(other.read_text(encoding="utf-8"))
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_the_report_refuses_plainly(staged, use_settings, tmp_path):
     use_settings(staged.settings)

@@ -19,7 +19,7 @@ from refund_sorter import crud
 from refund_sorter.db import session_factory
 from review.progress import day_bounds
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.model]
 
 
 def claims(settings) -> dict[int, str]:

@@ -14,7 +14,7 @@ from sweep_support import files_under
 from cli import main
 from refund_sorter.taxonomy import read_layout
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.model]
 
 
 def export(out: Path, *args: str) -> str:

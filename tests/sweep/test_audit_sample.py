@@ -40,6 +40,7 @@ def test_the_audit_seed_takes_text_or_a_number(monkeypatch):
     assert Settings().audit_rate == 0.02
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def test_a_local_sweep_records_the_audit(db, request, make_settings, use_settings, tiny_model):
     url = request.getfixturevalue("fresh_pg_url") if db == "postgresql" else None

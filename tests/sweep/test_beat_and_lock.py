@@ -143,6 +143,7 @@ def test_publish_packs_up_to_32_images_per_message_in_order(producer_app, redis_
     assert queued_items(redis_client) == items
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_the_beat_task_records_a_beat_sweep_and_queues_its_images(
     fresh_pg_url, make_settings, producer_app, redis_client, monkeypatch, tiny_model
@@ -197,6 +198,7 @@ def insert_running_sweep(settings, tiny_model) -> SweepRun:
     return run
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_a_running_sweep_makes_the_next_one_a_recorded_no_op(
     fresh_pg_url, make_settings, tiny_model
@@ -223,6 +225,7 @@ def test_a_running_sweep_makes_the_next_one_a_recorded_no_op(
     assert not settings.export_dir.exists()
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_a_stale_sweep_is_abandoned_and_its_queued_images_go_to_the_next(
     fresh_pg_url, make_settings, producer_app, redis_client, classifier, tiny_model
@@ -287,6 +290,7 @@ def test_a_stale_sweep_is_abandoned_and_its_queued_images_go_to_the_next(
     assert get_run(settings, third.id).succeeded == 6
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_two_sweeps_starting_at_the_same_moment_get_one_lock(fresh_pg_url, tiny_model):
     sessions = session_factory(fresh_pg_url)

@@ -3,12 +3,15 @@ message and ``refund-sorter runs``, always without its password."""
 
 import logging
 
+import pytest
 from click.testing import CliRunner
 from sweep_support import Incoming, add_images, all_runs
 
 from cli import main
 from refund_sorter import celery_app
 from refund_sorter.db import upgrade
+
+pytestmark = pytest.mark.model
 
 SECRET = "s3cret-Pa55"
 

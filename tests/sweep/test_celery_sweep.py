@@ -38,7 +38,7 @@ from producer.sweep import run_sweep
 from refund_sorter.celery_app import publish
 from refund_sorter.messages import IMAGES_PER_TASK
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.model]
 
 BATCH_SIZE = 4
 BATCH_LINE = re.compile(r"batch of (\d+) images: (\d+) ok, (\d+) failed, (\d+) ignored")

@@ -30,7 +30,7 @@ from refund_sorter.db import dispose, session_factory
 from refund_sorter.export import COLUMNS
 from worker.local import local_dispatch
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.model]
 
 # Classification times around midnight UTC, so the day filters have an edge to get wrong.
 LATE_ON_1ST = datetime(2024, 3, 1, 23, 30, tzinfo=UTC)

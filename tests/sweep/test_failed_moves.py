@@ -31,7 +31,7 @@ from sweep_support import (
 from producer.sweep import run_sweep
 from refund_sorter.celery_app import publish
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.model]
 
 DOCK = Path(NESTED.parts[0])  # the first folder of the nested images' path
 

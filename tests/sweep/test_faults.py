@@ -148,6 +148,7 @@ def published_again(*workers: ServiceProcess) -> int:
     return sum(int(n) for w in workers for n in REPUBLISHED.findall(w.log()))
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_a_redis_restart_mid_sweep_strands_no_batch(make_stack, redis_server, tiny_model):
     """Redis (append-only, an fsync per write) killed with kill -9 after 64 of 300 photos and
@@ -186,6 +187,7 @@ def test_a_redis_restart_mid_sweep_strands_no_batch(make_stack, redis_server, ti
     check_finished_sweep(settings, run.id, incoming, tiny_model.taxonomy)
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_a_redis_restarted_empty_is_caught_up_by_the_stall_check(
     make_stack, redis_server, tiny_model
@@ -264,6 +266,7 @@ def check_every_file_filed_once(settings, incoming: Incoming) -> None:
     assert files_under(settings.processed_dir) == incoming.images
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_a_worker_killed_mid_batch_is_replaced_and_its_photos_settled(make_stack, redis_server):
     """The worker holds its prefetched messages unacked when it is killed; Redis would hand
@@ -284,6 +287,7 @@ def test_a_worker_killed_mid_batch_is_replaced_and_its_photos_settled(make_stack
     check_every_file_filed_once(stack.settings, incoming)
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_sweep_wait_follows_the_running_sweep_after_a_worker_was_killed(make_stack, redis_server):
     """The operator runs ``refund-sorter sweep --wait`` after a worker died: the new sweep is
@@ -328,6 +332,7 @@ FOR EACH ROW WHEN (NEW.status = 'ok') EXECUTE FUNCTION refuse_results();
 """
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_a_batch_that_fails_every_time_is_retried_with_growing_delays_then_marked_failed(
     make_stack,
@@ -398,6 +403,7 @@ def test_a_batch_that_fails_every_time_is_retried_with_growing_delays_then_marke
     assert files_under(settings.processed_dir) == incoming.images
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_a_worker_whose_model_cannot_be_loaded_takes_no_images(make_stack, redis_server):
     """The serving model's file in the model store is damaged: the worker says why at start

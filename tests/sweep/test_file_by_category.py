@@ -3,10 +3,13 @@ same whether a worker classified it tonight or the sweep found a copy of one it 
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from sweep_support import Incoming, add_images, all_predictions, files_under, sha256
 
 from cli import main
+
+pytestmark = pytest.mark.model
 
 
 def sweep(settings, use_settings) -> str:

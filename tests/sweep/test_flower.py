@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from sweep_support import REPO_ROOT, service_env
 
+pytestmark = pytest.mark.model
+
 REFUND_SORTER = str(Path(sys.executable).parent / "refund-sorter")
 PASSWORD = "s3cret-flower"
 

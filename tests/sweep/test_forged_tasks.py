@@ -16,7 +16,7 @@ from producer.sweep import run_sweep
 from refund_sorter.messages import WorkItem, task_args
 from worker.pipeline import process_batch
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.model]
 
 
 @pytest.fixture

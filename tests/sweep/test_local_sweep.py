@@ -21,6 +21,8 @@ from sweep_support import (
 
 from cli import main
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def settings(request, make_settings, use_settings):

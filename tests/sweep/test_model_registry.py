@@ -37,6 +37,8 @@ from refund_sorter.db import session_factory, upgrade
 from refund_sorter.errors import UserError
 from registry import registry
 
+pytestmark = pytest.mark.model
+
 DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)]
 
 

@@ -26,6 +26,8 @@ from refund_sorter.db import upgrade
 from refund_sorter.messages import WorkItem, task_args
 from worker.pipeline import process_batch
 
+pytestmark = pytest.mark.model
+
 
 def test_every_unreadable_upload_keeps_its_own_row(make_settings, classifier):
     settings = make_settings()

@@ -22,6 +22,8 @@ from cli import main
 from refund_sorter import crud
 from refund_sorter.db import session_factory, upgrade
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture(scope="module")
 def chosen(tmp_path_factory, tiny_model: TinyModel) -> TinyModel:

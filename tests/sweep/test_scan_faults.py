@@ -46,7 +46,7 @@ import refund_sorter.filing
 from producer.scan import UNREADABLE_PREFIX
 from producer.sweep import run_sweep
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.model]
 
 
 def after_listing(monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> None:

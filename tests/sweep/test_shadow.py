@@ -188,6 +188,7 @@ def check_answers(
 # ---------------------------------------------------------------------- local mode, SQLite
 
 
+@pytest.mark.model
 def test_a_local_sweep_shadows_the_flagged_the_audited_and_the_draw(
     make_settings, use_settings, serving, candidates
 ):
@@ -290,6 +291,7 @@ def what_the_night_left(settings: Settings, sweep_id: int) -> dict:
     }
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_a_night_with_a_candidate_is_filed_as_the_same_night_without_one(
     make_pg_database, broker_url, make_settings, use_settings, serving, candidates, start_worker
@@ -327,6 +329,7 @@ def test_a_night_with_a_candidate_is_filed_as_the_same_night_without_one(
         assert left[True][what] == left[False][what], what
 
 
+@pytest.mark.model
 @pytest.mark.services
 @pytest.mark.parametrize("fault", ["corrupt", "missing"])
 def test_a_candidate_that_cannot_be_loaded_fails_nothing(
@@ -359,6 +362,7 @@ def test_a_candidate_that_cannot_be_loaded_fails_nothing(
     assert worker.log().count("batch of ") >= 3
 
 
+@pytest.mark.model
 @pytest.mark.services
 def test_a_running_worker_follows_the_registered_candidate(
     fresh_pg_url, broker_url, make_settings, use_settings, serving, candidates, start_worker

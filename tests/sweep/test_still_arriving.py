@@ -33,7 +33,7 @@ from sweep_support import (
 
 from cli import main
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.model]
 
 STATION = Path("station-1")
 
