@@ -135,7 +135,9 @@ def _print_run(settings: Settings, run_id: int) -> None:
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Classified on or after (UTC).")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Classified on or before (UTC).")
 @click.option(
-    "--status", type=click.Choice([ItemStatus.OK, ItemStatus.FAILED]), help="Only this status."
+    "--status",
+    type=click.Choice([ItemStatus.OK.value, ItemStatus.FAILED.value]),
+    help="Only this status.",
 )
 @friendly
 def export(out, sweep_run, since, until, status) -> None:
