@@ -156,8 +156,17 @@ class Settings(BaseSettings):
         0.001,
         gt=0,
         lt=1,
-        description="A night's shift in category mix counts as drift only when a chi-square "
-        "test puts its p-value below this: sampling noise on a small night is not drift.",
+        description="A night's shift counts as drift only when its test puts the p-value below "
+        "this (the chi-square test for the category mix, the Kolmogorov-Smirnov test for the "
+        "confidences): sampling noise on a small night is not drift.",
+    )
+    drift_ks_threshold: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="A night's confidences have drifted when the Kolmogorov-Smirnov statistic "
+        "against the baseline nights (the largest gap between the two distributions, 0 to 1) "
+        "is above this and its p-value is below REFUND_SORTER_DRIFT_P_VALUE.",
     )
     drift_baseline_nights: int = Field(
         28,
