@@ -184,9 +184,33 @@ class SorterCollector:
         out.labelled(
             "drift_threshold",
             "REFUND_SORTER_DRIFT_PSI_THRESHOLD: a drift score above it, with a chi-square "
-            "p-value below REFUND_SORTER_DRIFT_P_VALUE, is drift.",
+            "p-value below REFUND_SORTER_DRIFT_P_VALUE, is drift of the category mix.",
             ["level"],
             {(level,): self.settings.drift_psi_threshold for level in drift.LEVELS},
+        )
+        out.labelled(
+            "drift_confidence_ks_threshold",
+            "REFUND_SORTER_DRIFT_KS_THRESHOLD: a confidence KS statistic above it, with a KS "
+            "p-value below REFUND_SORTER_DRIFT_P_VALUE, is drift of the confidences.",
+            ["level"],
+            {(level,): self.settings.drift_ks_threshold for level in drift.LEVELS},
+        )
+        out.labelled(
+            "drift_p_value_threshold",
+            "REFUND_SORTER_DRIFT_P_VALUE: the p-value (chi-square for the mix, KS for the "
+            "confidences) a shift must fall below to count as drift.",
+            ["level"],
+            {(level,): self.settings.drift_p_value for level in drift.LEVELS},
+        )
+        out.labelled(
+            "audit_accuracy_target",
+            "REFUND_SORTER_AUDIT_ACCURACY_TARGET_MAIN and _SUB: RefundSorterAuditAccuracyLow "
+            "fires when the upper end of the audit accuracy's 95% interval lies below it.",
+            ["level"],
+            {
+                ("main",): self.settings.audit_accuracy_target_main,
+                ("sub",): self.settings.audit_accuracy_target_sub,
+            },
         )
         out.gauge(
             "failed_ratio_warning",

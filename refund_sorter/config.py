@@ -83,6 +83,22 @@ class Settings(BaseSettings):
         description="Seeds the audit draw (any text or number): the same seed, model and photo "
         "always give the same draw; change it to draw a different sample.",
     )
+    audit_accuracy_target_main: float = Field(
+        0.90,
+        gt=0,
+        le=1,
+        description="The main category accuracy the photos nobody reviews should reach: "
+        "RefundSorterAuditAccuracyLow fires when even the upper end of its 95% interval over "
+        "the audits lies below it. The metrics endpoint exports it as "
+        'refund_sorter_audit_accuracy_target{level="main"}.',
+    )
+    audit_accuracy_target_sub: float = Field(
+        0.80,
+        gt=0,
+        le=1,
+        description="The same for the sub category "
+        '(refund_sorter_audit_accuracy_target{level="sub"}).',
+    )
     shadow_rate: float = Field(
         0.1,
         ge=0,
@@ -156,8 +172,19 @@ class Settings(BaseSettings):
         0.001,
         gt=0,
         lt=1,
-        description="A night's shift in category mix counts as drift only when a chi-square "
-        "test puts its p-value below this: sampling noise on a small night is not drift.",
+        description="A night's shift counts as drift only when its test puts the p-value below "
+        "this (the chi-square test for the category mix, the Kolmogorov-Smirnov test for the "
+        "confidences): sampling noise on a small night is not drift. The metrics endpoint "
+        "exports it as refund_sorter_drift_p_value_threshold, which the drift alert reads.",
+    )
+    drift_ks_threshold: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="A night's confidences have drifted when the Kolmogorov-Smirnov statistic "
+        "against the baseline nights (the largest gap between the two distributions, 0 to 1) "
+        "is above this and its p-value is below REFUND_SORTER_DRIFT_P_VALUE. The metrics "
+        "endpoint exports it as refund_sorter_drift_confidence_ks_threshold.",
     )
     drift_baseline_nights: int = Field(
         28,

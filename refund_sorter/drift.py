@@ -3,9 +3,9 @@
 Owns the drift figures the metrics endpoint, the desk's Nights pages and the night report
 show: per level (main and sub category) the PSI of the category mix, the chi-square test's
 p-value, the Kolmogorov-Smirnov statistic of the confidences with its p-value, and whether
-the night ``drifted``. Every count comes from the database (GROUP BY), never one row per
-photo. What the baseline is, what each figure means and how to read a drifted night:
-docs/drift.md.
+the night ``drifted`` (its category mix, or its confidences). Every count comes from the
+database (GROUP BY), never one row per photo. What the baseline is, what each figure means
+and how to read a drifted night: docs/drift.md.
 """
 
 from collections import Counter, defaultdict
@@ -46,7 +46,12 @@ class LevelDrift:
     confidence_ks: float  # two-sample KS statistic of the level's confidences
     confidence_ks_p_value: float
     mix: tuple[Share, ...]  # every category seen in either, largest baseline first
-    drifted: bool  # psi above its threshold and chi2_p_value below its own
+    mix_drifted: bool  # psi above its threshold and chi2_p_value below the p-value setting
+    confidence_drifted: bool  # confidence_ks above its threshold and its p-value below
+
+    @property
+    def drifted(self) -> bool:
+        return self.mix_drifted or self.confidence_drifted
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,10 @@ def _level_drift(
         confidence_ks=ks,
         confidence_ks_p_value=ks_p,
         mix=mix,
-        drifted=psi > settings.drift_psi_threshold and chi2_p < settings.drift_p_value,
+        mix_drifted=psi > settings.drift_psi_threshold and chi2_p < settings.drift_p_value,
+        # Both, as for the mix: on thousands of photos a night a shift nobody would act on
+        # is significant, and on a small night a large statistic can be chance.
+        confidence_drifted=ks > settings.drift_ks_threshold and ks_p < settings.drift_p_value,
     )
 
 

@@ -536,6 +536,7 @@ def nights_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Response
         "failed_warning": desk.settings.nights_failed_warning,
         "baseline_nights": desk.settings.drift_baseline_nights,
         "psi_threshold": desk.settings.drift_psi_threshold,
+        "ks_threshold": desk.settings.drift_ks_threshold,
         "p_value": desk.settings.drift_p_value,
     }
     return render(request, "nights.html", context)
@@ -580,6 +581,7 @@ def night_context(detail: nights.NightDetail, settings: Settings, *, inline: boo
         "inline": inline,
         "zone": settings.timezone,
         "psi_threshold": settings.drift_psi_threshold,
+        "ks_threshold": settings.drift_ks_threshold,
         "p_value": settings.drift_p_value,
     }
 

@@ -343,7 +343,8 @@ def summary(n: NightFigures) -> str:
 
 
 def concerns(n: NightFigures, settings: Settings) -> list[str]:
-    """What is off with one night: not finished, too many failures, a drifted mix."""
+    """What is off with one night: not finished, too many failures, a drifted mix or drifted
+    confidences."""
     found = []
     if n.status == SweepStatus.RUNNING:
         found.append(f"Sweep {n.sweep} is still running: its figures are not final.")
@@ -358,17 +359,23 @@ def concerns(n: NightFigures, settings: Settings) -> list[str]:
             f"{percent(n.failed_share)} of its photos failed, above the warning level of "
             f"{percent(warn)} (REFUND_SORTER_NIGHTS_FAILED_WARNING)."
         )
-    if n.drifted:
-        levels = "; ".join(
+    if n.drift is not None:
+        before = f"the {n.drift.baseline_nights} nights before it"
+        levels = n.drift.levels.items()
+        if mix := "; ".join(
             f"{level}: PSI {d.psi:.2f} above {settings.drift_psi_threshold:g}, chi-square "
             f"p = {d.chi2_p_value:.2g}"
-            for level, d in n.drift.levels.items()
-            if d.drifted
-        )
-        found.append(
-            f"Its category mix drifted from the {n.drift.baseline_nights} nights before it "
-            f"({levels})."
-        )
+            for level, d in levels
+            if d.mix_drifted
+        ):
+            found.append(f"Its category mix drifted from {before} ({mix}).")
+        if confidences := "; ".join(
+            f"{level}: KS {d.confidence_ks:.2f} above {settings.drift_ks_threshold:g}, "
+            f"p = {d.confidence_ks_p_value:.2g}"
+            for level, d in levels
+            if d.confidence_drifted
+        ):
+            found.append(f"Its confidences drifted from {before} ({confidences}).")
     return found
 
 

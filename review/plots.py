@@ -216,7 +216,7 @@ def _drift(ax: Axes, x, nights: list[NightFigures], settings: Settings, title: s
     for level, colour in zip(LEVELS, (COLOURS["ink"], COLOURS["accent"]), strict=True):
         psi = _value([n.drift.levels[level].psi if n.drift else None for n in nights])
         ax.plot(x, psi, color=colour, linewidth=1.4, marker="o", markersize=2.5, label=level)
-        drifted = np.array([bool(n.drift and n.drift.levels[level].drifted) for n in nights])
+        drifted = np.array([bool(n.drift and n.drift.levels[level].mix_drifted) for n in nights])
         ax.plot(x[drifted], psi[drifted], "o", color=COLOURS["bad"], markersize=4.5)
     threshold = settings.drift_psi_threshold
     ax.axhline(threshold, color=COLOURS["bad"], linewidth=0.8, linestyle="--")
@@ -293,7 +293,7 @@ def _mix(level: str) -> Callable[[NightDetail, Settings], bytes]:
         ax.xaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=0))
         ax.legend(fontsize=SMALL, frameon=False, loc="lower right")
         d = drift.levels[level]
-        colour = COLOURS["bad"] if d.drifted else COLOURS["ink"]
+        colour = COLOURS["bad"] if d.mix_drifted else COLOURS["ink"]
         _head(ax, title, f"PSI {d.psi:.2f}", colour)
         return _svg(fig)
 

@@ -6,7 +6,7 @@ takes the claims)."""
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Float, Select, and_, case, cast, exists, func, or_, select
+from sqlalchemy import Float, Select, Subquery, and_, case, cast, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from models import ItemStatus, Prediction, Review, ReviewClaim, SweepRun
@@ -47,15 +47,16 @@ _to_decide = and_(
 
 # An audit photo is confident: by its own margin it would come after every flagged one. The
 # flagged photos take their rank instead (0 the most doubtful, 1 the least), and each audit
-# photo a place in [0, 1) drawn from its id: audits come at pseudo-random places among the
-# doubtful photos, never all last, whatever the margins of the night.
+# photo a place in [0, 1) drawn from its id, so that audits come at pseudo-random places among
+# the doubtful photos, about their share of every stretch of the queue. The ranks are taken
+# over every photo to decide of the nights that still have one left, decided or not, so that
+# they hold while the queue shrinks: ranked over the photos left alone, the most doubtful one
+# left would always rank 0, before every audit, and a team that never reached the end of the
+# flagged photos would never be shown an audit.
 _audit_place = cast((Prediction.id * 2654435761) % 100003, Float) / 100003
-_doubt = case(
-    (Prediction.audited, _audit_place),
-    else_=func.percent_rank().over(
-        partition_by=Prediction.audited,
-        order_by=(func.coalesce(Prediction.sub_margin, 0.0), Prediction.id),
-    ),
+_flagged_rank = func.percent_rank().over(
+    partition_by=Prediction.audited,
+    order_by=(func.coalesce(Prediction.sub_margin, 0.0), Prediction.id),
 )
 
 
@@ -67,8 +68,10 @@ def _held_by_another(reviewer: str, now: datetime):
     )
 
 
-def _to_review(selection: Selection) -> Select:
-    query = select(Prediction).where(_to_decide, ~_reviewed)
+def _in_selection(query: Select, selection: Selection) -> Select:
+    """``query`` (on Prediction) narrowed to the photos to decide the selection's filters
+    leave, decided or not."""
+    query = query.where(_to_decide)
     if selection.sweep is not None:
         query = query.where(Prediction.sweep_run_id == selection.sweep)
     if selection.main is not None:
@@ -76,6 +79,22 @@ def _to_review(selection: Selection) -> Select:
     if selection.sub is not None:
         query = query.where(Prediction.sub_category == selection.sub)
     return query
+
+
+def _to_review(selection: Selection) -> Select:
+    return _in_selection(select(Prediction), selection).where(~_reviewed)
+
+
+def _doubt_places(selection: Selection) -> Subquery:
+    """(id, place) of the selection's photos to decide in the nights it has some left in:
+    the doubt order's key, fixed while the photos are decided one by one."""
+    # Not correlated with the query it sits in: the nights are this query's own.
+    open_nights = _to_review(selection).with_only_columns(Prediction.sweep_run_id).correlate(None)
+    place = case((Prediction.audited, _audit_place), else_=_flagged_rank)
+    query = select(Prediction.id, place.label("place"))
+    return (
+        _in_selection(query, selection).where(Prediction.sweep_run_id.in_(open_nights)).subquery()
+    )
 
 
 def next_photo(
@@ -89,13 +108,18 @@ def next_photo(
     """The next photo for ``reviewer`` to decide, in the selection's order, leaving out those
     another reviewer's claim holds at ``now``. With ``after`` (a photo skipped), the one
     behind it, or the first again at the end."""
-    key = -Prediction.sweep_run_id if selection.order == NIGHT else _doubt
-    ranked = (
-        _to_review(selection)
-        .where(~_held_by_another(reviewer, now))
-        .with_only_columns(Prediction.id.label("id"), key.label("key"))
-        .subquery()
-    )
+    left = _to_review(selection).where(~_held_by_another(reviewer, now))
+    if selection.order == NIGHT:
+        ranked = left.with_only_columns(
+            Prediction.id.label("id"), (-Prediction.sweep_run_id).label("key")
+        ).subquery()
+    else:
+        places = _doubt_places(selection)
+        ranked = (
+            left.join(places, places.c.id == Prediction.id)
+            .with_only_columns(Prediction.id.label("id"), places.c.place.label("key"))
+            .subquery()
+        )
     query = (
         select(Prediction)
         .join(ranked, ranked.c.id == Prediction.id)

@@ -276,7 +276,29 @@ def test_ks_detects_shifted_confidences_and_not_equal_ones(session, nights):
         assert level.confidence_ks == pytest.approx(0.2, abs=0.04)
         assert level.confidence_ks_p_value < 1e-20
         assert level.psi < 1e-9  # the mix is the same: the confidences alone moved
+        assert level.confidence_drifted and not level.mix_drifted
+        assert level.drifted
+    # The statistic must pass its own threshold as well as the p-value its own.
+    wide = Settings(drift_ks_threshold=0.3)
+    for level in night_drift(session, shifted, settings=wide).levels.values():
         assert not level.drifted
+    strict = Settings(drift_p_value=1e-40)
+    for level in night_drift(session, shifted, settings=strict).levels.values():
+        assert not level.drifted
+
+
+def test_a_small_shift_on_many_photos_is_significant_but_no_drift(session, nights):
+    """With thousands of photos a night a shift of the confidences nobody would act on has
+    a tiny p-value: the KS statistic's threshold keeps it from counting as drift."""
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        nights.add(repeat=50, confidences=lambda n: rng.uniform(0.5, 1.0, n))
+    nudged = nights.add(repeat=50, confidences=lambda n: rng.uniform(0.52, 1.02, n).clip(0, 1))
+
+    for level in night_drift(session, nudged, settings=DEFAULTS).levels.values():
+        assert 0.02 < level.confidence_ks < DEFAULTS.drift_ks_threshold
+        assert level.confidence_ks_p_value < DEFAULTS.drift_p_value
+        assert not level.confidence_drifted and not level.drifted
 
 
 def test_the_binned_ks_is_scipys_for_confidences_at_bin_centres(session, nights):

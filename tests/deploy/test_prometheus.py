@@ -35,6 +35,10 @@ SERIES_LABELS = {
     "refund_sorter_drift_score": {"level"},
     "refund_sorter_drift_threshold": {"level"},
     "refund_sorter_drift_p_value": {"level", "test"},
+    "refund_sorter_drift_confidence_ks": {"level"},
+    "refund_sorter_drift_confidence_ks_threshold": {"level"},
+    "refund_sorter_drift_p_value_threshold": {"level"},
+    "refund_sorter_audit_accuracy_target": {"level"},
 }
 
 

@@ -22,6 +22,7 @@ class Photo:
     flagged: bool = False
     audited: bool = False
     review: tuple[str, str] | None = None
+    margin: float | None = None  # between the two best subs: the doubt order's key
     at: float | None = None  # when classified, as a share of the night's duration
 
 
@@ -81,6 +82,7 @@ def stage_night(
             sub_category=p.sub,
             main_confidence=p.main_confidence,
             sub_confidence=p.sub_confidence,
+            sub_margin=p.margin,
             needs_review=p.flagged,
             audited=p.audited,
             classified_at=started_at + (step * i if p.at is None else duration * p.at),

@@ -2,6 +2,7 @@
 anywhere, and takes its place among the flagged photos of the doubt-ordered queue."""
 
 import json
+import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -241,3 +242,60 @@ def _accuracy_json() -> dict:
     result = CliRunner().invoke(main, ["accuracy", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
+
+
+def test_audits_keep_coming_at_their_share_while_two_reviewers_decide_one_by_one():
+    """A night of 250 photos, 139 flagged and 61 drawn for the audit, decided one photo at a
+    time by two reviewers taking turns through the functions the desk uses (the next photo,
+    its claim, the decision): the audits come at about their share of the photos to decide
+    from the first decisions on, not after the last flagged one. The places are fixed by the
+    row ids of a new database and the seeded night, so the bounds cannot fail by chance."""
+    from datetime import UTC, datetime, timedelta
+
+    from nights_support import Photo, stage_night
+
+    from refund_sorter import crud
+    from review import queue
+
+    rng = random.Random(24)
+    photos = [Photo("tops", "shirt", flagged=True, margin=rng.uniform(0, 0.3)) for _ in range(139)]
+    photos += [Photo("tops", "shirt", audited=True, margin=rng.uniform(0.5, 1)) for _ in range(61)]
+    photos += [Photo("tops", "shirt", margin=rng.uniform(0.5, 1)) for _ in range(50)]
+    rng.shuffle(photos)
+    share = 61 / 200
+    with postgres_database() as url:
+        sessions = session_factory(url)
+        with sessions.begin() as session:
+            stage_night(session, datetime.now(UTC) - timedelta(hours=8), photos=photos)
+        held: dict[str, int | None] = {"anna": None, "ben": None}
+        shown: list[Prediction] = []  # in the order the desk offered them
+        for turn in range(80 + 1):
+            reviewer = ("anna", "ben")[turn % 2]
+            with sessions.begin() as session:
+                if held[reviewer] is not None:
+                    crud.record_review(
+                        session,
+                        prediction_id=held[reviewer],
+                        reviewer=reviewer,
+                        main_category="tops",
+                        sub_category="shirt",
+                    )
+                    crud.release_claims(session, reviewer=reviewer)
+                now = datetime.now(UTC)
+                photo = queue.next_photo(session, queue.Selection(), reviewer=reviewer, now=now)
+                assert photo is not None and photo.id not in {p.id for p in shown}
+                assert crud.claim_photo(
+                    session, prediction_id=photo.id, reviewer=reviewer, seconds=300
+                )
+                held[reviewer] = photo.id
+                session.expunge(photo)
+                shown.append(photo)
+
+    audited = [p.audited for p in shown[:80]]
+    # About their share of every stretch of 20 (6 expected), and never a stretch without.
+    for start in range(0, 80, 20):
+        assert 2 <= sum(audited[start : start + 20]) <= 11, (start, audited)
+    assert 0.6 * share * 80 <= sum(audited) <= 1.4 * share * 80
+    # The flagged ones still come most doubtful first.
+    margins = [p.sub_margin for p in shown if not p.audited]
+    assert margins == sorted(margins)

@@ -307,6 +307,10 @@ def test_every_series_after_a_staged_night(
     assert value(samples, "last_sweep_failed_ratio") == 2 / 10
     # The level the failed share alert compares it with: the desk's setting, exported.
     assert value(samples, "failed_ratio_warning") == settings.nights_failed_warning == 0.05
+    # The audit targets the accuracy alert compares with, the same way.
+    assert value(samples, "audit_accuracy_target", level="main") == 0.90
+    assert value(samples, "audit_accuracy_target", level="sub") == 0.80
+    assert (settings.audit_accuracy_target_main, settings.audit_accuracy_target_sub) == (0.9, 0.8)
     assert value(samples, "last_sweep_images_per_second") == 10 / 100
     categories = {
         ("footwear", "shoes"): 2,
@@ -353,6 +357,12 @@ def test_every_series_after_a_staged_night(
         assert value(samples, "drift_score", level=level) == pytest.approx(figures.psi)
         assert figures.psi > settings.drift_psi_threshold
         assert value(samples, "drift_threshold", level=level) == settings.drift_psi_threshold
+        assert value(samples, "drift_confidence_ks", level=level) == pytest.approx(
+            figures.confidence_ks
+        )
+        assert value(samples, "drift_confidence_ks_threshold", level=level) == 0.1
+        assert value(samples, "drift_p_value_threshold", level=level) == 0.001
+        assert (settings.drift_ks_threshold, settings.drift_p_value) == (0.1, 0.001)
         assert value(samples, "drift_p_value", level=level, test="chi2") == pytest.approx(
             figures.chi2_p_value
         )
