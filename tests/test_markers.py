@@ -133,7 +133,7 @@ def test_a_model_file_loaded_unmarked(tmp_path):
 
 
 def start_training(data):
-    from classifier.recipe import TrainConfig
+    from training.recipe import TrainConfig
     from classifier.train import train
     from refund_sorter.errors import UserError
 

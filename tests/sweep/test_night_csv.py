@@ -37,6 +37,7 @@ HELD = Path("held") / "held-photo.jpg"
 
 
 @pytest.mark.services
+@pytest.mark.model
 def test_the_csv_waits_for_the_moves_of_a_batch_that_committed_before_the_last(
     fresh_pg_url, broker_url, make_settings, producer_app, tmp_path, outcome_failed
 ):
@@ -103,6 +104,7 @@ def test_the_csv_waits_for_the_moves_of_a_batch_that_committed_before_the_last(
     assert [p.name for p in settings.export_dir.iterdir()] == [sweep_csv(settings, run).name]
 
 
+@pytest.mark.model
 def test_the_stall_check_files_what_a_stopped_process_left_and_writes_the_csv(
     make_settings, classifier
 ):
