@@ -182,8 +182,8 @@ def test_too_few_labelled_photos_refuse_unless_a_folder_has_enough(
 ):
     settings = deployment
     monkeypatch.setenv("REFUND_SORTER_GATE_MIN_LABELLED", "40")
-    # 42 photos bound an equal model's shortfall to under 4 points, not 1.
-    monkeypatch.setenv("REFUND_SORTER_GATE_MARGIN", "0.05")
+    # 42 photos bound an equal model's shortfall to under 7 points, not 1.
+    monkeypatch.setenv("REFUND_SORTER_GATE_MARGIN", "0.1")
     get_settings.cache_clear()
     # The same network with every logit doubled: the same answers, another version.
     candidate = save_scaled_model(settings.model_path, tmp_path / "same.pt", 2.0)
@@ -211,7 +211,7 @@ def test_too_few_labelled_photos_refuse_unless_a_folder_has_enough(
     assert folder["photos"] == 42 and folder["left_out_training"] == 0
     assert folder["agreement_sub"]["value"] == 1.0
     assert folder["sub"]["difference"]["value"] == 0.0
-    assert folder["sub"]["difference"]["upper"] < 0.05
+    assert folder["sub"]["difference"]["upper"] < 0.1
     assert folder["serving_images_per_second"] > 0 < folder["candidate_images_per_second"]
     assert folder["serving_threshold"] == folder["candidate_threshold"] == 0.5
     assert figures["gate"]["judged_on"] == ["folder"]

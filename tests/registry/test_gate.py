@@ -8,7 +8,7 @@ import random
 import pytest
 
 from refund_sorter.config import GATE_MIN_LABELLED
-from refund_sorter.stats import PairedStratum, paired_difference
+from refund_sorter.stats import PairedStratum, paired_difference, paired_upper
 from registry.gate import (
     BLIND,
     SEEN,
@@ -46,17 +46,26 @@ def test_the_gate_reads_its_own_live_tallies():
 
 
 def test_the_difference_s_bound_by_hand():
+    z = 1.6448536
     # 3 photos only the serving model had right, 1 only the candidate, of 20: half a photo
-    # added to each cell gives (3.5 - 1.5) / 22 and the paired variance of the adjusted cells.
+    # added to each cell, Tango's score bound on (3.5, 1.5) of 22.
     found = paired_difference([PairedStratum(100, 20, 3, 1)])
-    b, c, n = 3.5, 1.5, 22
-    error = ((b + c) - (b - c) ** 2 / n) ** 0.5 / n
     assert found.value == pytest.approx(2 / 20)
-    assert found.standard_error == pytest.approx(error)
-    assert found.upper == pytest.approx((b - c) / n + 1.6448536 * error)
+    assert found.upper == pytest.approx(paired_upper(3.5, 1.5, 22, z))
+    assert 2 / 22 < found.upper < 0.5
     # No discordant photo: still a bound above 0, narrowing as labels accumulate.
     few, many = (paired_difference([PairedStratum(10**6, n, 0, 0)]) for n in (50, 5000))
-    assert few.value == 0 and 0.02 < few.upper < 0.04 and 0 < many.upper < 0.001
+    assert few.value == 0 and 0.02 < few.upper < 0.1 and 0 < many.upper < 0.001
+    # Strata combine by MOVER: the weighted point plus the root of the weighted squares of
+    # each stratum's distance to its bound.
+    two = paired_difference([PairedStratum(300, 40, 6, 1), PairedStratum(700, 200, 4, 5)])
+    points = [(6 - 1) / 42, (4 - 5) / 202]
+    bounds = [paired_upper(6.5, 1.5, 42, z), paired_upper(4.5, 5.5, 202, z)]
+    weights = [0.3, 0.7]
+    assert two.upper == pytest.approx(
+        sum(w * p for w, p in zip(weights, points, strict=True))
+        + sum((w * (u - p)) ** 2 for w, u, p in zip(weights, bounds, points, strict=True)) ** 0.5
+    )
     # A stratum with photos and no label widens the bound by its weight.
     unknown = paired_difference([PairedStratum(900, 5000, 0, 0), PairedStratum(100, 0, 0, 0)])
     assert unknown.upper > 0.1 * 0.5

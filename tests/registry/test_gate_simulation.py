@@ -4,7 +4,8 @@ fixed seeds, of ``bench/gate_simulation.py`` (whose full table is in docs/operat
 Once a window holds the minimum of blind labels, a candidate 2 points worse over the
 population is refused, and an equal or a better one passes, at least 95% of the time: each
 rate checked against 95% less three of its own standard errors, so that the check does not
-fail by chance; below the minimum the gate passes nothing."""
+fail by chance; below the minimum the gate passes nothing. The bound itself holds the true
+difference about 95% of the time from 30 to 5,000 labels, with few discordant photos too."""
 
 import math
 import sys
@@ -19,6 +20,7 @@ from gate_simulation import (
     FLAGGED_SHARES,
     NIGHT_PHOTOS,
     Regime,
+    covered_share,
     nights_for,
     passed_share,
 )
@@ -48,3 +50,12 @@ def test_below_the_minimum_nothing_passes_and_28_nights_of_2000_photos_are_too_f
     regime = Regime(2000, 0.02, 0.10, 28)
     passed, blind = passed_share(rng, regime, -0.02, 50, GATE_MIN_LABELLED)
     assert passed == 0 and blind < GATE_MIN_LABELLED
+
+
+@pytest.mark.parametrize("labels", (30, 100, 300, 1000, 5000))
+def test_the_bound_holds_the_true_difference_with_few_or_many_discordant_photos(labels):
+    rng = np.random.default_rng(labels)
+    for same in (0.5, 0.9):
+        for difference in (0.0, 0.02):
+            found = covered_share(rng, labels, same, difference, WINDOWS)
+            assert found >= FLOOR, (labels, same, difference, found)
