@@ -204,7 +204,7 @@ def test_two_models_answer_the_same_photos_of_a_folder(
     assert figures.flagged_candidate.value == flagged / 40
     assert figures.serving_threshold == 0.5 and figures.candidate_threshold == 0.9
     assert figures.serving_images_per_second > 0 and figures.candidate_images_per_second > 0
-    assert gate(None, figures, p_value=0.05, min_labelled=40).passed
+    assert gate(None, figures, margin=0.01, min_labelled=40).passed
     # The other way round: the random model as the candidate is refused on the folder.
     swapped = answer_folder(
         {"serving": (summary.model_path, 0.9), "candidate": (random_checkpoint, 0.5)},
@@ -213,6 +213,6 @@ def test_two_models_answer_the_same_photos_of_a_folder(
         precision="fp32",
     )
     assert len(swapped.truth) == 43 and swapped.left_out == 0  # nothing learned by it
-    decision = gate(None, folder_figures(swapped, str(data)), p_value=0.05, min_labelled=40)
+    decision = gate(None, folder_figures(swapped, str(data)), margin=0.01, min_labelled=40)
     assert not decision.passed
     assert decision.reasons[0].startswith("folder: the candidate's main accuracy")
