@@ -217,8 +217,7 @@ def gate_lines(decision, live, folder, *, promoting: bool) -> list[str]:
             continue
         for paired in (found.main, found.sub):
             lines.append(f"{name} {paired.level}: {difference_text(paired, decision.margin)}")
-        if name in decision.judged_on:
-            lines.append(f"  {name} verdict rests on {describe_rests_on(found.sub.rests_on)}")
+        lines.append(f"  {name}: the difference rests on {describe_rests_on(found.sub.rests_on)}")
     lines.append(f"  blind labels of unflagged photos (decided audits): {decision.blind_labels}")
     if decision.passed:
         verdict = "passes" if promoting else "would pass"

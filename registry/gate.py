@@ -423,7 +423,7 @@ class GateDecision:
     min_labelled: int  # blind labels of unflagged photos (or folder photos) to judge on
     judged_on: list[str]  # the sources with enough labels: "live", "folder"
     blind_labels: int = 0  # the live unflagged photos labelled blind
-    # Per judged source: the share of its verdict's weight on each kind of label.
+    # Per source: the share of its difference's weight on each kind of label.
     rests_on: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -443,10 +443,12 @@ def gate(
         ("live", live, blind),
         ("folder", folder, folder and folder.photos),
     ):
-        if found is None or count < min_labelled:
+        if found is None:
+            continue
+        shares[name] = found.sub.rests_on
+        if count < min_labelled:
             continue
         judged_on.append(name)
-        shares[name] = found.sub.rests_on
         for paired in (found.main, found.sub):
             d = paired.difference
             if d.upper is None or d.upper > margin:

@@ -97,6 +97,7 @@ def test_a_worse_candidate_is_refused_with_its_figures_forced_and_rolled_back(de
     assert "live sub: serving - candidate accuracy +9.4 points, one-sided 95% upper" in table
     assert "margin 1.0 points (on 120 labelled photos)" in table
     assert "blind labels of unflagged photos (decided audits): 20" in table
+    assert "  live: the difference rests on 69% blind labels, 31% labels given" in table
     assert "would refuse" in table and "too few blind labels to judge: 20 unflagged" in table
 
     figures = json.loads(ok("model", "compare", "--json").stdout)
@@ -171,7 +172,7 @@ def test_a_better_candidate_passes_the_gate_and_serves(deployment, tmp_path, mon
 
     assert "passes, judged on live" in result.output
     assert "30 only the candidate" in result.output
-    assert "live verdict rests on" in result.output
+    assert "  live: the difference rests on " in result.output
     assert serving_version(settings) == candidate
     with session_factory(settings.database_url)() as session:
         assert session.get(ModelVersion, candidate).reason is None
@@ -219,7 +220,7 @@ def test_too_few_labelled_photos_refuse_unless_a_folder_has_enough(
     result = ok("model", "promote", candidate, "--by", "ben", "--data", data)
     assert f"folder {data}: 42 photos" in result.output
     assert "passes, judged on folder" in result.output
-    assert "folder verdict rests on 100% the labelled folder" in result.output
+    assert "  folder: the difference rests on 100% the labelled folder" in result.output
     assert serving_version(settings) == candidate
 
 

@@ -136,7 +136,8 @@ def test_too_few_blind_labels_refuse_unless_the_folder_has_enough():
     folder = _folder(photos=600)
     judged = gate(few, folder, margin=0.01, min_labelled=500)
     assert judged.passed and judged.judged_on == ["folder"]
-    assert judged.rests_on == {"folder": {FOLDER: 1.0}}
+    assert judged.rests_on["folder"] == {FOLDER: 1.0}
+    assert set(judged.rests_on["live"]) == {"blind", "seen"}
     refused = gate(few, _folder(photos=499), margin=0.01, min_labelled=500)
     assert not refused.passed and "499 photos in data are too few as well" in refused.reasons[0]
 
