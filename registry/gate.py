@@ -130,7 +130,7 @@ class Labelled:
     flagged: bool  # by the serving model: the stratum
     serving: tuple[bool, bool]  # right on (main, sub)
     candidate: tuple[bool, bool]
-    blind: bool = True  # labelled without the serving model's answer shown
+    blind: bool = False  # labelled without the serving model's answer shown (recorded)
 
 
 def paired_strata(

@@ -37,7 +37,7 @@ def test_the_gate_s_accuracy_is_the_shown_one_to_the_last_bit():
 
 
 def test_the_gate_reads_its_own_live_tallies():
-    worse = [Labelled(1, False, (True, True), (False, False))] * 120
+    worse = [Labelled(1, False, (True, True), (False, False), blind=True)] * 120
     main, sub = (paired_strata(worse, {(1, False): 1200}, level) for level in ("main", "sub"))
     decision = gate(Live(main, sub, 1), None, margin=0.01, min_labelled=100)
     assert not decision.passed
