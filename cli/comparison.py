@@ -45,9 +45,9 @@ def gate_options(func):
 @friendly
 def compare(data_dir: Path | None, as_json: bool) -> None:
     """Compare the candidate with the serving model: on the live photos of the nights since
-    it was registered (agreement, accuracy on the labelled photos with McNemar's exact test,
-    flagged share, speed) and, with --data, on a labelled folder. Says whether `model
-    promote` would let it serve."""
+    it was registered (agreement, accuracy on the labelled photos and how much worse the
+    candidate may be, flagged share, speed) and, with --data, on a labelled folder. Says
+    whether `model promote` would let it serve."""
     from review.comparison import models_compared
 
     settings = get_settings()
@@ -75,7 +75,7 @@ def run_comparison(settings: Settings, compared, data_dir: Path | None):
     live = live_comparison(settings, compared)
     folder = folder_comparison(settings, compared, data_dir) if data_dir else None
     decision = gate(
-        live, folder, p_value=settings.gate_p_value, min_labelled=settings.gate_min_labelled
+        live, folder, margin=settings.gate_margin, min_labelled=settings.gate_min_labelled
     )
     return live, folder, decision
 
@@ -198,10 +198,27 @@ def comparison_lines(compared, live, folder, decision, *, promoting: bool) -> li
             precisions=(folder.serving_precision, folder.candidate_precision),
         )
     lines.append("")
+    lines += gate_lines(decision, live, folder, promoting=promoting)
+    return lines
+
+
+def gate_lines(decision, live, folder, *, promoting: bool) -> list[str]:
+    """The gate's decision: the difference it judges on each source, its bound and the
+    margin, what kinds of label it rests on, and why it refuses."""
+    from registry.gate import describe_rests_on, difference_text
+
     settings = (
-        f"REFUND_SORTER_GATE_P_VALUE={decision.p_value}, "
+        f"REFUND_SORTER_GATE_MARGIN={decision.margin}, "
         f"REFUND_SORTER_GATE_MIN_LABELLED={decision.min_labelled}"
     )
+    lines = []
+    for name, found in (("live", live), ("folder", folder)):
+        if found is None:
+            continue
+        for paired in (found.main, found.sub):
+            lines.append(f"{name} {paired.level}: {difference_text(paired, decision.margin)}")
+        lines.append(f"  {name}: the difference rests on {describe_rests_on(found.sub.rests_on)}")
+    lines.append(f"  blind labels of unflagged photos (decided audits): {decision.blind_labels}")
     if decision.passed:
         verdict = "passes" if promoting else "would pass"
         lines.append(f"gate ({settings}): {verdict}, judged on {' and '.join(decision.judged_on)}")
@@ -261,8 +278,7 @@ def _table(found, speed: str, serving_speed, candidate_speed, thresholds=None, p
     )
     for paired in (found.main, found.sub):
         lines.append(
-            f"  {paired.level}, {paired.test}: {paired.serving_only} photos only the serving "
-            f"model had right, {paired.candidate_only} only the candidate, "
-            f"p = {paired.p_value:.3g}"
+            f"  {paired.level}: {paired.serving_only} photos only the serving model had right, "
+            f"{paired.candidate_only} only the candidate"
         )
     return lines

@@ -201,6 +201,10 @@ class Review(Base):
     main_category: Mapped[str] = mapped_column(String(128))
     sub_category: Mapped[str] = mapped_column(String(128))
     reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Decided without the model's answer shown (an audit, or a flagged photo drawn to be
+    # shown blind): the promotion gate counts blind labels apart, since a reviewer who sees
+    # the answer leans towards it.
+    blind: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     # When its reviewer took it back (the desk's undo): the row stays as history, and no
     # longer counts anywhere (queue, CSV, training set).
     undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

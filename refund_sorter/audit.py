@@ -1,5 +1,7 @@
 """The blind audit sample: which confident photos a person decides without seeing the
-model's answer, so that their decisions measure how often the unflagged photos are wrong.
+model's answer, so that their decisions measure how often the unflagged photos are wrong;
+and which photos the review desk shows blind (``shown_blind``): the audits, and a share of
+the flagged photos, so that the promotion gate has blind labels of those too.
 
 The draw is a function of the photo's content, the model version and a seed alone, so every
 worker draws the same, and a night is re-drawn exactly from its rows.
@@ -21,6 +23,23 @@ def is_audited(
     """Whether a classified photo belongs to the audit sample: a confident one (not flagged
     for review) whose draw falls below ``rate``. Flagged photos are reviewed anyway."""
     return not needs_review and audit_draw(content_hash, model_version, seed) < rate
+
+
+def shown_blind(
+    content_hash: str,
+    model_version: str,
+    seed: str,
+    flagged_share: float,
+    *,
+    audited: bool,
+    needs_review: bool,
+) -> bool:
+    """Whether the review desk hides the model's answer of a photo: always for an audit; for
+    a flagged photo when a draw of its own (not the audit's) falls below ``flagged_share``
+    (``REFUND_SORTER_BLIND_FLAGGED_SHARE``), so the same photo is always shown alike."""
+    if audited:
+        return True
+    return needs_review and audit_draw(content_hash, model_version, f"{seed}:blind") < flagged_share
 
 
 def sub_margin(top_subs: Sequence[tuple[str, str, float]]) -> float | None:

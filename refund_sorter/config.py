@@ -20,6 +20,11 @@ from refund_sorter.passwords import check_hash
 # database under load). Part of the visibility timeout's lower bound.
 BATCH_ALLOWANCE = 300
 
+# The blind labels of unflagged photos the promotion gate needs before it judges the live
+# nights: at this many an equal candidate passes the 1-point margin 95% of the time in the
+# simulation of docs/operating.md ("The promotion gate by simulation").
+GATE_MIN_LABELLED = 5000
+
 # Where the model runs and in what arithmetic; the settings, the commands' options and the
 # classifier all take their choices from here.
 Device = Literal["auto", "cpu", "cuda"]
@@ -107,19 +112,28 @@ class Settings(BaseSettings):
         "flagged nor audited that workers also run it on (a fixed draw by content hash); the "
         "flagged and audited ones are always run. 0: those alone.",
     )
-    gate_p_value: float = Field(
-        0.05,
+    blind_flagged_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="The share of the flagged photos the review desk shows without the "
+        "model's answer, as it shows audits (a fixed draw by content hash), so that the "
+        "promotion gate has blind labels of the flagged photos too. 0: none.",
+    )
+    gate_margin: float = Field(
+        0.01,
         gt=0,
         lt=1,
-        description="model promote refuses a candidate whose accuracy (main or sub) is lower "
-        "than the serving model's with the paired test's p-value below this.",
+        description="model promote refuses a candidate whose accuracy (main or sub) may be "
+        "lower than the serving model's by more than this (a one-sided 95% upper bound of "
+        "the difference, over the photos the nights file).",
     )
     gate_min_labelled: int = Field(
-        100,
+        GATE_MIN_LABELLED,
         ge=1,
-        description="model promote refuses a candidate with fewer labelled live photos "
-        "(reviewed flagged photos and decided audits it answered) than this, unless the "
-        "--data folder has at least as many photos.",
+        description="model promote judges the live nights once this many photos the serving "
+        "model did not flag are labelled blind (decided audits), or a --data folder once it "
+        "has this many photos; with neither it refuses the candidate.",
     )
     device: Device = "auto"
     precision: Precision = Field(

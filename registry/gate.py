@@ -7,10 +7,14 @@ desk's Models page).
   candidate was registered that a person labelled (the latest review not undone of a flagged
   photo, and the decided audits) and the candidate answered in its shadow
   (``labelled_tallies``), in strata of night and flag, each weighted by its share of the
-  photos; McNemar's exact test within each stratum, combined as the exact binomial test on
-  the discordant photos pooled over the strata (``paired_strata``).
+  photos; the difference of the two accuracies over the flagged and the unflagged photos
+  with its one-sided upper bound (``refund_sorter.stats.paired_difference``), and whether
+  each label was given blind (``paired_strata``).
 - *folder*: both models on a labelled folder, every photo counting alike (``paired_photos``),
   measured by the caller that runs them (``model promote --data``).
+
+The gate is a non-inferiority test: it refuses a candidate that may be worse than the
+serving model by more than a margin, and judges only on enough blind labels (or a folder).
 
 Photos whose content hash is among the candidate's training, validation or calibration
 photos (``training_hashes``) are left out: a model must not win on photos it learned.
@@ -31,40 +35,17 @@ from models import ItemStatus, ModelVersion, Prediction, ShadowPrediction, Sweep
 from refund_sorter import crud
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
+from refund_sorter.stats import Difference, PairedStratum, paired_difference
 from registry.checkpoint_taxonomy import read_payload
 
-MCNEMAR = "McNemar's exact test, stratified by night and flag (discordant photos pooled)"
-MCNEMAR_ONE = "McNemar's exact test"
 LEVELS = ("main", "sub")
 # Content hashes asked about per statement (bound parameters) when training photos are
 # subtracted from a count.
 HASH_CHUNK = 2000
-
-
-# ------------------------------------------------------------------------- the paired test
-
-
-def exact_binomial_p(k: int, n: int) -> float:
-    """Two-sided p-value of ``k`` successes in ``n`` trials against probability 1/2: twice
-    the smaller tail, at most 1. Exact in integers, so it holds for any ``n``."""
-    k, n = int(k), int(n)
-    if n == 0:
-        return 1.0
-    low = sum(math.comb(n, i) for i in range(min(k, n - k) + 1))
-    return min(1.0, 2 * low / 2**n)
-
-
-@dataclass(frozen=True)
-class Discordant:
-    """The labelled photos one model had right and the other wrong, in one stratum."""
-
-    candidate_only: int = 0  # the candidate right, the serving model wrong
-    serving_only: int = 0
-
-    @property
-    def p_value(self) -> float:
-        """McNemar's exact test: the discordant photos split as a fair coin would?"""
-        return exact_binomial_p(self.candidate_only, self.candidate_only + self.serving_only)
+# The one-sided confidence of the gate's bound on how much worse the candidate may be.
+CONFIDENCE = 0.95
+# The kinds of label a verdict rests on.
+BLIND, SEEN, UNLABELLED, FOLDER = "blind", "seen", "unlabelled", "folder"
 
 
 # ---------------------------------------------------------------------- the paired tallies
@@ -115,28 +96,30 @@ class StratumPair:
     candidate_right: int
     candidate_only: int
     serving_only: int
-    p_value: float  # McNemar's exact test within the stratum
+    blind: int  # of its labels, those given without the serving model's answer shown
 
 
 @dataclass(frozen=True)
 class Paired:
-    """Both models' accuracy on one level, on the same labelled photos, and the paired test."""
+    """Both models' accuracy on one level, on the same labelled photos, and how much worse
+    the candidate may be: the difference the gate judges."""
 
     level: str
     serving: Figure
     candidate: Figure
     candidate_only: int  # labelled photos the candidate had right and the serving model wrong
     serving_only: int
-    p_value: float
-    test: str
+    difference: Difference  # serving accuracy less the candidate's, with its upper bound
+    # The share of the difference's weight that rests on each kind of label (BLIND, SEEN,
+    # UNLABELLED: a stratum nobody labelled; FOLDER).
+    rests_on: dict[str, float] = field(default_factory=dict)
     strata: list[StratumPair] = field(default_factory=list)
 
     @property
-    def candidate_worse(self) -> bool:
-        """The candidate's accuracy is the lower one (whatever the noise)."""
-        if self.candidate.value is None or self.serving.value is None:
-            return False
-        return self.candidate.value < self.serving.value
+    def blind_unflagged(self) -> int:
+        """The labels of photos the serving model did not flag, given blind (the audits):
+        what the gate's minimum counts, since those photos are most of the population."""
+        return sum(s.blind for s in self.strata if not s.flagged)
 
 
 @dataclass(frozen=True)
@@ -147,6 +130,7 @@ class Labelled:
     flagged: bool  # by the serving model: the stratum
     serving: tuple[bool, bool]  # right on (main, sub)
     candidate: tuple[bool, bool]
+    blind: bool = False  # labelled without the serving model's answer shown (recorded)
 
 
 def paired_strata(
@@ -156,8 +140,13 @@ def paired_strata(
     accuracy: Callable[[Iterable[tuple[int, int, int]]], Figure] = stratified_point,
 ) -> Paired:
     """Both models' accuracy on ``level`` over the strata (night, flagged) of ``sizes``
-    (each stratum's number of photos), from the labelled ``photos``, and the paired test.
-    ``accuracy`` makes a model's figure from its strata's (photos, labelled, right)."""
+    (each stratum's number of photos), from the labelled ``photos``, and the difference.
+    ``accuracy`` makes a model's figure from its strata's (photos, labelled, right).
+
+    The difference pools the nights into two strata, flagged and unflagged, each weighted by
+    its photos: audits are drawn at one rate across the nights, so the pooled audits are a
+    sample of the pooled unflagged photos, and a night of a few audits adds no stratum of
+    its own whose handful of labels would widen the bound."""
     i = LEVELS.index(level)
     tally: dict[tuple[int, bool], Counter] = {key: Counter() for key in sizes}
     for p in photos:
@@ -168,34 +157,67 @@ def paired_strata(
         c["candidate"] += k
         c["candidate_only"] += k and not s
         c["serving_only"] += s and not k
-    strata = []
-    for (sweep, flagged), c in sorted(tally.items()):
-        d = Discordant(c["candidate_only"], c["serving_only"])
-        photos_in = max(sizes.get((sweep, flagged), 0), c["labelled"])
-        strata.append(
-            StratumPair(
-                sweep,
-                flagged,
-                photos_in,
-                c["labelled"],
-                c["serving"],
-                c["candidate"],
-                d.candidate_only,
-                d.serving_only,
-                d.p_value,
-            )
+        c["blind"] += bool(p.blind)
+    strata = [
+        StratumPair(
+            sweep,
+            flagged,
+            max(sizes.get((sweep, flagged), 0), c["labelled"]),
+            c["labelled"],
+            c["serving"],
+            c["candidate"],
+            c["candidate_only"],
+            c["serving_only"],
+            c["blind"],
         )
-    pooled = Discordant(sum(s.candidate_only for s in strata), sum(s.serving_only for s in strata))
+        for (sweep, flagged), c in sorted(tally.items())
+    ]
+    return paired_from_strata(strata, level, accuracy)
+
+
+def paired_from_strata(
+    strata: Sequence[StratumPair],
+    level: str,
+    accuracy: Callable[[Iterable[tuple[int, int, int]]], Figure] = stratified_point,
+) -> Paired:
+    """``paired_strata``'s figures from the strata's tallies."""
+    by_flag = []
+    for flagged in (True, False):
+        group = [s for s in strata if s.flagged == flagged]
+        pooled = PairedStratum(
+            sum(s.photos for s in group),
+            sum(s.labelled for s in group),
+            sum(s.serving_only for s in group),
+            sum(s.candidate_only for s in group),
+        )
+        by_flag.append((pooled, sum(s.blind for s in group)))
     return Paired(
         level,
         accuracy((s.photos, s.labelled, s.serving_right) for s in strata),
         accuracy((s.photos, s.labelled, s.candidate_right) for s in strata),
-        pooled.candidate_only,
-        pooled.serving_only,
-        pooled.p_value,
-        MCNEMAR,
-        strata,
+        sum(s.candidate_only for s in strata),
+        sum(s.serving_only for s in strata),
+        paired_difference((stratum for stratum, _ in by_flag), CONFIDENCE),
+        rests_on(by_flag),
+        list(strata),
     )
+
+
+def rests_on(strata: Sequence[tuple[PairedStratum, int]]) -> dict[str, float]:
+    """How much of a difference's weight rests on blind labels, on seen ones and on strata
+    nobody labelled, from its strata and the blind labels of each."""
+    total = sum(s.photos for s, _ in strata)
+    shares = {BLIND: 0.0, SEEN: 0.0, UNLABELLED: 0.0}
+    for s, blind in strata:
+        if not total or not s.photos:
+            continue
+        weight = s.photos / total
+        if not s.labelled:
+            shares[UNLABELLED] += weight
+        else:
+            shares[BLIND] += weight * blind / s.labelled
+            shares[SEEN] += weight * (s.labelled - blind) / s.labelled
+    return {kind: share for kind, share in shares.items() if share > 0}
 
 
 def paired_photos(
@@ -205,17 +227,20 @@ def paired_photos(
     share: Callable[[int, int], Figure] = point_share,
 ) -> Paired:
     """Both models' accuracy on ``level`` on the same photos, each counting alike (a labelled
-    folder), and McNemar's exact test. ``share`` makes a model's figure from k right of n."""
+    folder), and the difference in one stratum. ``share`` makes a model's figure from k
+    right of n."""
     pairs = [(bool(s), bool(k)) for s, k in zip(serving, candidate, strict=True)]
-    d = Discordant(sum(k and not s for s, k in pairs), sum(s and not k for s, k in pairs))
+    candidate_only = sum(k and not s for s, k in pairs)
+    serving_only = sum(s and not k for s, k in pairs)
+    stratum = PairedStratum(len(pairs), len(pairs), serving_only, candidate_only)
     return Paired(
         level,
         share(sum(s for s, _ in pairs), len(pairs)),
         share(sum(k for _, k in pairs), len(pairs)),
-        d.candidate_only,
-        d.serving_only,
-        d.p_value,
-        MCNEMAR_ONE,
+        candidate_only,
+        serving_only,
+        paired_difference([stratum], CONFIDENCE),
+        {FOLDER: 1.0} if pairs else {},
     )
 
 
@@ -324,6 +349,7 @@ def labelled_tallies(
             Prediction.sub_category,
             review.c.main_category,
             review.c.sub_category,
+            review.c.blind,
             shadow.main_category,
             shadow.sub_category,
         )
@@ -333,7 +359,7 @@ def labelled_tallies(
         )
         .where(live, Prediction.needs_review | Prediction.audited)
     )
-    for sweep, flagged, content, s_main, s_sub, main, sub, c_main, c_sub in rows:
+    for sweep, flagged, content, s_main, s_sub, main, sub, blind, c_main, c_sub in rows:
         if content in hashes:
             learned += 1
         elif c_main is None:
@@ -345,6 +371,7 @@ def labelled_tallies(
                     bool(flagged),
                     (s_main == main, s_main == main and s_sub == sub),
                     (c_main == main, c_main == main and c_sub == sub),
+                    bool(blind),
                 )
             )
     return LabelledTallies(
@@ -369,7 +396,7 @@ class Source(Protocol):
 
 
 class LiveSource(Source, Protocol):
-    labelled: int  # labelled live photos with both answers
+    nights: int  # the nights the labelled photos come from
 
 
 class FolderSource(Source, Protocol):
@@ -383,7 +410,7 @@ class Live:
 
     main: Paired
     sub: Paired
-    labelled: int
+    nights: int
 
 
 @dataclass(frozen=True)
@@ -392,50 +419,130 @@ class GateDecision:
 
     passed: bool
     reasons: list[str]  # why it is refused (none when it passes)
-    p_value: float  # the paired test's p below which a lower accuracy counts as worse
-    min_labelled: int
-    judged_on: list[str]  # the sources with enough labelled photos: "live", "folder"
+    margin: float  # how much less accurate than the serving model a candidate may be
+    min_labelled: int  # blind labels of unflagged photos (or folder photos) to judge on
+    judged_on: list[str]  # the sources with enough labels: "live", "folder"
+    blind_labels: int = 0  # the live unflagged photos labelled blind
+    # Per source: the share of its difference's weight on each kind of label.
+    rests_on: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def gate(
-    live: LiveSource | None, folder: FolderSource | None, *, p_value: float, min_labelled: int
+    live: LiveSource | None, folder: FolderSource | None, *, margin: float, min_labelled: int
 ) -> GateDecision:
-    """Refuse a candidate that is worse than the serving model beyond noise on the labelled
-    live photos or on the folder (accuracy lower on either level, the paired test's p-value
-    below ``p_value``), or that has too few labelled photos to judge: fewer than
-    ``min_labelled`` labelled live photos, unless the folder has that many photos."""
-    reasons, judged_on = [], []
+    """A non-inferiority gate: refuse a candidate that may file the nights' photos worse than
+    the serving model by more than ``margin``, that is whose one-sided 95% upper bound of
+    (serving accuracy - candidate accuracy), on the main or the sub level, exceeds it, on
+    the live photos or on the folder. A source counts once it has ``min_labelled`` labels:
+    the live photos the serving model did not flag labelled blind (the audits: they are
+    most of the population, and a reviewer who sees the model's answer leans towards it),
+    the folder's photos. With neither, the candidate is refused for too few blind labels."""
+    reasons, judged_on, shares = [], [], {}
+    blind = live.main.blind_unflagged if live else 0
     for name, found, count in (
-        ("live", live, live and live.labelled),
+        ("live", live, blind),
         ("folder", folder, folder and folder.photos),
     ):
         if found is None:
             continue
+        shares[name] = found.sub.rests_on
+        if count < min_labelled:
+            continue
+        judged_on.append(name)
         for paired in (found.main, found.sub):
-            if paired.candidate_worse and paired.p_value < p_value:
+            d = paired.difference
+            if d.upper is None or d.upper > margin:
                 reasons.append(
-                    f"{name}: the candidate's {paired.level} accuracy "
-                    f"{_percent(paired.candidate)} is below the serving model's "
-                    f"{_percent(paired.serving)} beyond noise ({paired.serving_only} "
-                    f"photos only the serving model had right, {paired.candidate_only} only "
-                    f"the candidate: McNemar's exact p = {paired.p_value:.2g} < {p_value})"
+                    f"{name}: the candidate's {paired.level} accuracy may be up to "
+                    f"{points(d.upper)} below the serving model's, more than the margin of "
+                    f"{points(margin)} (REFUND_SORTER_GATE_MARGIN): serving "
+                    f"{_percent(paired.serving)}, candidate {_percent(paired.candidate)}, "
+                    f"difference {points(d.value, sign=True)} with a one-sided "
+                    f"{d.confidence:.0%} upper bound of {points(d.upper, sign=True)}; "
+                    f"{discordant_text(paired)}"
                 )
-        if count >= min_labelled:
-            judged_on.append(name)
     if not judged_on:
-        have = f"{live.labelled} labelled live photos" if live else "no live comparison"
-        if folder is not None:
-            have += f" and {folder.photos} photos in {folder.data_dir}"
-        reasons.append(
-            f"too few labelled photos to judge: {have}, {min_labelled} needed "
-            "(REFUND_SORTER_GATE_MIN_LABELLED) in the live nights, or in --data DIR when "
-            "the live ones are too few"
+        reasons.append(_too_few(live, folder, blind, min_labelled))
+    return GateDecision(not reasons, reasons, margin, min_labelled, judged_on, blind, shares)
+
+
+def _too_few(
+    live: LiveSource | None, folder: FolderSource | None, blind: int, min_labelled: int
+) -> str:
+    """Why no source has enough labels: how many blind labels there are, how many nights at
+    the rate seen so far would give the rest, and the folder's way."""
+    nights = live.nights if live else 0
+    text = (
+        f"too few blind labels to judge: {blind} unflagged photos labelled blind (decided "
+        f"audits) in {nights} night{'' if nights == 1 else 's'}, {min_labelled} needed "
+        "(REFUND_SORTER_GATE_MIN_LABELLED)"
+    )
+    if blind and nights:
+        more = math.ceil((min_labelled - blind) / (blind / nights))
+        text += f": at the {blind / nights:.3g} a night so far, about {more} more nights"
+    else:
+        text += ": no decided audit yet, so no rate to count nights by"
+    if folder is not None:
+        text += f"; {folder.photos} photos in {folder.data_dir} are too few as well"
+    else:
+        text += (
+            f"; or a labelled folder of at least {min_labelled} photos the candidate did "
+            "not learn can judge instead (refund-sorter model promote --data DIR)"
         )
-    return GateDecision(not reasons, reasons, p_value, min_labelled, judged_on)
+    return text
+
+
+def difference_text(paired: Paired, margin: float) -> str:
+    """The difference the gate judges on one level, its bound and the margin, in words."""
+    d = paired.difference
+    return (
+        f"serving - candidate accuracy {points(d.value, sign=True)}, one-sided "
+        f"{d.confidence:.0%} upper bound {points(d.upper, sign=True)}, margin "
+        f"{points(margin)} (on {d.labelled} labelled photos)"
+    )
+
+
+def discordant_text(paired: Paired) -> str:
+    """The photos only one model had right, flagged and unflagged apart: pooled, the many
+    flagged photos would hide what the audits show."""
+    parts = []
+    for flagged, name in ((False, "unflagged"), (True, "flagged")):
+        strata = [s for s in paired.strata if s.flagged == flagged]
+        if strata:
+            serving = sum(s.serving_only for s in strata)
+            candidate = sum(s.candidate_only for s in strata)
+            parts.append(
+                f"{name}: {serving} photos only the serving model had right, {candidate} only "
+                "the candidate"
+            )
+    if not parts:  # a folder: one stratum
+        parts.append(
+            f"{paired.serving_only} photos only the serving model had right, "
+            f"{paired.candidate_only} only the candidate"
+        )
+    return "; ".join(parts)
+
+
+def describe_rests_on(shares: dict[str, float]) -> str:
+    """How much of a verdict rests on each kind of label, in words."""
+    names = {
+        BLIND: "blind labels",
+        SEEN: "labels given with the model's answer shown",
+        UNLABELLED: "photos nobody labelled",
+        FOLDER: "the labelled folder",
+    }
+    return ", ".join(f"{share:.0%} {names[kind]}" for kind, share in shares.items()) or "nothing"
 
 
 def _percent(figure: Figure) -> str:
     return "n/a" if figure.value is None else f"{100 * figure.value:.1f}%"
+
+
+def points(value: float | None, *, sign: bool = False) -> str:
+    """A difference of accuracies in percentage points."""
+    if value is None:
+        return "n/a"
+    return f"{100 * value:{'+' if sign else ''}.1f} points"
 
 
 def judge(
@@ -457,8 +564,8 @@ def judge(
         )
     main, sub = (paired_strata(tallies.labelled, tallies.sizes, level) for level in LEVELS)
     return gate(
-        Live(main, sub, len(tallies.labelled)),
+        Live(main, sub, len({sweep for sweep, _ in tallies.sizes})),
         folder,
-        p_value=settings.gate_p_value,
+        margin=settings.gate_margin,
         min_labelled=settings.gate_min_labelled,
     )

@@ -39,6 +39,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from models import ItemStatus, Prediction, SweepRun, utcnow
 from refund_sorter import crud
+from refund_sorter.audit import shown_blind
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
@@ -46,7 +47,7 @@ from refund_sorter.files import inside
 from refund_sorter.images import UnreadableImage, sniff
 from refund_sorter.taxonomy import Taxonomy
 from registry.checkpoint_taxonomy import read_taxonomy
-from registry.gate import gate
+from registry.gate import describe_rests_on, gate, points
 from registry.registry import serving_file
 from review import accuracy, auth, comparison, nights, plots, progress, queue
 from review.auth import authenticate, csrf_token, csrf_valid, reviewers, session_secret
@@ -360,6 +361,7 @@ def _page(
     category: str,
     reviewer: str,
 ) -> Response:
+    blind = _blind(desk, photo)
     context = {
         "photo": photo,
         "selection": selection,
@@ -370,7 +372,8 @@ def _page(
         "mains": desk.taxonomy.main,
         "history": queue.history(session, photo.id) if photo else [],
         "recent": queue.recent_reviews(session),
-        "alternatives": _alternatives(photo),
+        "alternatives": _alternatives(photo, blind),
+        "blind": blind,
         "orders": queue.ORDERS,
         "night_of": session.get(SweepRun, photo.sweep_run_id) if photo else None,
         "undoable": queue.last_decision(session, reviewer),
@@ -379,10 +382,25 @@ def _page(
     return render(request, "review.html", context)
 
 
-def _alternatives(photo: Prediction | None) -> list[dict]:
+def _blind(desk: Desk, photo: Prediction | None) -> bool:
+    """Whether the desk shows ``photo`` without the model's answer (an audit, or a flagged
+    photo drawn to be shown blind), and records its decision as blind."""
+    if photo is None:
+        return False
+    return shown_blind(
+        photo.content_hash,
+        photo.model_version,
+        desk.settings.audit_seed,
+        desk.settings.blind_flagged_share,
+        audited=photo.audited,
+        needs_review=photo.needs_review,
+    )
+
+
+def _alternatives(photo: Prediction | None, blind: bool) -> list[dict]:
     """The next best sub categories after the decision (none for rows from before they were
-    stored, and none for an audit photo: the reviewer decides it blind)."""
-    if photo is None or photo.audited or not photo.top_subs:
+    stored, and none for a photo shown blind: the reviewer decides it without them)."""
+    if photo is None or blind or not photo.top_subs:
         return []
     decided = (photo.main_category, photo.sub_category)
     return [t for t in photo.top_subs if (t["main"], t["sub"]) != decided]
@@ -456,6 +474,7 @@ def decide(
             reviewer=reviewer,
             main_category=main,
             sub_category=sub,
+            blind=_blind(desk, photo),
         )
         crud.release_claims(session, reviewer=reviewer)
         name = photo.file_name
@@ -613,7 +632,7 @@ def models_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Response
         compared = comparison.models_compared(settings)
         live = comparison.live_comparison(settings, compared)
         decision = gate(
-            live, None, p_value=settings.gate_p_value, min_labelled=settings.gate_min_labelled
+            live, None, margin=settings.gate_margin, min_labelled=settings.gate_min_labelled
         )
         missing = None
     except UserError as exc:
@@ -625,6 +644,8 @@ def models_page(request: Request, reviewer: Reviewer, desk: DeskDep) -> Response
         "decision": decision,
         "missing": missing,
         "figure": comparison.figure,
+        "points": points,
+        "rests_on": describe_rests_on,
     }
     return render(request, "models.html", context)
 

@@ -14,12 +14,12 @@ have them:
     photos is shadowed there is no estimate: it would be that of the flagged and audited
     photos alone, with no interval to show it.
   - *accuracy* of both models on the photos people labelled, with its interval as
-    ``review.accuracy`` weights the strata, and the paired test: the promotion gate's
-    tallies (``registry.gate``).
+    ``review.accuracy`` weights the strata, and the difference the gate judges: the
+    promotion gate's tallies (``registry.gate``).
   - the serving model's flagged share is counted on every photo (no sampling); *speed* is
     the median over the shadowed photos of each model's forward time per photo.
 - *folder* (``--data DIR``): both models on a labelled folder; every photo counts alike
-  (Wilson's interval, the exact one under ``SMALL``), the same paired test in one stratum.
+  (Wilson's interval, the exact one under ``SMALL``), the same difference in one stratum.
 
 Photos whose content hash is among the candidate's training, validation or calibration
 photos (its checkpoint's ``meta["content_hashes"]``) are left out of every figure, and

@@ -116,6 +116,7 @@ def stage_night(
                     reviewer="anna",
                     main_category=p.review[0],
                     sub_category=p.review[1],
+                    blind=p.audited,
                 )
         return run.id
 
@@ -132,9 +133,10 @@ def worse_night(labelled_photos: int = 120, wrong: int = 30) -> list[Photo]:
 
 
 def better_night(labelled_photos: int = 120, right: int = 30) -> list[Photo]:
-    """The other way round: the candidate right on ``right`` labelled photos the serving
-    model had wrong, and as good on the others."""
+    """The other way round: the candidate right on ``right`` flagged photos the serving
+    model had wrong, and as good on the other flagged photos and on 40 audits."""
     photos = labelled(right, serving=SHIRT, candidate=JEANS, truth=JEANS)
     photos += labelled(labelled_photos - right, serving=SHIRT, candidate=SHIRT, truth=SHIRT)
+    photos += labelled(40, serving=SHIRT, candidate=SHIRT, truth=SHIRT, flagged=False)
     photos += [Photo(SHIRT, SHIRT, chance=0.1) for _ in range(20)]
     return photos

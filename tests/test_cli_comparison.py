@@ -23,9 +23,9 @@ from sweep_support import (
 
 from cli import main
 from models import ModelPromotion, ModelVersion
-from refund_sorter.config import get_settings
+from refund_sorter.config import GATE_MIN_LABELLED, get_settings
 from refund_sorter.db import session_factory
-from registry.gate import MCNEMAR, exact_binomial_p
+from refund_sorter.stats import PAIRED_DIFFERENCE
 
 pytestmark = [pytest.mark.services, pytest.mark.model]
 
@@ -92,8 +92,13 @@ def test_a_worse_candidate_is_refused_with_its_figures_forced_and_rolled_back(de
     assert "live: 1 night since it was registered: 320 photos" in table
     assert "120 labelled with both answers" in table
     assert "left out, learned by the candidate: 10 photos (10 shadowed, 10 labelled)" in table
-    assert f"sub, {MCNEMAR}: 30 photos only the serving model had right, 0 only" in table
-    assert "would refuse" in table
+    assert "  sub: 30 photos only the serving model had right, 0 only the candidate" in table
+    # The 30 are among the 100 flagged photos of 320: 9.4 points over the night.
+    assert "live sub: serving - candidate accuracy +9.4 points, one-sided 95% upper" in table
+    assert "margin 1.0 points (on 120 labelled photos)" in table
+    assert "blind labels of unflagged photos (decided audits): 20" in table
+    assert "  live: the difference rests on 69% blind labels, 31% labels given" in table
+    assert "would refuse" in table and "too few blind labels to judge: 20 unflagged" in table
 
     figures = json.loads(ok("model", "compare", "--json").stdout)
     live = figures["live"]
@@ -104,9 +109,9 @@ def test_a_worse_candidate_is_refused_with_its_figures_forced_and_rolled_back(de
     for level in ("main", "sub"):
         paired = live[level]
         assert (paired["serving_only"], paired["candidate_only"]) == (30, 0)
-        assert paired["p_value"] == pytest.approx(exact_binomial_p(0, 30))
+        assert paired["difference"]["value"] == pytest.approx(100 / 320 * 30 / 100)
         assert paired["candidate"]["value"] < paired["serving"]["value"] == 1.0
-        assert paired["test"] == MCNEMAR
+        assert paired["difference"]["method"] == PAIRED_DIFFERENCE
     # Agreement: 90 of the 120 photos shadowed for certain agree, and 20 of 20 drawn at 10%:
     # (90 + 20 / 0.1) / (120 + 20 / 0.1).
     assert live["agreement_sub"]["value"] == pytest.approx(290 / 320)
@@ -118,8 +123,8 @@ def test_a_worse_candidate_is_refused_with_its_figures_forced_and_rolled_back(de
     before = serving_version(settings)
     result = refused(run("model", "promote", candidate, "--by", "ben"))
     assert (
-        "gate (REFUND_SORTER_GATE_P_VALUE=0.05, REFUND_SORTER_GATE_MIN_LABELLED=100): "
-        "refuses:" in result.output
+        "gate (REFUND_SORTER_GATE_MARGIN=0.01, "
+        f"REFUND_SORTER_GATE_MIN_LABELLED={GATE_MIN_LABELLED}): refuses:" in result.output
     )
     assert "30 photos only the serving model had right, 0 only the candidate" in result.output
     assert f"error: model {candidate} is not promoted: the gate refuses it" in result.output
@@ -153,8 +158,11 @@ def test_a_worse_candidate_is_refused_with_its_figures_forced_and_rolled_back(de
     assert serving_version(settings) == serving
 
 
-def test_a_better_candidate_passes_the_gate_and_serves(deployment, tmp_path):
+def test_a_better_candidate_passes_the_gate_and_serves(deployment, tmp_path, monkeypatch):
     settings = deployment
+    # Its 40 audits are the minimum here: the default asks for thousands.
+    monkeypatch.setenv("REFUND_SORTER_GATE_MIN_LABELLED", "40")
+    get_settings.cache_clear()
     candidate = save_scaled_model(settings.model_path, tmp_path / "better.pt", 2.0)
     ok("model", "register", tmp_path / "better.pt", "--by", "ann")
     serving = serving_version(settings)
@@ -164,6 +172,7 @@ def test_a_better_candidate_passes_the_gate_and_serves(deployment, tmp_path):
 
     assert "passes, judged on live" in result.output
     assert "30 only the candidate" in result.output
+    assert "  live: the difference rests on " in result.output
     assert serving_version(settings) == candidate
     with session_factory(settings.database_url)() as session:
         assert session.get(ModelVersion, candidate).reason is None
@@ -174,6 +183,8 @@ def test_too_few_labelled_photos_refuse_unless_a_folder_has_enough(
 ):
     settings = deployment
     monkeypatch.setenv("REFUND_SORTER_GATE_MIN_LABELLED", "40")
+    # 42 photos bound an equal model's shortfall to under 7 points, not 1.
+    monkeypatch.setenv("REFUND_SORTER_GATE_MARGIN", "0.1")
     get_settings.cache_clear()
     # The same network with every logit doubled: the same answers, another version.
     candidate = save_scaled_model(settings.model_path, tmp_path / "same.pt", 2.0)
@@ -187,7 +198,10 @@ def test_too_few_labelled_photos_refuse_unless_a_folder_has_enough(
     )
 
     result = refused(run("model", "promote", candidate, "--by", "ben"))
-    assert "too few labelled photos to judge: 12 labelled live photos, 40 needed" in result.output
+    assert (
+        "too few blind labels to judge: 0 unflagged photos labelled blind (decided audits) in "
+        "1 night, 40 needed (REFUND_SORTER_GATE_MIN_LABELLED): no decided audit yet"
+    ) in result.output
 
     data = make_dataset(
         tmp_path / "data", {"tops/shirt": 12, "bottoms/jeans": 12, "tops/sweater": 12}, seed=4
@@ -197,7 +211,8 @@ def test_too_few_labelled_photos_refuse_unless_a_folder_has_enough(
     folder = figures["folder"]
     assert folder["photos"] == 42 and folder["left_out_training"] == 0
     assert folder["agreement_sub"]["value"] == 1.0
-    assert folder["sub"]["p_value"] == 1.0 and folder["sub"]["test"] == "McNemar's exact test"
+    assert folder["sub"]["difference"]["value"] == 0.0
+    assert folder["sub"]["difference"]["upper"] < 0.1
     assert folder["serving_images_per_second"] > 0 < folder["candidate_images_per_second"]
     assert folder["serving_threshold"] == folder["candidate_threshold"] == 0.5
     assert figures["gate"]["judged_on"] == ["folder"]
@@ -205,6 +220,7 @@ def test_too_few_labelled_photos_refuse_unless_a_folder_has_enough(
     result = ok("model", "promote", candidate, "--by", "ben", "--data", data)
     assert f"folder {data}: 42 photos" in result.output
     assert "passes, judged on folder" in result.output
+    assert "  folder: the difference rests on 100% the labelled folder" in result.output
     assert serving_version(settings) == candidate
 
 

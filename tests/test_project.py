@@ -236,6 +236,56 @@ def test_migration_0011_keeps_the_rows_both_ways(empty_url):
         assert conn.execute(text("SELECT COUNT(*) FROM predictions")).scalar_one() == 1
 
 
+def test_migration_0012_counts_old_audits_blind_and_other_reviews_seen(empty_url):
+    """reviews.blind for the reviews from before it: an audit's was given blind (the desk
+    has always hidden its answer), a flagged photo's with the answer shown."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from refund_sorter.db import alembic_config, get_engine, upgrade
+
+    upgrade(empty_url, "0011")
+    engine = get_engine(empty_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                'INSERT INTO sweep_runs (status, "trigger", model_version, started_at,'
+                " updated_at, found, enqueued, succeeded, failed, known, pending, deferred)"
+                " VALUES ('finished', 'beat', 'v1', :now, :now, 2, 2, 2, 0, 0, 0, 0)"
+            ),
+            {"now": datetime.now(UTC)},
+        )
+        for name, flagged, audited in (("a", True, False), ("b", False, True)):
+            conn.execute(
+                text(
+                    "INSERT INTO predictions (content_hash, model_version, sweep_run_id,"
+                    " status, file_name, original_path, needs_review, audited, created_at)"
+                    " SELECT :name, 'v1', id, 'ok', :file, :path, :flagged, :audited,"
+                    " started_at FROM sweep_runs"
+                ),
+                {"name": name, "file": f"{name}.jpg", "path": f"/in/{name}.jpg"}
+                | {"flagged": flagged, "audited": audited},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO reviews (prediction_id, reviewer, main_category, sub_category,"
+                " reviewed_at) SELECT id, 'anna', 'tops', 'shirt', created_at FROM predictions"
+            )
+        )
+
+    upgrade(empty_url)
+    blind = text(
+        "SELECT p.content_hash, r.blind FROM reviews r JOIN predictions p"
+        " ON p.id = r.prediction_id ORDER BY p.content_hash"
+    )
+    with engine.connect() as conn:
+        assert [(h, bool(b)) for h, b in conn.execute(blind)] == [("a", False), ("b", True)]
+
+    command.downgrade(alembic_config(empty_url), "0011")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM reviews")).scalar_one() == 2
+
+
 def test_statuses_are_enums():
     """Every class of named string values in models and the worker's outcomes is a StrEnum,
     and every column holding one is held to its values by a CHECK constraint."""

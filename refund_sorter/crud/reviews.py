@@ -11,12 +11,19 @@ from refund_sorter.crud.common import upsert
 
 
 def record_review(
-    session: Session, *, prediction_id: int, reviewer: str, main_category: str, sub_category: str
+    session: Session,
+    *,
+    prediction_id: int,
+    reviewer: str,
+    main_category: str,
+    sub_category: str,
+    blind: bool,
 ) -> Review | None:
     """Record a reviewer's decision on a classified photo, in the caller's transaction; None
     when no classified row has this id. Earlier decisions stay as history: the newest one
-    is the answer (``latest_reviews``). The caller checks the category against the model's
-    taxonomy."""
+    is the answer (``latest_reviews``). ``blind``: the desk showed the photo without the
+    model's answer (``refund_sorter.audit.shown_blind``). The caller checks the category
+    against the model's taxonomy."""
     prediction = session.get(Prediction, prediction_id)
     if prediction is None or prediction.status != ItemStatus.OK:
         return None
@@ -25,6 +32,7 @@ def record_review(
         reviewer=reviewer,
         main_category=main_category,
         sub_category=sub_category,
+        blind=blind,
         reviewed_at=utcnow(),
     )
     session.add(review)

@@ -197,7 +197,7 @@ def test_two_models_answer_the_same_photos_of_a_folder(
     # The trained model against random weights: better beyond noise, on the same photos.
     assert figures.sub.candidate.value >= 0.85
     assert figures.sub.candidate.value > figures.sub.serving.value
-    assert figures.sub.p_value < 0.01 and figures.sub.test == "McNemar's exact test"
+    assert figures.sub.difference.upper < 0  # the candidate better beyond its bound
     assert figures.sub.candidate.method == "wilson"
     right = sum(
         a.main == m and a.sub == s
@@ -208,7 +208,7 @@ def test_two_models_answer_the_same_photos_of_a_folder(
     assert figures.flagged_candidate.value == flagged / 40
     assert figures.serving_threshold == 0.5 and figures.candidate_threshold == 0.9
     assert figures.serving_images_per_second > 0 and figures.candidate_images_per_second > 0
-    assert gate(None, figures, p_value=0.05, min_labelled=40).passed
+    assert gate(None, figures, margin=0.01, min_labelled=40).passed
     # The other way round: the random model as the candidate is refused on the folder.
     swapped = answer_folder(
         {"serving": (summary.model_path, 0.9), "candidate": (random_checkpoint, 0.5)},
@@ -217,6 +217,6 @@ def test_two_models_answer_the_same_photos_of_a_folder(
         precision="fp32",
     )
     assert len(swapped.truth) == 43 and swapped.left_out == 0  # nothing learned by it
-    decision = gate(None, folder_figures(swapped, str(data)), p_value=0.05, min_labelled=40)
+    decision = gate(None, folder_figures(swapped, str(data)), margin=0.01, min_labelled=40)
     assert not decision.passed
     assert decision.reasons[0].startswith("folder: the candidate's main accuracy")

@@ -139,6 +139,26 @@ def test_a_decided_audit_stays_blind_in_the_latest_decisions(audit_night):
     # Opened again from there to change it: still blind.
     again = client.get(f"/review/{audit.id}").text
     assert "The model says" not in again and "tops / shirt by ben" in again
+    # Recorded as it was shown: the promotion gate counts blind labels apart.
+    assert reviews_of(settings, audit.id)[-1].blind
+    assert not reviews_of(settings, flagged.id)[-1].blind
+
+
+def test_a_share_of_flagged_photos_is_shown_blind_as_audits_are(audit_night):
+    settings = audit_night.settings.model_copy(update={"blind_flagged_share": 1.0})
+    client = logged_in(settings, "anna")
+    flagged = prediction(settings, audit_night.flagged[0])
+
+    page = client.get(f"/review/{flagged.id}").text
+
+    assert "The model says" not in page and "Confirm" not in page
+    assert "A flagged photo drawn at random to be decided blind" in page
+    assert "selected>" not in _decision_form(page)
+    decide(client, flagged.id, "tops/sweater")
+    assert reviews_of(settings, flagged.id)[-1].blind
+    # At the default share of 0 the same photo shows the model's answer again.
+    seen = logged_in(audit_night.settings, "anna").get(f"/review/{flagged.id}").text
+    assert "Confirm" in seen
 
 
 def test_audits_come_among_the_flagged_photos_and_only_without_a_category_filter(audit_night):

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
+from refund_sorter.config import GATE_MIN_LABELLED
+from refund_sorter.stats import PAIRED_DIFFERENCE, PairedStratum, paired_difference
 from registry.gate import (
-    MCNEMAR,
+    FOLDER,
     Labelled,
-    exact_binomial_p,
     gate,
     paired_photos,
     paired_strata,
@@ -25,8 +26,8 @@ from review.comparison import (
 
 
 def night_photos(rng, sweep, *, photos, flagged, serving_right, candidate_right, same=0.0):
-    """One night: ``flagged`` of ``photos`` flagged and all reviewed, 3% of the others
-    audited; each model right at its own rate (by stratum), the candidate copying the
+    """One night: ``flagged`` of ``photos`` flagged and all reviewed (seen), 3% of the
+    others audited (blind); each model right at its own rate (by stratum), the candidate copying the
     serving model's outcome on a share ``same`` of the photos. Returns (stratum sizes,
     labelled photos)."""
     labelled = []
@@ -35,7 +36,10 @@ def night_photos(rng, sweep, *, photos, flagged, serving_right, candidate_right,
         s_rate, c_rate = serving_right[is_flagged], candidate_right[is_flagged]
         s = rng.random(n) < s_rate
         c = np.where(rng.random(n) < same, s, rng.random(n) < c_rate)
-        labelled += [Labelled(sweep, is_flagged, (a, a), (b, b)) for a, b in zip(s, c, strict=True)]
+        labelled += [
+            Labelled(sweep, is_flagged, (a, a), (b, b), blind=not is_flagged)
+            for a, b in zip(s, c, strict=True)
+        ]
     return {(sweep, True): flagged, (sweep, False): photos - flagged}, labelled
 
 
@@ -71,78 +75,71 @@ def simulated(seed, nights=5, **rates):
 SERVING = {True: 0.6, False: 0.95}  # right on the flagged photos, on the others
 
 
-def test_exact_binomial_p_values_by_hand_and_for_large_counts():
-    assert exact_binomial_p(0, 10) == pytest.approx(2 / 1024)
-    assert exact_binomial_p(2, 10) == pytest.approx(2 * (1 + 10 + 45) / 1024)
-    assert exact_binomial_p(8, 10) == exact_binomial_p(2, 10)
-    assert exact_binomial_p(5, 10) == 1.0
-    assert exact_binomial_p(0, 0) == 1.0
-    # Thousands of discordant photos: no overflow, and a 52/48 split is still noise-like.
-    assert 0.0 < exact_binomial_p(2400, 5000) < 0.01
-    assert exact_binomial_p(2500, 5000) == 1.0
-
-
-def test_an_equal_candidate_has_a_p_value_near_1_and_passes_the_gate():
-    same = live_figures(tallies(*_copy_of_serving(seed=1)))
+def test_an_equal_candidate_shows_no_difference_and_passes_the_gate():
+    # 10 nights, about 550 audits: a copy's bound is under a point.
+    same = simulated(1, nights=10, serving_right=SERVING, candidate_right=SERVING, same=1)
     for paired in (same.main, same.sub):
         assert paired.candidate_only == paired.serving_only == 0
-        assert paired.p_value == 1.0
+        assert paired.difference.value == 0.0 and 0 < paired.difference.upper < 0.01
         assert paired.candidate == paired.serving
-        assert paired.test == MCNEMAR
-    decision = gate(same, None, p_value=0.05, min_labelled=100)
+        assert paired.difference.method == PAIRED_DIFFERENCE
+    decision = gate(same, None, margin=0.01, min_labelled=100)
     assert decision.passed and decision.reasons == [] and decision.judged_on == ["live"]
 
 
-def _copy_of_serving(seed):
-    rng = np.random.default_rng(seed)
-    sizes, labelled = night_photos(
-        rng, 1, photos=4000, flagged=300, serving_right=SERVING, candidate_right=SERVING, same=1
-    )
-    return sizes, labelled
+def test_a_candidate_as_good_but_different_passes_once_the_audits_are_enough():
+    # Half its outcomes its own: a few hundred audits cannot tell it from one a point or
+    # two worse, the minimum of blind labels can.
+    few = simulated(2, serving_right=SERVING, candidate_right=SERVING, same=0.5)
+    assert few.sub.candidate_only > 0 and few.sub.serving_only > 0
+    assert not gate(few, None, margin=0.01, min_labelled=100).passed
+    found = simulated(2, nights=100, serving_right=SERVING, candidate_right=SERVING, same=0.5)
+    assert found.main.blind_unflagged >= GATE_MIN_LABELLED
+    assert gate(found, None, margin=0.01, min_labelled=GATE_MIN_LABELLED).passed
 
 
-def test_a_candidate_as_good_but_different_is_not_called_worse():
-    found = simulated(2, serving_right=SERVING, candidate_right=SERVING, same=0.5)
-    assert found.sub.candidate_only > 0 and found.sub.serving_only > 0
-    assert found.sub.p_value > 0.05
-    assert gate(found, None, p_value=0.05, min_labelled=100).passed
-
-
-def test_a_clearly_worse_candidate_gets_a_tiny_p_value_and_the_gate_refuses_with_figures():
+def test_a_clearly_worse_candidate_is_refused_with_figures():
     found = simulated(3, serving_right=SERVING, candidate_right={True: 0.3, False: 0.8})
     assert found.sub.candidate.value < found.sub.serving.value
     assert found.sub.serving_only > 3 * found.sub.candidate_only
-    assert found.sub.p_value < 1e-9
-    decision = gate(found, None, p_value=0.05, min_labelled=100)
+    assert found.sub.difference.value > 0.1
+    decision = gate(found, None, margin=0.01, min_labelled=100)
     assert not decision.passed
     reasons = " ".join(decision.reasons)
-    assert "live: the candidate's main accuracy" in reasons
-    assert "live: the candidate's sub accuracy" in reasons
+    assert "live: the candidate's main accuracy may be up to" in reasons
+    assert "live: the candidate's sub accuracy may be up to" in reasons
     assert f"{100 * found.sub.candidate.value:.1f}%" in reasons
     assert f"{100 * found.sub.serving.value:.1f}%" in reasons
-    assert f"{found.sub.serving_only} photos only the serving model had right" in reasons
+    audits = [s for s in found.sub.strata if not s.flagged]
+    assert f"unflagged: {sum(s.serving_only for s in audits)} photos only the serving" in reasons
     # A clearly better one passes: the gate refuses worse, never better.
     better = simulated(3, serving_right={True: 0.3, False: 0.8}, candidate_right=SERVING)
-    assert better.sub.p_value < 1e-9
-    assert gate(better, None, p_value=0.05, min_labelled=100).passed
+    assert better.sub.difference.upper < 0
+    assert gate(better, None, margin=0.01, min_labelled=100).passed
 
 
-def test_too_few_labelled_photos_refuse_unless_the_folder_has_enough():
+def test_too_few_blind_labels_refuse_unless_the_folder_has_enough():
     rng = np.random.default_rng(4)
     sizes, labelled = night_photos(
-        rng, 1, photos=400, flagged=20, serving_right=SERVING, candidate_right=SERVING, same=1
+        rng, 1, photos=4000, flagged=600, serving_right=SERVING, candidate_right=SERVING, same=1
     )
     few = live_figures(tallies(sizes, labelled))
-    assert few.labelled < 100
-    decision = gate(few, None, p_value=0.05, min_labelled=100)
+    blind = few.main.blind_unflagged
+    assert 0 < blind < 500 < few.labelled
+    decision = gate(few, None, margin=0.01, min_labelled=500)
     assert not decision.passed
-    assert (
-        f"too few labelled photos to judge: {few.labelled} labelled live photos"
-        in (decision.reasons[0])
+    assert decision.reasons[0].startswith(
+        f"too few blind labels to judge: {blind} unflagged photos labelled blind (decided "
+        f"audits) in 1 night, 500 needed (REFUND_SORTER_GATE_MIN_LABELLED): at the {blind} a "
+        f"night so far, about {-(-(500 - blind) // blind)} more nights; or a labelled folder"
     )
-    folder = _folder(photos=150)
-    assert gate(few, folder, p_value=0.05, min_labelled=100).judged_on == ["folder"]
-    assert not gate(few, _folder(photos=99), p_value=0.05, min_labelled=100).passed
+    folder = _folder(photos=600)
+    judged = gate(few, folder, margin=0.01, min_labelled=500)
+    assert judged.passed and judged.judged_on == ["folder"]
+    assert judged.rests_on["folder"] == {FOLDER: 1.0}
+    assert set(judged.rests_on["live"]) == {"blind", "seen"}
+    refused = gate(few, _folder(photos=499), margin=0.01, min_labelled=500)
+    assert not refused.passed and "499 photos in data are too few as well" in refused.reasons[0]
 
 
 def _folder(photos):
@@ -159,35 +156,46 @@ def _folder(photos):
 
 
 def test_a_worse_candidate_on_the_folder_is_refused_even_when_live_is_fine():
-    same = live_figures(tallies(*_copy_of_serving(seed=5)))
-    serving = [True] * 200
-    candidate = [i % 4 != 0 for i in range(200)]  # 50 wrong where the serving model is right
-    folder = _folder(200)
+    same = simulated(5, nights=10, serving_right=SERVING, candidate_right=SERVING, same=1)
+    serving = [True] * 600
+    candidate = [i % 4 != 0 for i in range(600)]  # 150 wrong where the serving model is right
+    folder = _folder(600)
     folder.sub = paired_photos(serving, candidate, "sub")
-    assert folder.sub.p_value < 1e-12
-    decision = gate(same, folder, p_value=0.05, min_labelled=100)
-    assert not decision.passed
-    assert decision.reasons[0].startswith("folder: the candidate's sub accuracy 75.0%")
+    assert folder.sub.difference.value == 0.25
+    decision = gate(same, folder, margin=0.01, min_labelled=100)
+    assert not decision.passed and decision.judged_on == ["live", "folder"]
+    (reason,) = decision.reasons  # the main level, the same on both models, passes
+    assert reason.startswith("folder: the candidate's sub accuracy may be up to")
+    assert "serving 100.0%, candidate 75.0%" in reason
 
 
-def test_the_paired_test_pools_the_discordant_photos_of_every_stratum():
-    # Two strata: 6 to 1 for the serving model in one, 5 to 2 in the other: 11 to 3 pooled.
+def test_the_difference_pools_each_flag_over_the_nights_weighted_by_its_photos():
+    # Two nights: in night 1 the flagged photos 6 to 1 for the serving model, the audits 5
+    # to 2; night 2 its 100 audits all agreeing.
     def photos(sweep, flagged, serving_only, candidate_only, both):
         return (
-            [Labelled(sweep, flagged, (True, True), (False, False))] * serving_only
-            + [Labelled(sweep, flagged, (False, False), (True, True))] * candidate_only
-            + [Labelled(sweep, flagged, (True, True), (True, True))] * both
+            [Labelled(sweep, flagged, (True, True), (False, False), not flagged)] * serving_only
+            + [Labelled(sweep, flagged, (False, False), (True, True), not flagged)] * candidate_only
+            + [Labelled(sweep, flagged, (True, True), (True, True), not flagged)] * both
         )
 
-    labelled = photos(1, True, 6, 1, 3) + photos(1, False, 5, 2, 40)
-    found = paired_strata(labelled, {(1, True): 10, (1, False): 1000}, "sub")
+    labelled = photos(1, True, 6, 1, 3) + photos(1, False, 5, 2, 40) + photos(2, False, 0, 0, 100)
+    sizes = {(1, True): 10, (1, False): 1000, (2, False): 2000}
+    found = paired_strata(labelled, sizes, "sub")
     assert (found.serving_only, found.candidate_only) == (11, 3)
-    assert found.p_value == pytest.approx(exact_binomial_p(3, 14))
-    assert [(s.serving_only, s.candidate_only) for s in found.strata] == [(5, 2), (6, 1)]
-    assert found.strata[1].p_value == pytest.approx(exact_binomial_p(1, 7))
-    # Weighted by the strata's sizes: the flagged stratum (all 10 labelled) weighs 10/1010.
-    assert found.serving.value == pytest.approx(10 / 1010 * 0.9 + 1000 / 1010 * 45 / 47)
-    assert found.candidate.value == pytest.approx(10 / 1010 * 0.4 + 1000 / 1010 * 42 / 47)
+    assert [(s.sweep, s.flagged, s.serving_only, s.candidate_only) for s in found.strata] == [
+        (1, False, 5, 2),
+        (1, True, 6, 1),
+        (2, False, 0, 0),
+    ]
+    assert found.difference == paired_difference(
+        [PairedStratum(10, 10, 6, 1), PairedStratum(3000, 147, 5, 2)]
+    )
+    assert found.difference.value == pytest.approx(10 / 3010 * 5 / 10 + 3000 / 3010 * 3 / 147)
+    assert found.blind_unflagged == 147
+    assert found.rests_on == {"blind": pytest.approx(3000 / 3010), "seen": pytest.approx(10 / 3010)}
+    # The accuracies are weighted by night and flag, as the accuracy pages weight them.
+    assert found.serving.value == pytest.approx((10 * 0.9 + 1000 * 45 / 47 + 2000 * 1.0) / 3010)
 
 
 def test_agreement_is_weighted_by_one_over_the_chance_of_being_shadowed():

@@ -1,5 +1,6 @@
 """The desk's Models page: the registry's versions and roles, and the candidate's live
-comparison with its intervals, counts and p-values; for a logged-in reviewer only."""
+comparison with its intervals, counts and the difference the gate judges; for a logged-in
+reviewer only."""
 
 import html
 import re
@@ -12,7 +13,6 @@ from pydantic import SecretStr
 from sweep_support import TinyModel, build_settings, postgres_database, save_random_model
 
 from registry import registry
-from registry.gate import MCNEMAR, exact_binomial_p
 
 pytestmark = [pytest.mark.services, pytest.mark.model]
 
@@ -55,14 +55,15 @@ def test_the_models_page_shows_the_versions_and_the_comparison(desk):
     assert "How the photos were sampled: every photo the serving model flagged" in text
     assert "n=120 stratified" in text  # accuracy, with its interval, count and method
     assert re.search(r"\d+\.\d% \[\d+\.\d-\d+\.\d%\] n=140 hajek", text)  # agreement
-    p_value = f"{exact_binomial_p(0, 30):.3g}"
+    # The 30 photos only the serving model had right are among the 100 flagged of 320.
     assert re.search(
-        rf"<td>sub</td>.*?<td class=\"num\">30</td>\s*<td class=\"num\">0</td>"
-        rf"<td class=\"num\">{re.escape(p_value)}</td><td>{re.escape(MCNEMAR)}</td>",
+        r"<td>sub</td>.*?<td class=\"num\">30</td>\s*<td class=\"num\">0</td>"
+        r"<td class=\"num\">\+9\.4 points</td><td class=\"num\">\+\d+\.\d points</td>",
         text,
         re.S,
     )
-    assert "would refuse it" in text
+    assert "69% blind labels, 31% labels given with the model's answer shown" in text
+    assert "would refuse it" in text and "too few blind labels to judge: 20 unflagged" in text
     # Nothing inline for the page's policy to block.
     assert "style=" not in page.text and "<script>" not in page.text
     assert "'self'" in page.headers["Content-Security-Policy"]

@@ -221,7 +221,7 @@ def test_every_promotion_goes_through_the_gate_and_a_rollback_does_not(
 
     # Called directly, not through the command line: the gate still judges, and refuses a
     # candidate no person has labelled a photo for.
-    with pytest.raises(registry.GateRefused, match="too few labelled photos") as refused:
+    with pytest.raises(registry.GateRefused, match="too few blind labels") as refused:
         registry.promote(settings, b, "anna")
     assert not refused.value.decision.passed
     assert registry.ensure_serving_model(settings).version == a
