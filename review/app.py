@@ -361,7 +361,7 @@ def _page(
     category: str,
     reviewer: str,
 ) -> Response:
-    blind = _blind(desk, photo)
+    blind = _blind(desk, photo, category)
     context = {
         "photo": photo,
         "selection": selection,
@@ -382,10 +382,12 @@ def _page(
     return render(request, "review.html", context)
 
 
-def _blind(desk: Desk, photo: Prediction | None) -> bool:
+def _blind(desk: Desk, photo: Prediction | None, category: str) -> bool:
     """Whether the desk shows ``photo`` without the model's answer (an audit, or a flagged
-    photo drawn to be shown blind), and records its decision as blind."""
-    if photo is None:
+    photo drawn to be shown blind), and records its decision as blind. A flagged photo
+    reached through a main-category filter is not: the filter told the reviewer the model's
+    main category (audits never come through it)."""
+    if photo is None or (category and not photo.audited):
         return False
     return shown_blind(
         photo.content_hash,
@@ -474,7 +476,7 @@ def decide(
             reviewer=reviewer,
             main_category=main,
             sub_category=sub,
-            blind=_blind(desk, photo),
+            blind=_blind(desk, photo, category),
         )
         crud.release_claims(session, reviewer=reviewer)
         name = photo.file_name

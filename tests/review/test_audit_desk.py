@@ -16,6 +16,7 @@ from desk_support import (
     logged_in,
     prediction,
     queue_of,
+    reviews_of,
 )
 from pydantic import SecretStr
 from sqlalchemy import select
@@ -156,6 +157,12 @@ def test_a_share_of_flagged_photos_is_shown_blind_as_audits_are(audit_night):
     assert "selected>" not in _decision_form(page)
     decide(client, flagged.id, "tops/sweater")
     assert reviews_of(settings, flagged.id)[-1].blind
+    # Reached through a main-category filter, which names the model's answer: shown with it,
+    # and its decision recorded as seen.
+    filtered = client.get(f"/review/{flagged.id}?category={flagged.main_category}").text
+    assert "Confirm" in filtered
+    decide(client, flagged.id, "tops/sweater", category=flagged.main_category)
+    assert not reviews_of(settings, flagged.id)[-1].blind
     # At the default share of 0 the same photo shows the model's answer again.
     seen = logged_in(audit_night.settings, "anna").get(f"/review/{flagged.id}").text
     assert "Confirm" in seen
@@ -299,6 +306,7 @@ def test_audits_keep_coming_at_their_share_while_two_reviewers_decide_one_by_one
                         reviewer=reviewer,
                         main_category="tops",
                         sub_category="shirt",
+                        blind=next(p.audited for p in shown if p.id == held[reviewer]),
                     )
                     crud.release_claims(session, reviewer=reviewer)
                 now = datetime.now(UTC)
