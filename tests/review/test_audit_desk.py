@@ -23,7 +23,7 @@ from sweep_support import Incoming, add_images, build_settings, local_sweep, pos
 
 from cli import main
 from models import Prediction
-from refund_sorter.config import Settings
+from refund_sorter.config import Settings, get_settings
 from refund_sorter.db import session_factory
 
 pytestmark = pytest.mark.services
@@ -157,7 +157,7 @@ def test_audits_come_among_the_flagged_photos_and_only_without_a_category_filter
     )
 
 
-def test_the_decided_audits_measure_the_night(audit_night, use_settings):
+def test_the_decided_audits_measure_the_night(audit_night, use_settings, monkeypatch):
     settings = audit_night.settings
     use_settings(settings)
     client = logged_in(settings, "anna")
@@ -201,12 +201,16 @@ def test_the_decided_audits_measure_the_night(audit_night, use_settings):
     assert f"{100 * right / len(audit_night.audits):.1f}% [" in page.text
 
     # The threshold these decisions suggest: none reaches 99.9% with the model half wrong;
-    # 1% is reached from the lowest threshold on, which flags nothing.
+    # 1% is reached from the lowest threshold on, which flags nothing. (A night of a few
+    # labels: the minimum of labels above a threshold lowered to judge it.)
+    monkeypatch.setenv("REFUND_SORTER_THRESHOLD_MIN_LABELLED", "1")
+    get_settings.cache_clear()
     high = CliRunner().invoke(main, ["threshold", "--target", "0.999"], catch_exceptions=False)
     assert high.exit_code == 1 and "no threshold reaches 99.9%" in high.output
     low = CliRunner().invoke(main, ["threshold", "--target", "0.01"], catch_exceptions=False)
     assert low.exit_code == 0, low.output
     assert "suggested threshold 0.00: flags 0.0% of the photos" in low.output
+    assert "rests on " in low.output and " labelled photos above it" in low.output
     assert "threshold stored in the model (chosen offline)" in low.output
     assert "in force 1.00, REFUND_SORTER_REVIEW_THRESHOLD, which overrides it" in low.output
     assert "apply it with: refund-sorter threshold --set 0.00" in low.output

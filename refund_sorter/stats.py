@@ -1,0 +1,170 @@
+"""The statistics every figure of the project uses: proportions with their 95% intervals, the
+stratified accuracy over strata of photos, and the exact tests, on ``scipy.stats``.
+
+A proportion of integer counts gets the exact (Clopper-Pearson) interval under ``SMALL``
+trials and Wilson's score interval from there. The stratified estimate (``stratified``) takes
+strata of (photos, labelled, right): each stratum weighted by its photos, its variance the
+finite-population one, and its interval a Beta one at the effective sample size (Korn and
+Graubard's exact interval under ``SMALL``, Jeffreys' from there); ``docs/operating.md`` shows
+by simulation why. Torch-free and database-free, so that the registry's gate can call it.
+"""
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from scipy import stats
+
+CONFIDENCE = 0.95
+ALPHA = 1 - CONFIDENCE
+Z = float(stats.norm.ppf(1 - ALPHA / 2))  # 1.96: the normal quantile of a 95% interval
+SMALL = 30  # below this many labels (or effective labels) the exact interval
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """Wilson's score interval for ``k`` successes in ``n`` trials."""
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(CONFIDENCE, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def clopper_pearson(k: int, n: int) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval for ``k`` successes in ``n`` trials."""
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(CONFIDENCE, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def binomial_interval(k: int, n: int) -> tuple[float, float, str]:
+    """``k`` of ``n``'s interval and its method: exact under SMALL trials, else Wilson's."""
+    if n < SMALL:
+        return *clopper_pearson(k, n), "clopper-pearson"
+    return *wilson(k, n), "wilson"
+
+
+def mcnemar_exact_p(candidate_only: int, serving_only: int) -> float:
+    """McNemar's exact test on the discordant pairs: the two-sided p-value of the binomial
+    test of ``candidate_only`` of the discordant pairs against 1/2."""
+    n = int(candidate_only) + int(serving_only)
+    if n == 0:
+        return 1.0
+    return float(stats.binomtest(int(candidate_only), n, 0.5).pvalue)
+
+
+def stratified_point(strata: Iterable[tuple[float, int, int]]) -> float | None:
+    """The accuracy over strata of (photos N_h, labelled n_h, right k_h), each weighted by
+    its photos; a stratum without a labelled photo is left out. None without any. The value
+    of ``stratified`` when every stratum is a group of its own, to the last bit."""
+    known = [(size, n, k) for size, n, k in strata if n and size]
+    total = sum(size for size, _, _ in known)
+    if not total:
+        return None
+    value = 0.0
+    for size, n, k in known:
+        value += size / total * (k / n)
+    return value
+
+
+@dataclass(frozen=True)
+class Stratified:
+    """A stratified accuracy: its value (over the strata with a labelled photo), its 95%
+    interval (strata without one counted anywhere from 0 to 1), the labels it rests on and
+    the share of the photos in strata nobody labelled."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+    labelled: int
+    unknown: float  # share of the photos in groups without a label: their accuracy unknown
+
+
+def beta_interval(value: float, effective: float) -> tuple[float, float, str]:
+    """A 95% interval for a proportion ``value`` measured on ``effective`` (maybe fractional)
+    trials: Korn and Graubard's exact one (Clopper-Pearson at the effective size) under
+    SMALL, Jeffreys' from there; the bound at 0 or 1 when the value is there."""
+    x = value * effective
+    if effective < SMALL:
+        low = stats.beta.ppf(ALPHA / 2, x, effective - x + 1) if value > 0 else 0.0
+        high = stats.beta.ppf(1 - ALPHA / 2, x + 1, effective - x) if value < 1 else 1.0
+        return float(low), float(high), "korn-graubard"
+    a, b = x + 0.5, effective - x + 0.5
+    low = stats.beta.ppf(ALPHA / 2, a, b) if value > 0 else 0.0
+    high = stats.beta.ppf(1 - ALPHA / 2, a, b) if value < 1 else 1.0
+    return float(min(low, value)), float(max(high, value)), "jeffreys"
+
+
+def stratified(strata: Iterable[tuple[float, int, int, str]], *, filed: bool = False) -> Stratified:
+    """The accuracy over strata of (photos N_h, labelled n_h, right k_h, group), each stratum
+    weighted by its photos; ``filed``: as filed after review, a labelled photo counting as
+    right (a person decided it).
+
+    The labelled photos of a stratum are a random sample of it. Within a group (every night's
+    unflagged photos, say) the strata share an accuracy closely enough that a handful of
+    audits a night estimate it better together: a stratum of a group without a labelled
+    photo takes the group's estimate (its strata collapsed), and the variance of each
+    stratum, the finite-population W_h^2 (1 - n_h/N_h) p(1-p) / n_h, takes the group's
+    pooled p, smoothed as Jeffreys' (k + 1/2) / (n + 1) so that it stays above zero at 0 or
+    n right. Each group's accuracy gets ``beta_interval`` at its effective sample size
+    p(1-p)/V (Kish), and the groups' intervals are combined by recovering their variances
+    from their bounds (Zou and Donner's MOVER), which keeps the skew of a proportion near
+    100%. A group with photos and no labelled one widens the interval by its weight, its
+    accuracy anywhere from 0 to 1; the value is then over the others alone."""
+    groups: dict[str, list[tuple[float, int, int]]] = defaultdict(list)
+    for size, n, k, group in strata:
+        if size > 0:
+            groups[group].append((float(size), int(n), int(k)))
+    total = math.fsum(size for g in groups.values() for size, _, _ in g)
+    parts, unknown_photos, labelled, known_photos = [], 0.0, 0, 0.0
+    for members in groups.values():
+        photos = math.fsum(size for size, _, _ in members)
+        known = [(size, n, k) for size, n, k in members if n]
+        if not known:
+            unknown_photos += photos
+            continue
+        labelled += sum(n for _, n, _ in known)
+        known_photos += photos
+        decided = math.fsum(min(size, n) for size, n, _ in members) if filed else 0.0
+        rest = photos - decided  # the photos whose accuracy is estimated
+        # Each known stratum's share of the estimated photos: its undecided ones as filed.
+        weight = [size - min(size, n) if filed else size for size, n, _ in known]
+        if not math.fsum(weight):  # every known stratum decided: the others as they are
+            weight = [size for size, _, _ in known]
+        if len(known) == 1:
+            q = known[0][2] / known[0][1]
+        else:
+            q = math.fsum(w * k / n for w, (_, n, k) in zip(weight, known, strict=True))
+            q /= math.fsum(weight)
+        pooled = _jeffreys(sum(n for _, n, _ in known), sum(k for _, _, k in known))
+        var = (
+            math.fsum(
+                size**2 * max(0.0, 1 - n / size) * pooled * (1 - pooled) / n for size, n, _ in known
+            )
+            / math.fsum(weight) ** 2
+        )
+        if var == 0:
+            low = high = q
+        else:
+            low, high, _ = beta_interval(q, pooled * (1 - pooled) / var)
+        parts.append((photos, decided, rest, q, low, high))
+    if not parts:
+        return Stratified(None, None, None, 0, 1.0 if total else 0.0)
+    # Summed as stratified_point sums, so that the gate's value is the shown one to the bit;
+    # the interval does not rest on the value being exactly 0 or 1 where every label is.
+    value = 0.0
+    for photos, decided, rest, q, _, _ in parts:
+        value += photos / known_photos * ((decided + rest * q) / photos if filed else q)
+    down = math.sqrt(math.fsum((rest * (q - low)) ** 2 for _, _, rest, q, low, _ in parts))
+    up = math.sqrt(math.fsum((rest * (high - q)) ** 2 for _, _, rest, q, _, high in parts))
+    low, high = max(0.0, value - down / known_photos), min(1.0, value + up / known_photos)
+    unknown = unknown_photos / total
+    if unknown:
+        low, high = (1 - unknown) * low, (1 - unknown) * high + unknown
+    return Stratified(value, low, high, labelled, unknown)
+
+
+def _jeffreys(n: int, k: int) -> float:
+    return (k + 0.5) / (n + 1)
+
+
+# ------------------------------------------------------------------------------------------
+# Paired differences (the promotion gate): the difference in accuracy between two models on
+# the same labelled photos, and its bounds.
