@@ -4,9 +4,9 @@ stratified accuracy over strata of photos, and the exact tests, on ``scipy.stats
 A proportion of integer counts gets the exact (Clopper-Pearson) interval under ``SMALL``
 trials and Wilson's score interval from there. The stratified estimate (``stratified``) takes
 strata of (photos, labelled, right): each stratum weighted by its photos, its variance the
-finite-population one, and its interval a Beta one at the effective sample size (Korn and
-Graubard's exact interval under ``SMALL``, Jeffreys' from there); ``docs/operating.md`` shows
-by simulation why. Torch-free and database-free, so that the registry's gate can call it.
+finite-population one, and its interval the exact one at the effective sample size under
+``SMALL`` (Korn and Graubard's), Wilson's from there; ``docs/operating.md`` shows by
+simulation why. Torch-free and database-free, so that the registry's gate can call it.
 """
 
 import math
@@ -77,19 +77,24 @@ class Stratified:
     unknown: float  # share of the photos in groups without a label: their accuracy unknown
 
 
-def beta_interval(value: float, effective: float) -> tuple[float, float, str]:
-    """A 95% interval for a proportion ``value`` measured on ``effective`` (maybe fractional)
-    trials: Korn and Graubard's exact one (Clopper-Pearson at the effective size) under
-    SMALL, Jeffreys' from there; the bound at 0 or 1 when the value is there."""
+def effective_interval(value: float, effective: float) -> tuple[float, float]:
+    """A 95% interval for a proportion ``value`` measured on ``effective`` (fractional)
+    trials: under SMALL, or at 0 or 1, Korn and Graubard's exact one (Clopper-Pearson at the
+    effective size, from scipy's Beta quantiles); else Wilson's score interval at the effective
+    size, written out because scipy's takes integer counts. The bound at 0 or 1 when the
+    value is there; never a bound on the wrong side of the value."""
     x = value * effective
-    if effective < SMALL:
+    # At 0 or 1 too: Wilson's bound there sits below the exact one (1 - 3.84/n against
+    # 1 - 3.69/n at n right of n).
+    if effective < SMALL or value in (0, 1):
         low = stats.beta.ppf(ALPHA / 2, x, effective - x + 1) if value > 0 else 0.0
         high = stats.beta.ppf(1 - ALPHA / 2, x + 1, effective - x) if value < 1 else 1.0
-        return float(low), float(high), "korn-graubard"
-    a, b = x + 0.5, effective - x + 0.5
-    low = stats.beta.ppf(ALPHA / 2, a, b) if value > 0 else 0.0
-    high = stats.beta.ppf(1 - ALPHA / 2, a, b) if value < 1 else 1.0
-    return float(min(low, value)), float(max(high, value)), "jeffreys"
+    else:
+        z2 = Z * Z / effective
+        centre = (value + z2 / 2) / (1 + z2)
+        half = Z / (1 + z2) * math.sqrt(value * (1 - value) / effective + z2 / (4 * effective))
+        low, high = centre - half, centre + half
+    return float(max(0.0, min(low, value))), float(min(1.0, max(high, value)))
 
 
 def stratified(strata: Iterable[tuple[float, int, int, str]], *, filed: bool = False) -> Stratified:
@@ -103,7 +108,7 @@ def stratified(strata: Iterable[tuple[float, int, int, str]], *, filed: bool = F
     photo takes the group's estimate (its strata collapsed), and the variance of each
     stratum, the finite-population W_h^2 (1 - n_h/N_h) p(1-p) / n_h, takes the group's
     pooled p, smoothed as Jeffreys' (k + 1/2) / (n + 1) so that it stays above zero at 0 or
-    n right. Each group's accuracy gets ``beta_interval`` at its effective sample size
+    n right. Each group's accuracy gets ``effective_interval`` at its effective sample size
     p(1-p)/V (Kish), and the groups' intervals are combined by recovering their variances
     from their bounds (Zou and Donner's MOVER), which keeps the skew of a proportion near
     100%. A group with photos and no labelled one widens the interval by its weight, its
@@ -143,7 +148,7 @@ def stratified(strata: Iterable[tuple[float, int, int, str]], *, filed: bool = F
         if var == 0:
             low = high = q
         else:
-            low, high, _ = beta_interval(q, pooled * (1 - pooled) / var)
+            low, high = effective_interval(q, pooled * (1 - pooled) / var)
         parts.append((photos, decided, rest, q, low, high))
     if not parts:
         return Stratified(None, None, None, 0, 1.0 if total else 0.0)
