@@ -1,6 +1,9 @@
 """The figures people act on, proven on simulated nights (the reduced table of
 ``bench/statistics.py``, fixed seeds) and on the reproductions that once read wrong."""
 
+import math
+import random
+
 import numpy as np
 import pytest
 from simulation import SECTIONS, ThresholdRegime, threshold_window, within
@@ -113,3 +116,31 @@ def test_one_more_labelled_photo_moves_the_suggestion_by_at_most_one_step():
             moved = suggest([more, *strata[:1], *strata[2:]], regime.target, min_labelled=100)
             assert moved.suggested is not None
             assert abs(moved.suggested.threshold - at) <= 0.01 + 1e-9, (c, right)
+
+
+def _exact_binomial_p(k: int, n: int) -> float:
+    """The gate's McNemar p-value as it was written by hand, exact in integers."""
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2**n)
+
+
+def test_mcnemar_on_scipy_gives_the_hand_written_p_values():
+    for n in (0, 1, 2, 5, 10, 40, 85, 230, 1000):
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n} - {-1}):
+            if 0 <= k <= n:
+                assert stats.mcnemar_exact_p(k, n - k) == pytest.approx(
+                    _exact_binomial_p(k, n), rel=1e-9, abs=1e-300
+                )
+
+
+def test_the_stratified_point_is_the_shown_value_to_the_last_bit():
+    rng = random.Random(7)
+    for _ in range(200):
+        strata = []
+        for _ in range(rng.randint(1, 12)):
+            size = rng.randint(0, 3000)
+            labelled = rng.randint(0, min(size, 200))
+            strata.append((size, labelled, rng.randint(0, labelled)))
+        shown = stratified((Stratum(*s) for s in strata), filed=False).value
+        assert stats.stratified_point(strata) == shown
