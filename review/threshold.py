@@ -1,5 +1,6 @@
 """The review threshold suggested by live photos: the lowest at which the photos left
-unflagged reach a target accuracy, measured as ``review.accuracy`` measures it.
+unflagged reach a target accuracy with confidence, measured as ``review.accuracy`` measures
+it.
 
 Every classified photo's sub confidence is known, so at a candidate threshold t the photos
 that t would leave unflagged (confidence at least t) are known exactly, night by night and in
@@ -9,6 +10,13 @@ photos of the flagged one, stratified as in ``review.accuracy`` (each night's pa
 stratum weighted by its size). A threshold below the one in force draws on the flagged
 photos' reviews, which are a random sample only once a night's flagged photos are all
 decided (the desk orders them by doubt); one above it draws on the audits alone.
+A night's stratum with photos above a threshold and no labelled one among them takes the
+estimate of the other nights' strata of its kind.
+
+The suggestion is the lowest threshold whose lower 95% bound (not the point estimate)
+reaches the target, judged only where at least ``REFUND_SORTER_THRESHOLD_MIN_LABELLED``
+labelled photos lie at or above it, so that one or two labelled photos near 1.00 do not
+decide it; it says how many labels it rests on.
 
 It only suggests: the operator sets it for the model version (``refund-sorter threshold
 --set``; the rule of which threshold is in force is ``refund_sorter.review_threshold``'s).
