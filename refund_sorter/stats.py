@@ -66,9 +66,9 @@ def stratified_point(strata: Iterable[tuple[float, int, int]]) -> float | None:
 
 @dataclass(frozen=True)
 class Stratified:
-    """A stratified accuracy: its value (over the strata with a labelled photo), its 95%
-    interval (strata without one counted anywhere from 0 to 1), the labels it rests on and
-    the share of the photos in strata nobody labelled."""
+    """A stratified accuracy: its value (over the groups with a labelled photo), its 95%
+    interval (groups without one counted anywhere from 0 to 1), the labels it rests on and
+    the share of the photos in groups nobody labelled."""
 
     value: float | None
     low: float | None
@@ -172,4 +172,4 @@ def _jeffreys(n: int, k: int) -> float:
 
 # ------------------------------------------------------------------------------------------
 # Paired differences (the promotion gate): the difference in accuracy between two models on
-# the same labelled photos, and its bounds.
+# the same labelled photos, and its bounds. The gate's functions go below this line.
