@@ -327,14 +327,19 @@ def suggest_threshold(settings, target: float, since) -> None:
     )
     if not strata:
         raise UserError(f"no photo of model {checkpoint.version} in these nights to measure by")
-    found = suggest(strata, target)
+    found = suggest(strata, target, min_labelled=settings.threshold_min_labelled)
     point = found.suggested
     if point is None:
-        click.echo(f"no threshold reaches {target:.1%} on these photos")
+        click.echo(
+            f"no threshold reaches {target:.1%} with 95% confidence on these photos, with at "
+            f"least {found.min_labelled} labelled photos above it "
+            "(REFUND_SORTER_THRESHOLD_MIN_LABELLED)"
+        )
         sys.exit(1)
     click.echo(
         f"suggested threshold {point.threshold:.2f}: flags {point.flagged_share:.1%} of the "
-        f"photos; unflagged sub accuracy {share(point.accuracy)}"
+        f"photos; unflagged sub accuracy {share(point.accuracy)}, its lower bound reaching "
+        f"{target:.1%}; rests on {point.accuracy.n} labelled photos above it"
     )
     for p in found.curve[::10]:
         click.echo(f"  {p.threshold:.2f}  flags {p.flagged_share:6.1%}  {share(p.accuracy)}")

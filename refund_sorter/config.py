@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         "empty): that value, else the threshold stored in the model, chosen on held-out photos "
         "when it was trained.",
     )
+    threshold_min_labelled: int = Field(
+        100,
+        ge=1,
+        description="refund-sorter threshold suggests only thresholds with at least this many "
+        "labelled photos (decided audits, reviewed flagged photos) at or above them.",
+    )
     audit_rate: float = Field(
         0.02,
         ge=0,

@@ -32,7 +32,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session
 
 from models import ItemStatus, ModelVersion, Prediction, ShadowPrediction, SweepRun
-from refund_sorter import crud
+from refund_sorter import crud, stats
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.stats import Difference, PairedStratum, paired_difference
@@ -67,16 +67,9 @@ class Point:
 
 def stratified_point(strata: Iterable[tuple[int, int, int]]) -> Point:
     """The accuracy over strata of (photos, labelled, right), each stratum weighted by its
-    photos; a stratum without a labelled photo is left out. The value of
-    ``review.accuracy.stratified``, without its interval."""
-    known = [(size, labelled, right) for size, labelled, right in strata if labelled and size]
-    total = sum(size for size, _, _ in known)
-    if not total:
-        return Point(None)
-    value = 0.0
-    for size, labelled, right in known:
-        value += size / total * (right / labelled)
-    return Point(value)
+    photos (``refund_sorter.stats.stratified_point``): the value the pages show, without its
+    interval."""
+    return Point(stats.stratified_point(strata))
 
 
 def point_share(k: int, n: int) -> Point:

@@ -6,28 +6,24 @@ the flagged ones by the reviewers' decisions on them. Figures, each with a 95% i
 
 - *unflagged accuracy*: how often the model is right on the photos nobody reviews, from the
   decided audits; main and sub category, overall and per predicted main category. Wilson's
-  score interval, or the exact Clopper-Pearson interval under ``SMALL`` decided audits.
+  score interval, or the exact Clopper-Pearson interval under ``stats.SMALL`` decided audits.
 - *corrected*: the share of the decided flagged photos whose reviewer chose another
   category than the model.
-- *model accuracy* and *accuracy as filed after review*, stratified: each stratum's figure
-  weighted by its share of the night's photos. As filed, a photo's category is the
-  reviewer's where there is one (right by definition), the model's elsewhere; the model's
-  accuracy on a stratum's undecided photos is estimated from its decided ones. The
-  variance is the stratified one, V = sum of W_h^2 (1 - n_h/N_h) s_h^2, with s_h^2 the
-  variance of the stratum's proportion taken from its Wilson interval (half its width over
-  1.96, squared: never zero, unlike p(1-p)/n at p = 1). The interval is Wilson's at the
-  effective sample size n_eff = p(1-p)/V (Kish's design effect), which keeps its coverage
-  near 95% where a normal interval falls short near 100%.
+- *model accuracy* and *accuracy as filed after review*, stratified
+  (``refund_sorter.stats.stratified``): each stratum's figure weighted by its share of the
+  night's photos. As filed, a photo's category is the reviewer's where there is one (right by
+  definition), the model's elsewhere; the model's accuracy on a stratum's undecided photos is
+  estimated from its decided ones.
 
 Over several nights (the trailing window) every night's strata are strata of the one
-estimate. A stratum without a decided photo has no estimate; it is left out and the weights
-of the others renormalised, which the coverage (decided of drawn) shows. A night is
+estimate. A stratum with photos and no decided one has no estimate: the value is over the
+others, and the interval counts its photos anywhere from 0 to 100% right (the method says
+what share of the photos that is). A night is
 *provisional* while some of its audits are undecided: the desk orders by doubt, so a
 half-decided night is not a random sample of its flagged photos, and its audits decided so
 far may not be either.
 """
 
-import math
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,10 +33,9 @@ from sqlalchemy import Select, and_, case, exists, func, select
 from sqlalchemy.orm import Session
 
 from models import ItemStatus, Prediction, SweepRun
+from refund_sorter import stats
 from refund_sorter.crud import as_utc, latest_reviews
 
-Z = 1.959963984540054  # the standard normal's 97.5% quantile: 95% intervals
-SMALL = 30  # below this many labels a proportion gets the exact interval
 WINDOW = 28  # nights in the trailing window unless told otherwise
 WILSON, EXACT, STRATIFIED = "wilson", "clopper-pearson", "stratified"
 
@@ -56,81 +51,36 @@ class Estimate:
     method: str
 
 
-def wilson(k: float, n: float) -> tuple[float, float]:
-    """Wilson's score interval for ``k`` successes in ``n`` trials (``n`` may be an
-    effective sample size, and ``k`` fractional)."""
-    p = k / n
-    centre = (p + Z * Z / (2 * n)) / (1 + Z * Z / n)
-    half = Z / (1 + Z * Z / n) * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _binomial_cdf(k: int, n: int, p: float) -> float:
-    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
-
-
-def _solve(f, target: float) -> float:
-    """The p in [0, 1] where the decreasing ``f`` crosses ``target``, by bisection."""
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if f(mid) > target:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
-def clopper_pearson(k: int, n: int) -> tuple[float, float]:
-    """The exact (Clopper-Pearson) interval for ``k`` successes in ``n`` trials."""
-    alpha = 1 - 0.95
-    # low: P(X >= k) = alpha/2, that is P(X <= k - 1) = 1 - alpha/2; high: P(X <= k) = alpha/2.
-    low = 0.0 if k == 0 else _solve(lambda p: _binomial_cdf(k - 1, n, p), 1 - alpha / 2)
-    high = 1.0 if k == n else _solve(lambda p: _binomial_cdf(k, n, p), alpha / 2)
-    return low, high
-
-
 def proportion(k: int, n: int) -> Estimate:
     """``k`` of ``n``, with Wilson's interval, or the exact one for fewer than SMALL."""
     if n == 0:
         return Estimate(None, None, None, 0, WILSON)
-    low, high = clopper_pearson(k, n) if n < SMALL else wilson(k, n)
-    return Estimate(k / n, low, high, n, EXACT if n < SMALL else WILSON)
+    low, high, method = stats.binomial_interval(k, n)
+    return Estimate(k / n, low, high, n, method)
 
 
 @dataclass(frozen=True)
 class Stratum:
-    size: int  # photos in the stratum
+    size: float  # photos in the stratum
     labelled: int  # of which a person decided (at random, for the estimate to hold)
     correct: int  # of those, how many the model had right
+    # Strata of one group (every night's unflagged photos) share their variance's proportion.
+    group: str = ""
 
 
 def stratified(strata: Iterable[Stratum], *, filed: bool) -> Estimate:
     """The model's accuracy over the strata (``filed``: the accuracy as filed after review,
-    decided photos counting as right), each stratum weighted by its size."""
-    known = [s for s in strata if s.labelled and s.size]
-    total = sum(s.size for s in known)
-    if not total:
-        return Estimate(None, None, None, 0, STRATIFIED)
-    value = variance = 0.0
-    for s in known:
-        weight, share = s.size / total, min(1.0, s.labelled / s.size)
-        p = s.correct / s.labelled
-        low, high = wilson(s.correct, s.labelled)
-        value += weight * (share + (1 - share) * p if filed else p)
-        variance += weight**2 * (1 - share) * ((high - low) / (2 * Z)) ** 2
-    n = sum(s.labelled for s in known)
-    if variance == 0:  # every photo decided: known exactly
-        return Estimate(value, value, value, n, STRATIFIED)
-    if 0 < value < 1:
-        # Wilson's interval at the effective sample size (Kish): the normal one around the
-        # estimate would stray below the truth near 100%, where the strata's errors skew.
-        effective = value * (1 - value) / variance
-        low, high = wilson(value * effective, effective)
-    else:
-        half = Z * math.sqrt(variance)
-        low, high = value - half, value + half
-    return Estimate(value, max(0.0, low), min(1.0, high), n, STRATIFIED)
+    decided photos counting as right), each stratum weighted by its size
+    (``refund_sorter.stats.stratified``). Where some strata have photos and no decided one,
+    the method says what share of the photos is counted anywhere from 0 to 100%."""
+    found = stats.stratified(
+        ((s.size, s.labelled, s.correct, s.group or str(i)) for i, s in enumerate(strata)),
+        filed=filed,
+    )
+    method = STRATIFIED
+    if found.value is not None and found.unknown:
+        method = f"{STRATIFIED}, {100 * found.unknown:.1f}% undecided counted 0-100%"
+    return Estimate(found.value, found.low, found.high, found.labelled, method)
 
 
 @dataclass
@@ -154,11 +104,17 @@ class Counts:
     def strata(self, level: str) -> list[Stratum]:
         """The flagged and the unflagged stratum, for the main or the sub category."""
         return [
-            Stratum(self.flagged, self.flagged_decided, getattr(self, f"flagged_right_{level}")),
+            Stratum(
+                self.flagged,
+                self.flagged_decided,
+                getattr(self, f"flagged_right_{level}"),
+                "flagged",
+            ),
             Stratum(
                 self.photos - self.flagged,
                 self.audits_decided,
                 getattr(self, f"audits_right_{level}"),
+                "unflagged",
             ),
         ]
 

@@ -1,5 +1,6 @@
 """The review threshold suggested by live photos: the lowest at which the photos left
-unflagged reach a target accuracy, measured as ``review.accuracy`` measures it.
+unflagged reach a target accuracy with confidence, measured as ``review.accuracy`` measures
+it.
 
 Every classified photo's sub confidence is known, so at a candidate threshold t the photos
 that t would leave unflagged (confidence at least t) are known exactly, night by night and in
@@ -9,6 +10,13 @@ photos of the flagged one, stratified as in ``review.accuracy`` (each night's pa
 stratum weighted by its size). A threshold below the one in force draws on the flagged
 photos' reviews, which are a random sample only once a night's flagged photos are all
 decided (the desk orders them by doubt); one above it draws on the audits alone.
+A night's stratum with photos above a threshold and no labelled one among them takes the
+estimate of the other nights' strata of its kind.
+
+The suggestion is the lowest threshold whose lower 95% bound (not the point estimate)
+reaches the target, judged only where at least ``REFUND_SORTER_THRESHOLD_MIN_LABELLED``
+labelled photos lie at or above it, so that one or two labelled photos near 1.00 do not
+decide it; it says how many labels it rests on.
 
 It only suggests: the operator sets it for the model version (``refund-sorter threshold
 --set``; the rule of which threshold is in force is ``refund_sorter.review_threshold``'s).
@@ -37,12 +45,13 @@ class Confidences:
     every: np.ndarray
     labelled: np.ndarray
     right: np.ndarray
+    group: str = ""  # "flagged" or "unflagged": the nights' strata of one kind share it
 
     def above(self, t: float) -> Stratum:
         def count(values: np.ndarray) -> int:
             return int(len(values) - np.searchsorted(values, t, side="left"))
 
-        return Stratum(count(self.every), count(self.labelled), count(self.right))
+        return Stratum(count(self.every), count(self.labelled), count(self.right), self.group)
 
 
 @dataclass(frozen=True)
@@ -55,28 +64,39 @@ class Point:
 @dataclass(frozen=True)
 class Suggestion:
     target: float
-    suggested: Point | None  # None: no threshold reaches the target on these photos
+    suggested: Point | None  # None: no threshold reaches the target with confidence
     curve: list[Point]
+    min_labelled: int  # labelled photos a threshold needs above it to be judged
 
 
-def suggest(strata: Sequence[Confidences], target: float) -> Suggestion:
-    """The lowest threshold of GRID from which on every threshold's estimate reaches
-    ``target`` (so that noise at one threshold does not pick it), with the curve."""
-    strata = [Confidences(np.sort(s.every), np.sort(s.labelled), np.sort(s.right)) for s in strata]
+def suggest(strata: Sequence[Confidences], target: float, *, min_labelled: int) -> Suggestion:
+    """The lowest threshold of GRID whose photos left unflagged reach ``target`` with
+    confidence, the lower 95% bound of their accuracy at or above it, among the thresholds
+    with at least ``min_labelled`` labelled photos above them; with the curve. A bound, not a
+    point estimate, and a minimum of labels, so that one or two labelled photos near the top
+    do not decide: going down the grid the labels above a threshold only grow, so its bound
+    moves little from one threshold to the next."""
+    strata = [
+        Confidences(np.sort(s.every), np.sort(s.labelled), np.sort(s.right), s.group)
+        for s in strata
+    ]
     total = sum(len(s.every) for s in strata)
     curve = []
     for t in GRID:
         parts = [s.above(t) for s in strata]
         left = sum(p.size for p in parts)
         curve.append(Point(t, 1 - left / total if total else 0.0, stratified(parts, filed=False)))
-    suggested = None
-    for point in reversed(curve):
-        if point.accuracy.value is None:
-            continue
-        if point.accuracy.value < target:
-            break
-        suggested = point
-    return Suggestion(target, suggested, curve)
+    suggested = next(
+        (
+            p
+            for p in curve
+            if p.accuracy.value is not None
+            and p.accuracy.n >= min_labelled
+            and p.accuracy.low >= target
+        ),
+        None,
+    )
+    return Suggestion(target, suggested, curve, min_labelled)
 
 
 def live_confidences(session: Session, *, model_version: str, sweeps: Select) -> list[Confidences]:
@@ -112,4 +132,9 @@ def live_confidences(session: Session, *, model_version: str, sweeps: Select) ->
             labelled.append(confidence)
             if was_right:
                 correct.append(confidence)
-    return [Confidences(*(np.array(v, dtype=float) for v in lists)) for lists in found.values()]
+    return [
+        Confidences(
+            *(np.array(v, dtype=float) for v in lists), "flagged" if flagged else "unflagged"
+        )
+        for (_, flagged), lists in found.items()
+    ]

@@ -24,7 +24,7 @@ from sweep_support import Incoming, add_images, build_settings, local_sweep, pos
 
 from cli import main
 from models import Prediction
-from refund_sorter.config import Settings
+from refund_sorter.config import Settings, get_settings
 from refund_sorter.db import session_factory
 
 pytestmark = [pytest.mark.services, pytest.mark.model]
@@ -191,9 +191,12 @@ def test_audits_come_among_the_flagged_photos_and_only_without_a_category_filter
     )
 
 
-def test_the_decided_audits_measure_the_night(audit_night, use_settings):
+def test_the_decided_audits_measure_the_night(audit_night, use_settings, monkeypatch):
     settings = audit_night.settings
     use_settings(settings)
+    # A night of a few labels: the minimum of labels above a threshold lowered to judge it.
+    monkeypatch.setenv("REFUND_SORTER_THRESHOLD_MIN_LABELLED", "1")
+    get_settings.cache_clear()
     # ben: the earlier tests left him a claim on a photo, and one audit decided.
     client = logged_in(settings, "ben")
     before = _accuracy_json()
@@ -246,6 +249,7 @@ def test_the_decided_audits_measure_the_night(audit_night, use_settings):
     low = CliRunner().invoke(main, ["threshold", "--target", "0.01"], catch_exceptions=False)
     assert low.exit_code == 0, low.output
     assert "suggested threshold 0.00: flags 0.0% of the photos" in low.output
+    assert "rests on " in low.output and " labelled photos above it" in low.output
     assert "threshold stored in the model (chosen offline)" in low.output
     assert "in force 1.00, REFUND_SORTER_REVIEW_THRESHOLD, which overrides it" in low.output
     assert "apply it with: refund-sorter threshold --set 0.00" in low.output
