@@ -21,20 +21,25 @@ and without one, taking turns, and the ratio of their medians.
 times the producer (scan, hash, rows, publish) and the export per image, with peak memory.
 """
 
-import json
-import os
-import platform
-import resource
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import click
+# Run as a script, this folder comes first on sys.path, where bench/statistics.py would
+# stand in for the standard library's module of that name.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+import click  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -237,13 +242,22 @@ def warmup_photos(folder: Path, count: int, side: int = 480) -> None:
 
 
 def celery_sweep(
-    home: Home, processes: int, pool: str = "", done=None, loads=("loaded model",), warmup=0
+    home: Home,
+    processes: int,
+    pool: str = "",
+    done=None,
+    loads=("loaded model",),
+    warmup=0,
+    celery=(sys.executable, "-m", "celery"),
 ) -> dict:
     """A sweep through Redis and one ``celery -A worker worker`` (``-c processes``; 0: the
     default), started once each process has logged each of ``loads``, timed from the
     producer's publish to the last file moved (and until ``done(run_id)`` is true, when
     given). With ``warmup``, a sweep of as many generated photos first, untimed: a
-    process's first batches run slower than the rest."""
+    process's first batches run slower than the rest. ``celery``: the command that starts
+    Celery (``bench/profile_night.py`` starts it with timers in place). The result also
+    holds the moments (``time.perf_counter``, one clock for every process here) the sweep
+    began scanning, published its first and last task, and was seen finished."""
     import redis
 
     from producer.sweep import run_sweep
@@ -257,7 +271,7 @@ def celery_sweep(
     began = time.perf_counter()
     with open(log, "w") as out:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-l", "info"]
+            [*celery, "-A", "worker", "worker", "-l", "info"]
             + (["-c", str(processes)] if processes else [])
             + (["-P", pool] if pool else []),
             cwd=ROOT,
@@ -293,7 +307,9 @@ def celery_sweep(
         def timed_publish(items) -> None:
             published.append(time.perf_counter())
             publish(items)
+            published.append(time.perf_counter())
 
+        scan_started = time.perf_counter()
         run = run_sweep(settings, dispatch=timed_publish, trigger="manual").run
         while True:
             with sessions() as session:
@@ -301,7 +317,8 @@ def celery_sweep(
             if finished and home.left() == 0 and (done is None or done(run.id)):
                 break
             time.sleep(0.02)
-        elapsed = time.perf_counter() - published[0]
+        done_at = time.perf_counter()
+        elapsed = done_at - published[0]
         stats = [proc_stat(p) for p in pids]
     finally:
         worker.terminate()
@@ -315,6 +332,11 @@ def celery_sweep(
         # to the pool: what it costs per image is the plumbing's share.
         "main_process_core_ms_per_image": (stats[0][0] - cpu_before[0]) * 1000 / home.n,
         "peak_mib_per_process": [round(mib) for _, mib in stats],
+        "main_process_core_seconds": stats[0][0] - cpu_before[0],
+        "scan_started_at": scan_started,
+        "first_published_at": published[0],
+        "last_published_at": published[-1],
+        "done_at": done_at,
     }
 
 
