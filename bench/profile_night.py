@@ -14,28 +14,23 @@ first and last batch, the tail). With ``--cprofile-batch N`` each pool process a
 its Nth batch under cProfile, and the functions taking most of it are printed.
 """
 
+import cProfile
+import functools
+import json
+import os
+import pstats
+import shutil
+import statistics
 import sys
+import tempfile
+import threading
+import time
+from itertools import pairwise
 from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path, where bench/statistics.py would
-# stand in for the standard library's module of that name: import that one first.
+import click
+
 HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
-import cProfile  # noqa: E402
-import functools  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import pstats  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from itertools import pairwise  # noqa: E402
-
-import click  # noqa: E402
-
 sys.path.append(str(HERE))
 from throughput import Home, celery_sweep, cpu_name  # noqa: E402
 

@@ -21,25 +21,20 @@ and without one, taking turns, and the ratio of their medians.
 times the producer (scan, hash, rows, publish) and the export per image, with peak memory.
 """
 
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path, where bench/statistics.py would
-# stand in for the standard library's module of that name.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-
-import click  # noqa: E402
+import click
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

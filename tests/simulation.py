@@ -1,5 +1,5 @@
 """Nights whose truth is known, fed to the real figures: the simulator behind
-``bench/statistics.py`` (the full table) and ``tests/test_statistics.py`` (a reduced one).
+``bench/accuracy_simulation.py`` (the full table) and ``tests/test_statistics.py`` (a reduced one).
 
 A night of ``photos`` photos: a ``flagged`` share of them flagged for review, the model right
 on a flagged photo with probability ``flagged_right`` and on another with ``unflagged_right``;

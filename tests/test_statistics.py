@@ -1,5 +1,5 @@
 """The figures people act on, proven on simulated nights (the reduced table of
-``bench/statistics.py``, fixed seeds) and on the reproductions that once read wrong."""
+``bench/accuracy_simulation.py``, fixed seeds) and on the reproductions that once read wrong."""
 
 import random
 

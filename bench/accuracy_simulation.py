@@ -2,7 +2,7 @@
 simulated nights whose truth is known, regime by regime. Run by hand (never in CI), from the
 repository root:
 
-    python bench/statistics.py [--windows 1000] [--seed 1] [--quick]
+    python bench/accuracy_simulation.py [--windows 1000] [--seed 1] [--quick]
 
 It drives the real functions (``review.accuracy.figures``, ``review.threshold.suggest``)
 through the simulator in ``tests/simulation.py``, which ``tests/test_statistics.py`` runs in
