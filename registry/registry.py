@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 
@@ -34,8 +35,10 @@ from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
 from registry.checkpoint_taxonomy import checkpoint_figures, read_payload
-from registry.gate import FolderSource, GateDecision, judge
 from registry.version import model_version
+
+if TYPE_CHECKING:  # the gate loads scipy: imported where a promotion runs, not at every start
+    from registry.gate import FolderSource, GateDecision
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +276,7 @@ class Promotion:
 class GateRefused(UserError):
     """The promotion gate refuses the candidate (``decision`` says why)."""
 
-    def __init__(self, version: str, decision: GateDecision):
+    def __init__(self, version: str, decision: "GateDecision"):
         self.version, self.decision = version, decision
         super().__init__(
             f"model {version} is not promoted: the gate refuses it: "
@@ -289,7 +292,7 @@ def promote(
     *,
     wait: bool = False,
     timeout: float = 3600.0,
-    folder: FolderSource | None = None,
+    folder: "FolderSource | None" = None,
     force_reason: str | None = None,
     echo: Callable[[str], None] = log.info,
 ) -> Promotion:
@@ -316,6 +319,8 @@ def promote(
         serving = crud.serving_model(session)
     reason = None
     if serving is not None and serving.version != version:
+        from registry.gate import judge
+
         candidate_file = ensure_model_file(settings, version)
         decision = judge(settings, entry, serving, candidate_file, folder)
         if not decision.passed:

@@ -1,8 +1,6 @@
 """The figures people act on, proven on simulated nights (the reduced table of
 ``bench/accuracy_simulation.py``, fixed seeds) and on the reproductions that once read wrong."""
 
-import random
-
 import numpy as np
 import pytest
 from simulation import SECTIONS, ThresholdRegime, threshold_window, within
@@ -115,15 +113,3 @@ def test_one_more_labelled_photo_moves_the_suggestion_by_at_most_one_step():
             moved = suggest([more, *strata[:1], *strata[2:]], regime.target, min_labelled=100)
             assert moved.suggested is not None
             assert abs(moved.suggested.threshold - at) <= 0.01 + 1e-9, (c, right)
-
-
-def test_the_stratified_point_is_the_shown_value_to_the_last_bit():
-    rng = random.Random(7)
-    for _ in range(200):
-        strata = []
-        for _ in range(rng.randint(1, 12)):
-            size = rng.randint(0, 3000)
-            labelled = rng.randint(0, min(size, 200))
-            strata.append((size, labelled, rng.randint(0, labelled)))
-        shown = stratified((Stratum(*s) for s in strata), filed=False).value
-        assert stats.stratified_point(strata) == shown
