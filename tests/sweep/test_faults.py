@@ -48,7 +48,7 @@ from models import ItemStatus
 from producer.sweep import run_sweep
 from refund_sorter.celery_app import publish
 from refund_sorter.db import get_engine
-from refund_sorter.messages import CLASSIFY_QUEUE, SWEEP_QUEUE
+from refund_sorter.messages import CLASSIFY_QUEUE, IMAGES_PER_TASK, SWEEP_QUEUE
 
 # The stall check every second, after 5 s without progress.
 QUICK_STALL_CHECK = {"sweep_stall_seconds": 5, "sweep_stall_check_seconds": 1}
@@ -228,8 +228,9 @@ def kill_a_worker_mid_sweep(stack: Stack, redis_server, photos: int, seed: int):
 
     The worker is stopped (SIGSTOP) for a moment first, only to pick that moment: with nothing
     moving, the photos still queued in the table but not waiting in the queue are the ones it
-    holds (a batch committed and not yet filed is no longer queued). It may hold none, having
-    just stored a batch: then it runs on and is tried again.
+    holds (a batch committed and not yet filed is no longer queued; a task in the queue counts
+    as a full one, so that what is left is surely held). It may hold none, having just
+    stored a batch: then it runs on and is tried again.
     """
     settings = stack.settings
     incoming = Incoming(settings.incoming_dir)
@@ -243,7 +244,9 @@ def kill_a_worker_mid_sweep(stack: Stack, redis_server, photos: int, seed: int):
         os.killpg(first.proc.pid, signal.SIGSTOP)
         time.sleep(0.2)  # a commit already sent lands meanwhile
         queued = sum(p.status == "queued" for p in all_predictions(settings))
-        held = queued - queue.llen(CLASSIFY_QUEUE)
+        # A task in the queue carries up to IMAGES_PER_TASK photos: any queued beyond that
+        # many a task are in tasks the worker holds unacked.
+        held = queued - IMAGES_PER_TASK * queue.llen(CLASSIFY_QUEUE)
         if held > 0:
             break
         os.killpg(first.proc.pid, signal.SIGCONT)
