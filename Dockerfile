@@ -1,7 +1,7 @@
 # Two images from one file:
 #   base   - producer, beat, Flower, migrations, the review desk, the metrics endpoint: no
 #            PyTorch, starts in a second
-#   worker - base + PyTorch, classifies batches with the shipped model
+#   worker - base + PyTorch and OpenVINO, classifies batches with the shipped model
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
@@ -30,5 +30,5 @@ USER root
 # CPU wheels by default; build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
 # for a CUDA image.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-RUN pip install -c constraints.txt --extra-index-url "${TORCH_INDEX}" ".[ml]"
+RUN pip install -c constraints.txt --extra-index-url "${TORCH_INDEX}" ".[ml,openvino]"
 USER sorter

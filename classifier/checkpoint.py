@@ -47,6 +47,9 @@ class Checkpoint:
     version: str = ""
     # Static int8 calibration (classifier.quantize): activation ranges, agreement with fp32.
     int8: dict | None = None
+    # OpenVINO's int8 network, quantized by NNCF and checked (classifier.runtime): its IR
+    # (XML text, weights as uint8), its agreement with fp32, the OpenVINO release that made it.
+    openvino_int8: dict | None = None
 
     def to_payload(self) -> dict:
         return {
@@ -62,6 +65,7 @@ class Checkpoint:
             "std": list(self.std),
             "meta": self.meta,
             "int8": self.int8,
+            "openvino_int8": self.openvino_int8,
             "calibration": {
                 "temperature": float(self.temperature),
                 "review_threshold": float(self.review_threshold),
@@ -121,6 +125,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         review_threshold=review_threshold,
         version=model_version(path),
         int8=payload.get("int8"),
+        openvino_int8=payload.get("openvino_int8"),
     )
 
 

@@ -22,6 +22,7 @@ from classifier.calibration import (
 )
 from classifier.data import load_images
 from classifier.predict import Classification, Classifier
+from classifier.runtime import OPENVINO
 from refund_sorter.images import sha256_file
 from refund_sorter.taxonomy import read_layout, relabel
 
@@ -67,8 +68,9 @@ def evaluate(
     device: str = "auto",
     mapping: Path | None = None,
     precision: str = "auto",
+    runtime: str = "auto",
 ) -> dict:
-    clf = Classifier.from_path(model_path, device, precision)
+    clf = Classifier.from_path(model_path, device, precision, runtime=runtime)
     tax = clf.taxonomy
     files, unknown = relabel(read_layout(data_dir, mapping, min_subs=1), tax)
     data = load_images(files, clf.preset, clf.checkpoint.image_size, "decoding images")
@@ -142,13 +144,16 @@ def compare_modes(
     clf: Classifier, images: torch.Tensor, main_true, sub_true, batch_size: int
 ) -> dict:
     """Accuracy, top-1 agreement with fp32 and speed of every precision this device runs
-    for this model (int8 only when the model carries an int8 calibration)."""
+    for this model in its runtime (int8 only when the model carries an int8 network for
+    it)."""
     cpu = clf.device.type == "cpu"
-    modes = ["fp32", "bf16"] + (["int8"] if cpu and clf.checkpoint.int8 else [])
+    ckpt = clf.checkpoint
+    int8 = ckpt.openvino_int8 if clf.runtime == OPENVINO else ckpt.int8
+    modes = ["fp32", "bf16"] + (["int8"] if cpu and int8 else [])
     modes += [] if cpu else ["fp16"]
     out, reference = {}, None
     for mode in modes:
-        model = Classifier(clf.checkpoint, str(clf.device), mode)
+        model = Classifier(ckpt, str(clf.device), mode, runtime=clf.runtime)
         predict_all(model, images[:batch_size], batch_size)  # warm-up
         start = time.perf_counter()
         main_pred, sub_pred = predict_all(model, images, batch_size)
@@ -320,13 +325,14 @@ def answer_folder(
     device: str = "auto",
     precision: str = "auto",
     mapping: Path | None = None,
+    runtime: str = "auto",
 ) -> FolderAnswers:
     """Run each model (name -> (checkpoint, review threshold)) on the photos of ``data_dir``
     (laid out ``<main>/<sub>/<image>``) that every model has a category for, that every model
     can read, and whose content hash is not in ``leave_out``. Each model's images per second
     are measured on the same photos, one model after the other, after a warm-up batch."""
     classifiers = {
-        name: Classifier.from_path(path, device, precision, threshold)
+        name: Classifier.from_path(path, device, precision, threshold, runtime)
         for name, (path, threshold) in models.items()
     }
     layout = read_layout(data_dir, mapping, min_subs=1)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from classifier.checkpoint import Checkpoint
 from refund_sorter.errors import UserError
 
 ARCH = "resnet18"
@@ -26,6 +27,17 @@ class DualHeadNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.dropout(self.backbone(x))
         return self.main_head(features), self.sub_head(features)
+
+
+def build_network(checkpoint: Checkpoint) -> DualHeadNet:
+    if checkpoint.arch != ARCH:
+        raise UserError(f"unsupported architecture in checkpoint: {checkpoint.arch}")
+    tax = checkpoint.taxonomy
+    net = DualHeadNet(len(tax.main), len(tax.sub))
+    net.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in checkpoint.state_dict.items()}
+    )
+    return net
 
 
 class PretrainedUnavailable(UserError):

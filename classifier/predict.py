@@ -21,9 +21,17 @@ from PIL import Image
 
 from classifier.checkpoint import Checkpoint, load_checkpoint
 from classifier.int8 import int8_network, passes
-from classifier.network import ARCH, DualHeadNet
+from classifier.network import DualHeadNet, build_network
 from classifier.presets import EvalPreset, normalize
-from refund_sorter.config import PRECISIONS
+from classifier.runtime import (
+    INSTALL_HINT,
+    OPENVINO,
+    TORCH,
+    OpenVINONet,
+    load_openvino,
+    openvino_installed,
+)
+from refund_sorter.config import PRECISIONS, RUNTIMES
 from refund_sorter.errors import UserError
 from refund_sorter.taxonomy import Taxonomy
 
@@ -116,6 +124,44 @@ def resolve_precision(precision: str, device: torch.device, int8: dict | None = 
     return "bf16" if native_bf16() else "fp32"
 
 
+def resolve_runtime(
+    runtime: str, precision: str, device: torch.device, checkpoint: Checkpoint
+) -> tuple[str, str]:
+    """The (runtime, precision) a model runs in. On a CPU, ``auto`` takes the fastest that
+    passes, in the order measured on both CPU kinds (docs/performance.md, "Runtimes"):
+    OpenVINO int8, PyTorch int8, then OpenVINO in bf16 where native, else fp32; without
+    OpenVINO installed, PyTorch as ``resolve_precision`` says. A GPU runs PyTorch."""
+    if runtime not in RUNTIMES:
+        raise UserError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if device.type != "cpu":
+        if runtime == OPENVINO:
+            raise UserError("runtime openvino runs on a CPU only; a GPU worker runs torch")
+        return TORCH, resolve_precision(precision, device, checkpoint.int8)
+    if runtime == TORCH or (runtime == "auto" and not openvino_installed()):
+        return TORCH, resolve_precision(precision, device, checkpoint.int8)
+    if runtime == OPENVINO and not openvino_installed():
+        raise UserError(
+            f"runtime openvino was asked for, but OpenVINO is not installed: {INSTALL_HINT}"
+        )
+    if precision == "fp16":
+        resolve_precision(precision, device)  # the plain error: fp16 is CUDA's
+    ov_int8 = checkpoint.openvino_int8
+    if precision == "int8" and not ov_int8:
+        if runtime == "auto":  # PyTorch's, or the plain error that there is none
+            return TORCH, resolve_precision(precision, device, checkpoint.int8)
+        raise UserError(
+            "this model has no OpenVINO int8 network; make one with: refund-sorter quantize "
+            "MODEL TRAINING_DIR --out MODEL_INT8 (with OpenVINO installed)"
+        )
+    if precision == "auto":
+        if passes(ov_int8):
+            return OPENVINO, "int8"
+        if runtime == "auto" and passes(checkpoint.int8):
+            return TORCH, "int8"
+        return OPENVINO, "bf16" if native_bf16() else "fp32"
+    return OPENVINO, precision
+
+
 def autocast(device: torch.device, precision: str = "auto"):
     """The mixed-precision context for ``precision`` on ``device`` (nothing for fp32, nor
     for int8, whose network holds its own types)."""
@@ -139,6 +185,8 @@ def forward_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images prepared by ``EvalPreset`` -> both heads' logits (float32, on ``device``).
     ``net`` must be in eval mode."""
+    if isinstance(net, OpenVINONet):  # it normalises inside
+        return net(batch)
     if device.type == "cuda":  # copied from page-locked memory while the CPU goes on
         batch = batch.pin_memory().to(device, non_blocking=True)
     x = normalize(batch.to(device), mean, std, channels_last=True)
@@ -196,17 +244,6 @@ def forward_joint(
     return joint_probabilities(main_logits, sub_logits, sub_to_main, temperature)
 
 
-def build_network(checkpoint: Checkpoint) -> DualHeadNet:
-    if checkpoint.arch != ARCH:
-        raise UserError(f"unsupported architecture in checkpoint: {checkpoint.arch}")
-    tax = checkpoint.taxonomy
-    net = DualHeadNet(len(tax.main), len(tax.sub))
-    net.load_state_dict(
-        {k: v.float() if v.is_floating_point() else v for k, v in checkpoint.state_dict.items()}
-    )
-    return net
-
-
 class Classifier:
     """A loaded model, ready for batches. Build it once per process."""
 
@@ -216,18 +253,25 @@ class Classifier:
         device: str = "auto",
         precision: str = "auto",
         review_threshold: float | None = None,
+        runtime: str = "auto",
+        store: Path | None = None,
     ) -> None:
+        """``store``: where the OpenVINO network is kept between starts (the model store);
+        None converts it in memory."""
         self.checkpoint = checkpoint
         self.taxonomy: Taxonomy = checkpoint.taxonomy
         self.version = checkpoint.version
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device, checkpoint.int8)
+        self.runtime, self.precision = resolve_runtime(runtime, precision, self.device, checkpoint)
         self.preset = EvalPreset(checkpoint.image_size)
-        self.net = build_network(checkpoint).eval().to(self.device)
-        if self.precision == "int8":
-            self.net = int8_network(self.net, checkpoint.int8["ranges"], checkpoint.image_size)
+        if self.runtime == OPENVINO:
+            self.net = load_openvino(checkpoint, self.precision, torch.get_num_threads(), store)
+        elif self.precision == "int8":
+            net = build_network(checkpoint).eval()
+            self.net = int8_network(net, checkpoint.int8["ranges"], checkpoint.image_size)
         else:
-            self.net = self.net.to(memory_format=torch.channels_last)
+            net = build_network(checkpoint).eval().to(self.device)
+            self.net = net.to(memory_format=torch.channels_last)
         self.sub_to_main = torch.tensor(self.taxonomy.sub_to_main, device=self.device)
         self.temperature = checkpoint.temperature
         # The sub confidence below which a prediction needs review, unless predict_tensors is
@@ -245,8 +289,10 @@ class Classifier:
         device: str = "auto",
         precision: str = "auto",
         review_threshold: float | None = None,
+        runtime: str = "auto",
+        store: Path | None = None,
     ) -> "Classifier":
-        return cls(load_checkpoint(path), device, precision, review_threshold)
+        return cls(load_checkpoint(path), device, precision, review_threshold, runtime, store)
 
     def logits(
         self, images: torch.Tensor, batch_size: int = 64

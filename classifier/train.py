@@ -419,7 +419,7 @@ def calibrate(
             f"{checkpoint.review_threshold}"
         )
         return save_checkpoint(checkpoint, path), checkpoint.meta["calibration"], []
-    clf = Classifier(checkpoint, cfg.device, cfg.precision)
+    clf = Classifier(checkpoint, cfg.device, cfg.precision, runtime="torch")
     main_logits, sub_logits = clf.logits(images.images)
     temperature = fit_temperature(main_logits, sub_logits, images.labels, clf.sub_to_main)
     args = (main_logits, sub_logits, images.labels, clf.sub_to_main, len(clf.taxonomy.main))

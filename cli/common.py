@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from refund_sorter.config import DEVICES, PRECISIONS
+from refund_sorter.config import DEVICES, PRECISIONS, RUNTIMES
 from refund_sorter.errors import UserError
 
 device_option = click.option(
@@ -24,6 +24,15 @@ precision_option = click.option(
     show_default=True,
     help="auto: fp16 on CUDA; on a CPU int8 when the model's int8 calibration agrees with "
     "fp32 on 99% of photos, else bf16 where the CPU computes it natively, else fp32.",
+)
+runtime_option = click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
+    envvar="REFUND_SORTER_RUNTIME",
+    help="What runs the model on a CPU. auto: OpenVINO where it is installed (PyTorch when "
+    "only PyTorch's int8 calibration passes), else PyTorch; a GPU runs PyTorch.",
 )
 mapping_option = click.option(
     "--mapping",

@@ -110,6 +110,7 @@ def folder_comparison(settings: Settings, compared, data_dir: Path):
         batch_size=settings.batch_size,
         device=settings.device,
         precision=settings.precision,
+        runtime=settings.runtime,
     )
     if not found.truth:
         raise UserError(

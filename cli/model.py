@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import device_option, friendly, mapping_option, precision_option
+from cli.common import device_option, friendly, mapping_option, precision_option, runtime_option
 from training.recipe import AUTO_AUGMENTS, TRAIN_PRECISIONS, TrainConfig
 
 DEFAULTS = TrainConfig()
@@ -223,9 +223,10 @@ def _cv_line(row: dict) -> str:
 )
 @device_option
 @precision_option
+@runtime_option
 @mapping_option
 @friendly
-def evaluate(model, data_dir, report, batch_size, device, precision, mapping) -> None:
+def evaluate(model, data_dir, report, batch_size, device, precision, runtime, mapping) -> None:
     """Measure MODEL's accuracy and calibration on DATA_DIR laid out <main>/<sub>/<image>,
     and what each review threshold would flag."""
     from classifier.evaluate import evaluate as run_evaluation
@@ -238,6 +239,7 @@ def evaluate(model, data_dir, report, batch_size, device, precision, mapping) ->
         batch_size=batch_size,
         device=device,
         precision=precision,
+        runtime=runtime,
         mapping=mapping,
     )
     click.echo(
@@ -312,8 +314,9 @@ def quantize(model, data_dir, out, photos, check, mapping) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @device_option
 @precision_option
+@runtime_option
 @friendly
-def classify(model, images, as_json, device, precision) -> None:
+def classify(model, images, as_json, device, precision, runtime) -> None:
     """Classify a few IMAGES with MODEL and print the predictions; those below the review
     threshold (REFUND_SORTER_REVIEW_THRESHOLD, else the model file's) are marked for review.
 
@@ -324,7 +327,8 @@ def classify(model, images, as_json, device, precision) -> None:
     from refund_sorter.config import get_settings
     from refund_sorter.images import UnreadableImage, open_rgb
 
-    clf = Classifier.from_path(model, device, precision, get_settings().review_threshold)
+    threshold = get_settings().review_threshold
+    clf = Classifier.from_path(model, device, precision, threshold, runtime)
     rows, loaded = [], []
     for path in images:
         try:

@@ -31,6 +31,9 @@ Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = get_args(Device)
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# Which engine runs the forward pass on a CPU (classifier.runtime); a GPU runs PyTorch.
+Runtime = Literal["auto", "torch", "openvino"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
 
 class Settings(BaseSettings):
@@ -146,6 +149,11 @@ class Settings(BaseSettings):
         "auto",
         description="auto: fp16 on CUDA; on a CPU int8 when the model's int8 calibration "
         "agrees with fp32 on 99% of photos, else bf16 where native, else fp32.",
+    )
+    runtime: Runtime = Field(
+        "auto",
+        description="auto: OpenVINO on a CPU where it is installed (torch when the model has a "
+        "passing PyTorch int8 calibration and no OpenVINO one), else torch; a GPU runs torch.",
     )
     torch_threads: int = Field(
         0, ge=0, description="Threads per worker process; 0 = the cores shared out among them."

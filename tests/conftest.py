@@ -14,13 +14,13 @@ sockets, or through ``psycopg.connect`` for libpq's), or launches one of those p
 Processes a test starts get their servers from those fixtures, so the guard sees them there.
 
 A test that loads or trains a model says so with the marker ``model``: what a model outputs
-depends on the CPU (its instructions, and the precision ``auto`` picks there), so the
-README's test command runs these tests a second time as an AVX2-only CPU computes
-(tests/avx2-pass.sh). Models of random weights count too: their confidences lie close
-together, where the CPU's rounding reorders them. The guard fails a test without the marker
-that asks for a fixture that loads or trains a model (the workers and CLI processes a test
-starts get their model from one), or that loads a model file with PyTorch or trains in its
-own process.
+depends on the CPU (its instructions, and the precision ``auto`` picks there) and on the
+runtime, so the README's test command runs these tests a second time on PyTorch and, on a
+CPU with AVX-512, as an AVX2-only CPU computes (tests/second-pass.sh). Models of random
+weights count too: their confidences lie close together, where the CPU's rounding reorders
+them. The guard fails a test without the marker that asks for a fixture that loads or
+trains a model (the workers and CLI processes a test starts get their model from one), or
+that loads a model file with PyTorch or trains in its own process.
 """
 
 import hashlib

@@ -31,8 +31,8 @@ def test_ci_runs_the_readme_test_command():
     demo, tests = readme_commands()[:2]
     assert "refund-sorter sweep --local" in demo
     assert tests.startswith(SETUP), "the command a newcomer types sets the machine up itself"
-    # The model tests' second pass, as a CPU without AVX-512 computes (tests/avx2-pass.sh).
-    assert tests.endswith(" && pytest && bash tests/avx2-pass.sh")
+    # The model tests' second pass, on PyTorch and as a CPU without AVX-512 computes.
+    assert tests.endswith(" && pytest && bash tests/second-pass.sh")
     ci_code = [
         line
         for line in (ROOT / ".ci" / "run").read_text().splitlines()

@@ -129,7 +129,13 @@ def _load(settings: Settings, path: Path, version: str):
     from classifier.predict import Classifier
 
     try:
-        clf = Classifier.from_path(path, settings.device, settings.precision)
+        clf = Classifier.from_path(
+            path,
+            settings.device,
+            settings.precision,
+            runtime=settings.runtime,
+            store=Path(settings.model_store),
+        )
     except Exception as exc:
         raise ModelUnavailable(f"cannot load the model {path}: {exc}") from exc
     if clf.version != version:

@@ -111,9 +111,10 @@ class ClassifierTask(Batches):
             dropped, _ = loaded.popitem(last=False)
             log.info("unloaded model %s: this process keeps %d", dropped, MODELS_PER_PROCESS)
         log.info(
-            "loaded model %s on %s in %s with %d PyTorch threads, its own review threshold %s",
+            "loaded model %s on %s in %s %s with %d threads, its own review threshold %s",
             clf.version,
             clf.device,
+            clf.runtime,
             clf.precision,
             torch_threads(settings, self.node.processes),
             clf.review_threshold,

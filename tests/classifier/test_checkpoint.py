@@ -28,9 +28,9 @@ from classifier.network import (
     IMAGENET_STD,
     DualHeadNet,
     PretrainedUnavailable,
+    build_network,
     load_backbone_weights,
 )
-from classifier.predict import build_network
 from refund_sorter.errors import UserError
 from refund_sorter.taxonomy import Taxonomy
 

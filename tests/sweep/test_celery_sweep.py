@@ -220,7 +220,7 @@ def test_a_default_worker_shares_the_cores_out_among_its_pool_processes(settings
         deadline = time.monotonic() + 90
         while worker.log().count("loaded model") < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
-        expected = f"with {max(1, os.cpu_count() // 2)} PyTorch threads"
+        expected = f"with {max(1, os.cpu_count() // 2)} threads"
         assert worker.log().count(expected) == 2, worker.describe()
     finally:
         worker.stop()
