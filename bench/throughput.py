@@ -102,6 +102,22 @@ def model_alone(clf, batch: int, rounds: int = 10) -> float:
     return rounds * batch / (time.perf_counter() - start)
 
 
+def forward_core_ms(clf, batch: int) -> float:
+    """Milliseconds of one core to run the model on one photo: the same model, runtime and
+    precision as ``clf``, on one thread, at ``batch``."""
+    import torch
+
+    from classifier.predict import Classifier
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the OpenVINO network takes its thread count from here too
+    try:
+        one = Classifier(clf.checkpoint, "cpu", clf.precision, runtime=clf.runtime)
+        return 1000 / statistics.median(model_alone(one, batch) for _ in range(3))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def decode_core_ms(clf, files: list[Path]) -> float:
     """Milliseconds of one core to read, decode and resize one photo."""
     start = time.process_time()
@@ -386,6 +402,13 @@ def cli() -> None:
     help="Celery sweeps per row: the row reports their median, and one more pass of the "
     "limit before each sweep joins the limit's median.",
 )
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "torch", "openvino"]),
+    default="auto",
+    show_default=True,
+    help="The CPU runtime of every row, the workers' included (REFUND_SORTER_RUNTIME).",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the table.")
 def table(
     model,
@@ -399,6 +422,7 @@ def table(
     broker,
     postgres,
     repeat,
+    runtime,
     json_path,
 ) -> None:
     """The whole throughput table, from one run on the same photos and model."""
@@ -407,17 +431,18 @@ def table(
     from classifier.predict import Classifier
 
     os.environ["REFUND_SORTER_BROKER_URL"] = broker
+    os.environ["REFUND_SORTER_RUNTIME"] = runtime
     torch.set_num_threads(os.cpu_count())
     home = Home(data, limit, model, broker, batch_size, device, postgres)
     limit_dir = Path(tempfile.mkdtemp(prefix="refund-sorter-bench-limit-"))
     rows: list[dict] = []
     try:
-        clf = Classifier.from_path(model, device)
+        clf = Classifier.from_path(model, device, runtime=runtime)
         # The limit reads a copy of its own: sweeps move the photos out of incoming/.
         files = copy_photos(data, limit, limit_dir)
         print(
             f"{machine(clf.device)}; {home.n} photos; model {clf.version} at "
-            f"{clf.checkpoint.image_size} px in {clf.precision}; batch {batch_size}"
+            f"{clf.checkpoint.image_size} px in {clf.runtime} {clf.precision}; batch {batch_size}"
         )
 
         def row(what: str, ips: float, **extra) -> None:
@@ -431,6 +456,9 @@ def table(
         row("one image at a time (batch 1)", batch_one(clf, files[:200]))
         ms = decode_core_ms(clf, files[:300])
         print(f"  read + decode + resize: {ms:.2f} core-ms per photo")
+        forward_ms = forward_core_ms(clf, batch_size) if clf.device.type == "cpu" else None
+        if forward_ms is not None:
+            print(f"  forward pass: {forward_ms:.2f} core-ms per photo (one thread)")
         in_process_mib = peak_rss_mib()
         if "local" not in skip:
             row("refund-sorter sweep --local", local_sweep(home))
@@ -462,20 +490,30 @@ def table(
                 "passes": [round(x, 1) for x in passes],
             },
         )
+        if forward_ms is not None:  # cores / core-seconds per photo
+            ideal = os.cpu_count() * 1000 / (ms + forward_ms)
+            rows.insert(1, {"what": "ideal all-core bound", "images_per_second": ideal})
         publish_s = publish_time(broker, 10_000)
         print(f"  publish 10,000 images' tasks: {publish_s:.2f} s")
     finally:
         home.remove()
         shutil.rmtree(limit_dir, ignore_errors=True)
+    ideal_ips = next((r["images_per_second"] for r in rows if r["what"].startswith("ideal")), 0)
     for r in rows:
         r["share_of_limit"] = r["images_per_second"] / limit_ips
-    print("\n| what | images/s | share of the limit | peak MiB per worker process |")
-    print("|---|---|---|---|")
+        r["share_of_ideal"] = r["images_per_second"] / ideal_ips if ideal_ips else None
+    print(
+        "\n| what | images/s | share of the limit | share of the ideal bound "
+        "| peak MiB per worker process |"
+    )
+    print("|---|---|---|---|---|")
     for r in rows:
         mib = r.get("peak_mib_per_process")
         extra = ", ".join(map(str, mib)) if mib else ""
+        of_ideal = f"{r['share_of_ideal']:.2f}" if r["share_of_ideal"] else ""
         print(
-            f"| {r['what']} | {r['images_per_second']:.1f} | {r['share_of_limit']:.2f} | {extra} |"
+            f"| {r['what']} | {r['images_per_second']:.1f} | {r['share_of_limit']:.2f} "
+            f"| {of_ideal} | {extra} |"
         )
     for r in rows:
         if "worker_ready_seconds" in r:
@@ -490,7 +528,9 @@ def table(
         "cores": os.cpu_count(),
         "photos": home.n,
         "batch_size": batch_size,
+        "runtime": runtime,
         "decode_core_ms_per_photo": ms,
+        "forward_core_ms_per_photo": forward_ms,
         "in_process_peak_mib": in_process_mib,
         "publish_10000_seconds": publish_s,
         "rows": rows,
@@ -656,6 +696,66 @@ def shadow(
         Path(json_path).write_text(json.dumps(report, indent=2))
 
 
+@cli.command()
+@click.option("--model", "models", multiple=True, required=True, type=click.Path(path_type=Path))
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--repeat", default=5, show_default=True, help="Passes of each, taking turns.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the table.")
+def runtimes(models, batch_size, repeat, json_path) -> None:
+    """The model alone (ready tensors, all cores) in every runtime and precision this CPU
+    offers each MODEL, taking turns, the median of REPEAT passes; each against what PyTorch
+    runs by itself (today's code without OpenVINO: ``auto`` on PyTorch), in the same run."""
+    import torch
+
+    from classifier.checkpoint import load_checkpoint
+    from classifier.predict import Classifier, native_bf16, resolve_precision, resolve_runtime
+
+    torch.set_num_threads(os.cpu_count())
+    cpu = torch.device("cpu")
+    print(f"{machine(cpu)}; batch {batch_size}; {repeat} passes each")
+    entries = []
+    for path in models:
+        ckpt = load_checkpoint(path)
+        about = {
+            "path": str(path),
+            "size": ckpt.image_size,
+            "before": ("torch", resolve_precision("auto", cpu, ckpt.int8)),
+            "picked": resolve_runtime("auto", "auto", cpu, ckpt),
+        }
+        precisions = ["fp32"] + ["bf16"] * native_bf16()
+        for runtime, int8 in (("torch", ckpt.int8), ("openvino", ckpt.openvino_int8)):
+            for precision in precisions + ["int8"] * bool(int8):
+                clf = Classifier(ckpt, "cpu", precision, runtime=runtime)
+                model_alone(clf, batch_size, rounds=2)  # warm-up
+                entries.append({"clf": clf, "runs": [], **about})
+    for _ in range(repeat):
+        for entry in entries:
+            entry["runs"].append(model_alone(entry["clf"], batch_size))
+    print("\n| px | runtime | precision | images/s (median) | passes | x PyTorch's own pick |")
+    print("|---|---|---|---|---|---|")
+    report = []
+    for entry in entries:
+        clf = entry.pop("clf")
+        entry.update(runtime=clf.runtime, precision=clf.precision)
+        entry["images_per_second"] = statistics.median(entry["runs"])
+    for entry in entries:
+        base = next(
+            e["images_per_second"]
+            for e in entries
+            if e["path"] == entry["path"] and (e["runtime"], e["precision"]) == entry["before"]
+        )
+        entry["times_before"] = entry["images_per_second"] / base
+        mark = " (auto)" if (entry["runtime"], entry["precision"]) == entry["picked"] else ""
+        print(
+            f"| {entry['size']} | {entry['runtime']} | {entry['precision']}{mark} | "
+            f"{entry['images_per_second']:.1f} | "
+            f"{', '.join(f'{x:.1f}' for x in entry['runs'])} | {entry['times_before']:.2f} |"
+        )
+        report.append(entry)
+    if json_path:
+        Path(json_path).write_text(json.dumps({"machine": cpu_name(), "rows": report}, indent=2))
+
+
 @cli.command("input-size")
 @click.option("--model", type=click.Path(path_type=Path), required=True)
 @click.option("--size", type=int, required=True)
@@ -666,7 +766,7 @@ def input_size(model, size, out) -> None:
     from classifier.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(model)
-    ckpt.image_size, ckpt.int8 = size, None
+    ckpt.image_size, ckpt.int8, ckpt.openvino_int8 = size, None, None
     ckpt.meta = {**ckpt.meta, "note": f"{model.name} at {size} px, for benchmarks"}
     print(f"{out}: version {save_checkpoint(ckpt, out)}")
 
