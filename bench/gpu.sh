@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU workers, measured: the model alone, the in-process pipeline and a one-process Celery
-# sweep on the same photos, with decode core-ms per photo and the GPU's utilisation.
+# sweep on the same photos, with decode core-ms per photo and the GPU's utilisation; then
+# JPEG decoding on the CPU's cores against nvJPEG (torchvision's decode_jpeg on CUDA).
 #
 #   bash bench/gpu.sh MODEL PHOTOS_DIR [LIMIT] [BATCH]
 #
@@ -36,6 +37,12 @@ fi
 "$python" bench/throughput.py table --model "$model" --data "$photos" --limit "$limit" \
   --batch-size "$batch" --device "$device" --processes 1 --pool solo --skip local \
   --repeat "$repeat" --json "${OUT:-.}/bench-gpu.json"
+# The model alone and the in-process limit again with torch.compile (where the time allows).
+if [ "$device" = cuda ]; then
+  "$python" bench/throughput.py table --model "$model" --data "$photos" --limit "$limit" \
+    --batch-size "$batch" --device "$device" --skip local,celery --compile \
+    --json "${OUT:-.}/bench-gpu-compiled.json"
+fi
 
 if [ "$device" = cuda ]; then
   kill $smi 2>/dev/null || true
@@ -43,4 +50,5 @@ if [ "$device" = cuda ]; then
     END {printf "GPU utilisation while measuring: mean %.0f%%, max %d%%; peak memory %d MiB\n", s/n, m, mem}' \
     "$out/gpu.csv"
 fi
+"$python" bench/throughput.py decode --data "$photos" --limit "$limit" --batch-size "$batch" --device "$device"
 echo "table written to ${OUT:-.}/bench-gpu.json"

@@ -409,6 +409,12 @@ def cli() -> None:
     show_default=True,
     help="The CPU runtime of every row, the workers' included (REFUND_SORTER_RUNTIME).",
 )
+@click.option(
+    "--compile",
+    "compiled",
+    is_flag=True,
+    help="torch.compile the network of the in-process rows (a GPU's; the workers run eager).",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the table.")
 def table(
     model,
@@ -423,6 +429,7 @@ def table(
     postgres,
     repeat,
     runtime,
+    compiled,
     json_path,
 ) -> None:
     """The whole throughput table, from one run on the same photos and model."""
@@ -438,6 +445,8 @@ def table(
     rows: list[dict] = []
     try:
         clf = Classifier.from_path(model, device, runtime=runtime)
+        if compiled:
+            clf.net = torch.compile(clf.net)
         # The limit reads a copy of its own: sweeps move the photos out of incoming/.
         files = copy_photos(data, limit, limit_dir)
         print(
@@ -754,6 +763,47 @@ def runtimes(models, batch_size, repeat, json_path) -> None:
         report.append(entry)
     if json_path:
         Path(json_path).write_text(json.dumps({"machine": cpu_name(), "rows": report}, indent=2))
+
+
+@cli.command("decode")
+@click.option("--data", type=click.Path(path_type=Path), required=True)
+@click.option("--limit", default=2000, show_default=True, help="JPEG photos to decode.")
+@click.option("--size", default=128, show_default=True, help="Side of the square they become.")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cuda", show_default=True)
+def decode_rates(data, limit, size, batch_size, device) -> None:
+    """JPEG decoding and resizing, the photo pipeline's other half: the workers' way (Pillow's
+    draft decode and resize on a thread per core) against torchvision's ``decode_jpeg`` on
+    DEVICE (nvJPEG on CUDA), batch by batch, each in images/s on the same photos."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.io import decode_jpeg
+
+    from classifier.presets import EvalPreset
+    from refund_sorter.images import open_rgb
+
+    files = sorted(p for p in Path(data).rglob("*.jpg"))[:limit]
+    raw = [p.read_bytes() for p in files]
+    preset = EvalPreset(size)
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        start = time.perf_counter()
+        list(pool.map(lambda b: preset(open_rgb(b, min_size=size)), raw))
+        pillow = len(raw) / (time.perf_counter() - start)
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in raw]
+
+    def on_device() -> float:
+        start = time.perf_counter()
+        for i in range(0, len(tensors), batch_size):
+            images = decode_jpeg(tensors[i : i + batch_size], device=device)
+            torch.stack([F.interpolate(x[None].float(), (size, size))[0] for x in images])
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return len(tensors) / (time.perf_counter() - start)
+
+    on_device()  # warm-up: nvJPEG's handles, CUDA's context
+    print(f"{machine(torch.device(device))}; {len(raw)} JPEGs to {size} px")
+    print(f"  Pillow, draft decode + resize, {os.cpu_count()} threads: {pillow:.1f} images/s")
+    print(f"  decode_jpeg on {device}, batches of {batch_size}: {on_device():.1f} images/s")
 
 
 @cli.command("input-size")
