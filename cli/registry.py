@@ -277,12 +277,13 @@ def figure_lines(figures: dict | None) -> list[str]:
                 f"{calibration['images']} held-out photos ({calibration['flagged']:.1%} flagged)"
             )
         lines.append(text)
-    agreement = figures.get("int8_agreement")
-    if isinstance(agreement, dict):
-        lines.append(
-            f"int8 agrees with fp32 on {agreement.get('main', 0):.1%} (main) and "
-            f"{agreement.get('sub', 0):.1%} (sub) of its check photos"
-        )
+    for key, runtime in (("int8_agreement", "PyTorch"), ("openvino_int8_agreement", "OpenVINO")):
+        agreement = figures.get(key)
+        if isinstance(agreement, dict):
+            lines.append(
+                f"{runtime} int8 agrees with fp32 on {agreement.get('main', 0):.1%} (main) and "
+                f"{agreement.get('sub', 0):.1%} (sub) of its check photos"
+            )
     if "note" in figures:
         lines.append(f"note: {figures['note']}")
     return lines

@@ -76,8 +76,8 @@ _NOT_FIGURES = ("history", "args", "content_hashes")
 def checkpoint_figures(payload: dict) -> dict:
     """What a checkpoint says of itself, as plain JSON: its training metadata (validation
     accuracy and where it was measured, photo counts, calibration) but the epoch history and
-    the recipe's arguments, its temperature and review threshold, and its int8 agreement
-    with fp32 when it was calibrated for int8."""
+    the recipe's arguments, its temperature and review threshold, and its int8 networks'
+    agreement with fp32 (PyTorch's, OpenVINO's) when it was calibrated for int8."""
     meta = payload.get("meta") if isinstance(payload.get("meta"), dict) else {}
     figures = {k: v for k, v in meta.items() if k not in _NOT_FIGURES}
     calibration = payload.get("calibration")
@@ -85,8 +85,9 @@ def checkpoint_figures(payload: dict) -> dict:
         figures.update(
             {k: calibration[k] for k in ("temperature", "review_threshold") if k in calibration}
         )
-    int8 = payload.get("int8")
-    if isinstance(int8, dict) and "agreement" in int8:
-        figures["int8_agreement"] = int8["agreement"]
+    for key in ("int8", "openvino_int8"):
+        int8 = payload.get(key)
+        if isinstance(int8, dict) and "agreement" in int8:
+            figures[f"{key}_agreement"] = int8["agreement"]
     # Plain JSON all through: a value JSON cannot hold is kept as its text.
     return json.loads(json.dumps(figures, default=str))

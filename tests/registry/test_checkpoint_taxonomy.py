@@ -41,6 +41,7 @@ def test_the_figures_are_what_the_checkpoint_says_of_itself():
     assert figures["review_threshold"] == loaded.review_threshold
     assert figures["temperature"] == loaded.temperature
     assert figures["int8_agreement"] == loaded.int8["agreement"]
+    assert figures["openvino_int8_agreement"] == loaded.openvino_int8["agreement"]
     # Not figures: every epoch's history and every recipe argument.
     assert "history" not in figures and "args" not in figures
 
