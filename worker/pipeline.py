@@ -27,7 +27,7 @@ from refund_sorter.config import Settings
 from refund_sorter.crud import ItemResult, queued_paths, record_results
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
-from refund_sorter.files import destination, inside, processed_destination
+from refund_sorter.files import Folders
 from refund_sorter.filing import Move, file_committed
 from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
 from refund_sorter.messages import WorkItem
@@ -171,12 +171,13 @@ def process_batch(
         finally:
             state.decoders.shutdown()
     sessions = session_factory(settings.database_url)
-    admitted, others, threshold = admit(items, clf, sessions, settings, state.applied)
+    folders = Folders.of(settings)
+    admitted, others, threshold = admit(items, clf, sessions, settings, folders, state.applied)
     prepared = prepare(admitted, clf, settings, state.decoders)
     started = time.perf_counter()
     classified = predict(prepared, clf, threshold)
     forward = time.perf_counter() - started
-    results, stored = record(admitted, classified, threshold, settings, sessions)
+    results, stored = record(admitted, classified, threshold, settings, folders, sessions)
     finished = file(admitted, results, stored, settings, sessions)
     filed = [
         Classified(r, src, x)
@@ -206,6 +207,7 @@ def admit(
     clf,
     sessions: sessionmaker[Session],
     settings: Settings,
+    folders: Folders,
     applied: dict[str, float],
 ) -> tuple[list[Admitted], list[tuple[WorkItem, str]], float]:
     """The items this worker acts on, each with its resolved path; the others, each
@@ -237,7 +239,7 @@ def admit(
                 it.model_version,
             )
             others.append((it, NotStored.IGNORED))
-        elif (src := inside(it.path, settings.incoming_dir)) is None:
+        elif (src := folders.inside_incoming(it.path)) is None:
             log.warning(
                 "refused %r (%r): not inside %s", it.path, it.content_hash, settings.incoming_dir
             )
@@ -305,6 +307,7 @@ def record(
     classified: list,
     review_threshold: float,
     settings: Settings,
+    folders: Folders,
     sessions: sessionmaker[Session],
 ) -> tuple[list[ItemResult], dict[str, int]]:
     """Store the batch's results in one transaction, each naming where its file goes, whether
@@ -315,7 +318,7 @@ def record(
         if isinstance(x, Unusable):
             dest = None
             if x.to_failed:
-                dest = destination(src, settings.incoming_dir, settings.failed_dir, it.content_hash)
+                dest = folders.failed_destination(src, it.content_hash)
             results.append(
                 ItemResult(
                     it.content_hash,
@@ -326,7 +329,7 @@ def record(
                 )
             )
         else:
-            dest = processed_destination(src, it.content_hash, settings, x.main, x.sub)
+            dest = folders.processed_destination(src, it.content_hash, x.main, x.sub)
             results.append(
                 ItemResult(
                     it.content_hash,
