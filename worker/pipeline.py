@@ -34,7 +34,7 @@ from refund_sorter.messages import WorkItem
 from refund_sorter.review_threshold import review_threshold_in_force
 from registry.registry import ensure_model_file
 from registry.version import is_for_model
-from worker.shadow import CandidateSlot, Classified, shadow
+from worker.shadow import CandidateSlot, Classified, registered_candidate, shadow
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,9 @@ def process_batch(
             state.decoders.shutdown()
     sessions = session_factory(settings.database_url)
     folders = Folders.of(settings)
-    admitted, others, threshold = admit(items, clf, sessions, settings, folders, state.applied)
+    with sessions() as session:  # every read of the batch, in one session as it starts
+        admitted, others, threshold = admit(items, clf, session, settings, folders, state.applied)
+        candidate = registered_candidate(session)
     prepared = prepare(admitted, clf, settings, state.decoders)
     started = time.perf_counter()
     classified = predict(prepared, clf, threshold)
@@ -194,6 +196,7 @@ def process_batch(
         state.decoders,
         state.candidate,
         load_model,
+        candidate,
     )
     statuses = [
         (it, r.status if r.content_hash in stored else NotStored.IGNORED)
@@ -205,7 +208,7 @@ def process_batch(
 def admit(
     items: list[WorkItem],
     clf,
-    sessions: sessionmaker[Session],
+    session: Session,
     settings: Settings,
     folders: Folders,
     applied: dict[str, float],
@@ -214,12 +217,11 @@ def admit(
     ``NotStored.IGNORED`` (another model's, or nothing queued) or ``REFUSED`` (not what was
     queued); and the review threshold in force for ``clf``'s model, read for every batch so
     that one set meanwhile applies without a restart (logged when it differs from the one
-    ``applied`` last, which it updates)."""
-    with sessions() as session:
-        queued = queued_paths(session, clf.version, (it.content_hash for it in items))
-        threshold = review_threshold_in_force(
-            session, settings, model_version=clf.version, model_threshold=clf.review_threshold
-        )
+    ``applied`` last, which it updates). Reads in ``session``, the batch's reading one."""
+    queued = queued_paths(session, clf.version, (it.content_hash for it in items))
+    threshold = review_threshold_in_force(
+        session, settings, model_version=clf.version, model_threshold=clf.review_threshold
+    )
     if applied.get(clf.version) != threshold.value:
         applied[clf.version] = threshold.value
         log.info(

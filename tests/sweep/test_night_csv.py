@@ -122,9 +122,10 @@ def test_the_stall_check_files_what_a_stopped_process_left_and_writes_the_csv(
     sessions = session_factory(settings.database_url)
     state = ProcessState.sharing_cores()
     folders = Folders.of(settings)
-    admitted, _, threshold = admit(
-        published, classifier, sessions, settings, folders, state.applied
-    )
+    with sessions() as session:
+        admitted, _, threshold = admit(
+            published, classifier, session, settings, folders, state.applied
+        )
     prepared = prepare(admitted, classifier, settings, state.decoders)
     classified = predict(prepared, classifier, threshold)
     # and stopped: nothing moved
