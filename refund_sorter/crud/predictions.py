@@ -224,7 +224,10 @@ def record_filed(
     a night's last photos finishes the night, whichever it is, and its CSV tells where every
     file is. A sweep with nothing to classify is finished here too, once the scan's moves are
     done (``filed`` 0): until then it holds the lock, so the next sweep never lists files
-    still being moved."""
+    still being moved.
+
+    With nothing unmoved and one sweep, this is one statement: ``refund_sorter.filing``
+    lets it commit on its own."""
     record_unmoved(session, unmoved)
     now = utcnow()
     finished = []

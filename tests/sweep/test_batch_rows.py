@@ -1,8 +1,10 @@
-"""``crud.record_results`` stores a batch's results in one statement, on SQLite and on
-PostgreSQL alike: every row's values, into rows still ``queued`` only, each image once."""
+"""A batch's rows, on SQLite and on PostgreSQL alike: ``crud.record_results`` stores its
+results in one statement (every row's values, into rows still ``queued`` only, each image
+once), and ``refund_sorter.filing`` counts its filed photos in one."""
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -12,6 +14,7 @@ from models import ItemStatus, Prediction, SweepRun, SweepStatus
 from refund_sorter import crud
 from refund_sorter.crud import ItemResult
 from refund_sorter.db import dispose, session_factory, upgrade
+from refund_sorter.filing import Move, file_committed
 from refund_sorter.messages import WorkItem
 
 MODEL = "m1"
@@ -35,6 +38,12 @@ def _with_sweep(url: str):
     with sessions.begin() as session:
         session.add(SweepRun(status=SweepStatus.RUNNING, trigger="manual", model_version=MODEL))
     return sessions
+
+
+def pending(sessions) -> tuple[int, str]:
+    with sessions() as session:
+        run = session.get(SweepRun, 1)
+        return run.pending, run.status
 
 
 def add_rows(sessions, *rows: tuple[str, str, str]) -> None:
@@ -217,3 +226,37 @@ def test_a_batch_of_failures_only_stores_its_empty_values(sessions):
             False,
             False,
         )
+
+
+def test_a_batch_filed_whole_counts_down_its_night_and_the_last_finishes_it(sessions, tmp_path):
+    # Every move done, one night: the count goes down in one statement, committed on its own.
+    with sessions.begin() as session:
+        session.get(SweepRun, 1).pending = 3
+    src, dest = tmp_path / "a.jpg", tmp_path / "processed" / "a.jpg"
+    src.write_bytes(b"a")
+    export_dir = tmp_path / "export"
+
+    assert file_committed(sessions, [Move(src, dest, (1, str(src)))], {1: 2}, export_dir) == []
+    assert pending(sessions) == (1, "running") and dest.read_bytes() == b"a"
+    assert not export_dir.exists()
+    assert file_committed(sessions, [], {1: 1}, export_dir) == [1]
+    assert pending(sessions) == (0, "finished")
+    assert [p.name[-10:] for p in export_dir.iterdir()] == ["-00001.csv"]  # its CSV
+    assert file_committed(sessions, [], {1: 1}, export_dir) == []  # finished: counted once
+    assert pending(sessions) == (0, "finished")
+
+
+def test_a_batch_whose_move_failed_corrects_its_row_in_the_same_transaction(sessions, tmp_path):
+    add_rows(sessions, ("a", MODEL, "queued"))
+    with sessions.begin() as session:
+        session.get(SweepRun, 1).pending = 1
+        crud.record_results(session, [ok("a")])
+    missing = Path("/in/a.jpg")  # the row's original path; no such file
+
+    finished = file_committed(
+        sessions, [Move(missing, Path("/out/a.jpg"), (1, str(missing)))], {1: 1}, tmp_path
+    )
+
+    assert finished == [1] and pending(sessions) == (0, "finished")
+    (row,) = rows(sessions).values()
+    assert row.final_path is None and row.error.startswith("left where it is: could not move")
