@@ -7,7 +7,7 @@ Sweeps the photos through Redis, one default ``celery -A worker worker`` and Pos
 nights), but starts the worker with timers around each step of a batch: every pool process
 writes, for each batch, the wall and CPU seconds of each step (admit's queries, read and
 decode, the forward pass, the record transaction, the moves, the filing transaction, the
-CSV, the shadow run's candidate query, the Flower events) and of the Celery time between
+CSV, the candidate query, the shadow run, the Flower events) and of the Celery time between
 its batches. It prints per-photo and per-batch costs (medians over the nights), their share
 of the pool processes' time over the night, and the night's fixed costs (scan, publish,
 first and last batch, the tail). With ``--cprofile-batch N`` each pool process also runs
@@ -73,6 +73,7 @@ def install_timers(out: Path) -> None:
     import refund_sorter.filing
     import worker.pipeline as pipeline
     import worker.tasks as tasks
+    from refund_sorter.files import Folders
 
     thread = time.thread_time
     for name, label in [
@@ -82,20 +83,20 @@ def install_timers(out: Path) -> None:
         ("prepare", "prepare (read, hash, decode)"),
         ("predict", "forward pass"),
         ("is_audited", "record: audit draw"),
-        ("processed_destination", "record: destinations"),
         ("record_results", "record: record_results statements"),
         ("record", "record (the transaction)"),
         ("file", "file (moves, filing transaction, CSV)"),
-        ("shadow", "shadow (candidate query)"),
+        ("registered_candidate", "reads: candidate query"),
+        ("shadow", "shadow"),
     ]:
         _time(pipeline, name, label)
+    _time(Folders, "processed_destination", "record: destinations")
     _time(pipeline, "_prepare_one", "prepare: per photo, core", thread)
     _time(pipeline, "sha256_bytes", "prepare: hash, core", thread)
     _time(pipeline, "open_rgb", "prepare: JPEG decode, core", thread)
     _time(refund_sorter.filing, "move_files", "file: moves")
     _time(refund_sorter.filing, "export_sweeps", "file: CSV")
     _time(refund_sorter.crud, "record_filed", "file: record_filed statements")
-    _time(refund_sorter.crud, "candidate_model", "shadow: candidate query")
     cprofile_batch = int(os.environ.get("BENCH_CPROFILE_BATCH", "0"))
 
     read_task, process_batch, report = tasks.read_task, tasks.process_batch, tasks.report_to_flower
@@ -157,13 +158,11 @@ PARTS = {
         "file: record_filed statements",
         "file: CSV",
     ],
-    "shadow (candidate query)": ["shadow: candidate query"],
 }
 REST = {
     "admit": "admit: sessions, checks",
     "record (the transaction)": "record: session, commit, results built",
     "file (moves, filing transaction, CSV)": "file: session, commit",
-    "shadow (candidate query)": "shadow: session, the rest",
 }
 
 

@@ -17,7 +17,7 @@ from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
 from refund_sorter.export import export_sweeps
-from refund_sorter.files import destination, processed_destination
+from refund_sorter.files import Folders
 from refund_sorter.filing import Move, file_committed
 from refund_sorter.images import sha256_file
 from refund_sorter.messages import Dispatch, WorkItem
@@ -246,6 +246,7 @@ def _plan(
     plan = _Plan()
     seen: set[str] = set()
     now = time.time()
+    folders = Folders.of(settings)
     for f in found:
         why = None  # why it is taken for a file still being written
         if f.error is not None and f.readable:  # not an image now; perhaps not yet
@@ -264,17 +265,15 @@ def _plan(
         elif f.error is not None:  # every such upload keeps its own row
             dest = None
             if f.readable:  # not an image: to failed/; an unreadable file stays put
-                dest = destination(
-                    f.path, settings.incoming_dir, settings.failed_dir, f.content_hash
-                )
+                dest = folders.failed_destination(f.path.resolve(), f.content_hash)
                 plan.moves.append(Move(f.path, dest, (sweep_id, str(f.path))))
             plan.unreadable.append(crud.Unreadable(f.path, f.content_hash, f.error, dest))
         elif f.content_hash in seen:  # same bytes twice tonight: the copy waits a night
             plan.known += 1
         elif (row := live.get(f.content_hash)) is not None and row.status == ItemStatus.OK:
             plan.known += 1  # already classified by this model: file it with the others
-            dest = processed_destination(
-                f.path, f.content_hash, settings, row.main_category, row.sub_category
+            dest = folders.processed_destination(
+                f.path.resolve(), f.content_hash, row.main_category, row.sub_category
             )
             names = None
             if not _holds(row.final_path, row.content_hash):

@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from refund_sorter.config import Settings
@@ -24,7 +25,16 @@ def inside(path: Path | str, folder: Path) -> Path | None:
     """``path`` resolved (symlinks followed, ``..`` gone) if it lies below ``folder``, else
     None. A path that cannot be resolved (a symlink loop, a NUL byte) lies nowhere."""
     try:
-        resolved, root = Path(path).resolve(), Path(folder).resolve()
+        root = Path(folder).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return _below(path, root)
+
+
+def _below(path: Path | str, root: Path) -> Path | None:
+    """``inside``, for a ``root`` resolved already."""
+    try:
+        resolved = Path(path).resolve()
     except (OSError, RuntimeError, ValueError):
         return None
     return resolved if resolved != root and resolved.is_relative_to(root) else None
@@ -34,23 +44,63 @@ def destination(path: Path, incoming_dir: Path, target_dir: Path, content_hash: 
     """Where ``path`` goes under ``target_dir``: its relative path under ``incoming_dir`` (its
     bare name if it lies elsewhere). Computed on resolved paths, so the result has no ``..``
     and never leaves ``target_dir``."""
-    path, incoming_dir = Path(path).resolve(), Path(incoming_dir).resolve()
-    relative = path.relative_to(incoming_dir) if inside(path, incoming_dir) else Path(path.name)
-    dest = Path(target_dir).resolve() / relative
+    return _destination(
+        Path(path).resolve(), Path(incoming_dir).resolve(), Path(target_dir).resolve(), content_hash
+    )
+
+
+def _destination(path: Path, incoming_dir: Path, target_dir: Path, content_hash: str) -> Path:
+    """``destination``, for paths resolved already."""
+    below = path != incoming_dir and path.is_relative_to(incoming_dir)
+    dest = target_dir / (path.relative_to(incoming_dir) if below else Path(path.name))
     if dest.exists():
         dest = dest.with_name(f"{dest.stem}-{content_hash[:8]}{dest.suffix}")
     return dest
 
 
-def processed_destination(
-    path: Path, content_hash: str, settings: Settings, main: str, sub: str
-) -> Path:
-    """Where a photo classified as ``main``/``sub`` goes: ``processed/<main>/<sub>/<name>``
-    with REFUND_SORTER_FILE_BY_CATEGORY, else its path under incoming/ kept in processed/."""
-    if settings.file_by_category:
-        folder = Path(settings.processed_dir) / main / sub
-        return destination(path, Path(path).parent, folder, content_hash)
-    return destination(path, settings.incoming_dir, settings.processed_dir, content_hash)
+@dataclass
+class Folders:
+    """``incoming/``, ``processed/`` and ``failed/`` resolved once, for a batch of photos (or
+    a scan's files): each photo is checked and given its destination against them, so only
+    its own path is resolved, once, rather than both sides of every check again (which cost
+    a worker more than its database reads). The paths its methods take are resolved already
+    (``inside_incoming`` gives them)."""
+
+    incoming: Path
+    processed: Path
+    failed: Path
+    file_by_category: bool
+    # processed/<main>/<sub>/, resolved, by (main, sub): few per batch
+    _categories: dict[tuple[str, str], Path] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Folders":
+        return cls(
+            Path(settings.incoming_dir).resolve(),
+            Path(settings.processed_dir).resolve(),
+            Path(settings.failed_dir).resolve(),
+            settings.file_by_category,
+        )
+
+    def inside_incoming(self, path: Path | str) -> Path | None:
+        """``path`` resolved if it lies below ``incoming/``, else None (as ``inside``)."""
+        return _below(path, self.incoming)
+
+    def failed_destination(self, path: Path, content_hash: str) -> Path:
+        """Where a file that is not a usable image goes: its path under incoming/ kept in
+        failed/."""
+        return _destination(path, self.incoming, self.failed, content_hash)
+
+    def processed_destination(self, path: Path, content_hash: str, main: str, sub: str) -> Path:
+        """Where a photo classified as ``main``/``sub`` goes: ``processed/<main>/<sub>/<name>``
+        with REFUND_SORTER_FILE_BY_CATEGORY, else its path under incoming/ kept in
+        processed/."""
+        if not self.file_by_category:
+            return _destination(path, self.incoming, self.processed, content_hash)
+        folder = self._categories.get((main, sub))
+        if folder is None:
+            folder = self._categories[main, sub] = (self.processed / main / sub).resolve()
+        return _destination(path, path.parent, folder, content_hash)
 
 
 def move(path: Path, dest: Path) -> None:

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from refund_sorter.files import destination, inside, move_files
+from refund_sorter.config import Settings
+from refund_sorter.files import Folders, destination, inside, move_files
 
 HASH = "ab" * 32
 
@@ -48,6 +49,58 @@ def test_inside_follows_symlinks(folders):
     assert inside(incoming / "in.jpg", incoming) == (incoming / "dock-3" / "b.jpg").resolve()
     assert inside(incoming, incoming) is None
     assert inside(f"{incoming}/a\x00.jpg", incoming) is None
+
+
+def folders_of(root: Path, incoming: Path, **overrides) -> Folders:
+    return Folders.of(Settings(home=root, incoming_dir=incoming, **overrides))
+
+
+def test_a_batch_s_folders_check_and_place_each_path_as_one_by_one(folders):
+    # Resolved once, the folders must answer as resolving both sides for every path does:
+    # forged paths, links out and in, the folder itself, and a path reached through a link.
+    root, incoming, processed = folders
+    (root / "elsewhere" / "a.jpg").write_bytes(b"x")
+    (incoming / "out.jpg").symlink_to(root / "elsewhere" / "a.jpg")
+    (incoming / "in.jpg").symlink_to(incoming / "dock-3" / "b.jpg")
+    (incoming / "dock-3" / "b.jpg").write_bytes(b"b")
+    (processed / "dock-3").mkdir()
+    (processed / "dock-3" / "b.jpg").write_bytes(b"taken")
+    (root / "share").symlink_to(incoming, target_is_directory=True)
+    paths = [
+        incoming / "dock-3" / "a.jpg",
+        incoming / "dock-3" / "b.jpg",  # its name taken in processed/
+        incoming / "dock-3" / ".." / "dock-3" / "a.jpg",
+        f"{incoming}/../elsewhere/a.jpg",
+        f"{incoming}/../../../../etc/passwd",
+        incoming / "out.jpg",
+        incoming / "in.jpg",
+        incoming,
+        f"{incoming}/a\x00.jpg",
+        root / "share" / "dock-3" / "a.jpg",
+    ]
+    for given in (incoming, root / "share"):
+        batch = folders_of(root, given)
+        for path in paths:
+            assert batch.inside_incoming(path) == inside(path, given), path
+            if (src := inside(path, given)) is not None:
+                assert batch.processed_destination(src, HASH, "tops", "shirt") == destination(
+                    src, given, processed, HASH
+                )
+                assert batch.failed_destination(src, HASH) == destination(
+                    src, given, root / "failed", HASH
+                )
+
+
+def test_a_batch_s_folders_file_by_category_as_one_by_one(folders):
+    root, incoming, processed = folders
+    (processed / "tops" / "shirt").mkdir(parents=True)
+    (processed / "tops" / "shirt" / "b.jpg").write_bytes(b"taken")
+    batch = folders_of(root, incoming, file_by_category=True)
+    for name in ("a.jpg", "b.jpg"):
+        src = (incoming / "dock-3" / name).resolve()
+        expected = destination(src, src.parent, processed / "tops" / "shirt", HASH)
+        assert batch.processed_destination(src, HASH, "tops", "shirt") == expected
+    assert expected.name == f"b-{HASH[:8]}.jpg"
 
 
 def test_a_move_that_fails_says_why_and_the_others_go_on(folders):

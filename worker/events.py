@@ -1,9 +1,16 @@
 """The classify task's events for Flower (``report_to_flower``)."""
 
+import contextlib
+import os
 from collections import Counter
 
 from refund_sorter.celery_app import app
 from worker.pipeline import NotStored
+
+# This process's event dispatcher, made at its first report (in the pool process, after the
+# fork) and kept, as Celery's own consumer keeps one: made for every batch, it cost a
+# producer taken from the pool and a dispatcher with a producer of its own each time.
+_held: dict[str, object] = {}
 
 
 def report_to_flower(name: str, tasks, outcome, runtime: float) -> None:
@@ -15,9 +22,10 @@ def report_to_flower(name: str, tasks, outcome, runtime: float) -> None:
     if not app.conf.worker_send_task_events or not tasks:
         return
     status_of = {item: status for item, status in outcome.statuses}
-    with app.events.default_dispatcher(hostname=tasks[0][0].hostname) as events:
-        events.buffer_group = frozenset({"task"})
-        events.buffer_limit = 3 * len(tasks) + 1  # flushed below, once
+    hostname = tasks[0][0].hostname
+    events = _dispatcher(hostname)
+    events.buffer_limit = 3 * len(tasks) + 1  # flushed below, once
+    try:
         for request, items, reasons in tasks:
             # Plain strings: the result is shown as its repr, and an enum's names its class.
             counts = Counter(str(status_of.get(it, NotStored.IGNORED)) for it in items)
@@ -35,3 +43,22 @@ def report_to_flower(name: str, tasks, outcome, runtime: float) -> None:
             events.send("task-started", **fields)
             events.send("task-succeeded", result=repr(dict(counts)), runtime=runtime, **fields)
         events.flush()
+    except Exception:
+        # The broker connection broke, perhaps: the next report starts on a fresh one.
+        _held.pop(hostname, None)
+        with contextlib.suppress(Exception):
+            events.connection.release()
+        raise
+
+
+def _dispatcher(hostname: str):
+    """This process's dispatcher for ``hostname``'s events, made the first time."""
+    events = _held.get(hostname)
+    if events is None or events.pid != os.getpid():  # none yet, or the parent's
+        events = _held[hostname] = app.events.Dispatcher(
+            app.connection_for_write(),
+            hostname=hostname,
+            buffer_while_offline=False,
+            buffer_group=frozenset({"task"}),
+        )
+    return events

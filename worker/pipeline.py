@@ -27,14 +27,14 @@ from refund_sorter.config import Settings
 from refund_sorter.crud import ItemResult, queued_paths, record_results
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
-from refund_sorter.files import destination, inside, processed_destination
+from refund_sorter.files import Folders
 from refund_sorter.filing import Move, file_committed
 from refund_sorter.images import UnreadableImage, open_rgb, sha256_bytes
 from refund_sorter.messages import WorkItem
 from refund_sorter.review_threshold import review_threshold_in_force
 from registry.registry import ensure_model_file
 from registry.version import is_for_model
-from worker.shadow import CandidateSlot, Classified, shadow
+from worker.shadow import CandidateSlot, Classified, registered_candidate, shadow
 
 log = logging.getLogger(__name__)
 
@@ -177,12 +177,15 @@ def process_batch(
         finally:
             state.decoders.shutdown()
     sessions = session_factory(settings.database_url)
-    admitted, others, threshold = admit(items, clf, sessions, settings, state.applied)
+    folders = Folders.of(settings)
+    with sessions() as session:  # every read of the batch, in one session as it starts
+        admitted, others, threshold = admit(items, clf, session, settings, folders, state.applied)
+        candidate = registered_candidate(session)
     prepared = prepare(admitted, clf, settings, state.decoders)
     started = time.perf_counter()
     classified = predict(prepared, clf, threshold)
     forward = time.perf_counter() - started
-    results, stored = record(admitted, classified, threshold, settings, sessions)
+    results, stored = record(admitted, classified, threshold, settings, folders, sessions)
     finished = file(admitted, results, stored, settings, sessions)
     filed = [
         Classified(r, src, x)
@@ -199,6 +202,7 @@ def process_batch(
         state.decoders,
         state.candidate,
         load_model,
+        candidate,
     )
     statuses = [
         (it, r.status if r.content_hash in stored else NotStored.IGNORED)
@@ -210,20 +214,20 @@ def process_batch(
 def admit(
     items: list[WorkItem],
     clf,
-    sessions: sessionmaker[Session],
+    session: Session,
     settings: Settings,
+    folders: Folders,
     applied: dict[str, float],
 ) -> tuple[list[Admitted], list[tuple[WorkItem, str]], float]:
     """The items this worker acts on, each with its resolved path; the others, each
     ``NotStored.IGNORED`` (another model's, or nothing queued) or ``REFUSED`` (not what was
     queued); and the review threshold in force for ``clf``'s model, read for every batch so
     that one set meanwhile applies without a restart (logged when it differs from the one
-    ``applied`` last, which it updates)."""
-    with sessions() as session:
-        queued = queued_paths(session, clf.version, (it.content_hash for it in items))
-        threshold = review_threshold_in_force(
-            session, settings, model_version=clf.version, model_threshold=clf.review_threshold
-        )
+    ``applied`` last, which it updates). Reads in ``session``, the batch's reading one."""
+    queued = queued_paths(session, clf.version, (it.content_hash for it in items))
+    threshold = review_threshold_in_force(
+        session, settings, model_version=clf.version, model_threshold=clf.review_threshold
+    )
     if applied.get(clf.version) != threshold.value:
         applied[clf.version] = threshold.value
         log.info(
@@ -243,7 +247,7 @@ def admit(
                 it.model_version,
             )
             others.append((it, NotStored.IGNORED))
-        elif (src := inside(it.path, settings.incoming_dir)) is None:
+        elif (src := folders.inside_incoming(it.path)) is None:
             log.warning(
                 "refused %r (%r): not inside %s", it.path, it.content_hash, settings.incoming_dir
             )
@@ -311,6 +315,7 @@ def record(
     classified: list,
     review_threshold: float,
     settings: Settings,
+    folders: Folders,
     sessions: sessionmaker[Session],
 ) -> tuple[list[ItemResult], dict[str, int]]:
     """Store the batch's results in one transaction, each naming where its file goes, whether
@@ -321,7 +326,7 @@ def record(
         if isinstance(x, Unusable):
             dest = None
             if x.to_failed:
-                dest = destination(src, settings.incoming_dir, settings.failed_dir, it.content_hash)
+                dest = folders.failed_destination(src, it.content_hash)
             results.append(
                 ItemResult(
                     it.content_hash,
@@ -332,7 +337,7 @@ def record(
                 )
             )
         else:
-            dest = processed_destination(src, it.content_hash, settings, x.main, x.sub)
+            dest = folders.processed_destination(src, it.content_hash, x.main, x.sub)
             results.append(
                 ItemResult(
                     it.content_hash,

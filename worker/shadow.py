@@ -11,8 +11,9 @@ their own.
 
 A process holds one candidate at most, in its ``CandidateSlot`` (part of the state the
 classify task keeps per process, ``worker.pipeline.ProcessState``). Which candidate is
-registered is asked for every batch (one query), so registering, promoting or retiring one
-applies from the next batch on without a restart; a candidate no longer registered is let
+registered is asked as every batch starts, in the session of its other reads
+(``registered_candidate``), so registering, promoting or retiring one applies from the next
+batch on without a restart; a candidate no longer registered is let
 go. A candidate that cannot be loaded, or whose forward pass raises, logs one error (once
 per version and process), and the batches go on exactly as without it; it is tried again,
 silently, after ``RETRY_SECONDS``.
@@ -105,6 +106,28 @@ class CandidateSlot:
 
 
 @dataclass(frozen=True)
+class Registered:
+    """Which candidate is registered, as a batch started: its version (None when none is),
+    or why it could not be read (``error``), which skips the batch's shadow run and nothing
+    else."""
+
+    version: str | None
+    error: str | None = None
+
+
+def registered_candidate(session: Session) -> Registered:
+    """Which candidate is registered, read in ``session`` with the batch's other reads (one
+    session for them all); never raises: a shadow run must not fail its batch. The last
+    read of the session: on PostgreSQL a statement that failed leaves nothing else to read
+    in its transaction."""
+    try:
+        entry = crud.candidate_model(session)
+    except Exception as exc:
+        return Registered(None, str(exc))
+    return Registered(entry.version if entry is not None else None)
+
+
+@dataclass(frozen=True)
 class Classified:
     """One photo of a batch the serving model classified: its stored result, where its file
     was and went, and its decoded input."""
@@ -123,13 +146,16 @@ def shadow(
     decoders: Executor,
     slot: CandidateSlot,
     load: Loader,
+    registered: Registered,
 ) -> int:
-    """Run the registered candidate, if any, on the photos of ``batch`` chosen for it and
+    """Run the ``registered`` candidate, if any, on the photos of ``batch`` chosen for it and
     store its answers; return how many were stored. ``slot`` holds this process's candidate;
     ``load(settings, version)`` loads a model from the store, as the serving one is loaded.
     Never raises: the batch is filed already, and a shadow run must not fail it."""
     try:
-        return _shadow(batch, clf, serving_seconds, settings, sessions, decoders, slot, load)
+        return _shadow(
+            batch, clf, serving_seconds, settings, sessions, decoders, slot, load, registered
+        )
     except Exception as exc:  # a bug of its own must not fail the batch either
         log.error(
             "shadow run failed (%s: %s); the batch is filed as without it", type(exc).__name__, exc
@@ -146,17 +172,17 @@ def _shadow(
     decoders: Executor,
     slot: CandidateSlot,
     load: Loader,
+    registered: Registered,
 ) -> int:
-    try:
-        with sessions() as session:
-            entry = crud.candidate_model(session)
-    except Exception as exc:
-        log.warning("shadow run skipped: cannot read which candidate is registered: %s", exc)
+    if registered.error is not None:
+        log.warning(
+            "shadow run skipped: cannot read which candidate is registered: %s", registered.error
+        )
         return 0
-    if entry is None or entry.version == clf.version:
+    version = registered.version
+    if version is None or version == clf.version:
         slot.let_go("no candidate is registered")
         return 0
-    version = entry.version
     chosen = [
         (photo, p)
         for photo in batch

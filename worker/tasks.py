@@ -106,6 +106,7 @@ class ClassifierTask(Batches):
             return loaded[version]
         settings = self.app.settings
         clf = load_classifier(settings, version, self.node.processes)
+        warm_up(clf)
         loaded[version] = clf
         while len(loaded) > MODELS_PER_PROCESS:
             dropped, _ = loaded.popitem(last=False)
@@ -139,6 +140,23 @@ class ClassifierTask(Batches):
             self.classifier_for(version)
         except NotInStore as exc:
             raise ModelUnavailable(str(exc)) from exc
+
+
+def warm_up(clf) -> None:
+    """One forward pass over a blank image as a model loads, so that the first batch does not
+    pay for what the runtime does on its first call (allocating, choosing kernels; on a GPU,
+    starting its libraries). A model that fails it is kept all the same: the batches say
+    what is wrong with it, as they would have without a warm-up."""
+    import torch
+
+    size = clf.checkpoint.image_size
+    started = time.perf_counter()
+    try:
+        clf.predict_tensors(torch.zeros((1, 3, size, size), dtype=torch.uint8))
+    except Exception as exc:
+        log.warning("warm-up of model %s failed: %s", clf.version, exc)
+        return
+    log.debug("warmed model %s up in %.3f s", clf.version, time.perf_counter() - started)
 
 
 @app.task(base=ClassifierTask, name=CLASSIFY_TASK, bind=True)

@@ -4,10 +4,23 @@ after the commit (a photo is pending in its sweep until its file is where its ro
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 from itertools import chain, islice
 from pathlib import Path
 
-from sqlalchemy import bindparam, case, insert, select, update
+from sqlalchemy import (
+    JSON,
+    String,
+    Update,
+    bindparam,
+    case,
+    column,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from models import ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
@@ -211,7 +224,10 @@ def record_filed(
     a night's last photos finishes the night, whichever it is, and its CSV tells where every
     file is. A sweep with nothing to classify is finished here too, once the scan's moves are
     done (``filed`` 0): until then it holds the lock, so the next sweep never lists files
-    still being moved."""
+    still being moved.
+
+    With nothing unmoved and one sweep, this is one statement: ``refund_sorter.filing``
+    lets it commit on its own."""
     record_unmoved(session, unmoved)
     now = utcnow()
     finished = []
@@ -278,36 +294,21 @@ def record_failures(session: Session, items: list[WorkItem], error: str) -> dict
 
 _predictions = Prediction.__table__
 
-
-_STORE_RESULT = (
-    _predictions.update()
-    .where(
-        _predictions.c.content_hash == bindparam("b_hash"),
-        _predictions.c.model_version == bindparam("b_version"),
-        _predictions.c.status == ItemStatus.QUEUED,
-    )
-    .values(
-        {
-            column: bindparam(f"v_{column}")
-            for column in (
-                "status",
-                "final_path",
-                "main_category",
-                "main_confidence",
-                "sub_category",
-                "sub_confidence",
-                "needs_review",
-                "top_subs",
-                "sub_margin",
-                "audited",
-                "audit_rate",
-                "review_threshold",
-                "error",
-                "classified_at",
-            )
-        }
-    )
-    .returning(_predictions.c.sweep_run_id)
+# What a result stores in its row, besides the time it was classified (the batch's own).
+_RESULT_COLUMNS = (
+    "status",
+    "final_path",
+    "main_category",
+    "main_confidence",
+    "sub_category",
+    "sub_confidence",
+    "needs_review",
+    "top_subs",
+    "sub_margin",
+    "audited",
+    "audit_rate",
+    "review_threshold",
+    "error",
 )
 
 
@@ -319,35 +320,41 @@ def record_results(session: Session, results: list[ItemResult]) -> dict[str, int
     They stay pending in their sweep until their files are moved (``record_filed``).
     """
     now = utcnow()
+    # The first result for an image and model is the one stored, as if each were stored in
+    # turn: a later one would find the row no longer queued.
+    first: dict[tuple[str, str], ItemResult] = {}
+    for r in results:
+        first.setdefault((r.content_hash, r.model_version), r)
+    rows = [
+        {
+            "b_hash": r.content_hash,
+            "b_version": r.model_version,
+            "status": r.status,
+            "final_path": r.final_path,
+            "main_category": r.main_category,
+            "main_confidence": r.main_confidence,
+            "sub_category": r.sub_category,
+            "sub_confidence": r.sub_confidence,
+            "needs_review": r.needs_review,
+            "top_subs": [{"main": m, "sub": s, "p": round(p, 4)} for m, s, p in r.top_subs] or None,
+            "sub_margin": r.sub_margin,
+            "audited": r.audited,
+            "audit_rate": r.audit_rate,
+            "review_threshold": r.review_threshold,
+            "error": r.error,
+        }
+        for r in first.values()
+    ]
+    sweep_of: dict[tuple[str, str], int] = {}
+    if rows:
+        statement = _store_results(session.get_bind().dialect.name)
+        returned = session.execute(statement, {"rows": rows, "classified_at": now})
+        sweep_of = {(h, version): sweep_id for h, version, sweep_id in returned}
+
     stored: dict[str, int] = {}
     per_sweep: dict[int, Counter] = {}
-    # One Core statement for every row (compiled once and cached): the ORM's bulk-update
-    # machinery cost more than the update itself, once per image.
-    connection = session.connection()
-    for r in results:
-        sweep_id = connection.execute(
-            _STORE_RESULT,
-            {
-                "b_hash": r.content_hash,
-                "b_version": r.model_version,
-                "v_status": r.status,
-                "v_final_path": r.final_path,
-                "v_main_category": r.main_category,
-                "v_main_confidence": r.main_confidence,
-                "v_sub_category": r.sub_category,
-                "v_sub_confidence": r.sub_confidence,
-                "v_needs_review": r.needs_review,
-                "v_top_subs": [{"main": m, "sub": s, "p": round(p, 4)} for m, s, p in r.top_subs]
-                or None,
-                "v_sub_margin": r.sub_margin,
-                "v_audited": r.audited,
-                "v_audit_rate": r.audit_rate,
-                "v_review_threshold": r.review_threshold,
-                "v_error": r.error,
-                "v_classified_at": now,
-            },
-        ).scalar()
-        if sweep_id is None:
+    for key, r in first.items():
+        if (sweep_id := sweep_of.get(key)) is None:
             continue
         stored[r.content_hash] = sweep_id
         per_sweep.setdefault(sweep_id, Counter())[r.status] += 1
@@ -365,3 +372,57 @@ def record_results(session: Session, results: list[ItemResult]) -> dict[str, int
             )
         )
     return stored
+
+
+@cache
+def _store_results(dialect: str) -> Update:
+    """One ``UPDATE ... FROM ... RETURNING`` for a batch's results (``rows``: one JSON array
+    of them, at most one per image and model; ``classified_at``): one round trip, where a
+    statement per photo cost a worker more than anything around the model but decoding.
+    Each result is stored only into a row still ``queued``; returns (content hash, model
+    version, sweep) of each row stored.
+
+    The results travel as one JSON parameter, read back as rows by the database
+    (``json_to_recordset`` on PostgreSQL, typed by its column list; ``json_each`` on SQLite,
+    which has UPDATE ... FROM since 3.33), so that the statement is the same for every
+    batch and SQLAlchemy compiles it once: a VALUES list of the batch's values is compiled
+    again for every batch, at more than the statements per photo cost.
+    """
+    given = bindparam("rows", type_=JSON)
+    columns = [
+        column("b_hash", String),
+        column("b_version", String),
+        *(column(name, _predictions.c[name].type) for name in _RESULT_COLUMNS),
+    ]
+    if dialect == "postgresql":
+        v = (
+            func.json_to_recordset(given)
+            .table_valued(*columns)
+            .render_derived(name="v", with_types=True)
+        )
+    else:
+        each = func.json_each(given).table_valued("value")
+        v = select(
+            *(func.json_extract(each.c.value, f"$.{c.name}").label(c.name) for c in columns)
+        ).subquery("v")
+    return (
+        _predictions.update()
+        .where(
+            _predictions.c.content_hash == v.c.b_hash,
+            _predictions.c.model_version == v.c.b_version,
+            _predictions.c.status == ItemStatus.QUEUED,
+            # The unique index's predicate, written out as it is (SQLite matches it only to
+            # literals), so that SQLite too looks each row up there rather than reading the
+            # table through for each result.
+            _predictions.c.status.not_in(
+                [literal_column(f"'{s}'") for s in (ItemStatus.FAILED, ItemStatus.DEFERRED)]
+            ),
+        )
+        .values(
+            {name: v.c[name] for name in _RESULT_COLUMNS}
+            | {"classified_at": bindparam("classified_at")}
+        )
+        .returning(
+            _predictions.c.content_hash, _predictions.c.model_version, _predictions.c.sweep_run_id
+        )
+    )

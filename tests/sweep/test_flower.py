@@ -1,7 +1,9 @@
 """``refund-sorter flower``, the documented way to start Flower: never without credentials,
-on 127.0.0.1 unless told otherwise, and 401 for anyone without the password."""
+on 127.0.0.1 unless told otherwise, and 401 for anyone without the password; and the
+events a worker process sends it, through one dispatcher kept from batch to batch."""
 
 import base64
+import os
 import socket
 import subprocess
 import sys
@@ -114,3 +116,39 @@ def test_flower_listens_on_localhost_only_and_asks_for_the_password(
         flower.terminate()
         flower.wait(timeout=20)
         log.close()
+
+
+def test_a_dispatcher_that_failed_to_send_is_made_again_for_the_next_batch(monkeypatch):
+    from types import SimpleNamespace
+
+    import worker.events
+    from refund_sorter.messages import WorkItem
+    from worker.pipeline import BatchOutcome
+
+    made, sent = [], []
+
+    def dispatcher(connection, hostname, **options):
+        def flush():
+            if len(made) == 1:
+                raise ConnectionError("the broker went away")
+            sent.append(len(made))
+
+        made.append(connection)
+        return SimpleNamespace(
+            send=lambda kind, **fields: None, flush=flush, pid=os.getpid(), connection=connection
+        )
+
+    monkeypatch.setattr(worker.events, "_held", {})
+    monkeypatch.setattr(worker.events.app.events, "Dispatcher", dispatcher)
+    assert worker.events.app.conf.worker_send_task_events  # as the workers run
+    item = WorkItem("/in/a.jpg", "ab" * 32, "m1")
+    request = SimpleNamespace(id="t1", args=[item.as_args()], hostname="w1@test")
+    report = [(request, [item], [])]
+
+    with pytest.raises(ConnectionError):
+        worker.events.report_to_flower("classify", report, BatchOutcome(), 0.1)
+    worker.events.report_to_flower("classify", report, BatchOutcome(), 0.1)
+    worker.events.report_to_flower("classify", report, BatchOutcome(), 0.1)
+
+    assert len(made) == 2 and sent == [2, 2]
+    assert made[0] is not made[1]  # a fresh connection, the broken one released

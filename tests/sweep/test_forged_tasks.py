@@ -3,8 +3,8 @@ resolves inside ``incoming/`` and is queued, under exactly that path, for the ta
 and model; anything else is refused and logged, and the genuine image stays queued for
 its genuine task."""
 
-import contextlib
 import logging
+import os
 from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 from sweep_support import Incoming, add_images, all_predictions, files_under, get_run
 
+import worker.events
 from producer.sweep import run_sweep
 from refund_sorter.messages import WorkItem, task_args
 from worker.pipeline import process_batch
@@ -134,16 +135,18 @@ def test_a_malformed_task_is_refused_without_failing_its_batch(enqueued, classif
     monkeypatch.setattr(tasks.ClassifierTask, "_loaded", loaded)
     republished = []
     monkeypatch.setattr(tasks, "publish", lambda *a, **kw: republished.append(a))
-    events, flushes = [], []
+    events, flushes, made = [], [], []
 
-    @contextlib.contextmanager
-    def dispatcher(hostname):
-        yield SimpleNamespace(
+    def dispatcher(connection, hostname, **options):
+        made.append(hostname)
+        return SimpleNamespace(
             send=lambda kind, **fields: events.append((kind, fields)),
             flush=lambda: flushes.append(len(events)),
+            pid=os.getpid(),
         )
 
-    monkeypatch.setattr(tasks.app.events, "default_dispatcher", dispatcher)
+    monkeypatch.setattr(worker.events, "_held", {})
+    monkeypatch.setattr(tasks.app.events, "Dispatcher", dispatcher)
     good = task_args(items)[0]
     args = [
         # the genuine items, with a forged entry missing an argument and one of numbers
@@ -169,3 +172,7 @@ def test_a_malformed_task_is_refused_without_failing_its_batch(enqueued, classif
         "task-2": "{'refused': 1}",
         "task-3": "{'refused': 1}",
     }
+    # The next batch reports through the same dispatcher: one per process, not per batch.
+    tasks.classify.run(requests[:1])
+    assert made == ["w1@test"] and flushes == [12, 15]
+    assert events[-1][1]["result"] == "{'ignored': 4, 'refused': 2}"

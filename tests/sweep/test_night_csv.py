@@ -111,6 +111,7 @@ def test_the_stall_check_files_what_a_stopped_process_left_and_writes_the_csv(
     """A worker process stopped between its commit and its moves: its photos stay pending,
     so the night does not finish; the stall check moves their files, finishes the night and
     writes its CSV."""
+    from refund_sorter.files import Folders
     from worker.pipeline import ProcessState, admit, predict, prepare, record
 
     settings = make_settings(sweep_stall_seconds=0.01)
@@ -120,10 +121,15 @@ def test_the_stall_check_files_what_a_stopped_process_left_and_writes_the_csv(
     run = run_sweep(settings, dispatch=published.extend, trigger="manual").run
     sessions = session_factory(settings.database_url)
     state = ProcessState.sharing_cores()
-    admitted, _, threshold = admit(published, classifier, sessions, settings, state.applied)
+    folders = Folders.of(settings)
+    with sessions() as session:
+        admitted, _, threshold = admit(
+            published, classifier, session, settings, folders, state.applied
+        )
     prepared = prepare(admitted, classifier, settings, state.decoders)
     classified = predict(prepared, classifier, threshold)
-    record(admitted, classified, threshold, settings, sessions)  # and stopped: nothing moved
+    # and stopped: nothing moved
+    record(admitted, classified, threshold, settings, folders, sessions)
 
     with sessions() as session:
         stopped = crud.get_sweep(session, run.id)

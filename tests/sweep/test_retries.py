@@ -75,7 +75,7 @@ def test_an_image_that_failed_is_classified_when_put_back(make_settings, classif
 
 
 def test_a_worker_loads_each_model_from_the_store_as_its_tasks_ask(
-    make_settings, tmp_path, monkeypatch
+    make_settings, tmp_path, monkeypatch, caplog
 ):
     import worker.tasks as tasks
     from registry import registry
@@ -87,6 +87,13 @@ def test_a_worker_loads_each_model_from_the_store_as_its_tasks_ask(
     monkeypatch.setattr(tasks.app, "settings", settings)
     monkeypatch.setattr(tasks.ClassifierTask, "_loaded", OrderedDict())
     task = tasks.classify
+    real_warm_up, warmed = tasks.warm_up, []
+
+    def warm_up(clf):
+        warmed.append(clf.version)
+        real_warm_up(clf)
+
+    monkeypatch.setattr(tasks, "warm_up", warm_up)
 
     task.load_serving_model()  # as a process starts: the first serving model, m1
     assert list(task._loaded) == [versions[0]]
@@ -101,8 +108,29 @@ def test_a_worker_loads_each_model_from_the_store_as_its_tasks_ask(
     assert task.classifier_for(versions[2]).version == versions[2]
     # Two models per process: the one used least recently (m2) was unloaded.
     assert list(task._loaded) == [versions[0], versions[2]]
+    assert warmed == [versions[0], versions[1], versions[2]]  # each once, as it loaded
+    assert "warm-up of model" not in caplog.text
     with pytest.raises(NotInStore, match="model 0123456789ab is not registered"):
         task.classifier_for("0123456789ab")
+
+
+def test_a_warm_up_that_fails_only_says_so(caplog):
+    import worker.tasks as tasks
+
+    shapes = []
+
+    def predict_tensors(batch):
+        shapes.append((tuple(batch.shape), str(batch.dtype)))
+        raise RuntimeError("no kernel for this machine")
+
+    clf = SimpleNamespace(
+        version="m1", checkpoint=SimpleNamespace(image_size=48), predict_tensors=predict_tensors
+    )
+
+    tasks.warm_up(clf)
+
+    assert shapes == [((1, 3, 48, 48), "torch.uint8")]
+    assert "warm-up of model m1 failed: no kernel for this machine" in caplog.text
 
 
 def test_a_batch_that_fails_is_put_back_on_the_queue_with_a_growing_countdown(

@@ -364,6 +364,40 @@ def test_a_candidate_that_cannot_be_loaded_fails_nothing(
 
 @pytest.mark.model
 @pytest.mark.services
+def test_a_candidate_that_cannot_be_read_skips_the_shadow_run_and_nothing_else(
+    fresh_pg_url, make_settings, use_settings, serving, candidates, monkeypatch, caplog
+):
+    # Asked last in the batch's reading session: on PostgreSQL the failed statement ends
+    # that session's transaction, after the batch's own reads are done.
+    from sqlalchemy import text
+
+    from classifier.predict import Classifier
+    from producer.sweep import run_sweep
+    from refund_sorter import crud
+    from worker.pipeline import process_batch
+
+    settings = night_settings(make_settings, serving, fresh_pg_url)
+    use_settings(settings)
+    register(candidates["same"])
+    incoming = Incoming(settings.incoming_dir)
+    add_images(incoming, 12, seed=73)
+    items = []
+    run = run_sweep(settings, dispatch=items.extend, trigger="manual").run
+    monkeypatch.setattr(
+        crud, "candidate_model", lambda session: session.execute(text("SELECT * FROM nowhere"))
+    )
+    clf = Classifier.from_path(serving.path, "cpu", "fp32")
+
+    outcome = process_batch(items, clf, settings)
+
+    assert (outcome.ok, outcome.failed, outcome.ignored, outcome.refused) == (12, 0, 0, 0)
+    check_finished_sweep(settings, run.id, incoming, serving.taxonomy)
+    assert shadow_rows(settings) == []
+    assert "shadow run skipped: cannot read which candidate is registered" in caplog.text
+
+
+@pytest.mark.model
+@pytest.mark.services
 def test_a_running_worker_follows_the_registered_candidate(
     fresh_pg_url, broker_url, make_settings, use_settings, serving, candidates, start_worker
 ):
