@@ -52,6 +52,9 @@ class Checkpoint:
     openvino_int8: dict | None = None
 
     def to_payload(self) -> dict:
+        # Without an OpenVINO network the payload is what it was before there could be one,
+        # so a model saved again keeps its version.
+        extra = {"openvino_int8": self.openvino_int8} if self.openvino_int8 else {}
         return {
             "format": FORMAT,
             "arch": self.arch,
@@ -65,11 +68,11 @@ class Checkpoint:
             "std": list(self.std),
             "meta": self.meta,
             "int8": self.int8,
-            "openvino_int8": self.openvino_int8,
             "calibration": {
                 "temperature": float(self.temperature),
                 "review_threshold": float(self.review_threshold),
             },
+            **extra,
         }
 
 
