@@ -10,8 +10,8 @@ The file is found without importing the package (none of its code runs), its dig
 checked against its name, and it is read with ``weights_only=True``.
 """
 
-import importlib.util
 import re
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -71,7 +71,7 @@ def package_weights(arch: str) -> Path:
     its name; PretrainedUnavailable, naming the package, when it is not installed or the
     file is not what its name says."""
     package = WEIGHT_PACKAGES[arch]
-    spec = importlib.util.find_spec(package.replace("-", "_"))
+    spec = find_spec(package.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
         raise PretrainedUnavailable(
             f"--pretrained imagenet for {arch} needs the package {package}, which holds its "

@@ -17,7 +17,7 @@ from torchvision.models import ResNet18_Weights
 from classifier import pretrained
 from classifier.checkpoint import Checkpoint, save_checkpoint
 from classifier.efficientnet_lite import HEAD_CHANNELS, package_state
-from classifier.network import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, DualHeadNet
+from classifier.network import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD, DualHeadNet
 from classifier.presets import EvalPreset, normalize
 from classifier.pretrained import (
     WEIGHT_PACKAGES,
@@ -180,7 +180,7 @@ def installed(arch: str) -> Path:
 def fake_package(monkeypatch, folder: Path) -> None:
     """Make ``classifier.pretrained`` find the weight package in ``folder``."""
     spec = SimpleNamespace(submodule_search_locations=[str(folder)])
-    monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: spec)
+    monkeypatch.setattr(pretrained, "find_spec", lambda name: spec)
 
 
 @pytest.mark.model
@@ -214,7 +214,7 @@ def test_the_lite0_weights_see_imagenet_classes_in_real_photos():
     for name, expected in (("253dc2b9", "cowboy boot"), ("06de9ebd", "jersey")):
         (photo,) = (REPO / "assets" / "samples").glob(f"{name}-*.jpg")
         x = normalize(
-            preset(Image.open(photo).convert("RGB"))[None], TF_LITE_MEAN, TF_LITE_MEAN, False
+            preset(Image.open(photo).convert("RGB"))[None], TF_LITE_MEAN, TF_LITE_STD, False
         )
         with torch.no_grad():
             p = imagenet(net.backbone(x)).softmax(1)[0]
@@ -256,7 +256,7 @@ def test_a_package_without_its_weights_file_is_refused(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("arch", sorted(WEIGHT_PACKAGES))
 def test_imagenet_without_the_weight_package_names_it_and_how_to_install(arch, monkeypatch):
-    monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(pretrained, "find_spec", lambda name: None)
 
     with pytest.raises(PretrainedUnavailable) as info:
         load_backbone_weights(DualHeadNet(2, 3, arch=arch, image_size=32), "imagenet")
@@ -271,7 +271,7 @@ def test_imagenet_without_the_weight_package_names_it_and_how_to_install(arch, m
 def test_training_with_imagenet_weights_but_no_package_is_a_plain_error(
     monkeypatch, make_dataset, tmp_path
 ):
-    monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(pretrained, "find_spec", lambda name: None)
     data = make_dataset(tmp_path / "data", {"tops/shirt": 4, "tops/sweater": 4})
     args = [
         "train",
