@@ -34,6 +34,25 @@ class PretrainedUnavailable(UserError):
     pass
 
 
+def check_available(arch: str, pretrained: str) -> None:
+    """Raise PretrainedUnavailable now, before a training run decodes its photos, when
+    ``pretrained`` names weights that are plainly not there: a weight package not installed
+    or not what its name says, or a file that does not exist. (torchvision's download is
+    tried where it is loaded.)"""
+    if pretrained == "imagenet" and arch in WEIGHT_PACKAGES:
+        package_weights(arch)
+    elif pretrained not in ("none", "imagenet"):
+        _existing(Path(pretrained))
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise PretrainedUnavailable(
+            f"--pretrained must be 'imagenet', 'none' or a weights file; {path} does not exist"
+        )
+    return path
+
+
 def load_backbone_weights(net: DualHeadNet, pretrained: str) -> str:
     """Initialise ``net``'s backbone: ``none``, ``imagenet`` or a path to a local weights
     file (torchvision's or a weight package's layout, or a refund-sorter checkpoint of the
@@ -50,11 +69,7 @@ def load_backbone_weights(net: DualHeadNet, pretrained: str) -> str:
             _load_into_backbone(net, _read(path), f"{path.name} ({WEIGHT_PACKAGES[net.arch]})")
             return "imagenet:" + path.name
         return _torchvision_imagenet(net)
-    path = Path(pretrained)
-    if not path.is_file():
-        raise PretrainedUnavailable(
-            f"--pretrained must be 'imagenet', 'none' or a weights file; {path} does not exist"
-        )
+    path = _existing(Path(pretrained))
     state = _read(path)
     if isinstance(state, dict) and "state_dict" in state:  # a refund-sorter checkpoint
         state = {

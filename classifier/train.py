@@ -49,7 +49,7 @@ from classifier.presets import (
     normalize,
     to_square,
 )
-from classifier.pretrained import load_backbone_weights
+from classifier.pretrained import check_available, load_backbone_weights
 from refund_sorter.errors import UserError
 from refund_sorter.images import sha256_file
 from refund_sorter.taxonomy import Taxonomy, read_layout, relabel
@@ -310,7 +310,9 @@ def train(
     each epoch that beats the best so far on validation (main plus sub accuracy); then
     calibrate the saved model."""
     data_dirs = [Path(data_dirs)] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
-    spec = backbone(cfg.backbone)  # an unknown name is refused before the photos are decoded
+    # An unknown backbone, or weights that are not there, are refused before photos are decoded.
+    spec = backbone(cfg.backbone)
+    check_available(cfg.backbone, cfg.pretrained)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)

@@ -273,6 +273,8 @@ def test_training_with_imagenet_weights_but_no_package_is_a_plain_error(
 ):
     monkeypatch.setattr(pretrained, "find_spec", lambda name: None)
     data = make_dataset(tmp_path / "data", {"tops/shirt": 4, "tops/sweater": 4})
+    decoded = []
+    monkeypatch.setattr("classifier.train.load_data", lambda *args: decoded.append(args))
     args = [
         "train",
         str(data),
@@ -295,6 +297,7 @@ def test_training_with_imagenet_weights_but_no_package_is_a_plain_error(
     )
     assert "Traceback" not in result.output
     assert not (tmp_path / "m.pt").exists()
+    assert decoded == []  # refused before a photo was decoded
 
 
 @pytest.mark.model
