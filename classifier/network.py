@@ -1,25 +1,86 @@
-"""The dual-head network: a torchvision ResNet18 backbone with one linear head per level."""
+"""The dual-head network: a backbone (ResNet18 or an EfficientNet-Lite) with one linear head
+per level, and the backbones a checkpoint may name.
 
-from pathlib import Path
+A checkpoint records its backbone (``arch``) and the image size it was trained at;
+``build_network`` makes the network from those alone, so a worker needs PyTorch and the
+checkpoint, never a weight package. Where each backbone's ImageNet weights come from is
+``classifier.pretrained``'s.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models import resnet18
 
 from classifier.checkpoint import Checkpoint
+from classifier.efficientnet_lite import HEAD_CHANNELS, VARIANTS, EfficientNetLite
 from refund_sorter.errors import UserError
 
-ARCH = "resnet18"
+# The normalisation torchvision's ImageNet weights were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# TensorFlow's EfficientNet-Lite: (x - 127) / 128 on 0..255, as timm's tf_efficientnet_lite
+# configurations state it.
+TF_LITE_MEAN = (0.5, 0.5, 0.5)
+TF_LITE_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A backbone a checkpoint may name: how to build it for an image size (the module, and
+    how many features it pools), and the normalisation its ImageNet weights expect, which a
+    model trained on it keeps, so that ``--pretrained`` changes the weights, not the input."""
+
+    build: Callable[[int], tuple[nn.Module, int]]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def _resnet18(_image_size: int) -> tuple[nn.Module, int]:
+    net = resnet18()
+    features = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, features
+
+
+def _lite(variant: str) -> Backbone:
+    return Backbone(
+        lambda size: (EfficientNetLite(variant, size), HEAD_CHANNELS), TF_LITE_MEAN, TF_LITE_STD
+    )
+
+
+DEFAULT_ARCH = "resnet18"
+BACKBONES = {DEFAULT_ARCH: Backbone(_resnet18, IMAGENET_MEAN, IMAGENET_STD)} | {
+    variant: _lite(variant) for variant in VARIANTS
+}
+
+
+def backbone(arch: str) -> Backbone:
+    """The backbone named ``arch``; UserError naming those there are."""
+    if arch not in BACKBONES:
+        raise UserError(
+            f"unknown architecture {arch!r}: this refund-sorter builds {', '.join(BACKBONES)}"
+        )
+    return BACKBONES[arch]
 
 
 class DualHeadNet(nn.Module):
-    def __init__(self, n_main: int, n_sub: int, dropout: float = 0.2) -> None:
+    """``arch``'s backbone, then dropout and a linear head per level. ``image_size`` is the
+    side of the photos it will take: EfficientNet-Lite fixes its padding for it."""
+
+    def __init__(
+        self,
+        n_main: int,
+        n_sub: int,
+        dropout: float = 0.2,
+        arch: str = DEFAULT_ARCH,
+        image_size: int = 224,
+    ) -> None:
         super().__init__()
-        self.backbone = resnet18()
-        features = self.backbone.fc.in_features
-        self.backbone.fc = nn.Identity()
+        self.arch = arch
+        self.backbone, features = backbone(arch).build(image_size)
         self.dropout = nn.Dropout(dropout)
         self.main_head = nn.Linear(features, n_main)
         self.sub_head = nn.Linear(features, n_sub)
@@ -30,69 +91,12 @@ class DualHeadNet(nn.Module):
 
 
 def build_network(checkpoint: Checkpoint) -> DualHeadNet:
-    if checkpoint.arch != ARCH:
-        raise UserError(f"unsupported architecture in checkpoint: {checkpoint.arch}")
+    """The checkpoint's network with its weights, in float32."""
     tax = checkpoint.taxonomy
-    net = DualHeadNet(len(tax.main), len(tax.sub))
+    net = DualHeadNet(
+        len(tax.main), len(tax.sub), arch=checkpoint.arch, image_size=checkpoint.image_size
+    )
     net.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in checkpoint.state_dict.items()}
     )
     return net
-
-
-class PretrainedUnavailable(UserError):
-    pass
-
-
-def load_backbone_weights(net: DualHeadNet, pretrained: str) -> str:
-    """Initialise the backbone: ``none``, ``imagenet`` or a path to a local weights file.
-
-    Returns a short description of the source for the checkpoint's metadata. Never falls
-    back silently: weights that cannot be had raise PretrainedUnavailable.
-    """
-    if pretrained == "none":
-        return "none"
-    if pretrained == "imagenet":
-        weights = ResNet18_Weights.IMAGENET1K_V1
-        try:
-            state = weights.get_state_dict(progress=True, check_hash=True)
-        except Exception as exc:  # network errors come in many types (URLError, socket, SSL)
-            raise PretrainedUnavailable(
-                f"torchvision's ImageNet weights for ResNet18 could not be downloaded ({exc}). "
-                "Put them in the torch hub cache, pass --pretrained PATH with a local weights "
-                "file, or --pretrained none to train from scratch."
-            ) from None
-        _load_into_backbone(net, state, "ImageNet weights")
-        return "imagenet:" + weights.url.rsplit("/", 1)[-1]
-    path = Path(pretrained)
-    if not path.is_file():
-        raise PretrainedUnavailable(
-            f"--pretrained must be 'imagenet', 'none' or a weights file; {path} does not exist"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PretrainedUnavailable(f"cannot load weights from {path}: {exc}") from None
-    if isinstance(state, dict) and "state_dict" in state:  # a refund-sorter checkpoint
-        state = {
-            k.removeprefix("backbone."): v
-            for k, v in state["state_dict"].items()
-            if k.startswith("backbone.")
-        }
-    _load_into_backbone(net, state, str(path))
-    return f"file:{path.name}"
-
-
-def _load_into_backbone(net: DualHeadNet, state: dict, source: str) -> None:
-    if not isinstance(state, dict):
-        raise PretrainedUnavailable(f"{source} is not a state dict of a ResNet18")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    expected = net.backbone.state_dict()
-    missing = sorted(set(expected) - set(state))
-    shapes = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or shapes:
-        raise PretrainedUnavailable(
-            f"{source} does not fit a ResNet18 backbone "
-            f"(missing: {missing[:3]}, wrong shape: {shapes[:3]})"
-        )
-    net.backbone.load_state_dict({k: state[k].float() for k in expected}, strict=True)

@@ -263,7 +263,7 @@ class Classifier:
         self.version = checkpoint.version
         self.device = resolve_device(device)
         self.runtime, self.precision = resolve_runtime(runtime, precision, self.device, checkpoint)
-        self.preset = EvalPreset(checkpoint.image_size)
+        self.preset = EvalPreset(checkpoint.image_size, checkpoint.resize)
         if self.runtime == OPENVINO:
             self.net = load_openvino(checkpoint, self.precision, torch.get_num_threads(), store)
         elif self.precision == "int8":

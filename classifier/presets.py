@@ -2,21 +2,31 @@
 and the batch-level mixing (MixUp, CutMix) that training may add.
 
 Images are squashed to a square (the whole garment stays in view; a centre crop would cut
-sleeves or hems) and kept as uint8 until the batch is normalised on its way into the net.
+sleeves or hems) and kept as uint8 until the batch is normalised on its way into the net,
+with the normalisation of the model's backbone. A checkpoint names its resize rule
+(``RESIZE_RULES``), so that another rule would reach the workers with the model that needs
+it; a rule this code does not know is refused, never replaced.
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from classifier.network import IMAGENET_MEAN
+from refund_sorter.errors import UserError
 
-# What RandomErasing paints: the mean colour, which normalisation turns into zeros, as
-# torchvision's references erase after normalising.
-ERASE_FILL = [round(255 * m) for m in IMAGENET_MEAN]
+# How a photo becomes the network's square input. "squash": resized to the square whole.
+SQUASH = "squash"
+RESIZE_RULES = (SQUASH,)
+
+
+def erase_fill(mean) -> list[int]:
+    """What RandomErasing paints: the mean colour, which normalisation turns into zeros, as
+    torchvision's references erase after normalising."""
+    return [round(255 * m) for m in mean]
 
 
 def to_square(img: Image.Image, size: int) -> torch.Tensor:
@@ -25,11 +35,21 @@ def to_square(img: Image.Image, size: int) -> torch.Tensor:
     return F.pil_to_tensor(img)
 
 
+@dataclass(frozen=True)
 class EvalPreset:
-    """Deterministic: what evaluation, ``classify`` and the workers use."""
+    """Deterministic: what evaluation, ``classify`` and the workers use. Two models whose
+    presets are equal take the same input tensors (each normalises them itself)."""
 
-    def __init__(self, image_size: int) -> None:
-        self.image_size = image_size
+    image_size: int
+    resize: str = SQUASH
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_RULES:
+            raise UserError(
+                f"the model resizes photos by the rule {self.resize!r}, which this "
+                f"refund-sorter does not know ({', '.join(RESIZE_RULES)}): upgrade it to "
+                "serve this model"
+            )
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return to_square(img, self.image_size)
@@ -38,9 +58,12 @@ class EvalPreset:
 class TrainPreset:
     """Random crops and flips on a cached uint8 square, then mild colour changes or, with
     ``auto_augment``, TrivialAugmentWide (``ta_wide``) or RandAugment (``ra``) instead, and
-    with probability ``random_erase`` a random rectangle erased."""
+    with probability ``random_erase`` a random rectangle erased, painted in ``mean``, the
+    backbone's mean colour."""
 
-    def __init__(self, image_size: int, auto_augment: str = "none", random_erase: float = 0.0):
+    def __init__(
+        self, image_size: int, mean, auto_augment: str = "none", random_erase: float = 0.0
+    ):
         steps = [
             v2.RandomResizedCrop(image_size, scale=(0.3, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
@@ -54,7 +77,7 @@ class TrainPreset:
         else:
             raise ValueError(f"unknown auto_augment {auto_augment!r}")
         if random_erase > 0:
-            steps.append(v2.RandomErasing(p=random_erase, value=ERASE_FILL))
+            steps.append(v2.RandomErasing(p=random_erase, value=erase_fill(mean)))
         self.transform = v2.Compose(steps)
 
     def __call__(self, square: torch.Tensor) -> torch.Tensor:

@@ -95,7 +95,7 @@ def calibrate(
             f"int8 calibration needs photos to calibrate on and others to check agreement "
             f"on; got {len(files)}"
         )
-    preset = EvalPreset(ckpt.image_size)
+    preset = EvalPreset(ckpt.image_size, ckpt.resize)
     net = net.eval()
     calib_images = load_images([(p, 0) for p in calib], preset, ckpt.image_size, "calibrating")
     held_images = load_images([(p, 0) for p in held], preset, ckpt.image_size, "checking")

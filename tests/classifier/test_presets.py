@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from classifier.data import LoadedImages
-from classifier.presets import ERASE_FILL, MixupCutmix, TrainPreset, mixed_targets
+from classifier.network import IMAGENET_MEAN, TF_LITE_MEAN
+from classifier.presets import EvalPreset, MixupCutmix, TrainPreset, erase_fill, mixed_targets
 from classifier.train import Batches
+from refund_sorter.errors import UserError
 
 SUB_TO_MAIN = torch.tensor([0, 0, 1, 1, 1])
 
@@ -79,7 +81,7 @@ def test_mixing_needs_an_alpha():
 @pytest.mark.parametrize("auto_augment", ["none", "ta_wide", "ra"])
 def test_each_auto_augment_gives_uint8_images_of_the_training_size(auto_augment):
     torch.manual_seed(3)
-    preset = TrainPreset(32, auto_augment=auto_augment)
+    preset = TrainPreset(32, IMAGENET_MEAN, auto_augment=auto_augment)
     square = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
 
     out = preset(square)
@@ -87,21 +89,27 @@ def test_each_auto_augment_gives_uint8_images_of_the_training_size(auto_augment)
     assert out.dtype == torch.uint8 and out.shape == (3, 32, 32)
 
 
-def test_random_erase_paints_a_rectangle_in_the_mean_colour():
+@pytest.mark.parametrize("mean", [IMAGENET_MEAN, TF_LITE_MEAN])
+def test_random_erase_paints_a_rectangle_in_the_backbones_mean_colour(mean):
     torch.manual_seed(4)
-    preset = TrainPreset(32, random_erase=1.0)
+    preset = TrainPreset(32, mean, random_erase=1.0)
     black = torch.zeros(3, 40, 40, dtype=torch.uint8)  # colour jitter leaves black as it is
 
     for _ in range(5):
         out = preset(black)
-        painted = (out == torch.tensor(ERASE_FILL, dtype=torch.uint8).view(3, 1, 1)).all(0)
+        painted = (out == torch.tensor(erase_fill(mean), dtype=torch.uint8).view(3, 1, 1)).all(0)
         assert 0 < int(painted.sum()) < 32 * 32
         assert int(((out == 0).all(0) | painted).sum()) == 32 * 32
 
 
+def test_a_resize_rule_this_code_does_not_know_is_refused():
+    with pytest.raises(UserError, match="'crop', which this refund-sorter does not know"):
+        EvalPreset(32, "crop")
+
+
 def test_no_random_erase_by_default():
     torch.manual_seed(5)
-    out = TrainPreset(32)(torch.zeros(3, 40, 40, dtype=torch.uint8))
+    out = TrainPreset(32, IMAGENET_MEAN)(torch.zeros(3, 40, 40, dtype=torch.uint8))
 
     assert int(out.sum()) == 0
 
@@ -109,7 +117,7 @@ def test_no_random_erase_by_default():
 def batches(labels: list[int], balanced: bool) -> Batches:
     n = len(labels)
     data = LoadedImages(torch.zeros(n, 3, 8, 8, dtype=torch.uint8), torch.tensor(labels))
-    return Batches(data, 10, TrainPreset(8), SUB_TO_MAIN, balanced=balanced)
+    return Batches(data, 10, TrainPreset(8, IMAGENET_MEAN), SUB_TO_MAIN, balanced=balanced)
 
 
 def test_balanced_sampling_draws_every_sub_category_equally_often():
