@@ -140,7 +140,9 @@ def _openvino_int8(ckpt, calib_images, held_images, fp32, photo_counts, echo) ->
             "(install it with: pip install 'refund-sorter[train]')"
         )
         return None
-    nncf.set_log_level(logging.ERROR)
+    # NNCF's own logger only: nncf.set_log_level also sets the level of every handler that
+    # logger holds, which may be shared with the process's other loggers.
+    logging.getLogger("nncf").setLevel(logging.ERROR)
     dataset = nncf.Dataset([calib_images[i : i + 1].numpy() for i in range(len(calib_images))])
     quantized = nncf.quantize(convert(ckpt), dataset, subset_size=len(calib_images))
     xml, weights = serialize(quantized)

@@ -41,7 +41,7 @@ from refund_sorter.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# The preferred runtime first: auto takes OpenVINO where it is installed.
+# The runtimes' names (refund_sorter.config.RUNTIMES, but for auto).
 OPENVINO, TORCH = "openvino", "torch"
 INSTALL_HINT = "install it with: pip install 'refund-sorter[openvino]'"
 
@@ -70,12 +70,9 @@ class OpenVINONet:
     by ``EvalPreset`` (it normalises them itself): (main logits, sub logits) as float32
     tensors."""
 
-    takes_uint8 = True
-
     def __init__(self, model, precision: str, threads: int) -> None:
         import openvino as ov
 
-        self.precision = precision
         # One stream of ``threads`` threads, unpinned: a worker's pool processes each run
         # their own network on their share of the cores, as PyTorch's threads do. The
         # arithmetic is the one named: OpenVINO would otherwise run fp32 in bf16 where the
