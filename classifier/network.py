@@ -36,6 +36,9 @@ class Backbone:
     build: Callable[[int], tuple[nn.Module, int]]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # The built module's stages in order, input to pooled features, as modules holding its
+    # own layers: what ``DualHeadNet.tail`` trains and ``DualHeadNet.trunk`` freezes.
+    stages: Callable[[nn.Module], list[nn.Module]]
 
 
 def _resnet18(_image_size: int) -> tuple[nn.Module, int]:
@@ -45,14 +48,28 @@ def _resnet18(_image_size: int) -> tuple[nn.Module, int]:
     return net, features
 
 
+def _resnet18_stages(net: nn.Module) -> list[nn.Module]:
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    return [
+        stem,
+        net.layer1,
+        net.layer2,
+        net.layer3,
+        nn.Sequential(net.layer4, net.avgpool, nn.Flatten(1)),
+    ]
+
+
 def _lite(variant: str) -> Backbone:
     return Backbone(
-        lambda size: (EfficientNetLite(variant, size), HEAD_CHANNELS), TF_LITE_MEAN, TF_LITE_STD
+        lambda size: (EfficientNetLite(variant, size), HEAD_CHANNELS),
+        TF_LITE_MEAN,
+        TF_LITE_STD,
+        EfficientNetLite.stages,
     )
 
 
 DEFAULT_ARCH = "resnet18"
-BACKBONES = {DEFAULT_ARCH: Backbone(_resnet18, IMAGENET_MEAN, IMAGENET_STD)} | {
+BACKBONES = {DEFAULT_ARCH: Backbone(_resnet18, IMAGENET_MEAN, IMAGENET_STD, _resnet18_stages)} | {
     variant: _lite(variant) for variant in VARIANTS
 }
 
@@ -86,8 +103,47 @@ class DualHeadNet(nn.Module):
         self.sub_head = nn.Linear(features, n_sub)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.dropout(self.backbone(x))
+        return self.heads(self.backbone(x))
+
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features -> (main logits, sub logits)."""
+        features = self.dropout(features)
         return self.main_head(features), self.sub_head(features)
+
+    def stages(self) -> list[nn.Module]:
+        """The backbone's stages, in order (its ``Backbone.stages``)."""
+        return backbone(self.arch).stages(self.backbone)
+
+    def trunk(self, train_stages: int) -> nn.Module:
+        """The backbone but its last ``train_stages`` stages: photos -> what the tail takes."""
+        return nn.Sequential(*self.stages()[: len(self.stages()) - train_stages])
+
+    def tail(self, train_stages: int) -> "Tail":
+        """The last ``train_stages`` stages and the heads, sharing this network's layers:
+        the trunk's output -> logits, as ``forward`` computes them."""
+        stages = self.stages()
+        if not 0 < train_stages < len(stages):
+            raise UserError(
+                f"{self.arch} has {len(stages)} stages: train the last 1 to "
+                f"{len(stages) - 1} of them, or all (0)"
+            )
+        return Tail(self, stages[len(stages) - train_stages :])
+
+
+class Tail(nn.Module):
+    """A network's last stages and its heads (``DualHeadNet.tail``)."""
+
+    def __init__(self, net: DualHeadNet, stages: list[nn.Module]) -> None:
+        super().__init__()
+        self.stages = nn.Sequential(*stages)
+        self.dropout, self.main_head, self.sub_head = net.dropout, net.main_head, net.sub_head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.dropout(self.stages(x))
+        return self.main_head(features), self.sub_head(features)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*self.main_head.parameters(), *self.sub_head.parameters()]
 
 
 def build_network(checkpoint: Checkpoint) -> DualHeadNet:

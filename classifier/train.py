@@ -33,11 +33,14 @@ from classifier.calibration import (
 )
 from classifier.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from classifier.data import LoadedImages, load_images
-from classifier.network import DualHeadNet, backbone
+from classifier.network import Backbone, DualHeadNet, Tail, backbone
 from classifier.predict import (
     Classifier,
+    Decision,
     autocast,
+    decide,
     forward_decide,
+    joint_probabilities,
     resolve_device,
     resolve_precision,
 )
@@ -189,12 +192,13 @@ def load_data(
 
 @dataclass
 class Batches:
-    """Training images as augmented full batches, in a new random order on each pass: the
-    part of a DataLoader (``drop_last=True``) that training needs."""
+    """Training inputs as full batches, in a new random order on each pass: the part of a
+    DataLoader (``drop_last=True``) that training needs. ``draw`` makes the inputs of the
+    images at some indices (``augmented`` photos, or ``one_view_each``)."""
 
-    data: LoadedImages
+    labels: torch.Tensor
     batch_size: int
-    augment: TrainPreset
+    draw: Callable[[torch.Tensor], torch.Tensor]
     sub_to_main: torch.Tensor
     # Draw images with replacement, each sub category equally often, instead of each image
     # once per pass.
@@ -202,55 +206,66 @@ class Batches:
 
     def __len__(self) -> int:
         # The ragged last batch is dropped: a batch of one breaks BatchNorm.
-        return len(self.data.labels) // self.batch_size
+        return len(self.labels) // self.batch_size
 
     def order(self) -> torch.Tensor:
         """The images of one pass, by index."""
-        labels = self.data.labels
+        labels = self.labels
         if not self.balanced:
             return torch.randperm(len(labels))
         weights = 1.0 / torch.bincount(labels).double()[labels]
         return torch.multinomial(weights, len(labels), replacement=True)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield (uint8 images, main labels, sub labels)."""
+        """Yield (inputs, main labels, sub labels)."""
         order = self.order()
         for step in range(len(self)):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
-            images = torch.stack([self.augment(self.data.images[i]) for i in idx])
-            sub_y = self.data.labels[idx]
-            yield images, self.sub_to_main[sub_y], sub_y
+            sub_y = self.labels[idx]
+            yield self.draw(idx), self.sub_to_main[sub_y], sub_y
+
+
+def augmented(images: torch.Tensor, augment: TrainPreset) -> Callable:
+    """``Batches.draw``: uint8 photos, each augmented anew."""
+    return lambda idx: torch.stack([augment(images[i]) for i in idx])
+
+
+def one_view_each(views: torch.Tensor) -> Callable:
+    """``Batches.draw`` over stored views (V, N, ...): one of each image's V, at random."""
+    return lambda idx: views[torch.randint(len(views), (len(idx),)), idx]
 
 
 def train_one_epoch(
-    net: DualHeadNet,
+    model: nn.Module,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     batches: Batches,
-    device: torch.device,
     precision: str,
     desc: str,
     mix: MixupCutmix | None = None,
-    ema: AveragedModel | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> float:
     """One pass over ``batches``, both heads learning; returns the mean training loss.
 
-    ``precision`` (fp32, bf16 or fp16, as ``resolve_precision`` gives it) is the forward
-    pass's arithmetic; ``mix`` mixes each batch's images and both heads' targets; ``ema`` is
-    updated after every step. The accuracy shown is against the unmixed labels."""
-    net.train()
-    spec = backbone(net.arch)
+    ``model`` maps the inputs, once ``prepare`` has put them on its device in its format, to
+    both heads' logits: the whole network, or a ``Tail`` on stored views. ``precision``
+    (fp32, bf16 or fp16, as ``resolve_precision`` gives it) is the forward pass's arithmetic;
+    ``mix`` mixes each batch's inputs and both heads' targets; ``after_step`` runs after every
+    step (the weights' moving average). The accuracy shown is against the unmixed labels."""
+    model.train()
+    device = next(model.parameters()).device
     loss_sum = correct = seen = 0
     bar = tqdm(batches, desc=desc, unit="batch", leave=False)
-    for images, main_y, sub_y in bar:
-        x = normalize(images.to(device), spec.mean, spec.std, channels_last=True)
+    for inputs, main_y, sub_y in bar:
+        x = prepare(inputs)
         main_y, sub_y = main_y.to(device), sub_y.to(device)
         main_target, sub_target = main_y, sub_y
         if mix is not None:
             x, main_target, sub_target = mix(x, main_y, sub_y)
         with autocast(device, precision):
-            main_logits, sub_logits = net(x)
+            main_logits, sub_logits = model(x)
             loss = criterion(main_logits.float(), main_target) + criterion(
                 sub_logits.float(), sub_target
             )
@@ -258,8 +273,8 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if ema is not None:
-            ema.update_parameters(net)
+        if after_step is not None:
+            after_step()
         loss_sum += float(loss.detach()) * len(sub_y)
         correct += int((sub_logits.argmax(1) == sub_y).sum())
         seen += len(sub_y)
@@ -280,12 +295,10 @@ def evaluate_loaded(
     net.eval()
     spec = backbone(net.arch)
     sub_to_main = torch.tensor(taxonomy.sub_to_main, device=device)
-    main_ok = sub_ok = 0
-    for start in range(0, len(data.labels), batch_size):
-        batch = data.images[start : start + batch_size]
-        decided = forward_decide(
+    decided = [
+        forward_decide(
             net,
-            batch,
+            data.images[start : start + batch_size],
             spec.mean,
             spec.std,
             sub_to_main,
@@ -293,11 +306,63 @@ def evaluate_loaded(
             device,
             precision,
         )
-        labels = data.labels[start : start + batch_size].to(device)
-        sub_ok += int((decided.sub == labels).sum())
-        main_ok += int((decided.main == sub_to_main[labels]).sum())
-    n = max(1, len(data.labels))
-    return {"main_accuracy": main_ok / n, "sub_accuracy": sub_ok / n}
+        for start in range(0, len(data.labels), batch_size)
+    ]
+    return _accuracy(decided, data.labels, sub_to_main)
+
+
+@torch.inference_mode()
+def evaluate_stored(
+    tail: Tail,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    taxonomy: Taxonomy,
+    precision: str,
+    batch_size: int = 256,
+) -> dict:
+    """``evaluate_loaded`` for a network whose trunk's outputs for the images are stored."""
+    tail.eval()
+    device = next(tail.parameters()).device
+    sub_to_main = torch.tensor(taxonomy.sub_to_main, device=device)
+    decided = []
+    for start in range(0, len(labels), batch_size):
+        with autocast(device, precision):
+            main_logits, sub_logits = tail(inputs[start : start + batch_size].to(device))
+        joint = joint_probabilities(main_logits, sub_logits, sub_to_main)
+        decided.append(Decision(*decide(joint, sub_to_main, len(taxonomy.main)), joint))
+    return _accuracy(decided, labels, sub_to_main)
+
+
+def _accuracy(decided: list[Decision], labels: torch.Tensor, sub_to_main: torch.Tensor) -> dict:
+    labels = labels.to(sub_to_main.device)
+    sub, main = torch.cat([d.sub for d in decided]), torch.cat([d.main for d in decided])
+    return {
+        "main_accuracy": int((main == sub_to_main[labels]).sum()) / len(labels),
+        "sub_accuracy": int((sub == labels).sum()) / len(labels),
+    }
+
+
+@torch.inference_mode()
+def trunk_outputs(
+    trunk: nn.Module,
+    draw: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    spec: Backbone,
+    precision: str,
+    desc: str,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """The frozen ``trunk``'s outputs, in float32 on the CPU, for the inputs ``draw`` makes
+    of images 0..n-1."""
+    trunk.eval()
+    device = next(trunk.parameters()).device
+    outputs = []
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
+        idx = torch.arange(start, min(n, start + batch_size))
+        x = normalize(draw(idx).to(device), spec.mean, spec.std, channels_last=True)
+        with autocast(device, precision):
+            outputs.append(trunk(x).float().cpu())
+    return torch.cat(outputs)
 
 
 def train(
@@ -336,28 +401,81 @@ def train(
     sub_to_main = torch.tensor(taxonomy.sub_to_main)
     batch_size = min(cfg.batch_size, n_train)
     augment = TrainPreset(cfg.image_size, spec.mean, cfg.auto_augment, cfg.random_erase)
-    batches = Batches(data.train, batch_size, augment, sub_to_main, cfg.balanced_sampling)
+    if cfg.train_stages:
+        # The trunk is frozen: its output for each view of each photo is computed once here.
+        model = net.tail(cfg.train_stages)
+        trunk = net.trunk(cfg.train_stages)
+        views = torch.stack(
+            [
+                trunk_outputs(
+                    trunk,
+                    augmented(data.train.images, augment),
+                    n_train,
+                    spec,
+                    precision,
+                    f"trunk outputs, view {v + 1}/{cfg.views}",
+                )
+                for v in range(cfg.views)
+            ]
+        )
+        val_inputs = trunk_outputs(
+            trunk, lambda idx: data.val.images[idx], n_val, spec, precision, "validation trunk"
+        )
+        draw = one_view_each(views)
+
+        def prepare(x: torch.Tensor) -> torch.Tensor:
+            return x.to(device, memory_format=torch.channels_last)
+
+        def validate() -> dict:
+            tail = kept.tail(cfg.train_stages)
+            return evaluate_stored(tail, val_inputs, data.val.labels, taxonomy, precision)
+
+        heads = model.head_parameters()
+    else:
+        model, draw = net, augmented(data.train.images, augment)
+
+        def prepare(x: torch.Tensor) -> torch.Tensor:
+            return normalize(x.to(device), spec.mean, spec.std, channels_last=True)
+
+        def validate() -> dict:
+            return evaluate_loaded(kept, data.val, taxonomy, device, precision)
+
+        heads = [*net.main_head.parameters(), *net.sub_head.parameters()]
+    batches = Batches(data.train.labels, batch_size, draw, sub_to_main, cfg.balanced_sampling)
     mix = None
     if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
         mix = MixupCutmix(cfg.mixup_alpha, cfg.cutmix_alpha, len(taxonomy.main), len(taxonomy.sub))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    head_ids = {id(p) for p in heads}
+    rest = [p for p in model.parameters() if id(p) not in head_ids]
+    groups = [
+        {"params": heads, "lr": cfg.lr},
+        {"params": rest, "lr": cfg.lr * cfg.backbone_lr_scale},
+    ]
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     # OneCycleLR divides by zero below 5 steps, which only a test-sized run has.
     steps = max(5, cfg.epochs * len(batches))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.25
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=steps, pct_start=0.25
     )
+    after_step = None if ema is None else partial(ema.update_parameters, net)
 
     best_score, best_epoch, best_metrics, history = -1.0, 0, {}, []
     for epoch in range(1, cfg.epochs + 1):
         desc = f"epoch {epoch}/{cfg.epochs}"
         train_loss = train_one_epoch(
-            net, criterion, optimizer, scheduler, batches, device, precision, desc, mix, ema
+            model,
+            prepare,
+            criterion,
+            optimizer,
+            scheduler,
+            batches,
+            precision,
+            desc,
+            mix,
+            after_step,
         )
-        metrics = {
-            **evaluate_loaded(kept, data.val, taxonomy, device, precision),
-            "train_loss": train_loss,
-        }
+        metrics = {**validate(), "train_loss": train_loss}
         history.append({"epoch": epoch, **metrics})
         score = metrics["main_accuracy"] + metrics["sub_accuracy"]
         marker = ""

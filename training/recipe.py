@@ -43,6 +43,14 @@ class TrainConfig:
     # The backbone (classifier.network.BACKBONES): resnet18, efficientnet_lite0, 1 or 2.
     backbone: str = "resnet18"
     pretrained: str = "none"  # "none", "imagenet" or a path to a weights file
+    # Fine-tuning a pretrained backbone on a small CPU: with N > 0 only the backbone's last N
+    # stages and the heads learn. The stages before them keep their pretrained weights, so
+    # their output for a photo never changes: it is computed once, for ``views`` augmented
+    # views of each training photo, and each epoch trains on one view of each, drawn at
+    # random. 0: the whole network learns, on photos augmented anew every epoch.
+    train_stages: int = 0
+    views: int = 4
+    backbone_lr_scale: float = 1.0  # the backbone's learning rate, as a share of ``lr``
     seed: int = 0
     val_dir: Path | None = None  # a separate validation folder; else a split of the data
     val_fraction: float = 0.1
@@ -71,6 +79,16 @@ class TrainConfig:
             raise UserError(
                 f"unknown training precision {self.precision!r}; "
                 f"choose one of {', '.join(TRAIN_PRECISIONS)}"
+            )
+        if self.train_stages > 0 and self.pretrained == "none":
+            raise UserError(
+                "--train-stages freezes the backbone's first stages, which only makes sense "
+                "for pretrained weights: add --pretrained imagenet (or a weights file)"
+            )
+        if self.train_stages > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
+            raise UserError(
+                "--train-stages trains on stored views of each photo, which MixUp and CutMix "
+                "cannot mix: drop --mixup-alpha and --cutmix-alpha, or --train-stages"
             )
         if self.folds == 0 and self.fold == 0:
             return

@@ -66,6 +66,27 @@ def test_each_backbone_builds_from_its_checkpoint_at_any_size(arch, size, tmp_pa
 
 
 @pytest.mark.model
+@pytest.mark.parametrize("arch", sorted(BACKBONES))
+def test_each_backbone_splits_into_a_trunk_and_a_tail_that_compute_what_it_does(arch):
+    torch.manual_seed(0)
+    net = DualHeadNet(len(TAXONOMY.main), len(TAXONOMY.sub), arch=arch, image_size=48).eval()
+    photos = torch.randn(3, 3, 48, 48)
+    n_stages = len(net.stages())
+    with torch.no_grad():
+        whole = net(photos)
+        for train_stages in range(1, n_stages):
+            split = net.tail(train_stages)(net.trunk(train_stages)(photos))
+            for a, b in zip(whole, split, strict=True):
+                torch.testing.assert_close(a, b)
+    tail_names = {n for n, _ in net.tail(1).named_parameters()}
+    # The tail holds the network's own layers: training it trains the network.
+    assert {id(p) for p in net.tail(1).parameters()} <= {id(p) for p in net.parameters()}
+    assert any(name.startswith("main_head") for name in tail_names)
+    with pytest.raises(UserError, match=f"{arch} has {n_stages} stages: train the last 1 to"):
+        net.tail(n_stages)
+
+
+@pytest.mark.model
 def test_a_lite_checkpoint_keeps_its_backbone_and_normalisation(tmp_path):
     path = tmp_path / "lite0.pt"
     save_random_model(path, TAXONOMY, arch=LITE0)

@@ -7,7 +7,7 @@ import torch
 from classifier.data import LoadedImages
 from classifier.network import IMAGENET_MEAN, TF_LITE_MEAN
 from classifier.presets import EvalPreset, MixupCutmix, TrainPreset, erase_fill, mixed_targets
-from classifier.train import Batches
+from classifier.train import Batches, augmented
 from refund_sorter.errors import UserError
 
 SUB_TO_MAIN = torch.tensor([0, 0, 1, 1, 1])
@@ -117,7 +117,8 @@ def test_no_random_erase_by_default():
 def batches(labels: list[int], balanced: bool) -> Batches:
     n = len(labels)
     data = LoadedImages(torch.zeros(n, 3, 8, 8, dtype=torch.uint8), torch.tensor(labels))
-    return Batches(data, 10, TrainPreset(8, IMAGENET_MEAN), SUB_TO_MAIN, balanced=balanced)
+    draw = augmented(data.images, TrainPreset(8, IMAGENET_MEAN))
+    return Batches(data.labels, 10, draw, SUB_TO_MAIN, balanced=balanced)
 
 
 def test_balanced_sampling_draws_every_sub_category_equally_often():

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
 from classifier.checkpoint import load_checkpoint, model_version
-from classifier.train import calibrate, split_validation, train
+from classifier.data import load_images
+from classifier.network import build_network
+from classifier.presets import EvalPreset
+from classifier.train import calibrate, evaluate_loaded, split_validation, train
 from refund_sorter.errors import UserError
 from refund_sorter.images import sha256_file
 from refund_sorter.taxonomy import read_layout
@@ -252,6 +256,46 @@ def test_model_ema_validates_and_saves_the_averaged_weights(tmp_path, make_datas
 
 @pytest.mark.model
 @pytest.mark.slow
+def test_fine_tuning_the_last_stage_keeps_the_trunk_and_validates_as_the_network_runs(
+    tmp_path, make_dataset
+):
+    classes = ["tops/shirt", "tops/sweater", "bottoms/jeans"]
+    data = make_dataset(tmp_path / "data", dict.fromkeys(classes, 12))
+    val = make_dataset(tmp_path / "val", dict.fromkeys(classes, 6), seed=1)
+    torch.manual_seed(4)
+    start = torchvision.models.resnet18().state_dict()
+    torch.save(start, tmp_path / "start.pth")
+    cfg = TrainConfig(
+        epochs=2, image_size=32, batch_size=8, device="cpu", precision="fp32",
+        calibration_split=0.0, val_dir=val, pretrained=str(tmp_path / "start.pth"),
+        train_stages=1, views=2, backbone_lr_scale=0.5,
+    )  # fmt: skip
+    summary = train(data, tmp_path / "tuned.pt", cfg, echo=lambda _: None)
+
+    ckpt = load_checkpoint(summary.model_path)
+    saved = {k.removeprefix("backbone."): v for k, v in ckpt.state_dict.items()}
+    frozen = [k for k in start if not k.startswith(("layer4.", "fc."))]
+    # As the checkpoint stores weights (float16), BatchNorm's statistics among them.
+    assert all(torch.equal(saved[k], start[k].to(saved[k].dtype)) for k in frozen)
+    changed = saved["layer4.1.conv2.weight"].float() - start["layer4.1.conv2.weight"]
+    assert changed.abs().max() > 1e-3
+    # Validation ran on the trunk's stored outputs; the saved network, run on the photos as a
+    # worker runs it, scores the same.
+    net = build_network(ckpt).to(memory_format=torch.channels_last)
+    taxonomy = ckpt.taxonomy
+    images = load_images(
+        [(p, taxonomy.sub.index(p.parent.name)) for p in sorted(val.glob("*/*/*"))],
+        EvalPreset(32),
+        32,
+        "val",
+    )
+    on_photos = evaluate_loaded(net, images, taxonomy, torch.device("cpu"), "fp32")
+    assert on_photos == {k: ckpt.meta["metrics"][k] for k in on_photos}
+    assert ckpt.meta["args"]["train_stages"] == 1
+
+
+@pytest.mark.model
+@pytest.mark.slow
 def test_fold_training_validates_and_calibrates_on_the_held_out_fold(tmp_path, make_dataset):
     data = make_dataset(tmp_path / "data", dict.fromkeys(["tops/shirt", "bottoms/jeans"], 9))
     cfg = TrainConfig(
@@ -314,6 +358,11 @@ def test_training_runs_in_the_precision_asked_for(tmp_path, make_dataset, monkey
         ({"folds": 3}, "--fold must be one of 1..3"),
         ({"folds": 3, "fold": 1, "val_dir": Path("val")}, "--val cannot be combined with --folds"),
         ({"auto_augment": "autoaugment"}, "unknown --auto-augment 'autoaugment'"),
+        ({"train_stages": 2}, "--train-stages freezes the backbone's first stages"),
+        (
+            {"train_stages": 2, "pretrained": "imagenet", "mixup_alpha": 0.2},
+            "--train-stages trains on stored views of each photo, which MixUp and CutMix",
+        ),
     ],
 )
 def test_settings_that_cannot_work_together_are_a_user_error(knobs, message):
