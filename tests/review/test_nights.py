@@ -375,6 +375,11 @@ def test_the_headline_warns_when_last_night_did_not_happen_or_went_wrong():
     )
     assert no_photos.flagged_share is None and no_photos.failed_share is None
 
+    # A day of the returns counter, open since midnight, is listed but is no night.
+    counter = night(6, "counter", datetime(2026, 11, 5, 0, 0, tzinfo=UTC))
+    with_counter = nights.headline([counter, last, before], settings, now)
+    assert with_counter.warnings == [] and with_counter.night is last
+
 
 def test_the_plots_use_the_desk_s_colours():
     from review.app import HERE
