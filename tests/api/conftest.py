@@ -21,3 +21,7 @@ tiny_model = _sweep.tiny_model
 classifier = _sweep.classifier
 outcome_failed = _sweep.outcome_failed
 pytest_runtest_makereport = _sweep.pytest_runtest_makereport
+make_settings = _sweep.make_settings
+redis_client = _sweep.redis_client
+producer_app = _sweep.producer_app
+fresh_pg_url = _sweep.fresh_pg_url
