@@ -157,6 +157,19 @@ def record_counter_request(session: Session, *, prediction_id: int, token: str) 
     session.flush()
 
 
+def counter_days_among(session: Session, sweep_ids: set[int]) -> set[int]:
+    """Which of these sweep runs are counter days."""
+    if not sweep_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(SweepRun.id).where(
+                SweepRun.id.in_(sweep_ids), SweepRun.status == SweepStatus.COUNTER
+            )
+        )
+    )
+
+
 def is_counter_day(session: Session, sweep_id: int) -> bool:
     return session.scalar(select(SweepRun.status).where(SweepRun.id == sweep_id)) == (
         SweepStatus.COUNTER

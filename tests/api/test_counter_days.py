@@ -129,3 +129,32 @@ def test_a_day_that_ended_gets_its_csv_once_and_today_none(settings):
     assert read_csv(csv) == [] and waiting.content_hash
     open_days = [r.id for r in all_runs(settings) if r.finished_at is None]
     assert len(open_days) == 1 and open_days[0] not in (day, older)  # today's
+
+
+def test_a_night_leaves_a_photo_the_counter_is_classifying_to_the_counter(settings):
+    """The same content in incoming/ while its counter row is queued: the night does not take
+    the row over (the counter's worker would then refuse its own photo and leave its file
+    behind); its copy waits a night and is filed as known."""
+    from sweep_support import Incoming, add_images
+
+    from producer.sweep import run_sweep
+
+    incoming = Incoming(settings.incoming_dir)
+    [(rel, content_hash)] = add_images(incoming, 1, seed=31).items()
+    counter_photo = record(settings, content_hash)
+    with session_factory(settings.database_url)() as session:
+        before = session.query(Prediction).filter_by(content_hash=content_hash).one()
+
+    enqueued = []
+    night = run_sweep(settings, dispatch=enqueued.extend, trigger="manual").run
+
+    assert enqueued == []
+    assert (night.status, night.known, night.enqueued) == ("finished", 1, 0)
+    with session_factory(settings.database_url)() as session:
+        after = session.query(Prediction).filter_by(content_hash=content_hash).one()
+    assert (after.sweep_run_id, after.original_path, after.status) == (
+        before.sweep_run_id,
+        counter_photo.path,
+        ItemStatus.QUEUED,
+    )
+    assert (settings.incoming_dir / rel).is_file()
