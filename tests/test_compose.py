@@ -34,6 +34,7 @@ def test_every_role_has_a_service():
         "review",
         "metrics",
         "api",
+        "counter-worker",
     } <= set(SERVICES)
 
 
@@ -50,6 +51,7 @@ def test_services_run_the_celery_app_on_the_right_queues():
     assert f"-Q {SWEEP_QUEUE}" in command("producer")
     for name in ("worker", "gpu-worker"):
         assert f"-Q {CLASSIFY_QUEUE},{COUNTER_QUEUE}" in command(name)
+    assert f"-Q {COUNTER_QUEUE} " in command("counter-worker")
     assert "--pool solo" in command("gpu-worker")
 
 
@@ -72,7 +74,7 @@ def test_every_setting_given_to_a_service_exists():
 
 def test_every_role_that_reads_the_model_store_mounts_the_same_volume():
     store = COMPOSE["x-env"]["REFUND_SORTER_MODEL_STORE"]
-    for name in ("producer", "worker", "gpu-worker", "review", "api"):
+    for name in ("producer", "worker", "counter-worker", "gpu-worker", "review", "api"):
         assert SERVICES[name]["environment"]["REFUND_SORTER_MODEL_STORE"] == store
         assert f"models:{store}" in SERVICES[name]["volumes"], name
     assert "models" in COMPOSE["volumes"]
