@@ -139,6 +139,30 @@ ERRORS = {
 }
 
 
+# The body /v1/classify reads itself (so that its size is counted as it arrives), as the
+# OpenAPI page shows it.
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+PHOTO_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "One JPEG, PNG or WebP photo: the raw body (whatever its content "
+        "type: the bytes decide), or the one file of a multipart form (its name is ignored).",
+        "content": {
+            "image/jpeg": _BINARY,
+            "image/png": _BINARY,
+            "image/webp": _BINARY,
+            "application/octet-stream": _BINARY,
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"photo": {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    }
+}
+
+
 @dataclass
 class Counter:
     """What every request of one API process shares."""
@@ -338,7 +362,7 @@ def create_app(settings: Settings) -> FastAPI:
             endpoint = getattr(route, "path", "other")
             counter.metrics.observe(endpoint, status, time.monotonic() - started)
 
-    @app.post("/v1/classify", response_model=Answer, responses=ERRORS)
+    @app.post("/v1/classify", response_model=Answer, responses=ERRORS, openapi_extra=PHOTO_BODY)
     async def classify(request: Request, client: Client) -> Answer:
         """Classify one photo: the raw body (any content type) or the one file of a
         multipart form. Answered once a worker classified it, or at once when its content

@@ -351,6 +351,9 @@ def test_health_openapi_metrics_and_no_pytorch_in_the_api_process(stack):
     assert ready.status == 200 and ready.json == {"ready": True, "problems": {}}
     spec = api.request("GET", "/openapi.json", client=None).json
     assert {"/v1/classify", "/v1/predictions/{prediction_id}"} <= set(spec["paths"])
+    body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert {"image/jpeg", "multipart/form-data"} <= set(body)
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert api.request("GET", "/docs", client=None).status == 200
     metrics = api.request("GET", "/metrics", client=None).body
     assert 'refund_sorter_api_requests_total{endpoint="/v1/classify",status="200"}' in metrics
