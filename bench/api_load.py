@@ -16,6 +16,12 @@ limit of that model on the same photos (``bench/throughput.py``'s pipeline: deco
 core, one forward pass per batch) is measured in the same run, and each row is also given
 as a share of it.
 
+With ``--night DIR`` a night runs at the same time: DIR's photos (made new, as above) are
+copied into the incoming folder and swept through the broker just before the first row,
+and the run reports when that night finished, so that the rows show the counter's latency
+while the workers also classify a night (run it with the deployment's REFUND_SORTER_*
+environment, which names the folder, the database and the broker).
+
 Start the server with REFUND_SORTER_API_RATE_LIMIT=0, or its rate limit is what is measured.
 """
 
@@ -128,6 +134,47 @@ def in_process_limit(model: Path, photos: list[bytes], batch: int) -> float:
         return pipeline_limit(clf, files, batch)
 
 
+def start_night(folder: Path, run: str) -> tuple[int, float]:
+    """Copy ``folder``'s photos, made new, into the incoming folder and sweep them through
+    the broker: (the sweep's id, when it started)."""
+    from producer.sweep import run_sweep
+    from refund_sorter.celery_app import publish
+    from refund_sorter.config import get_settings
+
+    settings = get_settings()
+    target = Path(settings.incoming_dir) / f"bench-{run}"
+    target.mkdir(parents=True)
+    for i, data in enumerate(photos_of(folder, 100_000)):
+        (target / f"{i:06d}.jpg").write_bytes(made_new(data, f"refund-sorter night {run} {i}"))
+    started = time.monotonic()
+    report = run_sweep(settings, dispatch=publish, trigger="manual")
+    click.echo(f"night {report.run.id}: {len(report.enqueued)} photos enqueued")
+    return report.run.id, started
+
+
+def follow_night(sweep_id: int, started: float, timeout: float = 3600) -> dict:
+    """Wait for the night to end: its status, photos and seconds from its start."""
+    from refund_sorter import crud
+    from refund_sorter.config import get_settings
+    from refund_sorter.db import session_factory
+
+    sessions = session_factory(get_settings().database_url)
+    while True:
+        with sessions() as session:
+            run = crud.get_sweep(session, sweep_id)
+        if run.status != "running" or time.monotonic() - started > timeout:
+            break
+        time.sleep(1)
+    return {
+        "sweep": sweep_id,
+        "status": run.status,
+        "photos": run.succeeded + run.failed,
+        "seconds": (crud.as_utc(run.finished_at) - crud.as_utc(run.started_at)).total_seconds()
+        if run.finished_at
+        else time.monotonic() - started,
+    }
+
+
 @click.command()
 @click.option("--url", default="http://127.0.0.1:8100", show_default=True, help="The API.")
 @click.option("--token", required=True, help="An API token (refund-sorter api-token create).")
@@ -151,12 +198,18 @@ def in_process_limit(model: Path, photos: list[bytes], batch: int) -> float:
     help="Also measure this model's in-process limit on the same photos.",
 )
 @click.option("--batch", default=32, show_default=True, help="Batch of the in-process limit.")
+@click.option(
+    "--night",
+    type=click.Path(exists=True, path_type=Path),
+    help="Sweep these photos as a night while the rows run.",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the rows.")
-def main(url, token, data, clients, requests, limit, same, model, batch, json_path) -> None:
+def main(url, token, data, clients, requests, limit, same, model, batch, night, json_path) -> None:
     """Requests/s, p50/p95/p99 and errors of POST /v1/classify at each --clients."""
     photos = photos_of(data, limit)
     run = f"{time.time():.0f}"
     rows = []
+    sweep = start_night(night, run) if night else None
     click.echo(f"{'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  errors")
     for n in clients:
         row = run_clients(url, token, photos, n, requests, same, run)
@@ -167,6 +220,12 @@ def main(url, token, data, clients, requests, limit, same, model, batch, json_pa
             f"{row['p99_ms']:>8.0f}  {errors}"
         )
     result = {"url": url, "photos": len(photos), "rows": rows}
+    if sweep is not None:
+        result["night"] = follow_night(*sweep)
+        click.echo(
+            f"night {result['night']['sweep']}: {result['night']['status']} after "
+            f"{result['night']['seconds']:.0f} s, {result['night']['photos']} photos"
+        )
     if model is not None:
         limit_rate = in_process_limit(model, photos, batch)
         result["in_process_limit_per_s"] = limit_rate
