@@ -355,6 +355,10 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             response = await call_next(request)
             status = response.status_code
+            # An answer is about one photo at one moment: no cache keeps it, and no browser
+            # reads a JSON answer as anything else.
+            response.headers.setdefault("Cache-Control", "no-store")
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
             return response
         finally:
             counter.metrics.in_flight.dec()

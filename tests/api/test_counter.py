@@ -153,6 +153,7 @@ def test_a_photo_is_classified_filed_and_then_answered_from_its_row(stack, tiny_
     first = api.classify(data, headers={"Content-Type": "image/jpeg"})
 
     assert first.status == 200, first.body
+    assert first.headers["cache-control"] == "no-store"
     answer = first.json
     assert answer["status"] == "ok" and answer["known"] is False
     assert answer["content_hash"] == content_hash
