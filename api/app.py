@@ -33,7 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -421,6 +421,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(CounterError, _counter_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(OperationalError, _database_away)
     app.add_exception_handler(Exception, _unexpected)
     return app
 
@@ -444,6 +445,11 @@ def _validation_error(_request: Request, exc: RequestValidationError) -> JSONRes
         f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in exc.errors()
     )
     return _problem(422, detail)
+
+
+def _database_away(_request: Request, exc: OperationalError) -> JSONResponse:
+    log.error("the database does not answer: %s", redact(str(exc.orig)))
+    return _problem(503, "the database does not answer; try again shortly")
 
 
 def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
