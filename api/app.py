@@ -215,7 +215,9 @@ class Counter:
             raise CounterError(503, str(exc)) from None
         created = wrote = False
         with self.sessions.begin() as session:
-            row = crud.live_photo(session, content_hash=photo.content_hash, model_version=version)
+            row = crud.live_photo(
+                session, content_hash=photo.content_hash, model_version=version
+            ) or crud.queued_at_counter(session, content_hash=photo.content_hash)
             if row is None:
                 # The file before its row, its row before its message: a worker that takes
                 # the message finds both.

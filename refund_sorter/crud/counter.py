@@ -125,6 +125,24 @@ def live_photo(session: Session, *, content_hash: str, model_version: str) -> Pr
     )
 
 
+def queued_at_counter(session: Session, *, content_hash: str) -> Prediction | None:
+    """A counter row of this content still queued for whatever model: one sent just before
+    a promotion is answered by the model it was queued for, as a night's photo is, rather
+    than queued again under the same file for the new one (the first worker to file it
+    would leave the second without its file)."""
+    days = select(SweepRun.id).where(SweepRun.status == SweepStatus.COUNTER)
+    return session.scalar(
+        select(Prediction)
+        .where(
+            Prediction.content_hash == content_hash,
+            Prediction.status == ItemStatus.QUEUED,
+            Prediction.sweep_run_id.in_(days),
+        )
+        .order_by(Prediction.id.desc())
+        .limit(1)
+    )
+
+
 def record_counter_photo(
     session: Session, *, day_id: int, path: Path, content_hash: str, model_version: str
 ) -> Prediction:

@@ -158,3 +158,30 @@ def test_a_night_leaves_a_photo_the_counter_is_classifying_to_the_counter(settin
         ItemStatus.QUEUED,
     )
     assert (settings.incoming_dir / rel).is_file()
+
+
+def test_a_photo_sent_again_just_after_a_promotion_waits_for_the_row_it_has(settings):
+    """Queued for the model that served a moment ago: the same photo now waits for that row
+    (as a night's photo is classified by the model it was queued for) instead of a second
+    row under the same file, which the first worker to file it would leave without one."""
+    from api.app import Counter
+    from api.metrics import ApiMetrics
+    from api.photos import Photo
+
+    sessions = session_factory(settings.database_url)
+    path = Path(settings.counter_dir).absolute() / ("2" * 64 + ".jpg")
+    with sessions.begin() as session:
+        crud.create_api_token(session, name="anna", token_hash="h" * 64)
+        day = crud.counter_day(session, model_version="served-before")
+        first = crud.record_counter_photo(
+            session, day_id=day, path=path, content_hash="2" * 64, model_version="served-before"
+        )
+    counter = Counter(settings, sessions, rates=None, metrics=ApiMetrics())
+
+    row, final = counter.take(Photo(b"\xff\xd8", "2" * 64, ".jpg"), "anna")
+
+    assert (row.id, row.model_version, final) == (first.id, "served-before", False)
+    with sessions() as session:
+        assert session.query(Prediction).count() == 1
+        assert crud.photo_sent_by(session, prediction_id=first.id, token="anna") is not None
+    assert not path.exists()  # nothing stored: the first request's file is the one
