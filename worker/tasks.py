@@ -199,7 +199,7 @@ def classify_counter(self, requests) -> None:
     classify_requests(self, requests)
 
 
-def classify_requests(self: ClassifierTask, requests) -> None:
+def classify_requests(task: ClassifierTask, requests) -> None:
     """Classify a batch of messages (``requests``) of either task: each model version's
     items through ``process_batch``, what cannot be done now put back on the task's queue
     or retried, and the batch reported to Flower."""
@@ -210,7 +210,7 @@ def classify_requests(self: ClassifierTask, requests) -> None:
     # A task the stall check published again may meet the one it stands in for.
     items = list(dict.fromkeys(it for _, carried, _ in tasks for it in carried))
     refused = sum(len(reasons) for _, _, reasons in tasks)
-    settings = self.app.settings
+    settings = task.app.settings
     started = time.monotonic()
     groups = by_model(items)
     outcome = BatchOutcome()
@@ -219,8 +219,8 @@ def classify_requests(self: ClassifierTask, requests) -> None:
     classified = not items
     for version, group in groups.items():
         try:
-            clf = self.classifier_for(version)
-            statuses = process_batch(group, clf, settings, self.process_state).statuses
+            clf = task.classifier_for(version)
+            statuses = process_batch(group, clf, settings, task.process_state).statuses
         except NotInStore as exc:
             # No worker can classify for it. Its rows stay queued and its files untouched: the
             # stall check releases their sweep, and the next sweep takes them over.
@@ -230,12 +230,12 @@ def classify_requests(self: ClassifierTask, requests) -> None:
         except ModelUnavailable as exc:
             # Not the images' fault: put them back as they came, for a worker that has a model.
             stop_taking_images(str(exc))
-            publish(group, queue=self.home_queue)
+            publish(group, queue=task.home_queue)
             log.warning("put %d images back on the queue: no model here", len(group))
         except Exception as exc:
             # The registry could not be read, or the batch failed. celery-batches acknowledges
             # a batch even when it raised, so this is the only chance to keep the work.
-            retry_or_give_up(group, exc, settings, self.home_queue)
+            retry_or_give_up(group, exc, settings, task.home_queue)
         else:
             outcome.statuses += statuses
             classified = True
@@ -250,7 +250,7 @@ def classify_requests(self: ClassifierTask, requests) -> None:
         outcome.refused + refused,
         ", ".join(groups),
     )
-    report_to_flower(self.name, tasks, outcome, time.monotonic() - started)
+    report_to_flower(task.name, tasks, outcome, time.monotonic() - started)
 
 
 def retry_or_give_up(
