@@ -1,6 +1,6 @@
 # Two images from one file:
-#   base   - producer, beat, Flower, migrations, the review desk, the metrics endpoint: no
-#            PyTorch, starts in a second
+#   base   - producer, beat, Flower, migrations, the review desk, the metrics endpoint, the
+#            returns counter's API: no PyTorch, starts in a second
 #   worker - base + PyTorch and OpenVINO, classifies batches with the shipped model
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -15,6 +15,7 @@ COPY worker ./worker
 COPY producer ./producer
 COPY review ./review
 COPY monitoring ./monitoring
+COPY api ./api
 COPY models ./models
 COPY migrations ./migrations
 RUN pip install -c constraints.txt .

@@ -4,7 +4,7 @@ whoever decides which model serves (model list, register, promote, rollback), wi
 ``cli.comparison`` (model compare, and the gate in front of promote), ``cli.operations``
 for the operators (sweep, runs, export, db upgrade, flower, metrics-server),
 ``cli.review_desk`` for the review desk (review-server, export-training-set, accuracy,
-threshold, report).
+threshold, report), ``cli.api`` for the returns counter (api-server, api-token).
 
 It sits above the roles it drives (producer, worker, classifier), so the shared core in
 ``refund_sorter/`` imports none of them. Heavy imports (PyTorch, Celery) happen inside the
@@ -13,7 +13,7 @@ commands that need them, so ``refund-sorter --help``, ``db`` and ``export`` star
 
 import click
 
-from cli import comparison, model, operations, registry, review_desk
+from cli import api, comparison, model, operations, registry, review_desk
 
 
 @click.group()
@@ -40,6 +40,8 @@ for command in (
     review_desk.accuracy,
     review_desk.threshold,
     review_desk.report,
+    api.api_server,
+    api.api_token,
 ):
     main.add_command(command)
 registry.model_group.add_command(comparison.compare)

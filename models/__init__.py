@@ -53,6 +53,11 @@ class SweepStatus(StrEnum):
     FINISHED = "finished"
     SKIPPED = "skipped"  # another sweep was running: nothing was scanned
     ABANDONED = "abandoned"  # made no progress for too long; its leftovers were re-enqueued
+    # One day of the returns counter's photos (its HTTP API, ``api``): rows grouped as a
+    # night's are, but never ``running``, so never the sweep lock, never stalled or abandoned
+    # as a night is, and left out of the nights' figures (those read ``finished`` nights).
+    # finished_at is set once the day ended and its CSV was written.
+    COUNTER = "counter"
 
 
 class ItemStatus(StrEnum):
@@ -80,12 +85,21 @@ class SweepRun(Base):
             sqlite_where=text(f"status = '{SweepStatus.RUNNING}'"),
         ),
         Index("ix_sweep_runs_started_at", "started_at"),
+        # One counter day per day: its row is started_at, the day's first moment (UTC), so
+        # that two API processes taking the day's first photo at once record one day.
+        Index(
+            "uq_sweep_runs_one_counter_day",
+            "started_at",
+            unique=True,
+            postgresql_where=text(f"status = '{SweepStatus.COUNTER}'"),
+            sqlite_where=text(f"status = '{SweepStatus.COUNTER}'"),
+        ),
         one_of("ck_sweep_runs_status", "status", SweepStatus),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
-    trigger: Mapped[str] = mapped_column(String(16))  # beat, manual or local
+    trigger: Mapped[str] = mapped_column(String(16))  # beat, manual, local or counter
     model_version: Mapped[str] = mapped_column(String(32))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -367,3 +381,30 @@ class ShadowPrediction(Base):
     candidate_seconds: Mapped[float] = mapped_column(Float)
     serving_seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiToken(Base):
+    """A client of the returns counter's HTTP API (``refund-sorter api-token``): its name,
+    recorded on every request it sends, and the SHA-256 of its token, never the token
+    itself. A revoked token keeps its row, so the requests it sent still name it."""
+
+    __tablename__ = "api_tokens"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CounterRequest(Base):
+    """One photo a client sent to the returns counter, and the row that answered it: the
+    row it made, or the one that already held its content (one row per image and model, so
+    two clients sending the same photo share it). A client reads only the rows it sent."""
+
+    __tablename__ = "counter_requests"
+    __table_args__ = (Index("ix_counter_requests_prediction_token", "prediction_id", "token"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id"))
+    token: Mapped[str] = mapped_column(ForeignKey("api_tokens.name"))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

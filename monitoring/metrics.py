@@ -32,14 +32,14 @@ from refund_sorter import crud, drift
 from refund_sorter.celery_app import SorterCelery, queue_depth
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
-from refund_sorter.messages import CLASSIFY_QUEUE, SWEEP_QUEUE
+from refund_sorter.messages import CLASSIFY_QUEUE, COUNTER_QUEUE, SWEEP_QUEUE
 from refund_sorter.redact import redact
 from review import accuracy, nights, queue
 
 log = logging.getLogger(__name__)
 
 PREFIX = "refund_sorter_"
-QUEUES = (CLASSIFY_QUEUE, SWEEP_QUEUE)
+QUEUES = (CLASSIFY_QUEUE, COUNTER_QUEUE, SWEEP_QUEUE)
 # A sweep row's counter for each photo status the series show.
 STATUS_COUNTERS = {
     ItemStatus.OK: "succeeded",

@@ -4,15 +4,13 @@ server itself), behind basic auth when REFUND_SORTER_METRICS_BASIC_AUTH is set, 
 the standard library's WSGI server, one thread per request so a slow scrape blocks no other.
 """
 
-import base64
-import binascii
-import hmac
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from monitoring.metrics import SorterCollector
+from refund_sorter.basic_auth import allowed_pairs, authorized
 from refund_sorter.config import Settings
 
 PATH = "/metrics"
@@ -34,15 +32,10 @@ def metrics_app(settings: Settings):
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SorterCollector(settings))
     metrics = make_wsgi_app(registry)
-    credentials = settings.metrics_basic_auth
-    allowed = (
-        [pair.encode() for pair in credentials.get_secret_value().split(",")]
-        if credentials is not None and credentials.get_secret_value()
-        else []
-    )
+    allowed = allowed_pairs(settings.metrics_basic_auth)
 
     def app(environ, start_response):
-        if allowed and not _authorized(environ.get("HTTP_AUTHORIZATION", ""), allowed):
+        if allowed and not authorized(environ.get("HTTP_AUTHORIZATION", ""), allowed):
             start_response(
                 "401 Unauthorized",
                 [
@@ -57,19 +50,6 @@ def metrics_app(settings: Settings):
         return metrics(environ, start_response)
 
     return app
-
-
-def _authorized(header: str, allowed: list[bytes]) -> bool:
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return False
-    try:
-        given = base64.b64decode(encoded.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    # Every pair compared, each in constant time: the answer's timing says nothing about
-    # how much of a password was right, nor which user it was.
-    return any([hmac.compare_digest(given, pair) for pair in allowed])
 
 
 def metrics_server(settings: Settings, address: str, port: int) -> WSGIServer:

@@ -91,7 +91,11 @@ def run_sweep(
             recorded = crud.failures_left_in_place(
                 session, (f.path for f in found if f.error is not None)
             )
-            plan = _plan(found, live, recorded, settings, run.id)
+            at_counter = crud.counter_days_among(
+                session,
+                {r.sweep_run_id for r in live.values() if r.status == ItemStatus.QUEUED},
+            )
+            plan = _plan(found, live, recorded, settings, run.id, at_counter)
             run = crud.record_scan(
                 session,
                 sweep_id=run.id,
@@ -238,10 +242,12 @@ def _plan(
     recorded: set[tuple[str, str]],
     settings: Settings,
     sweep_id: int,
+    counter_days: set[int] = frozenset(),
 ) -> _Plan:
     """Decide each file's fate from what the table already holds (no SQL, no moves).
 
-    ``recorded``: (path, content hash) of failed rows whose file was left where it was.
+    ``recorded``: (path, content hash) of failed rows whose file was left where it was;
+    ``counter_days``: the counter days among the sweeps of the ``live`` rows still queued.
     """
     plan = _Plan()
     seen: set[str] = set()
@@ -281,6 +287,11 @@ def _plan(
                 plan.refiled.append((row, dest))
                 names = (row.sweep_run_id, row.original_path)
             plan.moves.append(Move(f.path, dest, names))
+        elif (row := live.get(f.content_hash)) is not None and row.sweep_run_id in counter_days:
+            # The returns counter is classifying this content right now, for a client who
+            # waits: its row is not taken over. The copy waits a night, as a duplicate does,
+            # and the next sweep files it as known.
+            plan.known += 1
         else:  # new, failed before, or still queued by an abandoned sweep
             plan.queue.append(crud.ScannedFile(f.path, f.content_hash))
         seen.add(f.content_hash)

@@ -16,11 +16,13 @@ from refund_sorter.config import Settings, get_settings
 from refund_sorter.errors import UserError
 from refund_sorter.messages import (
     CLASSIFY_QUEUE,
-    CLASSIFY_TASK,
+    COUNTER_QUEUE,
+    COUNTER_TASK,
     IMAGES_PER_TASK,
     RESUME_TASK,
     SWEEP_QUEUE,
     SWEEP_TASK,
+    TASK_OF_QUEUE,
     WorkItem,
     task_args,
 )
@@ -55,11 +57,17 @@ class SorterCelery(Celery):
             # JSON only: a pickled message could run code on the worker.
             task_serializer="json",
             accept_content=["json"],
-            # Two queues so the producer can run where PyTorch is not installed (-Q sweep) and
-            # model workers take only images (-Q classify); a plain worker consumes both.
-            task_queues=(Queue(CLASSIFY_QUEUE), Queue(SWEEP_QUEUE)),
+            # Queues by role, so the producer can run where PyTorch is not installed (-Q sweep)
+            # and model workers take only images (-Q classify,counter); a plain worker consumes
+            # them all. The returns counter's photos have their own queue: one waits behind
+            # no night in the broker, and a worker may be kept for them alone (-Q counter).
+            task_queues=(Queue(CLASSIFY_QUEUE), Queue(COUNTER_QUEUE), Queue(SWEEP_QUEUE)),
             task_default_queue=CLASSIFY_QUEUE,
-            task_routes={SWEEP_TASK: {"queue": SWEEP_QUEUE}, RESUME_TASK: {"queue": SWEEP_QUEUE}},
+            task_routes={
+                SWEEP_TASK: {"queue": SWEEP_QUEUE},
+                RESUME_TASK: {"queue": SWEEP_QUEUE},
+                COUNTER_TASK: {"queue": COUNTER_QUEUE},
+            },
             # Results are rows in SQL; storing them in Redis too would only fill it.
             task_ignore_result=True,
             result_backend=None,
@@ -111,16 +119,25 @@ class SorterCelery(Celery):
 app = SorterCelery(get_settings(), include=["worker.tasks", "producer.tasks"])
 
 
-def publish(items: list[WorkItem], countdown: float | None = None) -> None:
+def publish(
+    items: list[WorkItem], countdown: float | None = None, queue: str = CLASSIFY_QUEUE
+) -> None:
     """Publish ``items`` as classify tasks of up to IMAGES_PER_TASK images each, in order
-    (``countdown``: seconds before they may run)."""
+    (``countdown``: seconds before they may run), on ``queue``: ``classify`` for a night's,
+    ``counter`` for the returns counter's, one image per task (a worker flushes each at
+    once, so a task of several would only make the first image wait for the last)."""
+    task, size = TASK_OF_QUEUE[queue], IMAGES_PER_TASK if queue == CLASSIFY_QUEUE else 1
     try:
         # One producer (one connection and channel) for the whole fan-out.
         with app.producer_or_acquire() as producer:
-            for start in range(0, len(items), IMAGES_PER_TASK):
-                chunk = items[start : start + IMAGES_PER_TASK]
+            for start in range(0, len(items), size):
+                chunk = items[start : start + size]
                 app.send_task(
-                    CLASSIFY_TASK, args=task_args(chunk), countdown=countdown, producer=producer
+                    task,
+                    args=task_args(chunk),
+                    countdown=countdown,
+                    producer=producer,
+                    queue=queue,
                 )
     except OperationalError as exc:
         message = f"cannot reach the broker at {app.conf.broker_url}: {exc}"
@@ -137,12 +154,13 @@ def queue_depth(channel, queue_name: str) -> int:
         return 0
 
 
-def classify_queue_depth() -> int:
-    """How many classify messages wait in the broker: ``queue_depth`` of the classify queue."""
+def classify_queue_depth(queue_name: str = CLASSIFY_QUEUE) -> int:
+    """How many classify messages wait in the broker: ``queue_depth`` of the classify queue
+    (or of the counter's)."""
     with app.connection_for_read() as conn:
         try:
             with conn.channel() as channel:
-                return queue_depth(channel, CLASSIFY_QUEUE)
+                return queue_depth(channel, queue_name)
         except conn.connection_errors as exc:
             message = f"cannot reach the broker at {app.conf.broker_url}: {exc}"
             raise UserError(redact(message)) from None

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         "models/ in home. The producer, the workers and the review desk read it.",
     )
     incoming_dir: Path | None = None
+    counter_dir: Path | None = Field(
+        None,
+        description="Folder of the photos the returns counter's API took (refund-sorter "
+        "api-server), one file per content, named by its hash; default: counter/ in home, "
+        "beside incoming/. The API writes it, the workers file its photos as a night's.",
+    )
     processed_dir: Path | None = None
     failed_dir: Path | None = None
     export_dir: Path | None = None
@@ -321,6 +327,25 @@ class Settings(BaseSettings):
         description="The review desk is reached only through a proxy that appends the client's "
         "address to X-Forwarded-For: the login limit then counts that address, not the proxy's.",
     )
+    api_max_bytes: int = Field(
+        20 * 2**20,
+        ge=1024,
+        description="The largest photo the returns counter's API takes, in bytes (413 above): "
+        "counted as the body arrives, so a chunked upload without a length is cut off too.",
+    )
+    api_wait_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How long POST /v1/classify waits for the workers' answer; then it "
+        "answers 504 with the row's id, to be read later at GET /v1/predictions/{id}.",
+    )
+    api_rate_limit: int = Field(
+        600,
+        ge=0,
+        description="Requests per minute each API token may send, counted in Redis for all "
+        "API processes together (429 above); 0: no limit.",
+    )
+
     nights_failed_warning: float = Field(
         0.05,
         ge=0,
@@ -345,7 +370,7 @@ class Settings(BaseSettings):
     def _fill_from_home(self) -> "Settings":
         if not self.database_url:
             self.database_url = f"sqlite:///{self.home / 'refund-sorter.db'}"
-        for name in ("incoming", "processed", "failed"):
+        for name in ("incoming", "counter", "processed", "failed"):
             if getattr(self, f"{name}_dir") is None:
                 setattr(self, f"{name}_dir", self.home / name)
         if self.export_dir is None:

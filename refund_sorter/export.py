@@ -3,7 +3,8 @@
 ``write_csv`` is the one CSV writer: the per-sweep CSV and ``refund-sorter export`` both
 go through it, so both are safe to open in a spreadsheet. ``export_sweeps`` writes the CSV of
 the sweeps that ended: called where a night finishes, after its last files moved
-(``refund_sorter.filing``), and where one is abandoned.
+(``refund_sorter.filing``), where one is abandoned, and where the stall check closes a day
+of the returns counter (``producer.counter``).
 """
 
 import csv
@@ -17,7 +18,7 @@ from typing import TextIO
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import ItemStatus, Prediction, SweepRun
+from models import ItemStatus, Prediction, SweepRun, SweepStatus
 from refund_sorter.atomic import atomic_write
 from refund_sorter.crud import as_utc, latest_reviews
 
@@ -141,9 +142,11 @@ def write_csv(session: Session, flt: ExportFilter, out: TextIO) -> int:
 
 
 def sweep_csv_path(run: SweepRun, export_dir: Path) -> Path:
-    """``<export_dir>/sweep-<date>-<run>.csv``: no night overwrites another."""
+    """``<export_dir>/sweep-<date>-<run>.csv``: no night overwrites another. A day of the
+    returns counter's photos: ``counter-<date>-<run>.csv`` beside them."""
     day = as_utc(run.started_at).date().isoformat()
-    return Path(export_dir) / f"sweep-{day}-{run.id:05d}.csv"
+    kind = "counter" if run.status == SweepStatus.COUNTER else "sweep"
+    return Path(export_dir) / f"{kind}-{day}-{run.id:05d}.csv"
 
 
 def export_sweep(session: Session, sweep_id: int, export_dir: Path) -> Path:

@@ -4,7 +4,8 @@ them there.
 The relative path under ``incoming/`` is kept, so operators find a file where they expect
 it (or, with REFUND_SORTER_FILE_BY_CATEGORY, a classified photo goes to
 ``processed/<main>/<sub>/``); a name already taken gets the first characters of the content
-hash appended.
+hash appended. A photo of the returns counter (its own folder, ``counter/``, beside
+``incoming/``) goes to ``processed/counter/`` and ``failed/counter/`` under its name.
 """
 
 import errno
@@ -70,6 +71,7 @@ class Folders:
     processed: Path
     failed: Path
     file_by_category: bool
+    counter: Path | None = None  # the returns counter's uploads, beside incoming/
     # processed/<main>/<sub>/, resolved, by (main, sub): few per batch
     _categories: dict[tuple[str, str], Path] = field(default_factory=dict)
 
@@ -80,23 +82,43 @@ class Folders:
             Path(settings.processed_dir).resolve(),
             Path(settings.failed_dir).resolve(),
             settings.file_by_category,
+            Path(settings.counter_dir).resolve(),
         )
 
     def inside_incoming(self, path: Path | str) -> Path | None:
         """``path`` resolved if it lies below ``incoming/``, else None (as ``inside``)."""
         return _below(path, self.incoming)
 
+    def inside_sources(self, path: Path | str) -> Path | None:
+        """``path`` resolved if it lies below ``incoming/`` or the counter's folder: where
+        the photos a worker may act on lie. None elsewhere (as ``inside``)."""
+        found = _below(path, self.incoming)
+        if found is None and self.counter is not None:
+            found = _below(path, self.counter)
+        return found
+
+    def _source_root(self, path: Path) -> tuple[Path, str | None]:
+        """The folder ``path`` (resolved) came from, and the folder its files go to under
+        processed/ and failed/ (None: the same relative path)."""
+        if self.counter is not None and path != self.counter and path.is_relative_to(self.counter):
+            return self.counter, "counter"
+        return self.incoming, None
+
     def failed_destination(self, path: Path, content_hash: str) -> Path:
         """Where a file that is not a usable image goes: its path under incoming/ kept in
-        failed/."""
-        return _destination(path, self.incoming, self.failed, content_hash)
+        failed/ (a counter photo: failed/counter/)."""
+        root, below = self._source_root(path)
+        target = self.failed / below if below else self.failed
+        return _destination(path, root, target, content_hash)
 
     def processed_destination(self, path: Path, content_hash: str, main: str, sub: str) -> Path:
         """Where a photo classified as ``main``/``sub`` goes: ``processed/<main>/<sub>/<name>``
         with REFUND_SORTER_FILE_BY_CATEGORY, else its path under incoming/ kept in
-        processed/."""
+        processed/ (a counter photo: processed/counter/)."""
         if not self.file_by_category:
-            return _destination(path, self.incoming, self.processed, content_hash)
+            root, below = self._source_root(path)
+            target = self.processed / below if below else self.processed
+            return _destination(path, root, target, content_hash)
         folder = self._categories.get((main, sub))
         if folder is None:
             folder = self._categories[main, sub] = (self.processed / main / sub).resolve()

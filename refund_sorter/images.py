@@ -21,6 +21,11 @@ class UnreadableImage(Exception):
     """The file is not an image we can decode; the message says why in plain words."""
 
 
+class NotAnImage(UnreadableImage):
+    """Content no decoder here recognises as an image (a text file, a PDF), or an image in a
+    format that was not asked for: not a damaged image."""
+
+
 def sha256_file(source: Path | BinaryIO, chunk: int = 1 << 20) -> str:
     """The SHA-256 of a file, given its path or an open binary handle (read to the end)."""
     if isinstance(source, str | os.PathLike):
@@ -52,19 +57,24 @@ def sniff(source: Path | BinaryIO) -> str:
         with Image.open(source) as img:
             return img.format or "unknown"
     except UnidentifiedImageError:
-        raise UnreadableImage("not an image (unrecognised content)") from None
+        raise NotAnImage("not an image (unrecognised content)") from None
     except Image.DecompressionBombError as exc:
         raise UnreadableImage(f"image too large: {exc}") from None
     except OSError as exc:
         raise UnreadableImage(f"cannot read file: {exc}") from None
 
 
-def open_rgb(source: Path | str | bytes, min_size: int | None = None) -> Image.Image:
+def open_rgb(
+    source: Path | str | bytes,
+    min_size: int | None = None,
+    formats: tuple[str, ...] | None = None,
+) -> Image.Image:
     """Decode an image file (or its bytes) to 8-bit RGB, upright (EXIF rotation applied).
 
     Handles grayscale, 16-bit, palette, alpha (flattened on white) and CMYK. With
     ``min_size`` JPEGs are decoded at the smallest scale that still covers it,
-    which is several times faster for large photos.
+    which is several times faster for large photos. With ``formats`` (Pillow's names:
+    ``JPEG``, ``PNG``, ...) content in any other format is ``NotAnImage``.
     """
     try:
         if isinstance(source, bytes):
@@ -77,7 +87,7 @@ def open_rgb(source: Path | str | bytes, min_size: int | None = None) -> Image.I
             raise UnreadableImage("empty file")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fh) as img:
+            with Image.open(fh, formats=formats) as img:
                 if min_size and img.format == "JPEG":
                     img.draft(img.mode, (min_size, min_size))
                 img.load()
@@ -89,7 +99,7 @@ def open_rgb(source: Path | str | bytes, min_size: int | None = None) -> Image.I
     except IsADirectoryError:
         raise UnreadableImage("a folder, not an image file") from None
     except UnidentifiedImageError:
-        raise UnreadableImage("not an image (unrecognised content)") from None
+        raise NotAnImage("not an image (unrecognised content)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UnreadableImage(f"image too large: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:

@@ -1,8 +1,10 @@
 """The message contract between the producer and the workers (torch-free).
 
 The producer publishes ``classify`` tasks of up to ``IMAGES_PER_TASK`` images each, Celery
-beat one ``sweep`` task per night and a stall check every minute; both sides import the names
-and the payload from here, so neither imports the other.
+beat one ``sweep`` task per night and a stall check every minute; the returns counter's API
+publishes ``classify_counter`` tasks of one image each, on a queue of their own, which the
+workers classify as soon as they take them. Every side imports the names and the payload
+from here, so none imports another.
 """
 
 from collections.abc import Callable, Iterable
@@ -14,6 +16,13 @@ RESUME_TASK = "refund_sorter.resume_stalled_sweep"
 CLASSIFY_TASK = "refund_sorter.classify"
 CLASSIFY_QUEUE = "classify"
 SWEEP_QUEUE = "sweep"
+# The returns counter's photos: the same work item and pipeline as a night's, a task of its
+# own so that a worker flushes each message at once (worker.tasks), and a queue of its own
+# so that a counter photo never waits behind a night's messages in the broker.
+COUNTER_TASK = "refund_sorter.classify_counter"
+COUNTER_QUEUE = "counter"
+# The task each queue's work items travel as.
+TASK_OF_QUEUE = {CLASSIFY_QUEUE: CLASSIFY_TASK, COUNTER_QUEUE: COUNTER_TASK}
 # Images one classify task carries. A worker pays for every message it takes (a Redis round
 # trip to fetch it, two to track and acknowledge it, its events): per image, that cost more
 # than decoding and classifying the image (docs/performance.md). Per 32 images it is noise.

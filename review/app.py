@@ -9,9 +9,9 @@ accuracy the decisions measure; ``/nights``, the last nights at a glance, and
 (``/nights/plots/<name>.svg``, ``/nights/{id}/plots/<name>.svg``: the content policy allows
 no inline style, so no inline SVG); ``/models``, the registered model versions and the
 candidate's comparison with the serving model; ``/photos/{id}``, the photo
-file itself, served only from inside the processed, incoming and failed folders. Everything
-but the login page and ``/healthz`` needs a logged-in reviewer, and every form carries the
-session's CSRF token.
+file itself, served only from inside the processed, incoming, failed and counter folders.
+Everything but the login page and ``/healthz`` needs a logged-in reviewer, and every form
+carries the session's CSRF token.
 
 A photo shown to a reviewer is claimed for them (REFUND_SORTER_REVIEW_CLAIM_SECONDS): no
 other reviewer is shown it or may decide it until the claim ends.
@@ -115,11 +115,11 @@ class Desk:
         return main, sub
 
     def photo_file(self, row: Prediction) -> Path | None:
-        """The photo's file, resolved, if it lies inside the processed, incoming or failed
-        folder: a row never makes the desk serve anything else."""
+        """The photo's file, resolved, if it lies inside the processed, incoming, failed or
+        counter folder: a row never makes the desk serve anything else."""
         path = row.final_path or row.original_path
         s = self.settings
-        for folder in (s.processed_dir, s.incoming_dir, s.failed_dir):
+        for folder in (s.processed_dir, s.incoming_dir, s.failed_dir, s.counter_dir):
             found = inside(path, folder)
             if found is not None and found.is_file():
                 return found

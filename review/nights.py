@@ -384,9 +384,12 @@ def headline(nights: list[NightFigures], settings: Settings, now: datetime) -> H
     no finished night lately, a newer sweep that did not finish, too many failures, drift."""
     zone = ZoneInfo(settings.timezone)
     warnings = []
-    last = next((n for n in nights if n.status == SweepStatus.FINISHED), None)
-    if nights and nights[0] is not last:
-        newest = nights[0]
+    # The returns counter's days are listed with the nights, but are no night: one open
+    # since midnight is neither a night still running nor one abandoned.
+    sweeps = [n for n in nights if n.status != SweepStatus.COUNTER]
+    last = next((n for n in sweeps if n.status == SweepStatus.FINISHED), None)
+    if sweeps and sweeps[0] is not last:
+        newest = sweeps[0]
         state = "is still running" if newest.status == SweepStatus.RUNNING else "was abandoned"
         warnings.append(
             f"The newest sweep ({newest.sweep}, started "

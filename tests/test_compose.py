@@ -14,7 +14,7 @@ import yaml
 
 from refund_sorter.celery_app import SorterCelery
 from refund_sorter.config import Settings
-from refund_sorter.messages import CLASSIFY_QUEUE, SWEEP_QUEUE
+from refund_sorter.messages import CLASSIFY_QUEUE, COUNTER_QUEUE, SWEEP_QUEUE
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
@@ -33,6 +33,8 @@ def test_every_role_has_a_service():
         "flower",
         "review",
         "metrics",
+        "api",
+        "counter-worker",
     } <= set(SERVICES)
 
 
@@ -45,15 +47,17 @@ def test_services_run_the_celery_app_on_the_right_queues():
     assert command("flower").startswith("refund-sorter flower")
     assert command("review").startswith("refund-sorter review-server")
     assert command("metrics").startswith("refund-sorter metrics-server")
+    assert command("api").startswith("refund-sorter api-server")
     assert f"-Q {SWEEP_QUEUE}" in command("producer")
     for name in ("worker", "gpu-worker"):
-        assert f"-Q {CLASSIFY_QUEUE}" in command(name)
+        assert f"-Q {CLASSIFY_QUEUE},{COUNTER_QUEUE}" in command(name)
+    assert f"-Q {COUNTER_QUEUE} " in command("counter-worker")
     assert "--pool solo" in command("gpu-worker")
 
 
 def test_roles_without_the_model_use_the_image_without_pytorch():
     assert SERVICES["migrate"]["build"]["target"] == "base"
-    for name in ("producer", "beat", "flower", "review", "metrics"):
+    for name in ("producer", "beat", "flower", "review", "metrics", "api"):
         assert SERVICES[name]["image"] == "refund-sorter:base"
     assert SERVICES["worker"]["build"]["target"] == "worker"
     targets = re.findall(r"^FROM \S+ AS (\w+)", (ROOT / "Dockerfile").read_text(), re.M)
@@ -70,7 +74,7 @@ def test_every_setting_given_to_a_service_exists():
 
 def test_every_role_that_reads_the_model_store_mounts_the_same_volume():
     store = COMPOSE["x-env"]["REFUND_SORTER_MODEL_STORE"]
-    for name in ("producer", "worker", "gpu-worker", "review"):
+    for name in ("producer", "worker", "counter-worker", "gpu-worker", "review", "api"):
         assert SERVICES[name]["environment"]["REFUND_SORTER_MODEL_STORE"] == store
         assert f"models:{store}" in SERVICES[name]["volumes"], name
     assert "models" in COMPOSE["volumes"]
@@ -101,6 +105,16 @@ def test_the_metrics_endpoint_waits_for_migrations_and_stays_on_localhost():
     assert metrics["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert metrics["ports"] == ["127.0.0.1:9808:9808"]
     assert metrics["environment"]["REFUND_SORTER_METRICS_BASIC_AUTH"] == "${METRICS_BASIC_AUTH:-}"
+
+
+def test_the_api_waits_for_migrations_and_the_broker_and_stays_on_localhost():
+    api = SERVICES["api"]
+    assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert api["ports"] == ["127.0.0.1:8100:8100"]
+    # Its photos in the volume the workers file them from.
+    assert "data:/data" in api["volumes"] and "data:/data" in SERVICES["worker"]["volumes"]
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
 
 
 def test_redis_requires_a_password_and_every_role_uses_it():
@@ -165,6 +179,7 @@ def test_docker_compose_accepts_the_file_with_its_secrets_set():
         "flower",
         "review",
         "metrics",
+        "api",
     ):
         env = services[name]["environment"]
         assert env["REFUND_SORTER_BROKER_URL"] == "redis://:redis-secret@redis:6379/0", name

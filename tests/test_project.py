@@ -41,7 +41,9 @@ def test_ci_runs_the_readme_test_command():
     assert ci_code == ["set -euo pipefail", 'cd "$(dirname "$0")/.."', tests]
 
 
-def test_producer_beat_migrations_the_review_desk_and_metrics_do_not_import_torch(tmp_path):
+def test_producer_beat_migrations_the_review_desk_metrics_and_the_api_do_not_import_torch(
+    tmp_path,
+):
     code = f"""
 import sys
 import worker
@@ -57,6 +59,8 @@ plots.trend("photos", [], Settings())   # the Nights pages draw with matplotlib 
 from registry.checkpoint_taxonomy import read_taxonomy
 read_taxonomy("assets/model/refund-sorter-resnet18.pt")   # the categories the desk offers
 import monitoring.server   # the metrics endpoint
+from api.app import create_app   # the returns counter's API
+create_app(Settings(database_url="sqlite:///{tmp_path / "db.sqlite"}"))
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
 print("LEAKED", leaked)
 """
@@ -309,6 +313,62 @@ def test_migration_0012_counts_old_audits_blind_and_other_reviews_seen(empty_url
         assert conn.execute(text("SELECT COUNT(*) FROM reviews")).scalar_one() == 2
 
 
+def test_migration_0013_adds_the_counter_and_takes_it_away_keeping_the_nights(empty_url):
+    """Counter days (sweep status ``counter``), tokens and requests come and go with 0013;
+    a night's rows stay either way, and after the downgrade the status is refused again."""
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from refund_sorter.db import alembic_config, get_engine, upgrade
+
+    sweep = text(
+        'INSERT INTO sweep_runs (status, "trigger", model_version, started_at, updated_at,'
+        " found, enqueued, succeeded, failed, known, pending, deferred)"
+        " VALUES (:status, :trigger, 'v1', :now, :now, 1, 1, 1, 0, 0, 0, 0)"
+    )
+    photo = text(
+        "INSERT INTO predictions (content_hash, model_version, sweep_run_id, status, file_name,"
+        " original_path, needs_review, audited, created_at)"
+        " SELECT :hash, 'v1', MAX(id), 'ok', 'a.jpg', '/in/a.jpg', false, false, :now"
+        " FROM sweep_runs WHERE status = :status"
+    )
+    now = datetime.now(UTC)
+    upgrade(empty_url, "0012")
+    engine = get_engine(empty_url)
+    with engine.begin() as conn:
+        conn.execute(sweep, {"status": "finished", "trigger": "beat", "now": now})
+        conn.execute(photo, {"hash": "night", "status": "finished", "now": now})
+
+    upgrade(empty_url)
+    with engine.begin() as conn:
+        conn.execute(sweep, {"status": "counter", "trigger": "counter", "now": now})
+        conn.execute(photo, {"hash": "counter", "status": "counter", "now": now})
+        conn.execute(
+            text("INSERT INTO api_tokens (name, token_hash, created_at) VALUES ('a', 'h', :now)"),
+            {"now": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO counter_requests (prediction_id, token, received_at)"
+                " SELECT id, 'a', :now FROM predictions WHERE content_hash = 'counter'"
+            ),
+            {"now": now},
+        )
+        # One counter day per day.
+        with pytest.raises(IntegrityError), conn.begin_nested():
+            conn.execute(sweep, {"status": "counter", "trigger": "counter", "now": now})
+
+    command.downgrade(alembic_config(empty_url), "0012")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT content_hash FROM predictions")).scalars().all() == [
+            "night"
+        ]
+        assert conn.execute(text("SELECT status FROM sweep_runs")).scalars().all() == ["finished"]
+        with pytest.raises(IntegrityError, match="ck_sweep_runs_status"), conn.begin_nested():
+            conn.execute(sweep, {"status": "counter", "trigger": "counter", "now": now})
+
+
 def test_statuses_are_enums():
     """Every class of named string values in models and the worker's outcomes is a StrEnum,
     and every column holding one is held to its values by a CHECK constraint."""
@@ -351,14 +411,17 @@ def test_statuses_are_enums():
 # workers share only the core's message contract, and the core imports no role above it.
 # The review desk is a role of its own: it shares the core and the model registry, and no
 # other package imports it but cli and the metrics endpoint (monitoring), which reads its
-# backlog and accuracy queries. Only cli imports monitoring. The model registry and the
-# training plan sit on the core, below every role; classifier (PyTorch) sits on them.
-ROLES = {"producer", "worker", "cli", "review", "monitoring"}
+# backlog and accuracy queries. Only cli imports monitoring. The returns counter's API is a
+# role beside the desk: it shares the core and the registry, and only cli imports it. The
+# model registry and the training plan sit on the core, below every role; classifier
+# (PyTorch) sits on them.
+ROLES = {"producer", "worker", "cli", "review", "monitoring", "api"}
 FORBIDDEN_IMPORTS = {
-    "producer": {"worker", "cli", "review", "monitoring"},
-    "worker": {"producer", "cli", "review", "monitoring"},
-    "review": {"producer", "worker", "cli", "monitoring"},
-    "monitoring": {"producer", "worker", "cli"},
+    "producer": {"worker", "cli", "review", "monitoring", "api"},
+    "worker": {"producer", "cli", "review", "monitoring", "api"},
+    "review": {"producer", "worker", "cli", "monitoring", "api"},
+    "monitoring": {"producer", "worker", "cli", "api"},
+    "api": {"producer", "worker", "cli", "review", "monitoring", "classifier", "training"},
     "refund_sorter": ROLES | {"classifier", "registry", "training"},
     "models": ROLES | {"classifier", "registry", "training"},
     "migrations": ROLES | {"classifier", "registry", "training"},

@@ -18,9 +18,14 @@ from dataclasses import dataclass, field
 from celery import signals
 
 from refund_sorter.celery_app import app
-from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK
+from refund_sorter.messages import CLASSIFY_QUEUE, CLASSIFY_TASK, COUNTER_QUEUE, COUNTER_TASK
 from worker.pipeline import ModelUnavailable, load_model
 from worker.shadow import load_candidate_at_start
+
+# The queues of photos to classify, and the tasks that take them: the night's and the
+# returns counter's. A worker that consumes either loads the models.
+IMAGE_QUEUES = (CLASSIFY_QUEUE, COUNTER_QUEUE)
+IMAGE_TASKS = (CLASSIFY_TASK, COUNTER_TASK)
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +51,14 @@ def _node() -> Node:
 
 @signals.worker_init.connect
 def _remember_worker(sender, **_) -> None:
-    app.tasks[CLASSIFY_TASK].node = Node(
+    node = Node(
         hostname=sender.hostname,
         processes=1 if "solo" in str(sender.pool_cls).lower() else sender.concurrency,
         pool_processes="prefork" in str(sender.pool_cls).lower(),
-        takes_images=CLASSIFY_QUEUE in sender.app.amqp.queues.consume_from,
+        takes_images=any(q in sender.app.amqp.queues.consume_from for q in IMAGE_QUEUES),
     )
+    for name in IMAGE_TASKS:  # one node for both: they share the process's models
+        app.tasks[name].node = node
 
 
 @signals.worker_process_init.connect
@@ -79,10 +86,10 @@ def load_model_in_the_main_process(**_) -> None:
 
 
 def stop_taking_images(reason: str) -> None:
-    """Log why, and have this worker's main process stop consuming the classify queue: the
-    images stay in the queue for workers that can classify them. Asked over the broker (the
-    pool process cannot reach its parent's consumer otherwise), from a thread that asks until
-    the main process answers, since it listens only once it is up."""
+    """Log why, and have this worker's main process stop consuming the classify and counter
+    queues: the images stay in the queues for workers that can classify them. Asked over
+    the broker (the pool process cannot reach its parent's consumer otherwise), from a
+    thread that asks until the main process answers, since it listens only once it is up."""
     stopping = _node().stopping
     if stopping.is_set():
         return
@@ -95,14 +102,17 @@ def stop_taking_images(reason: str) -> None:
 
 def _cancel_classify_consumer() -> None:
     node = _node().hostname
+    for queue in IMAGE_QUEUES:
+        _cancel_consumer(node, queue)
+
+
+def _cancel_consumer(node: str | None, queue: str) -> None:
     for _ in range(300):
         try:
-            if app.control.cancel_consumer(
-                CLASSIFY_QUEUE, destination=[node], reply=True, timeout=1
-            ):
-                log.warning("stopped consuming the %s queue", CLASSIFY_QUEUE)
+            if app.control.cancel_consumer(queue, destination=[node], reply=True, timeout=1):
+                log.warning("stopped consuming the %s queue", queue)
                 return
         except Exception as exc:  # the broker is away: ask again
-            log.warning("asking to stop consuming the %s queue: %s", CLASSIFY_QUEUE, exc)
+            log.warning("asking to stop consuming the %s queue: %s", queue, exc)
             time.sleep(1)
-    log.error("could not stop consuming the %s queue: %s did not answer", CLASSIFY_QUEUE, node)
+    log.error("could not stop consuming the %s queue: %s did not answer", queue, node)

@@ -44,8 +44,8 @@ class NotStored(StrEnum):
 
     # Already stored by a redelivered task, or enqueued for another model.
     IGNORED = "ignored"
-    # A task the producer did not send: its path lies outside incoming/, or its image is
-    # queued under another path. Nothing is read, moved or written for it.
+    # A task the producer did not send: its path lies outside incoming/ and counter/, or its
+    # image is queued under another path. Nothing is read, moved or written for it.
     REFUSED = "refused"
 
 
@@ -155,7 +155,7 @@ class Unusable(NamedTuple):
     to_failed: bool = True  # False: left where it is (gone, or left for a later sweep)
 
 
-# Each item the batch acts on, with its path resolved inside incoming/.
+# Each item the batch acts on, with its path resolved inside incoming/ (or counter/).
 Admitted = tuple[WorkItem, Path]
 
 
@@ -166,9 +166,10 @@ def process_batch(
     with this process's ``state`` (a state of its own for this batch alone when None).
 
     Anyone who reaches the broker can send tasks, so a worker acts only on what the producer
-    queued: a path that resolves inside ``incoming/`` and a ``queued`` row for exactly that
-    path, content hash and model. Anything else is refused and logged, and its row is left
-    as it is, so the genuine task still finds its image queued.
+    (or the returns counter's API) queued: a path that resolves inside ``incoming/`` (or the
+    counter's folder) and a ``queued`` row for exactly that path, content hash and model.
+    Anything else is refused and logged, and its row is left as it is, so the genuine task
+    still finds its image queued.
     """
     if state is None:
         state = ProcessState.sharing_cores()
@@ -247,9 +248,13 @@ def admit(
                 it.model_version,
             )
             others.append((it, NotStored.IGNORED))
-        elif (src := folders.inside_incoming(it.path)) is None:
+        elif (src := folders.inside_sources(it.path)) is None:
             log.warning(
-                "refused %r (%r): not inside %s", it.path, it.content_hash, settings.incoming_dir
+                "refused %r (%r): not inside %s nor %s",
+                it.path,
+                it.content_hash,
+                settings.incoming_dir,
+                settings.counter_dir,
             )
             others.append((it, NotStored.REFUSED))
         elif it.content_hash not in queued:

@@ -1,4 +1,5 @@
-"""The workers' task: classify messages of up to 32 images each, buffered into batches.
+"""The workers' tasks: classify messages of up to 32 images each, buffered into batches;
+and the returns counter's messages of one image each, each flushed as it arrives.
 
 The task translates a batch of messages (enough for REFUND_SORTER_BATCH_SIZE images) into
 one ``process_batch`` call per model version the messages carry, each with that model,
@@ -10,7 +11,12 @@ promotion needs no restart, and no photo waits for a model nobody has loaded.
 A batch that fails as a whole (database or disk trouble) is published again with a growing
 countdown (REFUND_SORTER_RETRY_DELAY, doubled each time) up to REFUND_SORTER_RETRY_LIMIT
 retries; then its rows are marked failed and the files stay in ``incoming/`` for the next
-sweep.
+sweep (a counter photo's in the counter's folder, for the client to send again).
+
+Both tasks run the same code on the same per-process models and state; the counter's
+(``classify_counter``, on the ``counter`` queue) differs only in flushing every message at
+once, so that a counter photo never waits for a batch to fill (REFUND_SORTER_BATCH_MAX_WAIT),
+and in publishing its retries on its own queue.
 """
 
 import logging
@@ -30,7 +36,15 @@ from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
 from refund_sorter.filing import file_committed
-from refund_sorter.messages import CLASSIFY_TASK, WorkItem, by_model, read_task
+from refund_sorter.messages import (
+    CLASSIFY_QUEUE,
+    CLASSIFY_TASK,
+    COUNTER_QUEUE,
+    COUNTER_TASK,
+    WorkItem,
+    by_model,
+    read_task,
+)
 from registry.registry import NotInStore, model_path_disagreement, serving_version
 from worker.events import report_to_flower
 from worker.lifecycle import Node, stop_taking_images
@@ -59,6 +73,8 @@ class ClassifierTask(Batches):
     process's state between batches (``worker.pipeline.ProcessState``)."""
 
     node: Node = Node()  # replaced by the worker's own as it starts
+    # Where this task's items go back to (a model missing here, a retry).
+    home_queue: ClassVar[str] = CLASSIFY_QUEUE
     # By version, the least recently used first; one per process (a class attribute).
     _loaded: ClassVar[OrderedDict[str, object]] = OrderedDict()
     _state: ClassVar[ProcessState | None] = None
@@ -159,8 +175,34 @@ def warm_up(clf) -> None:
     log.debug("warmed model %s up in %.3f s", clf.version, time.perf_counter() - started)
 
 
+class CounterClassifierTask(ClassifierTask):
+    """The returns counter's photos: one image per message, each flushed as it arrives. A
+    client waits for its answer, and a batch of one costs a forward pass of one, which a CPU
+    runs in milliseconds; the models and the process's state are the night's (class
+    attributes of ``ClassifierTask``), so a worker that takes both queues loads each model
+    once."""
+
+    home_queue: ClassVar[str] = COUNTER_QUEUE
+
+    @property
+    def flush_every(self) -> int:
+        return 1
+
+
 @app.task(base=ClassifierTask, name=CLASSIFY_TASK, bind=True)
 def classify(self, requests) -> None:
+    classify_requests(self, requests)
+
+
+@app.task(base=CounterClassifierTask, name=COUNTER_TASK, bind=True)
+def classify_counter(self, requests) -> None:
+    classify_requests(self, requests)
+
+
+def classify_requests(task: ClassifierTask, requests) -> None:
+    """Classify a batch of messages (``requests``) of either task: each model version's
+    items through ``process_batch``, what cannot be done now put back on the task's queue
+    or retried, and the batch reported to Flower."""
     tasks = [(request, *read_task(request.args)) for request in requests]
     for request, _, reasons in tasks:
         for reason in reasons:
@@ -168,7 +210,7 @@ def classify(self, requests) -> None:
     # A task the stall check published again may meet the one it stands in for.
     items = list(dict.fromkeys(it for _, carried, _ in tasks for it in carried))
     refused = sum(len(reasons) for _, _, reasons in tasks)
-    settings = self.app.settings
+    settings = task.app.settings
     started = time.monotonic()
     groups = by_model(items)
     outcome = BatchOutcome()
@@ -177,8 +219,8 @@ def classify(self, requests) -> None:
     classified = not items
     for version, group in groups.items():
         try:
-            clf = self.classifier_for(version)
-            statuses = process_batch(group, clf, settings, self.process_state).statuses
+            clf = task.classifier_for(version)
+            statuses = process_batch(group, clf, settings, task.process_state).statuses
         except NotInStore as exc:
             # No worker can classify for it. Its rows stay queued and its files untouched: the
             # stall check releases their sweep, and the next sweep takes them over.
@@ -188,12 +230,12 @@ def classify(self, requests) -> None:
         except ModelUnavailable as exc:
             # Not the images' fault: put them back as they came, for a worker that has a model.
             stop_taking_images(str(exc))
-            publish(group)
+            publish(group, queue=task.home_queue)
             log.warning("put %d images back on the queue: no model here", len(group))
         except Exception as exc:
             # The registry could not be read, or the batch failed. celery-batches acknowledges
             # a batch even when it raised, so this is the only chance to keep the work.
-            retry_or_give_up(group, exc, settings)
+            retry_or_give_up(group, exc, settings, task.home_queue)
         else:
             outcome.statuses += statuses
             classified = True
@@ -208,12 +250,15 @@ def classify(self, requests) -> None:
         outcome.refused + refused,
         ", ".join(groups),
     )
-    report_to_flower(self.name, tasks, outcome, time.monotonic() - started)
+    report_to_flower(task.name, tasks, outcome, time.monotonic() - started)
 
 
-def retry_or_give_up(items: list[WorkItem], exc: Exception, settings: Settings) -> None:
-    """Publish a failed batch's items again, each after ``retry_countdown(attempt)``, or mark
-    those whose retries are used up ``failed`` (files left in ``incoming/``)."""
+def retry_or_give_up(
+    items: list[WorkItem], exc: Exception, settings: Settings, queue: str = CLASSIFY_QUEUE
+) -> None:
+    """Publish a failed batch's items again on ``queue``, each after
+    ``retry_countdown(attempt)``, or mark those whose retries are used up ``failed`` (files
+    left where they are)."""
     reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
     by_attempt = attrgetter("attempt")
     for attempt, group in groupby(sorted(items, key=by_attempt), key=by_attempt):
@@ -230,7 +275,7 @@ def retry_or_give_up(items: list[WorkItem], exc: Exception, settings: Settings) 
                 countdown,
                 exc_info=exc,
             )
-            publish([it.next_attempt() for it in group], countdown=countdown)
+            publish([it.next_attempt() for it in group], countdown=countdown, queue=queue)
             _postpone_stall_check(group, countdown, settings)
         else:
             log.error(
@@ -247,7 +292,9 @@ def retry_or_give_up(items: list[WorkItem], exc: Exception, settings: Settings) 
 def _postpone_stall_check(items: list[WorkItem], countdown: float, settings: Settings) -> None:
     try:
         with session_factory(settings.database_url).begin() as session:
-            crud.postpone_stall_check(session, items, utcnow() + timedelta(seconds=countdown))
+            until = utcnow() + timedelta(seconds=countdown)
+            crud.postpone_stall_check(session, items, until)
+            crud.postpone_counter_check(session, items, until)
     except Exception as exc:  # the database may be what failed: the retry is on its way anyway
         log.warning("could not postpone the stall check: %s", exc)
 

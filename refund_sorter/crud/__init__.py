@@ -8,6 +8,7 @@ writes rows. One module per concern:
 - ``thresholds``: review thresholds set per model version;
 - ``model_versions``: the model registry's rows and promotions;
 - ``shadow``: a candidate model's answers from shadow runs;
+- ``counter``: the returns counter's API tokens, days, photos and requests;
 - ``common``: UTC times and an upsert in the session's dialect.
 
 Functions take a session (or a session factory where they need transactions of their own)
@@ -17,6 +18,25 @@ and keyword arguments. Callers use ``crud.NAME``; each name is defined once, in 
 from refund_sorter.crud.common import (
     as_utc,
     upsert,
+)
+from refund_sorter.crud.counter import (
+    COUNTER_TRIGGER,
+    TokenNameTaken,
+    api_token_name,
+    api_tokens,
+    claim_stalled_counter_photos,
+    close_counter_days,
+    counter_day,
+    counter_days_among,
+    create_api_token,
+    is_counter_day,
+    live_photo,
+    photo_sent_by,
+    postpone_counter_check,
+    queued_at_counter,
+    record_counter_photo,
+    record_counter_request,
+    revoke_api_token,
 )
 from refund_sorter.crud.logins import (
     count_login_failure,
@@ -85,38 +105,54 @@ from refund_sorter.crud.thresholds import (
 )
 
 __all__ = [
+    "COUNTER_TRIGGER",
     "PROMOTION_TRIGGER",
     "ItemResult",
     "NoServingModel",
     "ScannedFile",
     "ShadowAnswer",
     "SweepRunning",
+    "TokenNameTaken",
     "Unmoved",
     "Unreadable",
     "abandon_sweeps",
+    "api_token_name",
+    "api_tokens",
     "as_utc",
     "begin_sweep",
     "candidate_model",
     "claim_photo",
+    "claim_stalled_counter_photos",
     "claim_stalled_sweep",
     "clear_review_threshold",
+    "close_counter_days",
     "count_login_failure",
+    "counter_day",
+    "counter_days_among",
+    "create_api_token",
     "deferred_files",
     "failures_left_in_place",
     "first_serving",
     "forget_login_failures",
     "get_sweep",
+    "is_counter_day",
     "latest_reviews",
+    "live_photo",
     "live_predictions",
     "lock_login",
     "make_serving",
     "model_entries",
     "model_entry",
     "model_version_known",
+    "photo_sent_by",
+    "postpone_counter_check",
     "postpone_stall_check",
     "promotion_history",
+    "queued_at_counter",
     "queued_paths",
     "recent_sweeps",
+    "record_counter_photo",
+    "record_counter_request",
     "record_failures",
     "record_filed",
     "record_results",
@@ -129,6 +165,7 @@ __all__ = [
     "release_sweep_lock",
     "retire_model",
     "review_threshold_set",
+    "revoke_api_token",
     "rollback_target",
     "running_sweep",
     "serving_model",

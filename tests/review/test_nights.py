@@ -375,6 +375,11 @@ def test_the_headline_warns_when_last_night_did_not_happen_or_went_wrong():
     )
     assert no_photos.flagged_share is None and no_photos.failed_share is None
 
+    # A day of the returns counter, open since midnight, is listed but is no night.
+    counter = night(6, "counter", datetime(2026, 11, 5, 0, 0, tzinfo=UTC))
+    with_counter = nights.headline([counter, last, before], settings, now)
+    assert with_counter.warnings == [] and with_counter.night is last
+
 
 def test_the_plots_use_the_desk_s_colours():
     from review.app import HERE
@@ -382,3 +387,38 @@ def test_the_plots_use_the_desk_s_colours():
     css = (HERE / "static" / "review.css").read_text()
     root = dict(re.findall(r"--([\w-]+): (#[0-9a-f]{6})", css.split("}", 1)[0]))
     assert {name: root[name] for name in plots.COLOURS} == plots.COLOURS
+
+
+@pytest.mark.model
+@pytest.mark.services
+def test_a_day_of_the_returns_counter_is_listed_and_shown_beside_the_nights(
+    tmp_path, review_model, accounts
+):
+    now = utcnow().replace(second=0, microsecond=0)
+    with postgres_database() as url:
+        settings = build_settings(
+            tmp_path / "home",
+            url,
+            review_model,
+            reviewers=SecretStr(accounts),
+            review_secret_key=SecretStr(SECRET_KEY),
+        )
+        with session_factory(url).begin() as session:
+            night = stage_night(session, now - timedelta(hours=20), photos=usual_mix(10))
+            counter = stage_night(
+                session,
+                now.replace(hour=0, minute=0),
+                status=SweepStatus.COUNTER,
+                photos=usual_mix(4),
+            )
+        client = logged_in(settings)
+        page = client.get("/nights")
+        assert page.status_code == 200
+        headline = text_of(re.search(r'<div id="headline".*?</div>', page.text, re.S)[0])
+        night_date = (now - timedelta(hours=20)).astimezone(UTC).date()  # the desk's zone: UTC
+        assert headline.startswith(f"Last night ({night_date})")
+        assert "still running" not in headline and "abandoned" not in headline
+        assert cells(page.text, counter)[2] == "4"  # its photos, listed as a night's are
+        assert cells(page.text, night)[2] == "10"
+        day = client.get(f"/nights/{counter}")
+        assert day.status_code == 200 and "4 photos" in text_of(day.text)

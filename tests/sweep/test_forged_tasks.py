@@ -176,3 +176,59 @@ def test_a_malformed_task_is_refused_without_failing_its_batch(enqueued, classif
     tasks.classify.run(requests[:1])
     assert made == ["w1@test"] and flushes == [12, 15]
     assert events[-1][1]["result"] == "{'ignored': 4, 'refused': 2}"
+
+
+def test_forged_tasks_into_the_returns_counter_s_folder_are_refused(
+    fresh_pg_url, make_settings, classifier, tmp_path
+):
+    """The workers take photos from the counter's folder too, on the same rule: a path that
+    resolves inside it and the one ``queued`` row for exactly that path, hash and model."""
+    from refund_sorter import crud
+    from refund_sorter.db import session_factory
+    from registry.registry import serving_version
+
+    settings = make_settings(fresh_pg_url)
+    version = serving_version(settings)
+    counter = settings.counter_dir.absolute()
+    counter.mkdir(parents=True)
+    source = Incoming(tmp_path / "made")
+    [(rel, content_hash)] = add_images(source, 1, seed=93).items()
+    path = counter / f"{content_hash}{rel.suffix}"
+    path.write_bytes((source.root / rel).read_bytes())
+    with session_factory(settings.database_url).begin() as session:
+        day = crud.counter_day(session, model_version=version)
+        crud.record_counter_photo(
+            session, day_id=day, path=path, content_hash=content_hash, model_version=version
+        )
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "copy.jpg").write_bytes(path.read_bytes())
+    (counter / "link.jpg").symlink_to(outside / "copy.jpg")
+    (counter / "other.jpg").write_bytes(path.read_bytes())
+
+    def forged(where) -> WorkItem:
+        return WorkItem(str(where), content_hash, version)
+
+    forgeries = [
+        forged(outside / "copy.jpg"),  # a copy outside the counter's folder
+        forged(f"{counter}/../outside/copy.jpg"),  # ".." out of it
+        forged(counter / "link.jpg"),  # a symlink in it to a file outside
+        forged(counter / "other.jpg"),  # another name in it: not what is queued
+        forged(counter),  # the folder itself
+    ]
+    before = state(settings), files_under(counter)
+
+    outcome = process_batch(forgeries, classifier, settings)
+
+    assert (outcome.ok, outcome.failed, outcome.refused) == (0, 0, 5)
+    assert (state(settings), files_under(counter)) == before
+    [row] = all_predictions(settings)
+    assert row.status == "queued"
+
+    # The genuine task: classified and filed in processed/counter/, as its row says.
+    assert process_batch([forged(path)], classifier, settings).ok == 1
+    [row] = all_predictions(settings)
+    assert row.status == "ok"
+    assert row.final_path == str(settings.processed_dir.resolve() / "counter" / path.name)
+    assert Path(row.final_path).is_file() and not path.exists()
+    assert (outside / "copy.jpg").is_file() and (counter / "other.jpg").is_file()

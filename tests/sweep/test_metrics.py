@@ -375,6 +375,7 @@ def test_every_series_after_a_staged_night(
     assert value(samples, "queue_messages", queue="classify", state="unacked") == 1
     assert value(samples, "queue_messages", queue="sweep", state="ready") == 1
     assert value(samples, "queue_messages", queue="sweep", state="unacked") == 0
+    assert value(samples, "queue_messages", queue="counter", state="ready") == 0
 
     assert value(samples, "model_info", version=VERSION) == 1
     assert value(samples, "candidate_model_info", version=CANDIDATE) == 1

@@ -23,7 +23,7 @@ from sweep_support import (
 
 from producer.sweep import run_sweep
 from refund_sorter.db import upgrade
-from refund_sorter.messages import WorkItem, task_args
+from refund_sorter.messages import CLASSIFY_QUEUE, WorkItem, task_args
 from worker.pipeline import process_batch
 
 pytestmark = pytest.mark.model
@@ -144,10 +144,13 @@ def test_a_batch_that_fails_is_put_back_on_the_queue_with_a_growing_countdown(
     add_images(incoming, 3, seed=8)
     items: list[WorkItem] = []
     run = run_sweep(settings, dispatch=items.extend, trigger="local").run
-    published = []
-    monkeypatch.setattr(
-        tasks, "publish", lambda items, countdown: published.append((items, countdown))
-    )
+    published, queues = [], set()
+
+    def publish(items, countdown, queue):
+        published.append((items, countdown))
+        queues.add(queue)
+
+    monkeypatch.setattr(tasks, "publish", publish)
     # The worker's database has no tables: storing the batch raises, as it would with the
     # server down.
     broken = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'empty.db'}"})
@@ -170,6 +173,7 @@ def test_a_batch_that_fails_is_put_back_on_the_queue_with_a_growing_countdown(
         assert [it.attempt for it in retried] == [attempt] * 3
         tasks.classify.run(requests_for(retried))
         assert published[-1] == ([replace(it, attempt=attempt + 1) for it in items], countdown)
+    assert queues == {CLASSIFY_QUEUE}  # a night's retries go back to the night's queue
     # Nothing was stored or moved: the rows wait for the retry, the files stay in incoming/.
     assert [p.status for p in all_predictions(settings)] == ["queued"] * 3
     assert get_run(settings, run.id).pending == 3
@@ -194,7 +198,7 @@ def test_a_batch_that_used_up_its_retries_is_marked_failed_and_its_files_stay(
     add_images(incoming, 3, seed=9)
     items: list[WorkItem] = []
     run = run_sweep(settings, dispatch=items.extend, trigger="local").run
-    monkeypatch.setattr(tasks, "publish", lambda items, countdown: pytest.fail("published"))
+    monkeypatch.setattr(tasks, "publish", lambda *a, **kw: pytest.fail("published"))
     monkeypatch.setattr(tasks.app, "settings", settings)
     loaded = OrderedDict({classifier.version: classifier})
     monkeypatch.setattr(tasks.ClassifierTask, "_loaded", loaded)
