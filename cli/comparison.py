@@ -197,6 +197,7 @@ def comparison_lines(compared, live, folder, decision, *, promoting: bool) -> li
             folder.candidate_images_per_second,
             thresholds=(folder.serving_threshold, folder.candidate_threshold),
             precisions=(folder.serving_precision, folder.candidate_precision),
+            exact=True,
         )
     lines.append("")
     lines += gate_lines(decision, live, folder, promoting=promoting)
@@ -255,7 +256,19 @@ def _left_out_lines(live) -> list[str]:
     return lines
 
 
-def _table(found, speed: str, serving_speed, candidate_speed, thresholds=None, precisions=None):
+def _table(
+    found,
+    speed: str,
+    serving_speed,
+    candidate_speed,
+    thresholds=None,
+    precisions=None,
+    exact: bool = False,
+):
+    """The two models side by side. ``exact``: every photo counts alike (a folder), so the
+    paired counts get McNemar's exact test; the live photos are weighted, and the gate's
+    bound is their test."""
+    from refund_sorter.stats import mcnemar
     from review.comparison import figure
 
     def speed_text(value) -> str:
@@ -278,8 +291,15 @@ def _table(found, speed: str, serving_speed, candidate_speed, thresholds=None, p
         f"  agreement: main {figure(found.agreement_main)}; sub {figure(found.agreement_sub)}"
     )
     for paired in (found.main, found.sub):
-        lines.append(
+        line = (
             f"  {paired.level}: {paired.serving_only} photos only the serving model had right, "
             f"{paired.candidate_only} only the candidate"
         )
+        if exact:
+            two, one = mcnemar(paired.serving_only, paired.candidate_only)
+            line += (
+                f" (exact McNemar test: p = {two:.3g} two-sided, {one:.3g} that the candidate "
+                "is no better)"
+            )
+        lines.append(line)
     return lines

@@ -38,6 +38,19 @@ def clopper_pearson(k: int, n: int) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
+def mcnemar(serving_only: int, candidate_only: int) -> tuple[float, float]:
+    """McNemar's exact test of two models on the same photos, each photo counting alike:
+    of the photos exactly one model had right, ``candidate_only`` were the candidate's.
+    Returns (two-sided p that both are as good, one-sided p that the candidate is no
+    better); 1.0 for both when no photo tells them apart."""
+    n = serving_only + candidate_only
+    if n == 0:
+        return 1.0, 1.0
+    two = stats.binomtest(candidate_only, n, 0.5).pvalue
+    one = stats.binomtest(candidate_only, n, 0.5, alternative="greater").pvalue
+    return float(two), float(one)
+
+
 def binomial_interval(k: int, n: int) -> tuple[float, float, str]:
     """``k`` of ``n``'s interval and its method: exact under SMALL trials, else Wilson's."""
     if n < SMALL:

@@ -219,6 +219,10 @@ def test_too_few_labelled_photos_refuse_unless_a_folder_has_enough(
 
     result = ok("model", "promote", candidate, "--by", "ben", "--data", data)
     assert f"folder {data}: 42 photos" in result.output
+    assert (
+        "sub: 0 photos only the serving model had right, 0 only the candidate (exact McNemar "
+        "test: p = 1 two-sided, 1 that the candidate is no better)"
+    ) in result.output
     assert "passes, judged on folder" in result.output
     assert "  folder: the difference rests on 100% the labelled folder" in result.output
     assert serving_version(settings) == candidate

@@ -113,3 +113,20 @@ def test_one_more_labelled_photo_moves_the_suggestion_by_at_most_one_step():
             moved = suggest([more, *strata[:1], *strata[2:]], regime.target, min_labelled=100)
             assert moved.suggested is not None
             assert abs(moved.suggested.threshold - at) <= 0.01 + 1e-9, (c, right)
+
+
+def test_mcnemar_matches_the_exact_binomial_test_and_keeps_its_size():
+    two, one = stats.mcnemar(4, 12)  # the candidate alone right on 12 photos, the serving on 4
+
+    assert two == pytest.approx(0.0768, abs=5e-4)
+    assert one == pytest.approx(0.0384, abs=5e-4)
+    assert stats.mcnemar(12, 4)[1] > 0.98  # a worse candidate is not "better" one-sided
+    assert stats.mcnemar(0, 0) == (1.0, 1.0)
+    # Two equally good models: 2,000 comparisons of 40 telling photos each. The exact test
+    # rejects at 5% at most 5% of the time (fewer: the binomial is discrete).
+    rng = np.random.default_rng(7)
+    rejected = [stats.mcnemar(40 - k, k)[0] < 0.05 for k in rng.binomial(40, 0.5, 2000)]
+    assert 0.02 < np.mean(rejected) <= 0.05
+    # A candidate right on 70% of the telling photos is found better most of the time.
+    found = [stats.mcnemar(60 - k, k)[1] < 0.05 for k in rng.binomial(60, 0.7, 2000)]
+    assert np.mean(found) > 0.8
