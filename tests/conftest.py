@@ -285,13 +285,15 @@ def train_small_model(root: Path, seed: int = 0, precision: str = "auto"):
     """Train ``SMALL_RECIPE`` on generated images under ``root``; returns (summary,
     held-out folder, echoed lines). The held-out folder also holds 3 images of tops/vest, a
     class the training data lacks."""
+    from model_support import SCRATCH
+
     from classifier.train import train
     from training.recipe import TrainConfig
 
     train_dir = write_dataset(root / "train", dict.fromkeys(CLASS_STYLES, 24), seed=0)
     held_out = write_dataset(root / "held_out", dict.fromkeys(CLASS_STYLES, 8), seed=1)
     write_dataset(held_out, {"tops/vest": 3}, seed=2)
-    cfg = TrainConfig(**SMALL_RECIPE, val_dir=held_out, seed=seed, precision=precision)
+    cfg = TrainConfig(**SMALL_RECIPE, **SCRATCH, val_dir=held_out, seed=seed, precision=precision)
     lines: list[str] = []
     summary = train(train_dir, root / "model.pt", cfg, echo=lines.append)
     return summary, held_out, lines

@@ -4,6 +4,17 @@ from pathlib import Path
 
 from refund_sorter.taxonomy import Taxonomy
 
+# The test models' recipe: a ResNet18 from scratch, the whole network learning, so that a
+# test trains in seconds at 32 px and needs no weight package (the shipped recipe's defaults
+# fine-tune EfficientNet-Lite0 from its ImageNet weights).
+SCRATCH = {
+    "backbone": "resnet18",
+    "pretrained": "none",
+    "train_stages": 0,
+    "backbone_lr_scale": 1.0,
+}
+SCRATCH_OPTIONS = [f"--{k.replace('_', '-')}={v}" for k, v in SCRATCH.items()]
+
 
 def save_random_model(
     path: Path,

@@ -13,12 +13,23 @@ from urllib.error import URLError
 import pytest
 import torch
 from click.testing import CliRunner, Result
-from model_support import save_scaled_model
+from model_support import SCRATCH_OPTIONS, save_scaled_model
 
 from classifier.checkpoint import load_checkpoint
 from cli import main
+from training.recipe import TrainConfig
 
-FAST = ["--epochs", "1", "--image-size", "32", "--batch-size", "8", "--device", "cpu"]
+FAST = [
+    "--epochs",
+    "1",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--device",
+    "cpu",
+    *SCRATCH_OPTIONS,
+]
 
 
 def run(*args) -> Result:
@@ -136,7 +147,7 @@ def test_train_with_imagenet_weights_offline_fails_with_advice(tmp_path, make_da
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
 
-    result = run("train", data, "--out", tmp_path / "m.pt", "--pretrained", "imagenet", *FAST)
+    result = run("train", data, "--out", tmp_path / "m.pt", *FAST, "--pretrained", "imagenet")
 
     assert_clean_failure(result)
     assert "could not be downloaded" in result.output
@@ -480,7 +491,7 @@ def test_cv_summary_refuses_folds_of_different_recipes(two_folds, tmp_path):
     result = run("cv-summary", root / "runs", tmp_path / "fold-3.cv.json")
 
     assert_clean_failure(result)
-    assert "were trained with other settings: lr 0.01 vs 0.002" in result.output
+    assert f"were trained with other settings: lr 0.01 vs {TrainConfig().lr}" in result.output
 
 
 @pytest.mark.model

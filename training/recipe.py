@@ -3,8 +3,12 @@
 Torch-free on purpose: the CLI reads its option defaults from ``TrainConfig`` at startup,
 and the commands that never train must not pay for importing PyTorch.
 
-The knobs beyond the plain recipe follow torchvision's ``references/classification``; each
-one's default leaves the recipe as it was before the knob existed.
+The defaults are the recipe of the shipped model: EfficientNet-Lite0 from its ImageNet
+weights, its last three stages and the heads fine-tuned at 224 px (docs/training.md, "Fine-
+tuning a pretrained backbone"). The knobs beyond it follow torchvision's
+``references/classification``; each one's default leaves the recipe as it was before the
+knob existed. ``--backbone resnet18 --pretrained none --train-stages 0 --epochs 60
+--image-size 128 --lr 0.002`` is the recipe of the first model, trained from scratch.
 """
 
 from dataclasses import dataclass
@@ -23,10 +27,10 @@ TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "int8")
 
 @dataclass
 class TrainConfig:
-    epochs: int = 60
-    image_size: int = 128
+    epochs: int = 15
+    image_size: int = 224
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     auto_augment: str = "none"  # one of AUTO_AUGMENTS; replaces the mild colour jitter
@@ -41,16 +45,16 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # one of TRAIN_PRECISIONS; also that of validation and calibration
     # The backbone (classifier.network.BACKBONES): resnet18, efficientnet_lite0, 1 or 2.
-    backbone: str = "resnet18"
-    pretrained: str = "none"  # "none", "imagenet" or a path to a weights file
+    backbone: str = "efficientnet_lite0"
+    pretrained: str = "imagenet"  # "none", "imagenet" or a path to a weights file
     # Fine-tuning a pretrained backbone on a small CPU: with N > 0 only the backbone's last N
     # stages and the heads learn. The stages before them keep their pretrained weights, so
     # their output for a photo never changes: it is computed once, for ``views`` augmented
     # views of each training photo, and each epoch trains on one view of each, drawn at
     # random. 0: the whole network learns, on photos augmented anew every epoch.
-    train_stages: int = 0
+    train_stages: int = 3
     views: int = 4
-    backbone_lr_scale: float = 1.0  # the backbone's learning rate, as a share of ``lr``
+    backbone_lr_scale: float = 0.2  # the backbone's learning rate, as a share of ``lr``
     seed: int = 0
     val_dir: Path | None = None  # a separate validation folder; else a split of the data
     val_fraction: float = 0.1
@@ -83,7 +87,8 @@ class TrainConfig:
         if self.train_stages > 0 and self.pretrained == "none":
             raise UserError(
                 "--train-stages freezes the backbone's first stages, which only makes sense "
-                "for pretrained weights: add --pretrained imagenet (or a weights file)"
+                "for pretrained weights: give --pretrained imagenet (or a weights file), or "
+                "train the whole network with --train-stages 0"
             )
         if self.train_stages > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
             raise UserError(

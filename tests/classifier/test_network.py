@@ -138,7 +138,8 @@ def test_openvino_runs_a_lite0_as_pytorch_does_on_real_photos(tmp_path):
 
 @pytest.fixture(scope="module")
 def lite0_model(tmp_path_factory, make_dataset):
-    """A Lite0 from its ImageNet weights, trained 1 epoch at 32 px on generated photos and
+    """A Lite0 from its ImageNet weights, the whole network trained 1 epoch at 32 px on
+    generated photos and
     calibrated for int8 (PyTorch's and OpenVINO's) by ``train``, as a real run is."""
     lite0_weights()
     root = tmp_path_factory.mktemp("lite0")
@@ -149,7 +150,8 @@ def lite0_model(tmp_path_factory, make_dataset):
     result = run(
         "train", train_dir, "--out", out, "--val", held_out, "--backbone", LITE0,
         "--pretrained", "imagenet", "--epochs", 1, "--image-size", 32, "--batch-size", 16,
-        "--device", "cpu", "--precision", "fp32",
+        "--device", "cpu", "--precision", "fp32", "--train-stages", 0, "--lr", 0.002,
+        "--backbone-lr-scale", 1,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return out, held_out, result.output

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from model_support import SCRATCH
 
 from classifier.checkpoint import load_checkpoint, model_version
 from classifier.data import load_images
@@ -119,7 +120,12 @@ def test_only_unreadable_images_is_a_user_error(tmp_path, make_broken_files):
     lines: list[str] = []
 
     with pytest.raises(UserError, match="no readable training images"):
-        train(tmp_path / "data", tmp_path / "m.pt", TrainConfig(device="cpu"), echo=lines.append)
+        train(
+            tmp_path / "data",
+            tmp_path / "m.pt",
+            TrainConfig(**SCRATCH, device="cpu"),
+            echo=lines.append,
+        )
 
     assert sum(line.startswith("skipped ") for line in lines) == 8
     assert not (tmp_path / "m.pt").exists()
@@ -129,7 +135,7 @@ def test_only_unreadable_images_is_a_user_error(tmp_path, make_broken_files):
 def test_unreadable_validation_images_are_a_user_error(tmp_path, make_dataset, make_broken_files):
     data = make_dataset(tmp_path / "data", {"tops/shirt": 3, "bottoms/jeans": 3})
     make_broken_files(tmp_path / "val" / "tops" / "shirt")
-    cfg = TrainConfig(device="cpu", val_dir=tmp_path / "val")
+    cfg = TrainConfig(**SCRATCH, device="cpu", val_dir=tmp_path / "val")
 
     with pytest.raises(UserError, match="no readable validation images"):
         train(data, tmp_path / "m.pt", cfg, echo=lambda _: None)
@@ -137,7 +143,7 @@ def test_unreadable_validation_images_are_a_user_error(tmp_path, make_dataset, m
 
 def test_a_missing_validation_folder_is_a_user_error(tmp_path, make_dataset):
     data = make_dataset(tmp_path / "data", {"tops/shirt": 2, "bottoms/jeans": 2})
-    cfg = TrainConfig(device="cpu", val_dir=tmp_path / "no_such_val")
+    cfg = TrainConfig(**SCRATCH, device="cpu", val_dir=tmp_path / "no_such_val")
 
     with pytest.raises(UserError, match=re.escape(f"data folder not found: {cfg.val_dir}")):
         train(data, tmp_path / "m.pt", cfg, echo=lambda _: None)
@@ -193,7 +199,7 @@ def test_a_target_no_threshold_reaches_flags_everything_and_says_so(random_check
     lines: list[str] = []
 
     version, found, warnings = calibrate(
-        path, images_the_model_gets_wrong(path), TrainConfig(device="cpu"), lines.append
+        path, images_the_model_gets_wrong(path), TrainConfig(**SCRATCH, device="cpu"), lines.append
     )
 
     checkpoint = load_checkpoint(path)
@@ -215,7 +221,7 @@ def test_without_calibration_images_the_model_keeps_the_defaults(random_checkpoi
     lines: list[str] = []
     none = LoadedImages(torch.empty(0, 3, 32, 32, dtype=torch.uint8), torch.empty(0).long())
 
-    _, found, warnings = calibrate(path, none, TrainConfig(device="cpu"), lines.append)
+    _, found, warnings = calibrate(path, none, TrainConfig(**SCRATCH, device="cpu"), lines.append)
 
     checkpoint = load_checkpoint(path)
     assert (checkpoint.temperature, checkpoint.review_threshold) == (1.0, 0.6)
@@ -235,7 +241,9 @@ def float_weights(path) -> dict:
 @pytest.mark.slow
 def test_model_ema_validates_and_saves_the_averaged_weights(tmp_path, make_dataset):
     data = make_dataset(tmp_path / "data", dict.fromkeys(["tops/shirt", "bottoms/jeans"], 10))
-    fast = dict(epochs=2, image_size=32, batch_size=8, device="cpu", calibration_split=0.0)
+    fast = dict(
+        epochs=2, image_size=32, batch_size=8, device="cpu", calibration_split=0.0, **SCRATCH
+    )
 
     def run(name: str, **knobs):
         train(data, tmp_path / name, TrainConfig(**fast, **knobs), echo=lambda _: None)
@@ -267,8 +275,8 @@ def test_fine_tuning_the_last_stage_keeps_the_trunk_and_validates_as_the_network
     torch.save(start, tmp_path / "start.pth")
     cfg = TrainConfig(
         epochs=2, image_size=32, batch_size=8, device="cpu", precision="fp32",
-        calibration_split=0.0, val_dir=val, pretrained=str(tmp_path / "start.pth"),
-        train_stages=1, views=2, backbone_lr_scale=0.5,
+        calibration_split=0.0, val_dir=val, backbone="resnet18",
+        pretrained=str(tmp_path / "start.pth"), train_stages=1, views=2, backbone_lr_scale=0.5,
     )  # fmt: skip
     summary = train(data, tmp_path / "tuned.pt", cfg, echo=lambda _: None)
 
@@ -299,7 +307,14 @@ def test_fine_tuning_the_last_stage_keeps_the_trunk_and_validates_as_the_network
 def test_fold_training_validates_and_calibrates_on_the_held_out_fold(tmp_path, make_dataset):
     data = make_dataset(tmp_path / "data", dict.fromkeys(["tops/shirt", "bottoms/jeans"], 9))
     cfg = TrainConfig(
-        epochs=1, image_size=32, batch_size=4, device="cpu", folds=3, fold=2, calibration_split=0.5
+        epochs=1,
+        image_size=32,
+        batch_size=4,
+        device="cpu",
+        folds=3,
+        fold=2,
+        calibration_split=0.5,
+        **SCRATCH,
     )
     lines: list[str] = []
 
@@ -328,7 +343,9 @@ def test_training_runs_in_the_precision_asked_for(tmp_path, make_dataset, monkey
     from classifier import predict
 
     data = make_dataset(tmp_path / "data", dict.fromkeys(["tops/shirt", "bottoms/jeans"], 6))
-    fast = dict(epochs=1, image_size=32, batch_size=4, device="cpu", calibration_split=0.0)
+    fast = dict(
+        epochs=1, image_size=32, batch_size=4, device="cpu", calibration_split=0.0, **SCRATCH
+    )
 
     def training_loss(precision: str, native_bf16: bool, runs_in: str) -> float:
         monkeypatch.setattr(predict, "native_bf16", lambda: native_bf16)
@@ -358,9 +375,9 @@ def test_training_runs_in_the_precision_asked_for(tmp_path, make_dataset, monkey
         ({"folds": 3}, "--fold must be one of 1..3"),
         ({"folds": 3, "fold": 1, "val_dir": Path("val")}, "--val cannot be combined with --folds"),
         ({"auto_augment": "autoaugment"}, "unknown --auto-augment 'autoaugment'"),
-        ({"train_stages": 2}, "--train-stages freezes the backbone's first stages"),
+        ({"pretrained": "none"}, "--train-stages freezes the backbone's first stages"),
         (
-            {"train_stages": 2, "pretrained": "imagenet", "mixup_alpha": 0.2},
+            {"mixup_alpha": 0.2},
             "--train-stages trains on stored views of each photo, which MixUp and CutMix",
         ),
     ],
