@@ -110,6 +110,10 @@ class DualHeadNet(nn.Module):
         features = self.dropout(features)
         return self.main_head(features), self.sub_head(features)
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The two heads' weights and biases (they learn at the full rate)."""
+        return [*self.main_head.parameters(), *self.sub_head.parameters()]
+
     def stages(self) -> list[nn.Module]:
         """The backbone's stages, in order (its ``Backbone.stages``)."""
         return backbone(self.arch).stages(self.backbone)
@@ -141,9 +145,6 @@ class Tail(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.dropout(self.stages(x))
         return self.main_head(features), self.sub_head(features)
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        return [*self.main_head.parameters(), *self.sub_head.parameters()]
 
 
 def build_network(checkpoint: Checkpoint) -> DualHeadNet:

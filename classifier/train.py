@@ -429,8 +429,6 @@ def train(
         def validate() -> dict:
             tail = kept.tail(cfg.train_stages)
             return evaluate_stored(tail, val_inputs, data.val.labels, taxonomy, precision)
-
-        heads = model.head_parameters()
     else:
         model, draw = net, augmented(data.train.images, augment)
 
@@ -440,12 +438,12 @@ def train(
         def validate() -> dict:
             return evaluate_loaded(kept, data.val, taxonomy, device, precision)
 
-        heads = [*net.main_head.parameters(), *net.sub_head.parameters()]
     batches = Batches(data.train.labels, batch_size, draw, sub_to_main, cfg.balanced_sampling)
     mix = None
     if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
         mix = MixupCutmix(cfg.mixup_alpha, cfg.cutmix_alpha, len(taxonomy.main), len(taxonomy.sub))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    heads = net.head_parameters()
     head_ids = {id(p) for p in heads}
     rest = [p for p in model.parameters() if id(p) not in head_ids]
     groups = [
