@@ -68,7 +68,7 @@ def evaluate(
     device: str = "auto",
     mapping: Path | None = None,
     precision: str = "auto",
-    runtime: str = "auto",
+    runtime: str | None = None,
 ) -> dict:
     clf = Classifier.from_path(model_path, device, precision, runtime=runtime)
     tax = clf.taxonomy
@@ -325,7 +325,7 @@ def answer_folder(
     device: str = "auto",
     precision: str = "auto",
     mapping: Path | None = None,
-    runtime: str = "auto",
+    runtime: str | None = None,
 ) -> FolderAnswers:
     """Run each model (name -> (checkpoint, review threshold)) on the photos of ``data_dir``
     (laid out ``<main>/<sub>/<image>``) that every model has a category for, that every model

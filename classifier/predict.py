@@ -31,7 +31,7 @@ from classifier.runtime import (
     load_openvino,
     openvino_installed,
 )
-from refund_sorter.config import PRECISIONS, RUNTIMES
+from refund_sorter.config import PRECISIONS, RUNTIMES, get_settings
 from refund_sorter.errors import UserError
 from refund_sorter.taxonomy import Taxonomy
 
@@ -253,11 +253,14 @@ class Classifier:
         device: str = "auto",
         precision: str = "auto",
         review_threshold: float | None = None,
-        runtime: str = "auto",
+        runtime: str | None = None,
         store: Path | None = None,
     ) -> None:
-        """``store``: where the OpenVINO network is kept between starts (the model store);
-        None converts it in memory."""
+        """``runtime``: ``auto``, ``torch`` or ``openvino``; None takes the one this process
+        is configured with (REFUND_SORTER_RUNTIME). ``store``: where the OpenVINO network is
+        kept between starts (the model store); None converts it in memory."""
+        if runtime is None:
+            runtime = get_settings().runtime
         self.checkpoint = checkpoint
         self.taxonomy: Taxonomy = checkpoint.taxonomy
         self.version = checkpoint.version
@@ -289,7 +292,7 @@ class Classifier:
         device: str = "auto",
         precision: str = "auto",
         review_threshold: float | None = None,
-        runtime: str = "auto",
+        runtime: str | None = None,
         store: Path | None = None,
     ) -> "Classifier":
         return cls(load_checkpoint(path), device, precision, review_threshold, runtime, store)
