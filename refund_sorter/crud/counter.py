@@ -13,7 +13,7 @@ sets it when it publishes one again); when each client asked is in ``counter_req
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, select, text, update
 from sqlalchemy.orm import Session
 
 from models import ApiToken, CounterRequest, ItemStatus, Prediction, SweepRun, SweepStatus, utcnow
@@ -102,7 +102,11 @@ def counter_day(session: Session, *, model_version: str, now: datetime | None = 
         )
         .on_conflict_do_nothing(
             index_elements=[runs.c.started_at],
-            index_where=runs.c.status == SweepStatus.COUNTER,
+            # A literal, not a bound parameter: PostgreSQL matches the partial index by its
+            # predicate when it plans, and a generic plan (a statement psycopg prepared after
+            # five runs on one connection) keeps a parameter unknown, so it matched nothing
+            # ("no unique or exclusion constraint matching the ON CONFLICT specification").
+            index_where=text(f"status = '{SweepStatus.COUNTER.value}'"),
         )
     )
     return session.scalar(

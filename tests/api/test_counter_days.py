@@ -70,6 +70,17 @@ def test_one_counter_day_per_day_never_the_sweep_lock(settings):
         crud.release_sweep_lock(session, crud.take_sweep_lock(session))
 
 
+def test_the_day_is_found_however_often_one_connection_asks(settings):
+    # psycopg prepares a statement after five runs on a connection, and PostgreSQL plans it
+    # generically after five more: the day's upsert must still find its partial index then.
+    version = serving_version(settings)
+    with session_factory(settings.database_url)() as session:
+        days = {crud.counter_day(session, model_version=version) for _ in range(15)}
+        session.commit()
+
+    assert len(days) == 1
+
+
 def test_the_stall_check_publishes_counter_photos_left_queued_once(settings):
     stuck = record(settings, "d" * 64)
     fresh = record(settings, "e" * 64)
