@@ -120,7 +120,8 @@ class DualHeadNet(nn.Module):
 
     def trunk(self, train_stages: int) -> nn.Module:
         """The backbone but its last ``train_stages`` stages: photos -> what the tail takes."""
-        return nn.Sequential(*self.stages()[: len(self.stages()) - train_stages])
+        stages = self.stages()
+        return nn.Sequential(*stages[: len(stages) - train_stages])
 
     def tail(self, train_stages: int) -> "Tail":
         """The last ``train_stages`` stages and the heads, sharing this network's layers:

@@ -6,7 +6,7 @@ FastAPI and uvicorn are imported inside ``api-server``, so ``api-token`` starts 
 
 import click
 
-from cli.common import friendly, listen_options
+from cli.common import friendly, listen_options, serve
 from refund_sorter import crud
 from refund_sorter.api_tokens import NAME, new_token, token_hash
 from refund_sorter.config import get_settings
@@ -24,15 +24,9 @@ def api_server(address: str, port: int) -> None:
     they share the database, the broker and each token's rate limit. Workers must consume
     the counter queue (celery -A worker worker -Q classify,counter). See docs/api.md.
     """
-    import uvicorn
-
     from api.app import create_app
 
-    settings = get_settings()
-    check_schema(settings.database_url)
-    app = create_app(settings)
-    click.echo(f"returns counter API on http://{address}:{port}/ (Ctrl+C stops it)", err=True)
-    uvicorn.run(app, host=address, port=port, server_header=False, log_level="info")
+    serve(create_app, "returns counter API", address, port)
 
 
 @click.group("api-token")

@@ -58,6 +58,21 @@ def listen_options(port: int):
     return decorate
 
 
+def serve(create_app, what: str, address: str, port: int) -> None:
+    """Check the database's schema, build the web application ``create_app(settings)`` and
+    serve it with uvicorn until Ctrl+C; ``what`` names it in the line that says where."""
+    import uvicorn
+
+    from refund_sorter.config import get_settings
+    from refund_sorter.db import check_schema
+
+    settings = get_settings()
+    check_schema(settings.database_url)
+    app = create_app(settings)
+    click.echo(f"{what} on http://{address}:{port}/ (Ctrl+C stops it)", err=True)
+    uvicorn.run(app, host=address, port=port, server_header=False, log_level="info")
+
+
 def friendly(func):
     """Turn operator-fixable errors into one plain line and exit code 1."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import friendly, listen_options
+from cli.common import friendly, listen_options, serve
 from refund_sorter.config import get_settings
 from refund_sorter.db import check_schema, session_factory
 from refund_sorter.errors import UserError
@@ -36,15 +36,9 @@ def review_server(ctx: click.Context, address: str, port: int) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    import uvicorn
-
     from review.app import create_app
 
-    settings = get_settings()
-    check_schema(settings.database_url)
-    app = create_app(settings)
-    click.echo(f"review desk on http://{address}:{port}/ (Ctrl+C stops it)", err=True)
-    uvicorn.run(app, host=address, port=port, server_header=False, log_level="info")
+    serve(create_app, "review desk", address, port)
 
 
 @review_server.command("hash-password")
