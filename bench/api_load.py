@@ -80,7 +80,7 @@ def run_clients(
                 break
             body = photos[n % len(photos)]
             if not same:
-                body = made_new(body, f"refund-sorter bench {run} {n}")
+                body = made_new(body, f"refund-sorter bench {run} {clients} {n}")
             started = time.perf_counter()
             try:
                 conn.request("POST", "/v1/classify", body=body, headers=headers)
