@@ -22,6 +22,7 @@ photos it sent. Every error is JSON with a plain ``detail``, never a traceback.
 import asyncio
 import logging
 import time
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -38,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from api.answers import LOOK_ANYWAY, Answers
 from api.metrics import ApiMetrics
 from api.photos import Photo, PhotoRefused, check_photo, read_photo, store_photo
 from models import ItemStatus, Prediction
@@ -53,9 +55,6 @@ from registry.registry import servable, serving_version
 
 log = logging.getLogger(__name__)
 
-# How often a request looks at its row while it waits: at once, then ever less often, up to
-# this (a counter photo takes tens of milliseconds on a free worker).
-FIRST_LOOK, LONGEST_LOOK = 0.005, 0.05
 RATE_WINDOW = 60  # seconds: REFUND_SORTER_API_RATE_LIMIT is per minute
 
 
@@ -171,6 +170,7 @@ class Counter:
     sessions: sessionmaker[Session]
     rates: redis.Redis
     metrics: ApiMetrics
+    answers: Answers
 
     # ------------------------------------------------------------------------- the client
 
@@ -213,7 +213,7 @@ class Counter:
             version = serving_version(self.settings)
         except UserError as exc:
             raise CounterError(503, str(exc)) from None
-        created = wrote = False
+        created = wrote = hurry = False
         with self.sessions.begin() as session:
             row = crud.live_photo(
                 session, content_hash=photo.content_hash, model_version=version
@@ -231,6 +231,7 @@ class Counter:
                             path=path,
                             content_hash=photo.content_hash,
                             model_version=version,
+                            token=client,
                         )
                     created = True
                 except IntegrityError:  # another request recorded it meanwhile: share it
@@ -240,10 +241,11 @@ class Counter:
                     if row is None:
                         why = "the photo's row changed meanwhile; send it again"
                         raise CounterError(503, why) from None
-            crud.record_counter_request(session, prediction_id=row.id, token=client)
-            hurry = row.status == ItemStatus.QUEUED and not crud.is_counter_day(
-                session, row.sweep_run_id
-            )
+            if not created:
+                crud.record_counter_request(session, prediction_id=row.id, token=client)
+                hurry = row.status == ItemStatus.QUEUED and not crud.is_counter_day(
+                    session, row.sweep_run_id
+                )
         if not created and wrote and row.status != ItemStatus.QUEUED:
             # Written while another request's copy was being filed: not this row's file.
             path.unlink(missing_ok=True)
@@ -267,19 +269,22 @@ class Counter:
         with self.sessions() as session:
             return session.scalar(select(Prediction).where(Prediction.id == row_id))
 
-    async def wait(self, row: Prediction, deadline: float) -> Prediction:
-        """The row once it is no longer queued; CounterError 504 at ``deadline``."""
-        look = FIRST_LOOK
+    async def wait(self, row: Prediction, answered: asyncio.Event, deadline: float) -> Prediction:
+        """The row once it is no longer queued, looked at again whenever ``answered`` is set
+        (``Answers.waiter``) and every LOOK_ANYWAY seconds; CounterError 504 at
+        ``deadline``."""
         while row.status == ItemStatus.QUEUED:
-            if time.monotonic() + look > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise CounterError(
                     504,
                     f"no answer within {self.settings.api_wait_seconds:g} s: the photo is "
                     f"queued as row {row.id}; read it later at /v1/predictions/{row.id}",
                     row.id,
                 )
-            await asyncio.sleep(look)
-            look = min(2 * look, LONGEST_LOOK)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(answered.wait(), timeout=min(LOOK_ANYWAY, left))
+            answered.clear()
             row = await run_in_threadpool(self.row, row.id)
         return row
 
@@ -339,8 +344,19 @@ def create_app(settings: Settings) -> FastAPI:
         session_factory(settings.database_url),
         redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5),
         ApiMetrics(),
+        Answers(settings.broker_url),
     )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        listener = asyncio.create_task(counter.answers.listen())
+        try:
+            yield
+        finally:
+            listener.cancel()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="refund-sorter returns counter",
         description="Classify one photo of a returned item, on the nights' workers and rows. "
         "Every /v1 request needs `Authorization: Bearer TOKEN`.",
@@ -380,8 +396,10 @@ def create_app(settings: Settings) -> FastAPI:
             photo = await run_in_threadpool(check_photo, data)
         except PhotoRefused as exc:
             raise CounterError(exc.status, exc.reason) from None
-        row, known = await run_in_threadpool(counter.take, photo, client)
-        row = await counter.wait(row, deadline)
+        # Listening before the photo is published: no answer comes in between.
+        with counter.answers.waiter(photo.content_hash) as answered:
+            row, known = await run_in_threadpool(counter.take, photo, client)
+            row = await counter.wait(row, answered, deadline)
         if row.status != ItemStatus.OK:
             raise CounterError(
                 503, f"the workers could not classify it: {row.error or row.status}", row.id

@@ -7,6 +7,8 @@ through ``celery -A worker``. The tasks live with their roles (``worker.tasks``,
 ``producer.tasks``) and are named by string here, so this module imports neither role.
 """
 
+import logging
+
 from celery import Celery
 from celery.schedules import crontab
 from kombu import Queue
@@ -15,6 +17,7 @@ from kombu.exceptions import ChannelError, OperationalError
 from refund_sorter.config import Settings, get_settings
 from refund_sorter.errors import UserError
 from refund_sorter.messages import (
+    ANSWERED_CHANNEL,
     CLASSIFY_QUEUE,
     COUNTER_QUEUE,
     COUNTER_TASK,
@@ -27,6 +30,8 @@ from refund_sorter.messages import (
     task_args,
 )
 from refund_sorter.redact import redact
+
+log = logging.getLogger(__name__)
 
 
 def nightly_schedule(expression: str) -> crontab:
@@ -142,6 +147,21 @@ def publish(
     except OperationalError as exc:
         message = f"cannot reach the broker at {app.conf.broker_url}: {exc}"
         raise UserError(redact(message)) from None
+
+
+def announce(items: list[WorkItem]) -> None:
+    """Tell the API processes that the rows of ``items`` were just written (published on
+    ANSWERED_CHANNEL, on the broker's own connection). Best effort: a request that hears
+    nothing looks at its row again a moment later anyway."""
+    if not items:
+        return
+    try:
+        with app.producer_or_acquire() as producer:
+            client = getattr(producer.channel, "client", None)  # a Redis broker's
+            if client is not None:
+                client.publish(ANSWERED_CHANNEL, " ".join({it.content_hash for it in items}))
+    except Exception as exc:  # the broker is away: the batch's rows are written all the same
+        log.warning("could not announce %d answered photos: %s", len(items), redact(str(exc)))
 
 
 def queue_depth(channel, queue_name: str) -> int:

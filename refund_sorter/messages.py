@@ -21,6 +21,10 @@ SWEEP_QUEUE = "sweep"
 # so that a counter photo never waits behind a night's messages in the broker.
 COUNTER_TASK = "refund_sorter.classify_counter"
 COUNTER_QUEUE = "counter"
+# Where the workers say which photos' rows they have just written (Redis pub/sub: each
+# message the content hashes of one batch, separated by spaces), so that the API's requests
+# waiting for those rows read them at once rather than looking again and again.
+ANSWERED_CHANNEL = "refund-sorter:answered"
 # The task each queue's work items travel as.
 TASK_OF_QUEUE = {CLASSIFY_QUEUE: CLASSIFY_TASK, COUNTER_QUEUE: COUNTER_TASK}
 # Images one classify task carries. A worker pays for every message it takes (a Redis round

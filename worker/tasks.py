@@ -31,7 +31,7 @@ from celery_batches import Batches
 
 from models import utcnow
 from refund_sorter import crud
-from refund_sorter.celery_app import app, publish
+from refund_sorter.celery_app import announce, app, publish
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
 from refund_sorter.errors import UserError
@@ -239,6 +239,8 @@ def classify_requests(task: ClassifierTask, requests) -> None:
         else:
             outcome.statuses += statuses
             classified = True
+    # Whatever became of them, the requests of the API waiting for these rows look again.
+    announce(items)
     if not classified:
         return
     log.info(

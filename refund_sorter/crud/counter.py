@@ -83,6 +83,14 @@ def counter_day(session: Session, *, model_version: str, now: datetime | None = 
     model that served when the day began (each photo's row says its own)."""
     now = now or utcnow()
     start = day_start(now)
+    today = select(SweepRun.id).where(
+        SweepRun.status == SweepStatus.COUNTER, SweepRun.started_at == start
+    )
+    # Looked up first: an INSERT ... ON CONFLICT waits for every transaction that is
+    # changing the day's row (each photo's count), so that every request queued behind
+    # the last one's commit.
+    if (day := session.scalar(today)) is not None:
+        return day
     runs = SweepRun.__table__
     session.execute(
         upsert(session, runs)
@@ -109,11 +117,7 @@ def counter_day(session: Session, *, model_version: str, now: datetime | None = 
             index_where=text(f"status = '{SweepStatus.COUNTER.value}'"),
         )
     )
-    return session.scalar(
-        select(SweepRun.id).where(
-            SweepRun.status == SweepStatus.COUNTER, SweepRun.started_at == start
-        )
-    )
+    return session.scalar(today)
 
 
 def live_photo(session: Session, *, content_hash: str, model_version: str) -> Prediction | None:
@@ -148,11 +152,21 @@ def queued_at_counter(session: Session, *, content_hash: str) -> Prediction | No
 
 
 def record_counter_photo(
-    session: Session, *, day_id: int, path: Path, content_hash: str, model_version: str
+    session: Session,
+    *,
+    day_id: int,
+    path: Path,
+    content_hash: str,
+    model_version: str,
+    token: str,
 ) -> Prediction:
-    """A ``queued`` row for a photo the counter stored at ``path``, in the caller's
-    transaction, counted in its day. The unique index refuses a second live row for the
-    same content and model (IntegrityError: another request recorded it meanwhile)."""
+    """A ``queued`` row for a photo the client ``token`` sent and the counter stored at
+    ``path``, in the caller's transaction, counted in its day. The unique index refuses a
+    second live row for the same content and model (IntegrityError: another request
+    recorded it meanwhile).
+
+    The day's count comes last: it locks the day's row until the caller commits, and every
+    other photo of the day waits for that lock."""
     now = utcnow()
     row = Prediction(
         content_hash=content_hash,
@@ -165,6 +179,7 @@ def record_counter_photo(
     )
     session.add(row)
     session.flush()
+    record_counter_request(session, prediction_id=row.id, token=token)
     session.execute(
         update(SweepRun)
         .where(SweepRun.id == day_id)

@@ -50,7 +50,7 @@ from producer.sweep import run_sweep
 from refund_sorter.celery_app import SorterCelery
 from refund_sorter.config import Settings
 from refund_sorter.db import session_factory
-from refund_sorter.messages import COUNTER_QUEUE
+from refund_sorter.messages import ANSWERED_CHANNEL, COUNTER_QUEUE
 
 pytestmark = [pytest.mark.services, pytest.mark.model]
 
@@ -196,6 +196,31 @@ def test_a_photo_is_classified_filed_and_then_answered_from_its_row(stack, tiny_
     assert api.request("GET", f"/v1/predictions/{row.id}").json["status"] == "ok"
     assert api.request("GET", f"/v1/predictions/{row.id}", client="carl").status == 404
     assert api.request("GET", "/v1/predictions/999999").status == 404
+
+
+def test_the_worker_announces_the_rows_it_wrote_to_the_waiting_requests(stack):
+    """The request is woken by the worker's word on the answers channel, which names the
+    photo's content, rather than finding its row by looking again and again."""
+    import redis
+
+    listener = redis.Redis.from_url(stack.settings.broker_url).pubsub(
+        ignore_subscribe_messages=True
+    )
+    listener.subscribe(ANSWERED_CHANNEL)
+    try:
+        data = photo(11)
+        answer = stack.api.classify(data, headers={"Content-Type": "image/jpeg"})
+        assert answer.status == 200, answer.body
+        heard = []
+        deadline = time.monotonic() + 10
+        while sha256(data) not in heard and time.monotonic() < deadline:
+            message = listener.get_message(timeout=1)
+            if message is not None:
+                heard += message["data"].decode().split()
+    finally:
+        listener.close()
+
+    assert sha256(data) in heard
 
 
 def test_no_valid_token_is_401_and_nothing_is_stored(stack):

@@ -35,9 +35,16 @@ def record(settings, name: str, when=None) -> WorkItem:
     version = serving_version(settings)
     path = Path(settings.counter_dir).absolute() / f"{name}.jpg"
     with session_factory(settings.database_url).begin() as session:
+        if not crud.api_tokens(session):
+            crud.create_api_token(session, name="lane-1", token_hash="f" * 64)
         day = crud.counter_day(session, model_version=version, now=when)
         crud.record_counter_photo(
-            session, day_id=day, path=path, content_hash=name, model_version=version
+            session,
+            day_id=day,
+            path=path,
+            content_hash=name,
+            model_version=version,
+            token="lane-1",
         )
     return WorkItem(str(path), name, version)
 
@@ -175,6 +182,7 @@ def test_a_photo_sent_again_just_after_a_promotion_waits_for_the_row_it_has(sett
     """Queued for the model that served a moment ago: the same photo now waits for that row
     (as a night's photo is classified by the model it was queued for) instead of a second
     row under the same file, which the first worker to file it would leave without one."""
+    from api.answers import Answers
     from api.app import Counter
     from api.metrics import ApiMetrics
     from api.photos import Photo
@@ -185,9 +193,16 @@ def test_a_photo_sent_again_just_after_a_promotion_waits_for_the_row_it_has(sett
         crud.create_api_token(session, name="anna", token_hash="h" * 64)
         day = crud.counter_day(session, model_version="served-before")
         first = crud.record_counter_photo(
-            session, day_id=day, path=path, content_hash="2" * 64, model_version="served-before"
+            session,
+            day_id=day,
+            path=path,
+            content_hash="2" * 64,
+            model_version="served-before",
+            token="anna",
         )
-    counter = Counter(settings, sessions, rates=None, metrics=ApiMetrics())
+    counter = Counter(
+        settings, sessions, rates=None, metrics=ApiMetrics(), answers=Answers(settings.broker_url)
+    )
 
     row, final = counter.take(Photo(b"\xff\xd8", "2" * 64, ".jpg"), "anna")
 

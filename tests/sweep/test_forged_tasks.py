@@ -196,9 +196,15 @@ def test_forged_tasks_into_the_returns_counter_s_folder_are_refused(
     path = counter / f"{content_hash}{rel.suffix}"
     path.write_bytes((source.root / rel).read_bytes())
     with session_factory(settings.database_url).begin() as session:
+        crud.create_api_token(session, name="lane-1", token_hash="f" * 64)
         day = crud.counter_day(session, model_version=version)
         crud.record_counter_photo(
-            session, day_id=day, path=path, content_hash=content_hash, model_version=version
+            session,
+            day_id=day,
+            path=path,
+            content_hash=content_hash,
+            model_version=version,
+            token="lane-1",
         )
     outside = tmp_path / "outside"
     outside.mkdir()
