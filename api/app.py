@@ -47,7 +47,7 @@ from refund_sorter import celery_app, crud
 from refund_sorter.api_tokens import token_hash
 from refund_sorter.basic_auth import allowed_pairs, authorized
 from refund_sorter.config import Settings
-from refund_sorter.db import session_factory
+from refund_sorter.db import session_factory, statement_by_statement
 from refund_sorter.errors import UserError
 from refund_sorter.messages import COUNTER_QUEUE, WorkItem
 from refund_sorter.redact import redact
@@ -177,9 +177,10 @@ class Counter:
     def client(self, token: str) -> str:
         """The name of the token's client, its request counted against its rate limit;
         CounterError 401 or 429."""
-        hashed = token_hash(token)
-        with self.sessions() as session:
-            name = hashed and crud.api_token_name(session, token_hash=hashed)
+        name = None
+        if hashed := token_hash(token):  # a token that cannot be ours is not looked up
+            with statement_by_statement(self.sessions) as session:
+                name = crud.api_token_name(session, token_hash=hashed)
         if not name:
             raise CounterError(401, "no valid API token", WWW_Authenticate="Bearer")
         limit = self.settings.api_rate_limit
@@ -266,7 +267,7 @@ class Counter:
         return row, row.status != ItemStatus.QUEUED
 
     def row(self, row_id: int) -> Prediction:
-        with self.sessions() as session:
+        with statement_by_statement(self.sessions) as session:
             return session.scalar(select(Prediction).where(Prediction.id == row_id))
 
     async def wait(self, row: Prediction, answered: asyncio.Event, deadline: float) -> Prediction:

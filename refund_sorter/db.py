@@ -1,5 +1,7 @@
 """Database engine, sessions and migrations (infrastructure only; tables live in ``models``)."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,6 +46,17 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 def session_factory(url: str) -> sessionmaker[Session]:
     """One session factory (and engine) per database URL and process."""
     return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+@contextmanager
+def statement_by_statement(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose statements each commit on their own (autocommit): no BEGIN, and no
+    COMMIT or ROLLBACK to wait for. For reads, each of which sees the database as of its own
+    start in any case (READ COMMITTED), and for one statement on a row that every worker
+    updates, which then holds its lock no longer than the statement itself."""
+    with sessions() as session:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
 
 
 def dispose(url: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from refund_sorter import crud
+from refund_sorter.db import statement_by_statement
 from refund_sorter.export import export_sweeps
 from refund_sorter.files import move_files
 
@@ -50,8 +51,7 @@ def file_committed(
         # statement, atomic on its own, so it commits on its own: no BEGIN and no COMMIT to
         # wait for, and the night's row, which every worker's batches update, is locked no
         # longer than the statement.
-        with sessions() as session:
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        with statement_by_statement(sessions) as session:
             finished = crud.record_filed(session, filed=dict(filed))
     else:
         with sessions.begin() as session:

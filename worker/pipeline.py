@@ -25,7 +25,7 @@ from refund_sorter.arrival import still_being_written
 from refund_sorter.audit import is_audited, sub_margin
 from refund_sorter.config import Settings
 from refund_sorter.crud import ItemResult, queued_paths, record_results
-from refund_sorter.db import session_factory
+from refund_sorter.db import session_factory, statement_by_statement
 from refund_sorter.errors import UserError
 from refund_sorter.files import Folders
 from refund_sorter.filing import Move, file_committed
@@ -179,7 +179,7 @@ def process_batch(
             state.decoders.shutdown()
     sessions = session_factory(settings.database_url)
     folders = Folders.of(settings)
-    with sessions() as session:  # every read of the batch, in one session as it starts
+    with statement_by_statement(sessions) as session:  # every read of the batch, as it starts
         admitted, others, threshold = admit(items, clf, session, settings, folders, state.applied)
         candidate = registered_candidate(session)
     prepared = prepare(admitted, clf, settings, state.decoders)
