@@ -234,6 +234,7 @@ class Counter:
                             model_version=version,
                             token=client,
                         )
+                    crud.count_counter_photo(session, day_id=day)
                     created = True
                 except IntegrityError:  # another request recorded it meanwhile: share it
                     row = crud.live_photo(

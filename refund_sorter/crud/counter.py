@@ -160,14 +160,10 @@ def record_counter_photo(
     model_version: str,
     token: str,
 ) -> Prediction:
-    """A ``queued`` row for a photo the client ``token`` sent and the counter stored at
-    ``path``, in the caller's transaction, counted in its day. The unique index refuses a
-    second live row for the same content and model (IntegrityError: another request
-    recorded it meanwhile).
-
-    The day's count comes last: it locks the day's row until the caller commits, and every
-    other photo of the day waits for that lock."""
-    now = utcnow()
+    """A ``queued`` row of day ``day_id`` for a photo the client ``token`` sent and the
+    counter stored at ``path``, in the caller's transaction (``count_counter_photo`` counts
+    it in its day). The unique index refuses a second live row for the same content and
+    model (IntegrityError: another request recorded it meanwhile)."""
     row = Prediction(
         content_hash=content_hash,
         model_version=model_version,
@@ -175,17 +171,23 @@ def record_counter_photo(
         status=ItemStatus.QUEUED,
         file_name=path.name,
         original_path=str(path),
-        created_at=now,
+        created_at=utcnow(),
     )
     session.add(row)
     session.flush()
     record_counter_request(session, prediction_id=row.id, token=token)
+    return row
+
+
+def count_counter_photo(session: Session, *, day_id: int) -> None:
+    """Count a photo recorded by ``record_counter_photo`` in its day: the last statement
+    before the caller commits, for it locks the day's row, which every other photo of the
+    day waits for, until the commit."""
     session.execute(
         update(SweepRun)
         .where(SweepRun.id == day_id)
-        .values(found=SweepRun.found + 1, enqueued=SweepRun.enqueued + 1, updated_at=now)
+        .values(found=SweepRun.found + 1, enqueued=SweepRun.enqueued + 1, updated_at=utcnow())
     )
-    return row
 
 
 def record_counter_request(session: Session, *, prediction_id: int, token: str) -> None:

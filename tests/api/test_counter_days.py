@@ -46,6 +46,7 @@ def record(settings, name: str, when=None) -> WorkItem:
             model_version=version,
             token="lane-1",
         )
+        crud.count_counter_photo(session, day_id=day)
     return WorkItem(str(path), name, version)
 
 

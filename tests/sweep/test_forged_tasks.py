@@ -206,6 +206,7 @@ def test_forged_tasks_into_the_returns_counter_s_folder_are_refused(
             model_version=version,
             token="lane-1",
         )
+        crud.count_counter_photo(session, day_id=day)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "copy.jpg").write_bytes(path.read_bytes())
