@@ -126,6 +126,49 @@ def decode_core_ms(clf, files: list[Path]) -> float:
     return 1000 * (time.process_time() - start) / len(files)
 
 
+def _one_core(model: Path, runtime: str, files: list[Path], batch: int, ready, go, out) -> None:
+    """One process of ``every_core_at_once``: one thread, decode then forward, batch by
+    batch, timed from ``go``."""
+    import torch
+
+    from classifier.predict import Classifier
+
+    torch.set_num_threads(1)
+    clf = Classifier.from_path(model, "cpu", runtime=runtime)
+    clf.predict_tensors([decode(clf, p) for p in files[:batch]])  # warm-up
+    ready.release()
+    go.wait()
+    start = time.perf_counter()
+    for i in range(0, len(files), batch):
+        clf.predict_tensors([decode(clf, p) for p in files[i : i + batch]])
+    out.put(time.perf_counter() - start)
+
+
+def every_core_at_once(model: Path, runtime: str, files: list[Path], batch: int) -> float:
+    """What the ideal bound assumes, measured: one process per core, each on one thread
+    decoding and classifying its share of ``files`` in turn, all at once (no queue, no
+    database, no files moved): images/s of them all."""
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    cores = os.cpu_count()
+    ready, go, out = spawn.Semaphore(0), spawn.Event(), spawn.Queue()
+    shares = [files[i::cores] for i in range(cores)]
+    workers = [
+        spawn.Process(target=_one_core, args=(model, runtime, share, batch, ready, go, out))
+        for share in shares
+    ]
+    for w in workers:
+        w.start()
+    for _ in workers:
+        ready.acquire()
+    go.set()
+    slowest = max(out.get() for _ in workers)
+    for w in workers:
+        w.join()
+    return len(files) / slowest
+
+
 def pipeline_limit(clf, files: list[Path], batch: int) -> float:
     """Read, decode, resize and forward on all cores: decoding threads prepare the next
     batch while the current one is in the forward pass."""
@@ -468,6 +511,10 @@ def table(
         forward_ms = forward_core_ms(clf, batch_size) if clf.device.type == "cpu" else None
         if forward_ms is not None:
             print(f"  forward pass: {forward_ms:.2f} core-ms per photo (one thread)")
+            row(
+                "decode + forward, a process per core at once",
+                every_core_at_once(model, clf.runtime, files, batch_size),
+            )
         in_process_mib = peak_rss_mib()
         if "local" not in skip:
             row("refund-sorter sweep --local", local_sweep(home))
