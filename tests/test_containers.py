@@ -181,9 +181,11 @@ def test_the_stack_sweeps_a_night_in_containers_and_keeps_it_over_a_restart():
         assert [r[0] for r in rows] == [r["file_name"] for r in exported]
         assert [r[2] for r in rows] == [r["final_path"] for r in exported]
         assert sorted(r[2] for r in rows) == processed
-        for file_name, _, final_path, main, sub in rows:
-            assert final_path.startswith(f"/data/processed/{main}/{sub}/"), final_path
-            assert file_name.split("-")[0] in {p.parent.parent.name for p in photos}
+        names = {f"{p.parent.parent.name}-{p.parent.name}-{p.name}" for p in photos}
+        assert {file_name for file_name, *_ in rows} == names
+        for _, _, final_path, main, sub in rows:
+            assert final_path.startswith("/data/processed/night/"), final_path
+            assert main and sub
         assert in_data("find", "/data/incoming", "-type", "f") == ""
 
         # The published ports: Flower with its password alone, the desk, metrics, the API.
