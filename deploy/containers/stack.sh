@@ -10,7 +10,7 @@
 #                                              # stops the podman service and health checks
 #
 # `images` installs what it needs that is missing (podman, runc, netavark, aardvark-dns,
-# mmdebstrap, docker-compose; apt-get, as root or through sudo) and changes no configuration
+# iptables, mmdebstrap, docker-compose; apt-get, as root or through sudo) and changes no configuration
 # file of the host: podman reads deploy/containers/containers.conf through CONTAINERS_CONF.
 # Where docker.io's python:3.11-slim, postgres:16 and redis:7 can be pulled, it uses them;
 # otherwise it makes their stand-ins from Debian 12's packages with mmdebstrap (PostgreSQL
@@ -60,7 +60,8 @@ as_root() {
 install_tools() {
   local missing=() tool package
   for tool in podman:podman runc:runc mmdebstrap:mmdebstrap docker-compose:docker-compose \
-    /usr/lib/podman/netavark:netavark /usr/lib/podman/aardvark-dns:aardvark-dns; do
+    /usr/lib/podman/netavark:netavark /usr/lib/podman/aardvark-dns:aardvark-dns \
+    iptables:iptables; do
     package=${tool#*:}
     tool=${tool%%:*}
     [ -x "$tool" ] || command -v "$tool" >/dev/null 2>&1 || missing+=("$package")
