@@ -4,13 +4,14 @@ the guard that holds every test to the markers it carries.
 Everything is written under pytest's tmp_path, which pytest removes itself (it keeps only
 the last few runs), so no fixture leaves files in the repository.
 
-A test that opens PostgreSQL or Redis, or starts chromium, docker-compose, prometheus or
-promtool, says so with a marker (``services``, ``browser``, ``compose``, ``prometheus``; see
-pyproject.toml), so that
-``pytest -m "not services and not browser and not compose and not prometheus and not slow"``
-runs without any of them. The guard fails a test that lacks the marker for what it uses: one
-that asks for a fixture of the servers, connects to port 5432 or 6379 (through Python's
-sockets, or through ``psycopg.connect`` for libpq's), or launches one of those programs.
+A test that opens PostgreSQL or Redis, or starts chromium, docker-compose, prometheus,
+promtool or podman, says so with a marker (``services``, ``browser``, ``compose``,
+``prometheus``, ``containers``; see pyproject.toml), so that
+``pytest -m "not services and not browser and not compose and not prometheus and not
+containers and not slow"`` runs without any of them. The guard fails a test that lacks the
+marker for what it uses: one that asks for a fixture of the servers, connects to port 5432 or
+6379 (through Python's sockets, or through ``psycopg.connect`` for libpq's), or launches one
+of those programs.
 Processes a test starts get their servers from those fixtures, so the guard sees them there.
 
 A test that loads or trains a model says so with the marker ``model``: what a model outputs
@@ -44,6 +45,7 @@ PROGRAMS = {
     "prometheus": "prometheus",
     "promtool": "prometheus",
     "redis-server": "services",  # a Redis of the test's own (tests/sweep: RedisServer)
+    "podman": "containers",  # the stack built and run in containers (tests/test_containers.py)
 }
 # The sweep tests' fixtures that hand out a database or a Redis (tests/sweep/conftest.py).
 SERVER_FIXTURES = {"pg_url", "fresh_pg_url", "make_pg_database", "broker_url", "redis_server"}

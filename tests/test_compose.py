@@ -103,7 +103,7 @@ def test_the_review_desk_requires_reviewers_and_a_key_and_stays_on_localhost():
 def test_the_metrics_endpoint_waits_for_migrations_and_stays_on_localhost():
     metrics = SERVICES["metrics"]
     assert metrics["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    assert metrics["ports"] == ["127.0.0.1:9808:9808"]
+    assert metrics["ports"] == ["127.0.0.1:${METRICS_PORT:-9808}:9808"]
     assert metrics["environment"]["REFUND_SORTER_METRICS_BASIC_AUTH"] == "${METRICS_BASIC_AUTH:-}"
 
 
@@ -111,7 +111,7 @@ def test_the_api_waits_for_migrations_and_the_broker_and_stays_on_localhost():
     api = SERVICES["api"]
     assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert api["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert api["ports"] == ["127.0.0.1:8100:8100"]
+    assert api["ports"] == ["127.0.0.1:${API_PORT:-8100}:8100"]
     # Its photos in the volume the workers file them from.
     assert "data:/data" in api["volumes"] and "data:/data" in SERVICES["worker"]["volumes"]
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
@@ -186,10 +186,26 @@ def test_docker_compose_accepts_the_file_with_its_secrets_set():
     assert services["flower"]["environment"]["REFUND_SORTER_FLOWER_BASIC_AUTH"] == (
         "ops:flower-secret"
     )
+    # Published on the host's loopback, at the documented ports unless told otherwise.
+    for name, port in (("flower", 5555), ("metrics", 9808), ("review", 8000), ("api", 8100)):
+        assert services[name]["ports"] == [f"127.0.0.1:{port}:{port}/tcp"], name
     review = services["review"]["environment"]
     assert review["REFUND_SORTER_REVIEWERS"] == SECRETS["REVIEWERS"]
     assert review["REFUND_SORTER_REVIEW_SECRET_KEY"] == SECRETS["REVIEW_SECRET_KEY"]
     assert Settings(**{k.removeprefix("REFUND_SORTER_").lower(): v for k, v in review.items()})
+
+
+@pytest.mark.compose
+def test_the_published_ports_can_be_moved():
+    ports = {"FLOWER_PORT": "15555", "METRICS_PORT": "19808", "REVIEW_PORT": "18000"}
+    result = docker_compose_config({**SECRETS, **ports, "API_PORT": "18100"})
+
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert services["flower"]["ports"] == ["127.0.0.1:15555:5555/tcp"]
+    assert services["metrics"]["ports"] == ["127.0.0.1:19808:9808/tcp"]
+    assert services["review"]["ports"] == ["127.0.0.1:18000:8000/tcp"]
+    assert services["api"]["ports"] == ["127.0.0.1:18100:8100/tcp"]
 
 
 @pytest.mark.compose
