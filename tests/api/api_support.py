@@ -11,12 +11,36 @@ from pathlib import Path
 
 from sweep_support import ServiceProcess, service_env
 
+from refund_sorter import crud
 from refund_sorter.api_tokens import new_token, token_hash
 from refund_sorter.config import Settings
+from refund_sorter.db import session_factory
+from refund_sorter.messages import WorkItem
+from registry.registry import serving_version
 
 REFUND_SORTER = str(Path(sys.executable).parent / "refund-sorter")
 # The counter's own settings, for every process of a test (the server reads them).
 COUNTER_SETTINGS = {"api_wait_seconds": 8.0, "api_rate_limit": 40, "api_max_bytes": 200_000}
+
+
+def record_counter_photo(settings: Settings, path: Path, content_hash: str, when=None) -> WorkItem:
+    """A counter photo stored at ``path``, recorded as the API records it, sent by the client
+    ``lane-1`` (made if need be); ``when``: its day."""
+    version = serving_version(settings)
+    with session_factory(settings.database_url).begin() as session:
+        if "lane-1" not in {t.name for t in crud.api_tokens(session)}:
+            crud.create_api_token(session, name="lane-1", token_hash="f" * 64)
+        day = crud.counter_day(session, model_version=version, now=when)
+        crud.record_counter_photo(
+            session,
+            day_id=day,
+            path=path,
+            content_hash=content_hash,
+            model_version=version,
+            token="lane-1",
+        )
+        crud.count_counter_photo(session, day_id=day)
+    return WorkItem(str(path), content_hash, version)
 
 
 def counter_env(settings: Settings) -> dict[str, str]:

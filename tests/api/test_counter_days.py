@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from api_support import record_counter_photo
 from sqlalchemy import update
 from sweep_support import all_runs, read_csv
 
@@ -32,22 +33,8 @@ def settings(request, make_settings):
 
 def record(settings, name: str, when=None) -> WorkItem:
     """A counter photo recorded as the API records it (``when``: its day)."""
-    version = serving_version(settings)
     path = Path(settings.counter_dir).absolute() / f"{name}.jpg"
-    with session_factory(settings.database_url).begin() as session:
-        if not crud.api_tokens(session):
-            crud.create_api_token(session, name="lane-1", token_hash="f" * 64)
-        day = crud.counter_day(session, model_version=version, now=when)
-        crud.record_counter_photo(
-            session,
-            day_id=day,
-            path=path,
-            content_hash=name,
-            model_version=version,
-            token="lane-1",
-        )
-        crud.count_counter_photo(session, day_id=day)
-    return WorkItem(str(path), name, version)
+    return record_counter_photo(settings, path, name, when)
 
 
 def test_one_counter_day_per_day_never_the_sweep_lock(settings):

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from api_support import record_counter_photo
 from sweep_support import Incoming, add_images, all_predictions, files_under, get_run
 
 import worker.events
@@ -183,8 +184,6 @@ def test_forged_tasks_into_the_returns_counter_s_folder_are_refused(
 ):
     """The workers take photos from the counter's folder too, on the same rule: a path that
     resolves inside it and the one ``queued`` row for exactly that path, hash and model."""
-    from refund_sorter import crud
-    from refund_sorter.db import session_factory
     from registry.registry import serving_version
 
     settings = make_settings(fresh_pg_url)
@@ -195,18 +194,7 @@ def test_forged_tasks_into_the_returns_counter_s_folder_are_refused(
     [(rel, content_hash)] = add_images(source, 1, seed=93).items()
     path = counter / f"{content_hash}{rel.suffix}"
     path.write_bytes((source.root / rel).read_bytes())
-    with session_factory(settings.database_url).begin() as session:
-        crud.create_api_token(session, name="lane-1", token_hash="f" * 64)
-        day = crud.counter_day(session, model_version=version)
-        crud.record_counter_photo(
-            session,
-            day_id=day,
-            path=path,
-            content_hash=content_hash,
-            model_version=version,
-            token="lane-1",
-        )
-        crud.count_counter_photo(session, day_id=day)
+    record_counter_photo(settings, path, content_hash)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "copy.jpg").write_bytes(path.read_bytes())
