@@ -3,12 +3,13 @@
 Torch-free on purpose: the CLI reads its option defaults from ``TrainConfig`` at startup,
 and the commands that never train must not pay for importing PyTorch.
 
-The defaults are the recipe of the shipped model: EfficientNet-Lite0 from its ImageNet
-weights, its last three stages and the heads fine-tuned at 224 px (docs/training.md, "Fine-
-tuning a pretrained backbone"). The knobs beyond it follow torchvision's
-``references/classification``; each one's default leaves the recipe as it was before the
-knob existed. ``--backbone resnet18 --pretrained none --train-stages 0 --epochs 60
---image-size 128 --lr 0.002`` is the recipe of the first model, trained from scratch.
+The defaults are the recipe of the shipped EfficientNet-Lite0 (the candidate beside the
+ResNet18 that serves by default): its ImageNet weights, its last three stages and the heads
+fine-tuned at 224 px (docs/training.md, "Fine-tuning a pretrained backbone"). The knobs
+beyond it follow torchvision's ``references/classification``; each one's default leaves
+the recipe as it was before the knob existed. ``--backbone resnet18 --pretrained none
+--train-stages 0 --epochs 60 --image-size 128 --lr 0.002`` is the recipe of the first
+model, trained from scratch.
 """
 
 from dataclasses import dataclass
