@@ -30,6 +30,7 @@ from classifier.runtime import (
     OpenVINONet,
     load_openvino,
     openvino_installed,
+    torch_on_calling_thread,
 )
 from refund_sorter.config import PRECISIONS, RUNTIMES, get_settings
 from refund_sorter.errors import UserError
@@ -326,19 +327,21 @@ class Classifier:
         threshold = self.review_threshold if review_threshold is None else review_threshold
         if isinstance(batch, list):
             batch = torch.stack(batch)
-        decided = forward_decide(
-            self.net,
-            batch,
-            self.checkpoint.mean,
-            self.checkpoint.std,
-            self.sub_to_main,
-            len(self.taxonomy.main),
-            self.device,
-            self.precision,
-            self.temperature,
-        )
-        joint = decided.joint
-        top_p, top_idx = joint.topk(min(TOP_SUBS, joint.shape[1]), dim=1)
+        around = torch_on_calling_thread if self.runtime == OPENVINO else contextlib.nullcontext
+        with around():
+            decided = forward_decide(
+                self.net,
+                batch,
+                self.checkpoint.mean,
+                self.checkpoint.std,
+                self.sub_to_main,
+                len(self.taxonomy.main),
+                self.device,
+                self.precision,
+                self.temperature,
+            )
+            joint = decided.joint
+            top_p, top_idx = joint.topk(min(TOP_SUBS, joint.shape[1]), dim=1)
         return [
             Classification(
                 self.taxonomy.main[m],

@@ -23,6 +23,7 @@ precision, written atomically (several workers may start at once); a file that i
 or damaged (its zip's checksums, or OpenVINO refusing it) is made again from the checkpoint.
 """
 
+import contextlib
 import logging
 import os
 import re
@@ -89,6 +90,22 @@ class OpenVINONet:
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.compiled(batch.contiguous().numpy())
         return torch.from_numpy(out[0]), torch.from_numpy(out[1])
+
+
+@contextlib.contextmanager
+def torch_on_calling_thread():
+    """PyTorch's operations on the calling thread alone while it lasts, for the work around
+    an OpenVINO network: the joint decision on a few numbers per photo. PyTorch's idle
+    OpenMP threads spin for a while after each parallel operation, however small, on the
+    cores OpenVINO's own threads compute on; on two cores that cost the OpenVINO network
+    17% of its speed (docs/performance.md, "Runtimes"). OpenMP's thread count is the calling
+    thread's own, so other threads keep theirs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------- building

@@ -59,6 +59,37 @@ def test_openvino_answers_as_pytorch_fp32_on_real_photos(precision):
 
 
 @pytest.mark.model
+def test_around_an_openvino_network_pytorch_keeps_to_the_calling_thread(monkeypatch):
+    """The joint decision after an OpenVINO forward pass runs on one PyTorch thread (its idle
+    threads would spin on OpenVINO's cores), and the process gets its threads back, even
+    when the batch fails; a PyTorch network keeps its threads throughout."""
+    seen = []
+    decide = predict.joint_probabilities
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "joint_probabilities", recording)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        by_runtime = {}
+        for name in ("openvino", "torch"):
+            clf = Classifier.from_path(SHIPPED, "cpu", "fp32", runtime=name)
+            seen.clear()
+            clf.predict_tensors(real_photos(clf)[:4])
+            by_runtime[name] = (seen[:], torch.get_num_threads())
+        assert by_runtime == {"openvino": ([1], 2), "torch": ([2], 2)}
+        clf = Classifier.from_path(SHIPPED, "cpu", "fp32", runtime="openvino")
+        with pytest.raises(RuntimeError):
+            clf.predict_tensors(torch.zeros(1, 3, 7, 7, dtype=torch.uint8))  # the wrong size
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.model
 def test_the_shipped_model_carries_a_checked_openvino_int8_network():
     ckpt = load_checkpoint(SHIPPED)
     entry = ckpt.openvino_int8
