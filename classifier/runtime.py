@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -86,9 +87,18 @@ class OpenVINONet:
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         }
         self.compiled = ov.Core().compile_model(model, "CPU", config)
+        # An inference request per calling thread: one request runs one batch at a time
+        # ("Infer Request is busy"), and the threads pool classifies two batches at once
+        # on the one network its process loaded.
+        self._requests = threading.local()
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.compiled(batch.contiguous().numpy())
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        # The batch is read in place, as CompiledModel's own call does; the outputs are
+        # copied, since the request's next batch overwrites them.
+        out = request.infer(batch.contiguous().numpy(), share_inputs=True)
         return torch.from_numpy(out[0]), torch.from_numpy(out[1])
 
 

@@ -2,6 +2,7 @@
 photos, and its networks are kept in the model store, made again when missing or damaged."""
 
 import logging
+import threading
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -87,6 +88,35 @@ def test_around_an_openvino_network_pytorch_keeps_to_the_calling_thread(monkeypa
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.model
+def test_one_openvino_network_classifies_for_several_threads_at_once():
+    """The threads pool runs two batches at once on its process's one network: each thread
+    gets every answer it would get alone, and none is told the network is busy."""
+    clf = Classifier.from_path(SHIPPED, "cpu", "int8", runtime="openvino")
+    images = real_photos(clf)
+    alone = [(x.main, x.sub, x.sub_confidence) for x in clf.predict_tensors(images)]
+    start = threading.Barrier(3)
+    answers, errors = [], []
+
+    def classify() -> None:
+        start.wait()
+        try:
+            for _ in range(20):
+                answers.append(
+                    [(x.main, x.sub, x.sub_confidence) for x in clf.predict_tensors(images)]
+                )
+        except Exception as exc:  # what the test is about: reported below, not raised here
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=classify) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert answers == [alone] * 60
 
 
 @pytest.mark.model
