@@ -334,7 +334,8 @@ def celery_sweep(
             stderr=subprocess.STDOUT,
         )
     try:
-        loading = 1 if pool == "solo" else processes or os.cpu_count()
+        # The solo and threads pools load the model once, in the main process.
+        loading = 1 if pool in ("solo", "threads") else processes or os.cpu_count()
         while min(log.read_text().count(line) for line in loads) < loading:
             if worker.poll() is not None or time.perf_counter() - began > 300:
                 raise RuntimeError(f"the worker did not start: see {log}")
@@ -374,6 +375,13 @@ def celery_sweep(
         done_at = time.perf_counter()
         elapsed = done_at - published[0]
         stats = [proc_stat(p) for p in pids]
+        with sessions() as session:
+            swept = get_sweep(session, run.id)
+            if swept.succeeded != home.n:  # a rate counts photos classified, not failures
+                raise RuntimeError(
+                    f"{swept.succeeded} of {home.n} photos classified ({swept.failed} failed, "
+                    f"{swept.deferred} deferred): see {log}"
+                )
     finally:
         worker.terminate()
         worker.wait(timeout=60)
