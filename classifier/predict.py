@@ -225,8 +225,12 @@ def forward_decide(
     decide through here, so the accuracy measured while training is the accuracy the
     workers get.
     """
-    joint = forward_joint(net, batch, mean, std, sub_to_main, device, precision, temperature)
-    return Decision(*decide(joint, sub_to_main, n_main), joint)
+    # Around an OpenVINO network PyTorch only decides, on one thread (its idle threads would
+    # spin on OpenVINO's cores).
+    around = torch_on_calling_thread if isinstance(net, OpenVINONet) else contextlib.nullcontext
+    with around():
+        joint = forward_joint(net, batch, mean, std, sub_to_main, device, precision, temperature)
+        return Decision(*decide(joint, sub_to_main, n_main), joint)
 
 
 @torch.inference_mode()
@@ -327,21 +331,19 @@ class Classifier:
         threshold = self.review_threshold if review_threshold is None else review_threshold
         if isinstance(batch, list):
             batch = torch.stack(batch)
-        around = torch_on_calling_thread if self.runtime == OPENVINO else contextlib.nullcontext
-        with around():
-            decided = forward_decide(
-                self.net,
-                batch,
-                self.checkpoint.mean,
-                self.checkpoint.std,
-                self.sub_to_main,
-                len(self.taxonomy.main),
-                self.device,
-                self.precision,
-                self.temperature,
-            )
-            joint = decided.joint
-            top_p, top_idx = joint.topk(min(TOP_SUBS, joint.shape[1]), dim=1)
+        decided = forward_decide(
+            self.net,
+            batch,
+            self.checkpoint.mean,
+            self.checkpoint.std,
+            self.sub_to_main,
+            len(self.taxonomy.main),
+            self.device,
+            self.precision,
+            self.temperature,
+        )
+        joint = decided.joint
+        top_p, top_idx = joint.topk(min(TOP_SUBS, joint.shape[1]), dim=1)
         return [
             Classification(
                 self.taxonomy.main[m],
